@@ -1,0 +1,13 @@
+# berth as a container image for an ECS daemon service: the static binary, a CA bundle
+# (reqwest and the AWS SDK read the OS trust store; an empty root has none) and the default
+# config, on an empty root. Build it with scripts/build-image, which stages the context:
+#
+#   scripts/build-image berth:latest
+FROM scratch
+COPY berth /usr/bin/berth
+COPY ca-certificates.crt /etc/ssl/certs/ca-certificates.crt
+COPY berth.toml /etc/berth/berth.toml
+ENV SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt
+EXPOSE 24224
+ENTRYPOINT ["/usr/bin/berth"]
+CMD ["run", "--config", "/etc/berth/berth.toml"]

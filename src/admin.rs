@@ -1,0 +1,183 @@
+//! The admin endpoint, on 127.0.0.1 by default: `/healthz`, `/metrics`, `/v1/status`.
+//!
+//! Read-only views of state other modules own; never in the log path.
+
+use crate::buffer::Buffer;
+use crate::metrics::{Metrics, SinkLabel};
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::Serialize;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, thiserror::Error)]
+#[error("cannot listen on admin address {addr}: {source}")]
+pub struct AdminError {
+    pub addr: SocketAddr,
+    pub source: std::io::Error,
+}
+
+/// What the admin endpoint reports; filled in by `app`.
+pub struct AdminState {
+    pub metrics: Arc<Metrics>,
+    /// Its health and lag are part of /healthz, /metrics and /v1/status.
+    pub buffer: Buffer,
+    pub started: Instant,
+    /// Set once every listener is bound; cleared when shutdown starts.
+    pub ready: AtomicBool,
+    pub listeners: Vec<String>,
+    pub sinks: Vec<SinkInfo>,
+    /// Docker and IMDS state for /v1/status.
+    pub enricher: Arc<crate::enrich::Enricher>,
+}
+
+#[derive(Clone, Serialize)]
+pub struct SinkInfo {
+    pub name: String,
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    #[serde(rename = "match")]
+    pub pattern: String,
+}
+
+pub async fn bind(addr: SocketAddr) -> Result<TcpListener, AdminError> {
+    TcpListener::bind(addr).await.map_err(|source| AdminError { addr, source })
+}
+
+pub fn router(state: Arc<AdminState>) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .route("/v1/status", get(status))
+        .with_state(state)
+}
+
+/// Serve until `shutdown`.
+pub async fn serve(listener: TcpListener, state: Arc<AdminState>, shutdown: CancellationToken) {
+    let app = router(state);
+    if let Err(e) = axum::serve(listener, app)
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await
+    {
+        tracing::error!(error = %e, "admin endpoint failed");
+    }
+}
+
+async fn healthz(State(s): State<Arc<AdminState>>) -> Response {
+    if !s.ready.load(Ordering::Relaxed) {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n").into_response()
+    } else if !s.buffer.healthy() {
+        (StatusCode::SERVICE_UNAVAILABLE, "buffer cannot write to disk\n").into_response()
+    } else {
+        (StatusCode::OK, "ok\n").into_response()
+    }
+}
+
+async fn metrics(State(s): State<Arc<AdminState>>) -> Response {
+    s.metrics.observe_buffer(&s.buffer.stats());
+    (
+        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        s.metrics.render(),
+    )
+        .into_response()
+}
+
+#[derive(Serialize)]
+struct Status {
+    version: &'static str,
+    ready: bool,
+    uptime_seconds: u64,
+    listeners: Vec<String>,
+    input: InputStatus,
+    enrich: crate::enrich::EnrichStatus,
+    buffer: BufferStatus,
+    sinks: Vec<SinkStatus>,
+}
+
+#[derive(Serialize)]
+struct BufferStatus {
+    path: String,
+    healthy: bool,
+    instance_id: String,
+    head: u64,
+    oldest: u64,
+    bytes: u64,
+    records: u64,
+    segments: usize,
+    dropped_full: u64,
+    recovered_records: u64,
+    corrupt_records: u64,
+}
+
+#[derive(Serialize)]
+struct InputStatus {
+    connections: i64,
+    requests: u64,
+    records: u64,
+    bytes: u64,
+}
+
+#[derive(Serialize)]
+struct SinkStatus {
+    #[serde(flatten)]
+    info: SinkInfo,
+    delivered_records: u64,
+    errors: u64,
+    /// Events in the buffer this sink has not delivered.
+    lag_records: Option<u64>,
+    committed_offset: Option<u64>,
+}
+
+async fn status(State(s): State<Arc<AdminState>>) -> Json<Status> {
+    let m = &s.metrics;
+    let st = s.buffer.stats();
+    let sinks = s
+        .sinks
+        .iter()
+        .map(|info| {
+            let label = SinkLabel { sink: info.name.clone() };
+            let cursor = st.sinks.iter().find(|c| c.name == info.name);
+            SinkStatus {
+                lag_records: cursor.map(|c| c.lag_events),
+                committed_offset: cursor.map(|c| c.committed),
+                info: info.clone(),
+                delivered_records: m.output_records.get_or_create(&label).get(),
+                errors: m.output_errors.get_or_create(&label).get(),
+            }
+        })
+        .collect();
+    Json(Status {
+        version: env!("CARGO_PKG_VERSION"),
+        ready: s.ready.load(Ordering::Relaxed),
+        uptime_seconds: s.started.elapsed().as_secs(),
+        listeners: s.listeners.clone(),
+        input: InputStatus {
+            connections: m.input_connections.get(),
+            requests: m.input_requests.get(),
+            records: m.input_records.get(),
+            bytes: m.input_bytes.get(),
+        },
+        enrich: s.enricher.status(),
+        buffer: BufferStatus {
+            path: s.buffer.path().display().to_string(),
+            healthy: st.healthy,
+            instance_id: format!("{:016x}", st.instance_id),
+            head: st.head,
+            oldest: st.oldest,
+            bytes: st.total_bytes,
+            records: st.total_events,
+            segments: st.segments,
+            dropped_full: st.dropped_full,
+            recovered_records: st.recovery.events,
+            corrupt_records: st.recovery.lost_events,
+        },
+        sinks,
+    })
+}

@@ -1,0 +1,524 @@
+//! End-to-end load generator: starts `berth run` with a `null` sink, pushes Forward traffic
+//! from N loopback connections, and reports records/s, MB/s, CPU seconds per million records
+//! and berth's peak RSS.
+//!
+//! With `--sink es` the sink is an `elasticsearch` one instead, sending to `--es-endpoint`,
+//! to an osmem-server started from `--osmem BIN`, or else to a null `_bulk` endpoint run by
+//! this tool (it answers every item "created" without storing anything: berth alone is
+//! measured), with `--gzip on|off`; the report adds the bytes on the wire
+//! (`berth_output_bytes_total`) and berth's CPU only (not the server's).
+//!
+//! With `--sink cw` the sink is a `cloudwatch_logs` one, sending to `--cw-endpoint`, to a
+//! moto_server started from `--moto BIN` on a loopback port, or else to a null endpoint run
+//! by this tool that answers every call `{}` (test credentials are set for
+//! berth when the environment has none); event times are then the last minutes, so that
+//! CloudWatch's 14-day window takes them. Records without ECS fields: the group is
+//! `/ecs/unknown/unknown` and each of the 7 container ids is a stream.
+//!
+//! ```text
+//! cargo build --release && target/release/berth-load --connections 8 --records 4000000
+//! target/release/berth-load --sink es --gzip on --records 1000000
+//! target/release/berth-load --sink cw --moto /var/tmp/berth-test-venv/bin/moto_server --records 200000
+//! ```
+//! The workload is the one in shared/PERFORMANCE.md: ~200-byte Docker-like records, 1,000
+//! per PackedForward request.
+
+use berth::event::{Event, EventTime};
+use berth::forward::decode::Mode;
+use berth::forward::encode::{encode_request, EncodeOptions};
+use bytes::Bytes;
+use clap::Parser;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+#[derive(Parser, Debug)]
+#[command(about = "Push Forward traffic into `berth run` and measure it")]
+struct Args {
+    /// Concurrent client connections.
+    #[arg(long, default_value_t = 8)]
+    connections: usize,
+    /// Records to send in total.
+    #[arg(long, default_value_t = 2_000_000)]
+    records: u64,
+    /// Records per request.
+    #[arg(long, default_value_t = 1000)]
+    batch: usize,
+    /// message | forward | packed | compressed
+    #[arg(long, default_value = "packed")]
+    mode: String,
+    /// Ask for an ack on every request and wait for it before sending the next.
+    #[arg(long)]
+    ack: bool,
+    /// The berth binary (default: next to this one).
+    #[arg(long)]
+    berth: Option<PathBuf>,
+    /// The buffer's fsync policy: batch | always | never.
+    #[arg(long, default_value = "batch")]
+    sync: String,
+    /// Add a second sink (a file sink whose directory is blocked by a regular file) that can
+    /// never deliver: the whole run stays in the buffer as its backlog.
+    #[arg(long)]
+    stalled_sink: bool,
+    /// The buffer directory (default: a temporary directory, removed at the end).
+    #[arg(long)]
+    buffer_path: Option<PathBuf>,
+    /// The sink to deliver to: null | es | cw.
+    #[arg(long, default_value = "null")]
+    sink: String,
+    /// With `--sink es`: the cluster's base URL (default: osmem-server with `--osmem`, else a
+    /// null `_bulk` endpoint in this process).
+    #[arg(long)]
+    es_endpoint: Option<String>,
+    /// With `--sink es`: start this osmem-server binary on a loopback port and send to it.
+    #[arg(long)]
+    osmem: Option<PathBuf>,
+    /// With `--sink es`: `compression` of the sink, on (gzip) | off.
+    #[arg(long, default_value = "on")]
+    gzip: String,
+    /// With `--sink es`: `batch_max_records` of the sink.
+    #[arg(long, default_value_t = 5000)]
+    es_batch: usize,
+    /// With `--sink cw`: the CloudWatch Logs endpoint URL (default: moto_server with `--moto`,
+    /// else a null endpoint in this process).
+    #[arg(long)]
+    cw_endpoint: Option<String>,
+    /// With `--sink cw`: start this moto_server binary on a loopback port and send to it.
+    #[arg(long)]
+    moto: Option<PathBuf>,
+    /// Give up waiting for delivery after this many seconds (the report then says
+    /// `complete=false` and counts only what was delivered).
+    #[arg(long, default_value_t = 120)]
+    deadline: u64,
+}
+
+/// A `POST /_bulk` endpoint that stores nothing: every item of every request is answered
+/// `201 created` (`"errors": false`, one item per action line), gzip bodies inflated first.
+/// With `cloudwatch`, a CloudWatch Logs JSON endpoint instead: every call (PutLogEvents,
+/// CreateLogStream, …) is answered 200 `{}`. HTTP/1.1 with keep-alive and `Content-Length`
+/// bodies only, which is what berth sends.
+fn null_endpoint(cloudwatch: bool) -> std::io::Result<String> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let addr = listener.local_addr()?.to_string();
+    std::thread::spawn(move || {
+        for c in listener.incoming().flatten() {
+            std::thread::spawn(move || serve_null(c, cloudwatch));
+        }
+    });
+    Ok(format!("http://{addr}"))
+}
+
+fn serve_null(c: TcpStream, cloudwatch: bool) {
+    let Ok(mut w) = c.try_clone() else { return };
+    let mut r = BufReader::new(c);
+    let (mut body, mut plain, mut reply) = (Vec::new(), Vec::new(), Vec::new());
+    loop {
+        let mut line = String::new();
+        if r.read_line(&mut line).unwrap_or(0) == 0 {
+            return;
+        }
+        let (mut len, mut gzip) = (0usize, false);
+        loop {
+            let mut h = String::new();
+            if r.read_line(&mut h).unwrap_or(0) == 0 {
+                return;
+            }
+            if h == "\r\n" {
+                break;
+            }
+            if let Some((k, v)) = h.split_once(':') {
+                if k.eq_ignore_ascii_case("content-length") {
+                    len = v.trim().parse().unwrap_or(0);
+                } else if k.eq_ignore_ascii_case("content-encoding") {
+                    gzip = v.trim().eq_ignore_ascii_case("gzip");
+                }
+            }
+        }
+        body.resize(len, 0);
+        if r.read_exact(&mut body).is_err() {
+            return;
+        }
+        if cloudwatch {
+            let head = "HTTP/1.1 200 OK\r\nContent-Type: application/x-amz-json-1.1\r\nContent-Length: 2\r\n\r\n{}";
+            if w.write_all(head.as_bytes()).is_err() {
+                return;
+            }
+            continue;
+        }
+        let ndjson = if gzip {
+            plain.clear();
+            if flate2::read::GzDecoder::new(&body[..]).read_to_end(&mut plain).is_err() {
+                return;
+            }
+            &plain
+        } else {
+            &body
+        };
+        // Every action of berth's bodies is followed by one source line.
+        let items = ndjson.iter().filter(|b| **b == b'\n').count() / 2;
+        reply.clear();
+        reply.extend_from_slice(b"{\"took\":0,\"errors\":false,\"items\":[");
+        for i in 0..items {
+            if i > 0 {
+                reply.push(b',');
+            }
+            reply.extend_from_slice(b"{\"create\":{\"status\":201,\"result\":\"created\"}}");
+        }
+        reply.extend_from_slice(b"]}");
+        let head = format!("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n", reply.len());
+        if w.write_all(head.as_bytes()).and_then(|_| w.write_all(&reply)).is_err() {
+            return;
+        }
+    }
+}
+
+/// Start osmem-server from `bin` on a loopback port; its first stdout line is
+/// `{"url":"http://127.0.0.1:PORT",...}` once bound.
+fn start_osmem(bin: &std::path::Path) -> Started {
+    let mut child = Command::new(bin)
+        .args(["--addr", "127.0.0.1:0", "--no-ja", "--parent-pid", &std::process::id().to_string()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()?;
+    let stdout = child.stdout.take().ok_or_else(|| std::io::Error::other("no stdout"))?;
+    let mut lines = BufReader::new(stdout).lines();
+    while let Some(line) = lines.next().transpose()? {
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
+        if let Some(u) = v["url"].as_str() {
+            let url = u.trim_end_matches('/').to_string();
+            std::thread::spawn(move || lines.for_each(drop));
+            return Ok((child, url));
+        }
+    }
+    let _ = child.kill();
+    Err(std::io::Error::other("osmem-server exited before printing its url"))
+}
+
+type Started = std::io::Result<(std::process::Child, String)>;
+
+/// The URL to send to: `explicit`, else a server started from `bin` with `start` (its child
+/// returned, to be killed at the end), else a null endpoint in this process. Exits on failure.
+fn endpoint_for(explicit: Option<&String>, bin: Option<&std::path::Path>, start: fn(&std::path::Path) -> Started, what: &str, cloudwatch: bool) -> (String, Option<std::process::Child>) {
+    let started = match (explicit, bin) {
+        (Some(e), _) => return (e.clone(), None),
+        (None, Some(bin)) => start(bin).map(|(child, url)| (url, Some(child))),
+        (None, None) => null_endpoint(cloudwatch).map(|url| (url, None)),
+    };
+    started.unwrap_or_else(|e| {
+        let what = if bin.is_some() { what } else { "the null endpoint" };
+        eprintln!("cannot start {what}: {e}");
+        std::process::exit(1);
+    })
+}
+
+/// moto_server on a free loopback port; returns once it accepts connections.
+fn start_moto(bin: &std::path::Path) -> Started {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let child = Command::new(bin).args(["-H", "127.0.0.1", "-p", &port.to_string()]).stdout(Stdio::null()).stderr(Stdio::null()).spawn()?;
+    let addr = format!("127.0.0.1:{port}");
+    let until = Instant::now() + Duration::from_secs(30);
+    while TcpStream::connect(&addr).is_err() {
+        if Instant::now() > until {
+            return Err(std::io::Error::other("moto_server did not listen within 30 s"));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok((child, format!("http://{addr}")))
+}
+
+fn record(i: usize) -> Bytes {
+    let line = format!(
+        "{{\"container_id\":\"{:064x}\",\"container_name\":\"/ecs-app-{}\",\"source\":\"stdout\",\"log\":\"{}\"}}",
+        i % 7,
+        i % 5,
+        "GET /api/v1/items?page=2 HTTP/1.1 200 512 0.003 request-id=5f0c2a7e-1b2c-4d3e-9f00-aa",
+    );
+    let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
+    let mut out = Vec::new();
+    write_json_as_msgpack(&mut out, &v);
+    Bytes::from(out)
+}
+
+fn write_json_as_msgpack(out: &mut Vec<u8>, v: &serde_json::Value) {
+    match v {
+        serde_json::Value::Object(m) => {
+            let _ = rmp::encode::write_map_len(out, m.len() as u32);
+            for (k, v) in m {
+                let _ = rmp::encode::write_str(out, k);
+                write_json_as_msgpack(out, v);
+            }
+        }
+        serde_json::Value::String(s) => {
+            let _ = rmp::encode::write_str(out, s);
+        }
+        _ => {
+            let _ = rmp::encode::write_nil(out);
+        }
+    }
+}
+
+fn proc_stat(pid: u32) -> (f64, u64) {
+    // utime + stime in seconds, and VmHWM in KiB.
+    let ticks = unsafe_sysconf_clk_tck();
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = stat.rsplit_once(')').map(|(_, a)| a).unwrap_or("");
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let cpu = f.get(11).and_then(|x| x.parse::<f64>().ok()).unwrap_or(0.0)
+        + f.get(12).and_then(|x| x.parse::<f64>().ok()).unwrap_or(0.0);
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let hwm = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0);
+    (cpu / ticks, hwm)
+}
+
+fn unsafe_sysconf_clk_tck() -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if t > 0 { t as f64 } else { 100.0 }
+}
+
+fn metric(admin: &str, name: &str) -> f64 {
+    let Ok(mut s) = TcpStream::connect(admin) else { return 0.0 };
+    let _ = write!(s, "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    let mut body = String::new();
+    let _ = s.read_to_string(&mut body);
+    body.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
+        .unwrap_or(0.0)
+}
+
+fn main() {
+    let args = Args::parse();
+    let mode = match args.mode.as_str() {
+        "message" => Mode::Message,
+        "forward" => Mode::Forward,
+        "packed" => Mode::PackedForward,
+        "compressed" => Mode::CompressedPackedForward,
+        m => {
+            eprintln!("unknown mode {m}");
+            std::process::exit(2);
+        }
+    };
+    let batch = if mode == Mode::Message { 1 } else { args.batch.max(1) };
+    let berth = args.berth.clone().unwrap_or_else(|| {
+        std::env::current_exe().ok().and_then(|p| p.parent().map(|d| d.join("berth"))).unwrap_or_else(|| "berth".into())
+    });
+    let dir = std::env::temp_dir().join(format!("berth-load-{}", std::process::id()));
+    let _ = std::fs::create_dir_all(&dir);
+    let mut server = None;
+    let (sink_name, sink_cfg, endpoint) = match args.sink.as_str() {
+        "null" => ("null", "type = \"null\"\n".to_string(), String::new()),
+        "es" => {
+            let (endpoint, child) = endpoint_for(args.es_endpoint.as_ref(), args.osmem.as_deref(), start_osmem, "osmem-server", false);
+            server = child;
+            let compression = match args.gzip.as_str() {
+                "on" => "gzip",
+                "off" => "none",
+                g => {
+                    eprintln!("--gzip must be on or off, not {g}");
+                    std::process::exit(2);
+                }
+            };
+            let cfg = format!(
+                "type = \"elasticsearch\"\nendpoints = [{endpoint:?}]\nindex = \"load-%Y.%m.%d\"\ncompression = \"{compression}\"\nbatch_max_records = {}\nflush_interval = \"100ms\"\ndead_letter_path = {:?}\n",
+                args.es_batch,
+                dir.join("dead.ndjson").display().to_string(),
+            );
+            ("es", cfg, endpoint)
+        }
+        "cw" => {
+            let (endpoint, child) = endpoint_for(args.cw_endpoint.as_ref(), args.moto.as_deref(), start_moto, "moto_server", true);
+            server = child;
+            let cfg = format!(
+                "type = \"cloudwatch_logs\"\nregion = \"us-east-1\"\nendpoint_url = {endpoint:?}\nflush_interval = \"200ms\"\ndead_letter_path = {:?}\n",
+                dir.join("dead.ndjson").display().to_string(),
+            );
+            ("cw", cfg, endpoint)
+        }
+        s => {
+            eprintln!("unknown sink {s} (null, es or cw)");
+            std::process::exit(2);
+        }
+    };
+    let cfg = format!(
+        "[input.forward]\nlisten = [\"tcp://127.0.0.1:0\"]\nmax_connections = 4096\n[admin]\nlisten = \"127.0.0.1:0\"\n[buffer]\npath = {:?}\nsync = {:?}\n[enrich.docker]\nenabled = false\n[enrich.ec2]\nenabled = false\n[[sink]]\nname = \"{sink_name}\"\nmatch = \"**\"\n{sink_cfg}",
+        args.buffer_path.clone().unwrap_or_else(|| dir.join("buffer")).display().to_string(),
+        args.sync,
+    ) + &if args.stalled_sink {
+        let blocker = dir.join("blocked");
+        let _ = std::fs::write(&blocker, b"a file where the sink wants a directory");
+        format!("[[sink]]\nname = \"stalled\"\ntype = \"file\"\nmatch = \"**\"\npath = {:?}\n", blocker.join("{tag}.log").display().to_string())
+    } else {
+        String::new()
+    };
+    let cfg_path = dir.join("berth.toml");
+    if let Err(e) = std::fs::write(&cfg_path, cfg) {
+        eprintln!("cannot write {}: {e}", cfg_path.display());
+        std::process::exit(1);
+    }
+    let mut cmd = Command::new(&berth);
+    if sink_name == "cw" && std::env::var_os("AWS_ACCESS_KEY_ID").is_none() {
+        cmd.env("AWS_ACCESS_KEY_ID", "testing").env("AWS_SECRET_ACCESS_KEY", "testing").env("AWS_EC2_METADATA_DISABLED", "true");
+    }
+    let mut child = match cmd
+        .args(["--log-format", "json", "run", "--config"])
+        .arg(&cfg_path)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+    {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("cannot start {}: {e}", berth.display());
+            std::process::exit(1);
+        }
+    };
+    let pid = child.id();
+    let mut stderr = BufReader::new(child.stderr.take().expect("piped stderr"));
+    let (mut tcp, mut admin) = (None, None);
+    let mut line = String::new();
+    while tcp.is_none() {
+        line.clear();
+        if stderr.read_line(&mut line).unwrap_or(0) == 0 {
+            eprintln!("berth exited during start");
+            std::process::exit(1);
+        }
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
+        let f = &v["fields"];
+        if f["message"] == "admin endpoint listening" {
+            admin = f["address"].as_str().map(str::to_string);
+        }
+        if f["message"] == "berth is running" {
+            let ls: Vec<String> = serde_json::from_str(f["listeners"].as_str().unwrap_or("[]")).unwrap_or_default();
+            tcp = ls.iter().find_map(|l| l.strip_prefix("tcp://").map(str::to_string));
+        }
+    }
+    std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
+    let (tcp, admin) = (tcp.unwrap_or_default(), admin.unwrap_or_default());
+
+    // CloudWatch takes only the last 14 days: times just before now for it.
+    let base = if sink_name == "cw" { EventTime::now().secs - batch as i64 - 60 } else { 1_763_769_600 };
+    let events: Vec<Event> = (0..batch)
+        .map(|i| Event { time: EventTime::new(base + i as i64, 123_456_789), record: record(i), metadata: Bytes::new() })
+        .collect();
+    let record_bytes: usize = events.iter().map(|e| e.record.len()).sum();
+    let requests = args.records.div_ceil(batch as u64);
+    let per_conn = requests.div_ceil(args.connections as u64);
+    let sent = Arc::new(AtomicU64::new(0));
+    let (cpu0, _) = proc_stat(pid);
+    let start = Instant::now();
+    let threads: Vec<_> = (0..args.connections)
+        .map(|c| {
+            let (tcp, events, sent, ack) = (tcp.clone(), events.clone(), Arc::clone(&sent), args.ack);
+            std::thread::spawn(move || {
+                let mut latencies = Vec::new();
+                let mut s = TcpStream::connect(&tcp).expect("connect");
+                let _ = s.set_nodelay(true);
+                let plain = encode_request(mode, "load.test", &events, &EncodeOptions { chunk: None, event_time: true });
+                let mut ackbuf = [0u8; 256];
+                for r in 0..per_conn {
+                    if ack {
+                        let chunk = format!("c{c:04}-{r:012}");
+                        let req = encode_request(mode, "load.test", &events, &EncodeOptions { chunk: Some(chunk), event_time: true });
+                        let t0 = Instant::now();
+                        s.write_all(&req).expect("write");
+                        let n = s.read(&mut ackbuf).expect("read ack");
+                        assert!(n > 0, "connection closed");
+                        latencies.push(t0.elapsed().as_micros() as u64);
+                    } else {
+                        s.write_all(&plain).expect("write");
+                    }
+                    sent.fetch_add(events.len() as u64, Ordering::Relaxed);
+                }
+                latencies
+            })
+        })
+        .collect();
+    let mut latencies: Vec<u64> = Vec::new();
+    for t in threads {
+        latencies.extend(t.join().unwrap_or_default());
+    }
+    latencies.sort_unstable();
+    let pct = |p: f64| latencies.get(((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1))).copied().unwrap_or(0);
+    let total = sent.load(Ordering::Relaxed);
+    let sent_at = start.elapsed();
+    let deadline = Instant::now() + Duration::from_secs(args.deadline);
+    let delivered = format!("berth_output_records_total{{sink=\"{sink_name}\"}}");
+    while metric(&admin, &delivered) < total as f64 && Instant::now() < deadline {
+        // Each poll is a scrape berth pays for: often for short runs (the end time matters),
+        // at most every 1% of the run so far for long ones (a slow server).
+        std::thread::sleep((start.elapsed() / 100).clamp(Duration::from_millis(5), Duration::from_millis(500)));
+    }
+    let elapsed = start.elapsed();
+    let (cpu1, hwm) = proc_stat(pid);
+    let fsyncs = metric(&admin, "berth_buffer_fsyncs");
+    let backlog = metric(&admin, "berth_buffer_bytes");
+    let wire = metric(&admin, &format!("berth_output_bytes_total{{sink=\"{sink_name}\"}}"));
+    let requests = metric(&admin, &format!("berth_output_request_duration_seconds_count{{sink=\"{sink_name}\"}}"));
+    let delivered_n = metric(&admin, &delivered);
+    let dead: f64 = ["too_old", "too_new", "expired", "rejected", "retry_expired"]
+        .iter()
+        .map(|r| metric(&admin, &format!("berth_dead_letter_records_total{{sink=\"{sink_name}\",reason=\"{r}\"}}")))
+        .sum();
+    let complete = delivered_n >= total as f64;
+    // Rates over what was delivered: all of it, unless the deadline passed.
+    let total = if complete { total } else { delivered_n as u64 };
+    let _ = child.kill();
+    let _ = child.wait();
+    if let Some(mut o) = server {
+        let _ = o.kill();
+        let _ = o.wait();
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    let secs = elapsed.as_secs_f64();
+    let mb = total as f64 * (record_bytes as f64 / batch as f64) / 1e6;
+    println!(
+        "complete={} mode={} sync={} connections={} batch={} ack={} records={} sent_in={:.2}s delivered_in={:.2}s records/s={:.0} MB/s={:.1} cpu_s_per_M={:.3} peak_rss_MiB={:.1} fsyncs/s={:.0} ack_p50_ms={:.2} ack_p99_ms={:.2} buffer_MiB={:.0}",
+        complete,
+        args.mode,
+        args.sync,
+        args.connections,
+        batch,
+        args.ack,
+        total,
+        sent_at.as_secs_f64(),
+        secs,
+        total as f64 / secs,
+        mb / secs,
+        (cpu1 - cpu0) / (total as f64 / 1e6),
+        hwm as f64 / 1024.0,
+        fsyncs / secs,
+        pct(0.50) as f64 / 1000.0,
+        pct(0.99) as f64 / 1000.0,
+        backlog / 1048576.0,
+    );
+    if sink_name == "cw" {
+        println!(
+            "sink=cw endpoint={} delivered={} put_log_events={} message_MB={:.1} dead_letters={}",
+            if args.cw_endpoint.is_some() { endpoint.as_str() } else if args.moto.is_some() { "moto_server" } else { "null-cloudwatch" },
+            delivered_n,
+            requests,
+            wire / 1e6,
+            dead,
+        );
+    }
+    if sink_name == "es" {
+        println!(
+            "sink=es endpoint={} gzip={} delivered={} requests={} wire_MB={:.1} wire_bytes_per_record={:.1}",
+            if args.es_endpoint.is_some() { endpoint.as_str() } else if args.osmem.is_some() { "osmem-server" } else { "null-bulk" },
+            args.gzip,
+            delivered_n,
+            requests,
+            wire / 1e6,
+            wire / delivered_n.max(1.0),
+        );
+    }
+}

@@ -1,0 +1,625 @@
+//! The durable buffer: an append-only, segmented log of events on disk between the inputs
+//! and the sinks. A batch acknowledged to a client is in this log and stays until every
+//! sink has delivered it.
+//!
+//! # Invariants
+//!
+//! - **Offsets count events.** Events are numbered 0, 1, 2, … for the life of the buffer
+//!   directory (u64, never reused once durable). `(instance_id, offset)` identifies an event
+//!   for ever: `instance_id` is a random u64 written once to `<path>/instance-id`.
+//! - **Entries.** One entry per appended `Batch`, covering offsets `[first, first+count)`:
+//!   `magic u32 | body_len u32 | crc32c(body) u32 | body`, body =
+//!   `first_offset u64 | count u32 | tag_len u16 | tag | events`, each event
+//!   `secs i64 | nanos u32 | record_len u32 | record | metadata_len u32 | metadata`, all
+//!   little-endian (see [`record`]). Records are stored as received. The CRC covers the
+//!   whole body, offsets included. Entries in the log have strictly increasing
+//!   `first_offset`; gaps exist only where damaged entries were skipped.
+//! - **Segments.** `<path>/segments/<first offset, 20 digits>.seg`; every entry in a
+//!   segment has offsets ≥ its name. Only the writer thread appends, and only to the newest
+//!   (active) segment; it starts a new one when the active one reaches `segment_size`.
+//!   A segment other than the active one is deleted only when every known sink's committed
+//!   cursor is ≥ the next segment's first offset (its end). A sink is known once it has a
+//!   cursor file; a buffer with no known sink deletes nothing.
+//! - **Durability.** `append` resolves `Ok` only after its entry is written and, unless
+//!   `sync = "never"`, fsynced. Readers see only entries up to the durable head (published
+//!   through a `watch`), so a sink never delivers what a crash could take back.
+//!   A failed write is truncated away before its caller hears `Err`: no torn entry is ever
+//!   followed by a good one in the active segment.
+//! - **Cursors.** `<path>/cursors/<sink>` holds a committed offset: every event below it was
+//!   delivered by that sink. Sinks acknowledge ranges in any order; the cursor advances over
+//!   the contiguous acknowledged prefix only, and never goes backwards. Each advance overwrites
+//!   the file's 16 bytes in place (survives the process being killed); the writer thread fsyncs
+//!   changed cursors every [`CURSOR_SYNC_INTERVAL`] and at close, and a reader fsyncs its
+//!   cursor when it reports the end after close (sinks deliver and ack after close). So a host crash may
+//!   redeliver at most the events acknowledged in the last interval (at-least-once); a
+//!   cursor file found damaged is treated as "nothing delivered" (the oldest offset).
+//! - **Recovery.** `Buffer::open` scans every segment. A damaged entry (bad magic, length
+//!   or CRC) is stepped over by searching for the next magic that starts a valid entry; the
+//!   events it held are counted as lost in the [`RecoveryReport`]. Bytes after the last
+//!   valid entry of the newest segment (a torn write) are truncated. Every entry whose
+//!   append returned `Ok` before a crash is read back. The next offset is one past the last
+//!   valid entry (or past every cursor, whichever is larger), so cursors stay meaningful.
+//! - **One owner.** `<path>/lock` is `flock`ed for the life of the `Buffer` (the kernel
+//!   drops it when the process dies): a second process cannot open the same directory.
+//! - **Bounded memory.** Readers read entries from disk in bounded chunks (one chunk plus
+//!   one entry); nothing is kept in memory for a slow sink.
+//!
+//! # Use
+//! `append` from the inputs (ack the client on `Ok` only), `reader(sink)` once per sink,
+//! `close` at shutdown. Every sink reads every event: a sink must acknowledge every offset
+//! it receives, including the ones its tag pattern filters out, or its cursor stops there.
+//! In place of `pipeline`: `Pipeline::submit` → [`Buffer::append`], `SinkReader::recv` →
+//! [`Reader::next`], `ack(seq)` → [`Reader::ack`]`(first, count)` or an [`Acker`].
+
+pub mod cursor;
+pub mod inspect;
+mod reader;
+pub mod record;
+mod recover;
+#[cfg(test)]
+mod tests;
+pub mod segment;
+pub mod storage;
+mod writer;
+
+pub use reader::{Acker, ReadBatch, Reader};
+pub use storage::{DiskStorage, FaultyStorage, Storage};
+
+use crate::event::{Batch, EventTime};
+use cursor::SinkCursor;
+use std::collections::{BTreeMap, HashMap};
+use std::io;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{mpsc, Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::Duration;
+use tokio::sync::{oneshot, watch, Notify};
+
+/// How often changed cursors are fsynced.
+pub const CURSOR_SYNC_INTERVAL: Duration = Duration::from_secs(1);
+
+/// When an append's entry must be on disk before `append` resolves.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SyncMode {
+    /// One fsync per group of pending appends (group commit).
+    #[default]
+    Batch,
+    /// One fsync per append.
+    Always,
+    /// Resolve after write(2); fsync every `sync_interval` in the background. Survives a
+    /// killed process, not a host crash.
+    Never,
+}
+
+/// What `append` does when the segments would exceed `max_size`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum WhenFull {
+    /// Wait for sinks to free space (the caller stops reading its socket).
+    #[default]
+    Block,
+    /// Fail at once with [`BufferError::Full`]; the caller must not ack.
+    DropNewest,
+}
+
+#[derive(Clone, Debug)]
+pub struct BufferOptions {
+    /// Directory holding `instance-id`, `segments/` and `cursors/`.
+    pub path: PathBuf,
+    /// Total bytes of segment files allowed on disk.
+    pub max_size: u64,
+    /// A segment is closed and a new one started past this size. At most `max_size / 2`.
+    pub segment_size: u64,
+    pub sync: SyncMode,
+    /// With `sync = "never"`, the longest written data waits for an fsync. With `batch`
+    /// the writer fsyncs every group as soon as it is written (the next group forms while
+    /// that fsync runs), so no append waits longer than one write and fsync.
+    pub sync_interval: Duration,
+    pub when_full: WhenFull,
+}
+
+impl BufferOptions {
+    /// Defaults: 1 GiB, 64 MiB segments, group commit, block when full.
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        BufferOptions {
+            path: path.into(),
+            max_size: 1 << 30,
+            segment_size: 64 << 20,
+            sync: SyncMode::Batch,
+            sync_interval: Duration::from_millis(200),
+            when_full: WhenFull::Block,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BufferError {
+    #[error("invalid buffer options: {0}")]
+    InvalidOptions(&'static str),
+    #[error("cannot lock buffer {path} (is another berth using it?): {source}")]
+    Locked { path: PathBuf, source: io::Error },
+    #[error("cannot create buffer directory {path}: {source}")]
+    CreateDir { path: PathBuf, source: io::Error },
+    #[error("cannot list buffer directory {path}: {source}")]
+    ListDir { path: PathBuf, source: io::Error },
+    #[error("cannot fsync directory {path}: {source}")]
+    SyncDir { path: PathBuf, source: io::Error },
+    #[error("cannot read or write instance id {path}: {source}")]
+    InstanceId { path: PathBuf, source: io::Error },
+    #[error("cannot open segment {path}: {source}")]
+    OpenSegment { path: PathBuf, source: io::Error },
+    #[error("cannot read segment {path}: {source}")]
+    ReadSegment { path: PathBuf, source: io::Error },
+    #[error("cannot truncate segment {path}: {source}")]
+    TruncateSegment { path: PathBuf, source: io::Error },
+    #[error("cannot write segment {path}: {source}")]
+    Write { path: PathBuf, source: io::Error },
+    #[error("cannot fsync segment {path}: {source}")]
+    Sync { path: PathBuf, source: io::Error },
+    #[error("cannot write cursor {path}: {source}")]
+    WriteCursor { path: PathBuf, source: io::Error },
+    #[error("cannot encode entry: {0}")]
+    Encode(#[from] record::RecordError),
+    #[error("buffer is full ({max_size} bytes)")]
+    Full { max_size: u64 },
+    #[error("invalid sink name {0:?} (allowed: A-Z a-z 0-9 _ . -)")]
+    SinkName(String),
+    #[error("sink {0:?} already has a reader")]
+    ReaderExists(String),
+    #[error("cannot start the buffer writer thread: {0}")]
+    SpawnWriter(io::Error),
+    #[error("the buffer is closed")]
+    Closed,
+}
+
+/// What `open` found on disk.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RecoveryReport {
+    pub segments: usize,
+    pub entries: u64,
+    pub events: u64,
+    /// Bytes stepped over inside segments because they formed no valid entry.
+    pub corrupt_bytes: u64,
+    /// Offsets missing between valid entries: events lost to damage.
+    pub lost_events: u64,
+    /// Bytes cut from the end of the newest segment (a torn write).
+    pub truncated_bytes: u64,
+    /// Cursor files that could not be read and were reset to the oldest offset.
+    pub bad_cursors: usize,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SinkStats {
+    pub name: String,
+    pub committed: u64,
+    pub lag_events: u64,
+    /// Time of the first event of the oldest entry handed to the sink and not yet
+    /// acknowledged; `None` when nothing is in flight (backlog not read yet, or none).
+    pub oldest_undelivered: Option<EventTime>,
+}
+
+#[derive(Clone, Debug)]
+pub struct BufferStats {
+    pub instance_id: u64,
+    /// Next offset to be assigned: one past the newest durable event.
+    pub head: u64,
+    /// First offset of the oldest segment on disk.
+    pub oldest: u64,
+    pub total_bytes: u64,
+    pub total_events: u64,
+    pub segments: usize,
+    pub healthy: bool,
+    /// Events refused by `append` with `Full` (`when_full = "drop_newest"`).
+    pub dropped_full: u64,
+    /// Events refused by `append` because their entry could not be encoded (tag over
+    /// 65535 bytes, entry over `max_size / 2` or the 128 MiB entry limit).
+    pub dropped_invalid: u64,
+    /// Appends (groups) that failed on a write or fsync error.
+    pub write_errors: u64,
+    pub segment_fsyncs: u64,
+    pub recovery: RecoveryReport,
+    pub sinks: Vec<SinkStats>,
+}
+
+/// An entry handed to the writer: resolves with its offsets once durable, or with the
+/// write error (the entry is then not in the log: the caller may enqueue it again).
+#[derive(Debug)]
+pub enum Appending {
+    Pending(oneshot::Receiver<Result<Range<u64>, BufferError>>),
+    Done(Option<Result<Range<u64>, BufferError>>),
+}
+
+impl Appending {
+    /// `Some` once the outcome is known, without waiting.
+    pub fn try_result(&mut self) -> Option<Result<Range<u64>, BufferError>> {
+        match self {
+            Appending::Done(r) => r.take(),
+            Appending::Pending(rx) => match rx.try_recv() {
+                Ok(r) => Some(r),
+                Err(oneshot::error::TryRecvError::Empty) => None,
+                Err(oneshot::error::TryRecvError::Closed) => Some(Err(BufferError::Closed)),
+            },
+        }
+    }
+}
+
+impl std::future::Future for Appending {
+    type Output = Result<Range<u64>, BufferError>;
+
+    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Self::Output> {
+        match self.get_mut() {
+            Appending::Done(r) => std::task::Poll::Ready(r.take().unwrap_or(Err(BufferError::Closed))),
+            Appending::Pending(rx) => std::pin::Pin::new(rx).poll(cx).map(|r| r.unwrap_or(Err(BufferError::Closed))),
+        }
+    }
+}
+
+/// What readers know of the log's durable end.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Durable {
+    /// Every offset below this is durable (or lost to damage).
+    head: u64,
+    active_first: u64,
+    /// Bytes of the active segment that are durable.
+    active_len: u64,
+    closed: bool,
+}
+
+struct SegmentInfo {
+    path: PathBuf,
+    /// Valid bytes: the readers' limit. For the active segment, see `Durable::active_len`.
+    len: u64,
+}
+
+enum Msg {
+    Append(AppendReq),
+    Gc,
+    Close(oneshot::Sender<Result<(), BufferError>>),
+    /// Stop without the closing fsyncs: what a crash would leave, minus the data loss.
+    Abandon,
+}
+
+struct AppendReq {
+    entry: Vec<u8>,
+    reply: oneshot::Sender<Result<Range<u64>, BufferError>>,
+}
+
+struct Shared {
+    opts: BufferOptions,
+    storage: Arc<dyn Storage>,
+    instance_id: u64,
+    segments_dir: PathBuf,
+    cursors_dir: PathBuf,
+    segments: Mutex<BTreeMap<u64, SegmentInfo>>,
+    durable: watch::Sender<Durable>,
+    /// Bytes of segments on disk plus bytes reserved by appends in flight.
+    used: AtomicU64,
+    space: Notify,
+    healthy: AtomicBool,
+    closed: AtomicBool,
+    cursors: Mutex<HashMap<String, Arc<SinkCursor>>>,
+    /// End offset of the oldest deletable-when-passed segment: acks past it wake the GC.
+    gc_hint: AtomicU64,
+    tx: mpsc::Sender<Msg>,
+    dropped_full: AtomicU64,
+    dropped_invalid: AtomicU64,
+    write_errors: AtomicU64,
+    segment_fsyncs: AtomicU64,
+    recovery: RecoveryReport,
+}
+
+impl Shared {
+    fn segments(&self) -> MutexGuard<'_, BTreeMap<u64, SegmentInfo>> {
+        self.segments.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn cursors(&self) -> MutexGuard<'_, HashMap<String, Arc<SinkCursor>>> {
+        self.cursors.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn send(&self, msg: Msg) -> Result<(), BufferError> {
+        self.tx.send(msg).map_err(|_| BufferError::Closed)
+    }
+
+    fn release(&self, bytes: u64) {
+        self.used.fetch_sub(bytes, Ordering::AcqRel);
+        self.space.notify_waiters();
+    }
+
+    fn try_reserve(&self, bytes: u64) -> bool {
+        let max = self.opts.max_size;
+        self.used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |u| (u + bytes <= max).then_some(u + bytes))
+            .is_ok()
+    }
+
+    fn min_committed(&self) -> Option<u64> {
+        self.cursors().values().map(|c| c.committed()).min()
+    }
+
+    fn oldest(&self) -> u64 {
+        let head = self.durable.borrow().head;
+        self.segments().keys().next().copied().unwrap_or(head).min(head)
+    }
+}
+
+/// The buffer. Cheap to clone; the writer thread stops when `close` is called or the last
+/// clone is dropped (without the closing fsyncs, like a crash).
+#[derive(Clone)]
+pub struct Buffer {
+    shared: Arc<Shared>,
+    _handle: Arc<WriterHandle>,
+}
+
+struct WriterHandle {
+    shared: Arc<Shared>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+    /// `<path>/lock`, released after the writer has stopped.
+    _lock: Box<dyn Send + Sync>,
+}
+
+impl Drop for WriterHandle {
+    fn drop(&mut self) {
+        let _ = self.shared.send(Msg::Abandon);
+        if let Some(t) = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            // Joined so a buffer reopened on the same path never races the old writer.
+            let _ = t.join();
+        }
+    }
+}
+
+impl Buffer {
+    /// Opens (creating or recovering) the buffer at `opts.path` on the real filesystem.
+    pub fn open(opts: BufferOptions) -> Result<(Buffer, RecoveryReport), BufferError> {
+        Self::open_with_storage(opts, Arc::new(DiskStorage))
+    }
+
+    pub fn open_with_storage(
+        opts: BufferOptions,
+        storage: Arc<dyn Storage>,
+    ) -> Result<(Buffer, RecoveryReport), BufferError> {
+        if opts.segment_size == 0 || opts.segment_size > opts.max_size / 2 {
+            // A full buffer frees space only by deleting sealed segments; with two or more
+            // segments' room the active one can always be sealed and passed.
+            return Err(BufferError::InvalidOptions("segment_size must be > 0 and at most max_size / 2"));
+        }
+        if opts.sync_interval.is_zero() {
+            return Err(BufferError::InvalidOptions("sync_interval must be > 0"));
+        }
+        let existed = opts.path.is_dir();
+        storage
+            .create_dir_all(&opts.path)
+            .map_err(|source| BufferError::CreateDir { path: opts.path.clone(), source })?;
+        if !existed {
+            // A new buffer directory must itself survive a host crash, or everything
+            // acknowledged into it could vanish with its directory entry.
+            if let Some(parent) = opts.path.parent().filter(|p| !p.as_os_str().is_empty()) {
+                storage
+                    .sync_dir(parent)
+                    .map_err(|source| BufferError::SyncDir { path: parent.to_path_buf(), source })?;
+            }
+        }
+        let lock_path = opts.path.join("lock");
+        let lock = storage.lock(&lock_path).map_err(|source| BufferError::Locked { path: lock_path, source })?;
+        let rec = recover::recover(&opts, storage.as_ref())?;
+        let (tx, rx) = mpsc::channel();
+        let durable = Durable { head: rec.head, active_first: rec.active_first, active_len: rec.active_len, closed: false };
+        let (durable_tx, _) = watch::channel(durable);
+        let cursors_dir = opts.path.join("cursors");
+        let cursors = rec
+            .cursors
+            .iter()
+            .map(|(name, off)| {
+                (name.clone(), Arc::new(SinkCursor::new(&cursors_dir, name, *off, Arc::clone(&storage))))
+            })
+            .collect();
+        let shared = Arc::new(Shared {
+            segments_dir: opts.path.join("segments"),
+            cursors_dir,
+            opts,
+            storage,
+            instance_id: rec.instance_id,
+            segments: Mutex::new(rec.segments),
+            durable: durable_tx,
+            used: AtomicU64::new(rec.total_bytes),
+            space: Notify::new(),
+            healthy: AtomicBool::new(true),
+            closed: AtomicBool::new(false),
+            cursors: Mutex::new(cursors),
+            gc_hint: AtomicU64::new(0),
+            tx,
+            dropped_full: AtomicU64::new(0),
+            dropped_invalid: AtomicU64::new(0),
+            write_errors: AtomicU64::new(0),
+            segment_fsyncs: AtomicU64::new(0),
+            recovery: rec.report.clone(),
+        });
+        let thread = writer::spawn(Arc::clone(&shared), rx, rec.active_file)?;
+        let handle = Arc::new(WriterHandle { shared: Arc::clone(&shared), thread: Mutex::new(Some(thread)), _lock: lock });
+        Ok((Buffer { shared, _handle: handle }, rec.report))
+    }
+
+    /// Appends `batch` as one entry. Resolves with its offsets once the entry is durable
+    /// (see [`SyncMode`]); only then may the caller acknowledge it. An empty batch takes no
+    /// offsets. Cancelling the future does not cancel a write already handed to the writer.
+    pub async fn append(&self, batch: &Batch) -> Result<Range<u64>, BufferError> {
+        self.enqueue(batch).await?.await
+    }
+
+    /// The first half of [`Buffer::append`]: encodes the entry, waits for space
+    /// (`when_full = "block"`) and hands it to the writer. Entries are written in the order
+    /// `enqueue` calls return, so a connection can hand over its next request before the
+    /// previous one is durable and still have them stored, and acknowledged, in order. The
+    /// returned [`Appending`] resolves once the entry is durable.
+    pub async fn enqueue(&self, batch: &Batch) -> Result<Appending, BufferError> {
+        let sh = &self.shared;
+        if sh.closed.load(Ordering::Acquire) {
+            return Err(BufferError::Closed);
+        }
+        if batch.is_empty() {
+            let h = sh.durable.borrow().head;
+            return Ok(Appending::Done(Some(Ok(h..h))));
+        }
+        let entry = match record::encode(batch) {
+            Ok(e) if e.len() as u64 <= sh.opts.max_size / 2 => Ok(e),
+            Ok(e) => Err(record::RecordError::TooLarge(e.len())),
+            Err(e) => Err(e),
+        }
+        .inspect_err(|_| {
+            sh.dropped_invalid.fetch_add(batch.len() as u64, Ordering::Relaxed);
+        })?;
+        let len = entry.len() as u64;
+        loop {
+            let notified = sh.space.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if sh.try_reserve(len) {
+                break;
+            }
+            if sh.opts.when_full == WhenFull::DropNewest {
+                sh.dropped_full.fetch_add(batch.len() as u64, Ordering::Relaxed);
+                return Err(BufferError::Full { max_size: sh.opts.max_size });
+            }
+            if sh.closed.load(Ordering::Acquire) {
+                return Err(BufferError::Closed);
+            }
+            notified.await;
+        }
+        let (reply, rx) = oneshot::channel();
+        if let Err(e) = sh.send(Msg::Append(AppendReq { entry, reply })) {
+            sh.release(len);
+            return Err(e);
+        }
+        // The writer releases the reservation itself when the write fails.
+        Ok(Appending::Pending(rx))
+    }
+
+    /// The reader of sink `name`, resuming at its committed cursor (or the oldest offset
+    /// for a new sink, whose cursor file is created now so segments wait for it).
+    pub fn reader(&self, name: &str) -> Result<Reader, BufferError> {
+        if !cursor::valid_sink_name(name) {
+            return Err(BufferError::SinkName(name.to_owned()));
+        }
+        let sh = &self.shared;
+        let cur = {
+            let mut map = sh.cursors();
+            match map.get(name) {
+                Some(c) => Arc::clone(c),
+                None => {
+                    let c = Arc::new(SinkCursor::new(&sh.cursors_dir, name, sh.oldest(), Arc::clone(&sh.storage)));
+                    c.create()?;
+                    map.insert(name.to_owned(), Arc::clone(&c));
+                    c
+                }
+            }
+        };
+        if cur.attached.swap(true, Ordering::AcqRel) {
+            return Err(BufferError::ReaderExists(name.to_owned()));
+        }
+        Ok(Reader::new(Arc::clone(sh), cur))
+    }
+
+    /// Forgets a sink that is no longer configured, so it stops holding segments.
+    pub fn remove_sink(&self, name: &str) -> Result<bool, BufferError> {
+        let sh = &self.shared;
+        let Some(c) = sh.cursors().remove(name) else { return Ok(false) };
+        let path = sh.cursors_dir.join(&c.name);
+        match sh.storage.remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(source) => return Err(BufferError::WriteCursor { path, source }),
+        }
+        let _ = sh.send(Msg::Gc);
+        Ok(true)
+    }
+
+    pub fn instance_id(&self) -> u64 {
+        self.shared.instance_id
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.shared.opts.path
+    }
+
+    /// One past the newest durable offset.
+    pub fn head(&self) -> u64 {
+        self.shared.durable.borrow().head
+    }
+
+    /// False after a write or fsync failed, until a later one succeeds.
+    pub fn healthy(&self) -> bool {
+        self.shared.healthy.load(Ordering::Acquire)
+    }
+
+    /// True when every known sink has acknowledged everything durable: the drain's question.
+    pub fn delivered_all(&self) -> bool {
+        let head = self.head();
+        self.shared.min_committed().is_none_or(|m| m >= head)
+    }
+
+    pub fn stats(&self) -> BufferStats {
+        let sh = &self.shared;
+        let head = self.head();
+        let oldest = sh.oldest();
+        let (total_bytes, segments) = {
+            let segs = sh.segments();
+            (segs.values().map(|s| s.len).sum::<u64>(), segs.len())
+        };
+        let mut sinks: Vec<SinkStats> = sh
+            .cursors()
+            .values()
+            .map(|c| {
+                let committed = c.committed();
+                SinkStats {
+                    name: c.name.clone(),
+                    committed,
+                    lag_events: head.saturating_sub(committed.max(oldest)),
+                    oldest_undelivered: c.oldest_in_flight(),
+                }
+            })
+            .collect();
+        sinks.sort_by(|a, b| a.name.cmp(&b.name));
+        BufferStats {
+            instance_id: sh.instance_id,
+            head,
+            oldest,
+            total_bytes,
+            total_events: head - oldest,
+            segments,
+            healthy: self.healthy(),
+            dropped_full: sh.dropped_full.load(Ordering::Relaxed),
+            dropped_invalid: sh.dropped_invalid.load(Ordering::Relaxed),
+            write_errors: sh.write_errors.load(Ordering::Relaxed),
+            segment_fsyncs: sh.segment_fsyncs.load(Ordering::Relaxed),
+            recovery: sh.recovery.clone(),
+            sinks,
+        }
+    }
+
+    /// fsyncs every sink cursor changed since its last fsync. Blocking (call it on the
+    /// blocking pool). The writer thread does this periodically and at close; after close,
+    /// sinks still deliver and acknowledge, and a sink stopped before its reader ended
+    /// (shutdown deadline) leaves acknowledgements only this makes durable.
+    pub fn sync_cursors(&self) -> Result<(), BufferError> {
+        let cursors: Vec<Arc<SinkCursor>> = self.shared.cursors().values().cloned().collect();
+        let mut res = Ok(());
+        for c in cursors {
+            if let Err(e) = c.sync() {
+                res = res.and(Err(e));
+            }
+        }
+        res
+    }
+
+    /// Stops intake, completes the appends already queued, fsyncs the active segment and
+    /// every cursor, and stops the writer. Readers then return what is left and `None`.
+    pub async fn close(&self) -> Result<(), BufferError> {
+        let sh = &self.shared;
+        sh.closed.store(true, Ordering::Release);
+        sh.space.notify_waiters();
+        let (tx, rx) = oneshot::channel();
+        sh.send(Msg::Close(tx))?;
+        rx.await.unwrap_or(Err(BufferError::Closed))
+    }
+}

@@ -1,0 +1,307 @@
+//! A sink's reader: resumes at the sink's committed cursor, reads entries from the
+//! segment files with its own handles (in `spawn_blocking`), and waits for the durable
+//! head to move. Holds at most one decoded entry and one read chunk.
+
+use super::cursor::SinkCursor;
+use super::record;
+use super::segment::{RawEntry, Scanner};
+use super::{BufferError, Durable, Msg, Shared};
+use crate::event::Batch;
+use std::io;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use tokio::sync::watch;
+
+/// Events `[first_offset, first_offset + batch.len())`, all with one tag.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReadBatch {
+    pub first_offset: u64,
+    pub batch: Batch,
+}
+
+impl ReadBatch {
+    pub fn end_offset(&self) -> u64 {
+        self.first_offset + self.batch.len() as u64
+    }
+}
+
+/// Acknowledges delivered ranges for one sink; cheap to clone and hand to the tasks that
+/// see delivery results.
+#[derive(Clone)]
+pub struct Acker {
+    sh: Arc<Shared>,
+    cursor: Arc<SinkCursor>,
+}
+
+impl Acker {
+    /// Marks `[first, first+count)` delivered. Ranges may come in any order; the committed
+    /// cursor moves over the contiguous prefix and is written (renamed, not fsynced) as it
+    /// moves. Acknowledge only offsets this sink has received.
+    pub fn ack(&self, first: u64, count: u64) -> Result<(), BufferError> {
+        if let Some(c) = self.cursor.ack(first, count)? {
+            if c >= self.sh.gc_hint.load(Ordering::Acquire) {
+                let _ = self.sh.send(Msg::Gc);
+            }
+        }
+        Ok(())
+    }
+
+    /// Every offset below this is delivered.
+    pub fn committed(&self) -> u64 {
+        self.cursor.committed()
+    }
+}
+
+pub struct Reader {
+    sh: Arc<Shared>,
+    acker: Acker,
+    durable: watch::Receiver<Durable>,
+    /// Next offset to hand out.
+    next_offset: u64,
+    /// First offset (name) of the segment being read.
+    seg: Option<u64>,
+    /// `None` after a cancelled read: reopened at the segment start, entries below
+    /// `next_offset` skipped.
+    scanner: Option<Box<Scanner>>,
+    /// The entry being handed out, possibly in parts.
+    pending: Option<(u64, Batch)>,
+}
+
+enum Step {
+    Entry(RawEntry),
+    EndOfSegment,
+    /// The segment vanished: locate again.
+    Retry,
+}
+
+impl Reader {
+    pub(super) fn new(sh: Arc<Shared>, cursor: Arc<SinkCursor>) -> Reader {
+        let durable = sh.durable.subscribe();
+        let next_offset = cursor.committed();
+        Reader {
+            acker: Acker { sh: Arc::clone(&sh), cursor },
+            sh,
+            durable,
+            next_offset,
+            seg: None,
+            scanner: None,
+            pending: None,
+        }
+    }
+
+    pub fn sink(&self) -> &str {
+        &self.acker.cursor.name
+    }
+
+    /// The next offset `next` will return.
+    pub fn position(&self) -> u64 {
+        self.next_offset
+    }
+
+    pub fn committed(&self) -> u64 {
+        self.acker.committed()
+    }
+
+    pub fn acker(&self) -> Acker {
+        self.acker.clone()
+    }
+
+    /// See [`Acker::ack`].
+    pub fn ack(&self, first: u64, count: u64) -> Result<(), BufferError> {
+        self.acker.ack(first, count)
+    }
+
+    /// The next events: at most `max_events` (≥ 1) and, past the first event, at most
+    /// `max_bytes` of records and metadata, from one entry. Waits for new appends; `None`
+    /// once the buffer is closed and everything durable has been read. Cancel-safe.
+    pub async fn next(&mut self, max_events: usize, max_bytes: usize) -> Result<Option<ReadBatch>, BufferError> {
+        self.read(max_events, max_bytes, true).await
+    }
+
+    /// Like `next` but returns `None` at once when nothing durable is left to read.
+    pub async fn try_next(&mut self, max_events: usize, max_bytes: usize) -> Result<Option<ReadBatch>, BufferError> {
+        self.read(max_events, max_bytes, false).await
+    }
+
+    async fn read(&mut self, max_events: usize, max_bytes: usize, wait: bool) -> Result<Option<ReadBatch>, BufferError> {
+        loop {
+            if let Some(rb) = self.take_pending(max_events.max(1), max_bytes) {
+                return Ok(Some(rb));
+            }
+            let d = *self.durable.borrow_and_update();
+            if self.next_offset >= d.head {
+                if d.closed {
+                    self.sync_cursor().await;
+                    return Ok(None);
+                }
+                if !wait {
+                    return Ok(None);
+                }
+                if self.durable.changed().await.is_err() {
+                    return Ok(None);
+                }
+                continue;
+            }
+            match self.read_entry(&d).await? {
+                Step::Entry(raw) => {
+                    let end = raw.end_offset();
+                    if end <= self.next_offset {
+                        continue;
+                    }
+                    if raw.first_offset > self.next_offset {
+                        self.skip_to(raw.first_offset)?;
+                    }
+                    match record::decode_body(&raw.body) {
+                        Ok(decoded) => self.pending = Some(decoded),
+                        Err(e) => {
+                            // The CRC matched, so this is a writer bug, not disk damage.
+                            tracing::error!(sink = self.sink(), offset = raw.first_offset, error = %e, "undecodable buffer entry skipped");
+                            self.skip_to(end)?;
+                        }
+                    }
+                }
+                Step::Retry => {}
+                Step::EndOfSegment => {
+                    let seg = self.seg.unwrap_or(0);
+                    let next = self.sh.segments().range(seg + 1..).next().map(|(k, _)| *k);
+                    match next {
+                        Some(k) if seg != d.active_first => {
+                            self.seg = Some(k);
+                            self.scanner = None;
+                        }
+                        // The active segment is read up to its durable end, yet offsets
+                        // below the head remain: they were lost to damage (or the head was
+                        // raised past them to meet a cursor).
+                        _ => self.skip_to(d.head)?,
+                    }
+                }
+            }
+        }
+    }
+
+    /// After close the writer thread no longer fsyncs cursors, yet sinks go on
+    /// acknowledging what they deliver during shutdown: make those acknowledgements
+    /// durable when the reader reports the end (a no-op when nothing changed).
+    async fn sync_cursor(&self) {
+        let cursor = Arc::clone(&self.acker.cursor);
+        let res = tokio::task::spawn_blocking(move || cursor.sync()).await;
+        match res {
+            Ok(Ok(())) => {}
+            // Not fatal: the cursor was written in place, only a host crash could lose it
+            // (the events are then delivered again).
+            Ok(Err(e)) => tracing::warn!(sink = self.sink(), error = %e, "cannot fsync the sink cursor at shutdown"),
+            Err(e) => tracing::warn!(sink = self.sink(), error = %e, "cannot fsync the sink cursor at shutdown"),
+        }
+    }
+
+    /// Offsets `[next_offset, to)` do not exist: acknowledge them so the cursor passes.
+    fn skip_to(&mut self, to: u64) -> Result<(), BufferError> {
+        if to > self.next_offset {
+            let n = to - self.next_offset;
+            tracing::debug!(sink = self.sink(), from = self.next_offset, events = n, "skipping offsets not in the buffer");
+            self.acker.ack(self.next_offset, n)?;
+            self.next_offset = to;
+        }
+        Ok(())
+    }
+
+    fn take_pending(&mut self, max_events: usize, max_bytes: usize) -> Option<ReadBatch> {
+        let (first, batch) = self.pending.as_ref()?;
+        let start = self.next_offset.saturating_sub(*first) as usize;
+        if start >= batch.len() {
+            self.pending = None;
+            return None;
+        }
+        let mut n = 0;
+        let mut bytes = 0;
+        for e in &batch.events[start..] {
+            let size = e.record.len() + e.metadata.len();
+            if n > 0 && (n >= max_events || bytes + size > max_bytes) {
+                break;
+            }
+            n += 1;
+            bytes += size;
+        }
+        let batch = if start == 0 && n == batch.len() {
+            self.pending.take().map(|p| p.1)?
+        } else {
+            let b = Batch { tag: batch.tag.clone(), events: batch.events[start..start + n].to_vec() };
+            if start + n == batch.len() {
+                self.pending = None;
+            }
+            b
+        };
+        let rb = ReadBatch { first_offset: self.next_offset, batch };
+        self.next_offset += n as u64;
+        if let Some(e) = rb.batch.events.first() {
+            self.acker.cursor.note_in_flight(rb.end_offset(), e.time);
+        }
+        Some(rb)
+    }
+
+    fn locate(&self) -> Option<u64> {
+        let segs = self.sh.segments();
+        segs.range(..=self.next_offset)
+            .next_back()
+            .or_else(|| segs.iter().next())
+            .map(|(k, _)| *k)
+    }
+
+    async fn read_entry(&mut self, d: &Durable) -> Result<Step, BufferError> {
+        let seg = match self.seg {
+            Some(s) => s,
+            None => {
+                let s = self.locate().ok_or(BufferError::Closed)?;
+                self.seg = Some(s);
+                self.scanner = None;
+                s
+            }
+        };
+        let (path, limit) = {
+            let segs = self.sh.segments();
+            match segs.get(&seg) {
+                Some(info) => (info.path.clone(), if seg == d.active_first { d.active_len } else { info.len }),
+                None => {
+                    drop(segs);
+                    // Deleted: everything in it was delivered by every sink, this one too.
+                    self.seg = None;
+                    self.scanner = None;
+                    return Ok(Step::Retry);
+                }
+            }
+        };
+        if let Some(raw) = self.scanner.as_mut().and_then(|sc| sc.next_buffered(limit)) {
+            return Ok(Step::Entry(raw));
+        }
+        let storage = Arc::clone(&self.sh.storage);
+        let scanner = self.scanner.take();
+        let joined = tokio::task::spawn_blocking(move || {
+            let mut sc = match scanner {
+                Some(s) => s,
+                None => match storage.open_read(&path) {
+                    Ok(f) => Box::new(Scanner::new(f)),
+                    Err(source) => return (None, Err(BufferError::OpenSegment { path, source })),
+                },
+            };
+            let r = sc.next_entry(limit).map_err(|source| BufferError::ReadSegment { path, source });
+            (Some(sc), r)
+        })
+        .await;
+        let (scanner, res) = joined.map_err(|e| BufferError::ReadSegment {
+            path: self.sh.segments_dir.clone(),
+            source: io::Error::other(e.to_string()),
+        })?;
+        self.scanner = scanner;
+        match res? {
+            Some(raw) => Ok(Step::Entry(raw)),
+            None => Ok(Step::EndOfSegment),
+        }
+    }
+
+}
+
+impl Drop for Reader {
+    fn drop(&mut self) {
+        self.acker.cursor.attached.store(false, Ordering::Release);
+    }
+}

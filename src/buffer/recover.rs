@@ -1,0 +1,272 @@
+//! Opening a buffer directory: instance id, segment scan, torn-tail truncation, cursors.
+//! Cheap enough to run at every start and safe to interrupt at any point: it only
+//! truncates bytes no append was acknowledged for, and creates files atomically.
+
+use super::cursor;
+use super::record::HEADER_LEN;
+use super::segment::{parse_segment_name, segment_path, RawEntry, Scanner};
+use super::storage::{AppendFile, Storage};
+use super::{BufferError, BufferOptions, RecoveryReport, SegmentInfo};
+use std::collections::BTreeMap;
+use std::io;
+use std::path::Path;
+
+pub(super) struct Recovered {
+    pub instance_id: u64,
+    pub segments: BTreeMap<u64, SegmentInfo>,
+    pub head: u64,
+    pub active_first: u64,
+    pub active_len: u64,
+    pub active_file: Box<dyn AppendFile>,
+    pub total_bytes: u64,
+    pub cursors: Vec<(String, u64)>,
+    pub report: RecoveryReport,
+}
+
+fn mkdir(storage: &dyn Storage, path: &Path) -> Result<(), BufferError> {
+    storage.create_dir_all(path).map_err(|source| BufferError::CreateDir { path: path.to_owned(), source })
+}
+
+fn list(storage: &dyn Storage, path: &Path) -> Result<Vec<std::path::PathBuf>, BufferError> {
+    storage.list_dir(path).map_err(|source| BufferError::ListDir { path: path.to_owned(), source })
+}
+
+fn instance_id(storage: &dyn Storage, dir: &Path) -> Result<u64, BufferError> {
+    let path = dir.join("instance-id");
+    let err = |source: io::Error| BufferError::InstanceId { path: path.clone(), source };
+    match storage.read_small(&path) {
+        Ok(b) => {
+            let text = String::from_utf8_lossy(&b);
+            if let Ok(id) = u64::from_str_radix(text.trim(), 16) {
+                return Ok(id);
+            }
+            // Replacing it changes every future record id; old ones keep theirs.
+            tracing::warn!(path = %path.display(), "instance id is unreadable, creating a new one");
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(err(e)),
+    }
+    let id: u64 = rand::random();
+    let tmp = dir.join("instance-id.tmp");
+    storage.write_file(&tmp, format!("{id:016x}\n").as_bytes(), true).map_err(err)?;
+    storage.rename(&tmp, &path).map_err(err)?;
+    storage.sync_dir(dir).map_err(|source| BufferError::SyncDir { path: dir.to_owned(), source })?;
+    Ok(id)
+}
+
+/// What one segment file holds, found without changing it: shared by recovery (which then
+/// truncates a torn tail) and `inspect` (which must never write).
+#[derive(Debug)]
+pub(super) struct SegmentScan {
+    /// File size when opened: the scan's limit.
+    pub len: u64,
+    /// End of the last valid entry (stale ones included).
+    pub valid_end: u64,
+    pub entries: u64,
+    pub events: u64,
+    /// Offsets missing before this segment's first valid entry (counting from the end of
+    /// the previous segment) and between its entries.
+    pub lost_events: u64,
+    /// One past the last valid event so far: the `expected` of the next segment.
+    pub next: u64,
+    /// One past this segment's last valid event; `None` when it holds none.
+    pub end: Option<u64>,
+    /// Bytes readers may read: the file size, or less when the tail is junk (see
+    /// `scan_segment`'s `before`).
+    pub usable_len: u64,
+    /// Bytes of entries that checked out but repeat older offsets, and junk past
+    /// `usable_len`.
+    stale_bytes: u64,
+    /// Bytes the scanner stepped over, a torn tail included.
+    scanner_corrupt: u64,
+}
+
+impl SegmentScan {
+    /// `(damaged bytes, torn tail bytes)`. Only the newest segment (`last`) can have a
+    /// torn tail: bytes after its last valid entry are a write that never completed.
+    /// Anywhere else they are damage.
+    pub fn damage(&self, last: bool) -> (u64, u64) {
+        let tail = if last { self.len - self.valid_end.min(self.len) } else { 0 };
+        (self.stale_bytes + self.scanner_corrupt - tail.min(self.scanner_corrupt), tail)
+    }
+}
+
+/// Scans the segment at `path` (first offset `first`) up to its current size. `expected`
+/// is one past the last valid event of the segments before it (`None` for the first);
+/// `before` is the first offset of the next segment (`None` for the newest).
+/// `on_entry` sees every valid entry that is counted. Reads only.
+pub(super) fn scan_segment(
+    storage: &dyn Storage,
+    path: &Path,
+    first: u64,
+    expected: Option<u64>,
+    before: Option<u64>,
+    on_entry: &mut dyn FnMut(&RawEntry),
+) -> Result<SegmentScan, BufferError> {
+    let file = storage.open_read(path).map_err(|source| BufferError::OpenSegment { path: path.to_owned(), source })?;
+    let len = file.size().map_err(|source| BufferError::ReadSegment { path: path.to_owned(), source })?;
+    let mut lost_events = 0;
+    if let Some(e) = expected {
+        if first > e {
+            lost_events += first - e;
+        }
+    }
+    let mut next = expected.map_or(first, |e| e.max(first));
+    let (mut entries, mut events, mut stale_bytes, mut end) = (0, 0, 0, None);
+    let mut sc = Scanner::new(file);
+    // Where junk starts: the rest of the file is not read by anyone.
+    let mut junk_from = None;
+    while let Some(entry) =
+        sc.next_entry(len).map_err(|source| BufferError::ReadSegment { path: path.to_owned(), source })?
+    {
+        if before.is_some_and(|b| entry.end_offset() > b) {
+            // The next segment starts at `b`, so this entry was never acknowledged: a group
+            // written whole whose fsync failed and could not be cut off (the writer then
+            // started the next segment at the same offsets). Read, it would shadow the
+            // acknowledged entries that reuse its offsets.
+            junk_from = Some(entry.pos);
+            break;
+        }
+        if entry.first_offset < next {
+            // Offsets only grow; an older entry here is stale data that happened to
+            // check out. Its bytes count as damage.
+            stale_bytes += entry.body.len() as u64 + HEADER_LEN as u64;
+            continue;
+        }
+        lost_events += entry.first_offset - next;
+        entries += 1;
+        events += u64::from(entry.count);
+        next = entry.end_offset();
+        end = Some(next);
+        on_entry(&entry);
+    }
+    if let Some(pos) = junk_from {
+        stale_bytes += len - pos;
+    }
+    Ok(SegmentScan {
+        len,
+        valid_end: junk_from.unwrap_or(sc.valid_end),
+        usable_len: junk_from.unwrap_or(len),
+        entries,
+        events,
+        lost_events,
+        next: end.or(expected).unwrap_or(first),
+        end,
+        stale_bytes,
+        scanner_corrupt: sc.corrupt_bytes,
+    })
+}
+
+pub(super) fn recover(opts: &BufferOptions, storage: &dyn Storage) -> Result<Recovered, BufferError> {
+    let segdir = opts.path.join("segments");
+    let curdir = opts.path.join("cursors");
+    mkdir(storage, &opts.path)?;
+    mkdir(storage, &segdir)?;
+    mkdir(storage, &curdir)?;
+    let instance_id = instance_id(storage, &opts.path)?;
+    let mut report = RecoveryReport::default();
+
+    let mut names: Vec<u64> = list(storage, &segdir)?.iter().filter_map(|p| parse_segment_name(p)).collect();
+    names.sort_unstable();
+    report.segments = names.len();
+
+    let mut segments = BTreeMap::new();
+    // One past the last valid event seen; `None` before the first entry.
+    let mut expected: Option<u64> = None;
+    let mut active_len = 0;
+    for (i, &first) in names.iter().enumerate() {
+        let path = segment_path(&segdir, first);
+        let last = i + 1 == names.len();
+        let scan = scan_segment(storage, &path, first, expected, names.get(i + 1).copied(), &mut |_| {})?;
+        expected = Some(scan.next);
+        report.entries += scan.entries;
+        report.events += scan.events;
+        report.lost_events += scan.lost_events;
+        let (corrupt, tail) = scan.damage(last);
+        report.corrupt_bytes += corrupt;
+        let mut seg_len = scan.usable_len;
+        if tail > 0 {
+            // Bytes after the newest valid entry of the newest segment: a write that never
+            // completed, so never acknowledged.
+            report.truncated_bytes += tail;
+            let mut f =
+                storage.open_append(&path).map_err(|source| BufferError::OpenSegment { path: path.clone(), source })?;
+            f.truncate(scan.valid_end)
+                .and_then(|_| f.sync())
+                .map_err(|source| BufferError::TruncateSegment { path: path.clone(), source })?;
+            tracing::warn!(path = %path.display(), bytes = tail, "truncated a torn write at the end of the buffer");
+            seg_len = scan.valid_end;
+        }
+        if last {
+            active_len = seg_len;
+        }
+        segments.insert(first, SegmentInfo { path, len: seg_len });
+    }
+
+    let oldest = names.first().copied().unwrap_or(0);
+    let mut cursors = Vec::new();
+    for p in list(storage, &curdir)? {
+        let Some(name) = p.file_name().and_then(|n| n.to_str()) else { continue };
+        if name.ends_with(".tmp") {
+            let _ = storage.remove_file(&p);
+            continue;
+        }
+        if !cursor::valid_sink_name(name) {
+            continue;
+        }
+        let off = match storage.read_small(&p).ok().as_deref().and_then(cursor::decode) {
+            Some(o) => o,
+            None => {
+                tracing::warn!(path = %p.display(), "cursor is unreadable; the sink restarts at the oldest event");
+                report.bad_cursors += 1;
+                oldest
+            }
+        };
+        cursors.push((name.to_owned(), off));
+    }
+
+    let max_cursor = cursors.iter().map(|c| c.1).max().unwrap_or(0);
+    let head = expected.unwrap_or(0).max(max_cursor);
+    let (active_first, active_file, active_len) = match names.last() {
+        Some(&first) => {
+            let path = segment_path(&segdir, first);
+            let f = storage.open_append(&path).map_err(|source| BufferError::OpenSegment { path, source })?;
+            (first, f, active_len)
+        }
+        None => {
+            let path = segment_path(&segdir, head);
+            let f =
+                storage.open_append(&path).map_err(|source| BufferError::OpenSegment { path: path.clone(), source })?;
+            storage.sync_dir(&segdir).map_err(|source| BufferError::SyncDir { path: segdir.clone(), source })?;
+            segments.insert(head, SegmentInfo { path, len: 0 });
+            (head, f, 0)
+        }
+    };
+    let total_bytes = segments.values().map(|s| s.len).sum();
+    if report.corrupt_bytes > 0 || report.lost_events > 0 {
+        tracing::error!(
+            corrupt_bytes = report.corrupt_bytes,
+            lost_events = report.lost_events,
+            "buffer segments were damaged; skipped the damaged entries"
+        );
+    }
+    tracing::info!(
+        path = %opts.path.display(),
+        segments = report.segments,
+        entries = report.entries,
+        events = report.events,
+        head,
+        "buffer opened"
+    );
+    Ok(Recovered {
+        instance_id,
+        segments,
+        head,
+        active_first,
+        active_len,
+        active_file,
+        total_bytes,
+        cursors,
+        report,
+    })
+}

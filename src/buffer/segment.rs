@@ -1,0 +1,219 @@
+//! Segment files: their names and the entry scanner shared by recovery and readers.
+//!
+//! The scanner reads a segment in bounded chunks up to a byte limit, checks every entry's
+//! magic, length and CRC, and steps over damaged bytes by searching for the next magic
+//! that starts a valid entry. It never holds more than one chunk plus one entry.
+
+use super::record::{self, HEADER_LEN, MAGIC_BYTES};
+use super::storage::ReadFile;
+use bytes::{Bytes, BytesMut};
+use std::io;
+use std::path::{Path, PathBuf};
+
+/// Read size of the scanner; entries larger than this are read in one go.
+pub const CHUNK: usize = 256 << 10;
+
+pub fn segment_path(dir: &Path, first_offset: u64) -> PathBuf {
+    dir.join(format!("{first_offset:020}.seg"))
+}
+
+/// The first offset a segment file name stands for; `None` for other files.
+pub fn parse_segment_name(path: &Path) -> Option<u64> {
+    let name = path.file_name()?.to_str()?;
+    let digits = name.strip_suffix(".seg")?;
+    if digits.len() != 20 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+/// One checked entry.
+#[derive(Debug)]
+pub struct RawEntry {
+    /// Byte position of the entry in its segment.
+    pub pos: u64,
+    pub first_offset: u64,
+    pub count: u32,
+    /// The body (after the 12-byte header), CRC checked.
+    pub body: Bytes,
+}
+
+impl RawEntry {
+    pub fn end_offset(&self) -> u64 {
+        self.first_offset + u64::from(self.count)
+    }
+}
+
+pub struct Scanner {
+    file: Box<dyn ReadFile>,
+    buf: BytesMut,
+    /// File position of `buf[0]`.
+    pos: u64,
+    /// End of the last valid entry returned.
+    pub valid_end: u64,
+    /// Bytes stepped over because they did not form a valid entry.
+    pub corrupt_bytes: u64,
+}
+
+impl Scanner {
+    pub fn new(file: Box<dyn ReadFile>) -> Self {
+        Scanner { file, buf: BytesMut::new(), pos: 0, valid_end: 0, corrupt_bytes: 0 }
+    }
+
+    /// The next valid entry that ends at or before `limit`, or `None` when none is left
+    /// below it. Bytes below `limit` that do not form an entry are counted as corrupt and
+    /// consumed, so only call this with a limit below which the file is complete (the
+    /// durable length of the active segment, or the length of a sealed one).
+    pub fn next_entry(&mut self, limit: u64) -> io::Result<Option<RawEntry>> {
+        loop {
+            if !self.fill(HEADER_LEN, limit)? {
+                self.skip(self.buf.len());
+                return Ok(None);
+            }
+            let Some((body_len, crc)) = record::parse_header(&self.buf) else {
+                self.resync();
+                continue;
+            };
+            let total = HEADER_LEN + body_len;
+            if !self.fill(total, limit)? {
+                // The length runs past the limit: a torn or damaged header.
+                self.resync();
+                continue;
+            }
+            if crc32c::crc32c(&self.buf[HEADER_LEN..total]) != crc {
+                self.resync();
+                continue;
+            }
+            return Ok(Some(self.take(total)));
+        }
+    }
+
+    /// The next entry if it is already buffered whole and valid: no I/O, so callers on an
+    /// async runtime can skip `spawn_blocking`. `None` means "use `next_entry`".
+    pub fn next_buffered(&mut self, limit: u64) -> Option<RawEntry> {
+        let (body_len, crc) = record::parse_header(&self.buf)?;
+        let total = HEADER_LEN + body_len;
+        if self.buf.len() < total || self.pos + total as u64 > limit {
+            return None;
+        }
+        if crc32c::crc32c(&self.buf[HEADER_LEN..total]) != crc {
+            return None;
+        }
+        Some(self.take(total))
+    }
+
+    fn take(&mut self, total: usize) -> RawEntry {
+        let pos = self.pos;
+        let entry = self.buf.split_to(total).freeze();
+        self.pos += total as u64;
+        self.valid_end = self.pos;
+        let body = entry.slice(HEADER_LEN..);
+        let (first_offset, count) = record::body_span(&body);
+        RawEntry { pos, first_offset, count, body }
+    }
+
+    /// Ensures `need` bytes are buffered, reading up to `limit`; false if the limit or the
+    /// end of the file comes first.
+    fn fill(&mut self, need: usize, limit: u64) -> io::Result<bool> {
+        while self.buf.len() < need {
+            let at = self.pos + self.buf.len() as u64;
+            if at >= limit {
+                return Ok(false);
+            }
+            let want = (need - self.buf.len()).max(CHUNK).min((limit - at) as usize);
+            let start = self.buf.len();
+            self.buf.resize(start + want, 0);
+            let n = match self.file.read_at(&mut self.buf[start..], at) {
+                Ok(n) => n,
+                Err(e) => {
+                    self.buf.truncate(start);
+                    return Err(e);
+                }
+            };
+            self.buf.truncate(start + n);
+            if n == 0 {
+                // The file is shorter than the limit says; what is there is all there is.
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    /// Steps over the bad byte at the front and on to the next candidate magic.
+    fn resync(&mut self) {
+        let skip = self.buf[1..]
+            .windows(MAGIC_BYTES.len())
+            .position(|w| w == MAGIC_BYTES)
+            .map(|i| i + 1)
+            // Keep a tail that could be the start of a magic split across chunks.
+            .unwrap_or_else(|| self.buf.len().saturating_sub(MAGIC_BYTES.len() - 1).max(1));
+        self.skip(skip);
+    }
+
+    fn skip(&mut self, n: usize) {
+        let n = n.min(self.buf.len());
+        let _ = self.buf.split_to(n);
+        self.pos += n as u64;
+        self.corrupt_bytes += n as u64;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::buffer::storage::{DiskStorage, Storage};
+    use crate::event::{Batch, Event, EventTime, Tag};
+
+    fn entry(first: u64, n: usize, size: usize) -> Vec<u8> {
+        let ev = Event { time: EventTime::new(1, 2), record: Bytes::from(vec![0xa5; size]), metadata: Bytes::new() };
+        let mut e = record::encode(&Batch { tag: Tag::from_static("t"), events: vec![ev; n] }).unwrap();
+        record::seal(&mut e, first);
+        e
+    }
+
+    fn scan_all(bytes: &[u8]) -> (Vec<(u64, u32)>, u64, u64) {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("x.seg");
+        std::fs::write(&p, bytes).unwrap();
+        let mut s = Scanner::new(DiskStorage.open_read(&p).unwrap());
+        let mut out = vec![];
+        while let Some(e) = s.next_entry(bytes.len() as u64).unwrap() {
+            out.push((e.first_offset, e.count));
+        }
+        (out, s.valid_end, s.corrupt_bytes)
+    }
+
+    #[test]
+    fn names_round_trip() {
+        let p = segment_path(Path::new("/b"), 42);
+        assert_eq!(p, Path::new("/b/00000000000000000042.seg"));
+        assert_eq!(parse_segment_name(&p), Some(42));
+        assert_eq!(parse_segment_name(Path::new("/b/42.seg")), None);
+        assert_eq!(parse_segment_name(Path::new("/b/00000000000000000042.tmp")), None);
+    }
+
+    #[test]
+    fn skips_damage_and_reports_the_torn_tail() {
+        let mut bytes = entry(0, 2, 10);
+        let second = bytes.len();
+        bytes.extend(entry(2, 3, 300_000)); // larger than a chunk
+        let third = bytes.len();
+        bytes.extend(entry(5, 1, 10));
+        let good_end = bytes.len();
+        bytes.extend(&entry(6, 1, 10)[..20]); // torn
+        bytes[second + 40] ^= 0xff; // damage the second entry's body
+        let (got, end, corrupt) = scan_all(&bytes);
+        assert_eq!(got, vec![(0, 2), (5, 1)]);
+        assert_eq!(end, good_end as u64);
+        assert_eq!(corrupt, (third - second + 20) as u64);
+    }
+
+    #[test]
+    fn garbage_only_yields_nothing() {
+        let mut g = vec![0u8; 1000];
+        g[100..104].copy_from_slice(&MAGIC_BYTES);
+        let (got, end, corrupt) = scan_all(&g);
+        assert!(got.is_empty());
+        assert_eq!((end, corrupt), (0, 1000));
+    }
+}

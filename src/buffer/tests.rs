@@ -1,0 +1,604 @@
+use super::*;
+use crate::event::{Event, EventTime, Tag};
+use bytes::Bytes;
+use std::sync::atomic::Ordering;
+use tempfile::TempDir;
+
+fn batch(tag: &'static str, n: usize, fill: u8) -> Batch {
+    let events = (0..n)
+        .map(|i| Event {
+            time: EventTime::new(1_700_000_000 + i as i64, 5),
+            record: Bytes::from(vec![fill; 20 + i]),
+            metadata: if i % 2 == 0 { Bytes::new() } else { Bytes::from_static(&[0x80]) },
+        })
+        .collect();
+    Batch { tag: Tag::from_static(tag), events }
+}
+
+fn opts(dir: &TempDir) -> BufferOptions {
+    let mut o = BufferOptions::new(dir.path().join("buf"));
+    o.max_size = 1 << 20;
+    o.segment_size = 4 << 10;
+    o
+}
+
+/// Polls a condition the writer thread makes true, with a deadline (no blind sleeps).
+async fn eventually(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !f() {
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+async fn read_all(r: &mut Reader) -> Vec<ReadBatch> {
+    let mut out = vec![];
+    while let Some(rb) = r.try_next(usize::MAX, usize::MAX).await.unwrap() {
+        out.push(rb);
+    }
+    out
+}
+
+fn segment_files(o: &BufferOptions) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(o.path.join("segments"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| segment::parse_segment_name(p).is_some())
+        .collect();
+    v.sort();
+    v
+}
+
+#[tokio::test]
+async fn appends_come_back_in_order_with_their_offsets() {
+    let dir = tempfile::tempdir().unwrap();
+    let (buf, report) = Buffer::open(opts(&dir)).unwrap();
+    assert_eq!(report, RecoveryReport::default());
+    let mut r = buf.reader("es").unwrap();
+    let b1 = batch("a", 3, 1);
+    let b2 = batch("b", 2, 2);
+    assert_eq!(buf.append(&b1).await.unwrap(), 0..3);
+    assert_eq!(buf.append(&b2).await.unwrap(), 3..5);
+    assert_eq!(buf.append(&batch("c", 0, 0)).await.unwrap(), 5..5);
+    let got = read_all(&mut r).await;
+    assert_eq!(got, vec![ReadBatch { first_offset: 0, batch: b1 }, ReadBatch { first_offset: 3, batch: b2 }]);
+    assert_eq!(buf.stats().sinks[0].lag_events, 5);
+    r.ack(3, 2).unwrap();
+    assert_eq!(r.committed(), 0);
+    assert!(buf.stats().sinks[0].oldest_undelivered.is_some());
+    r.ack(0, 3).unwrap();
+    assert_eq!(r.committed(), 5);
+    assert!(buf.delivered_all());
+    assert_eq!(buf.stats().sinks[0].lag_events, 0);
+    assert_eq!(buf.stats().sinks[0].oldest_undelivered, None);
+    assert!(matches!(buf.reader("es"), Err(BufferError::ReaderExists(_))));
+    assert!(matches!(buf.reader("a/b"), Err(BufferError::SinkName(_))));
+    buf.close().await.unwrap();
+    assert!(matches!(buf.append(&batch("a", 1, 1)).await, Err(BufferError::Closed)));
+}
+
+#[tokio::test]
+async fn reads_split_by_events_and_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (buf, _) = Buffer::open(opts(&dir)).unwrap();
+    let mut r = buf.reader("s").unwrap();
+    buf.append(&batch("a", 5, 1)).await.unwrap();
+    let a = r.try_next(2, usize::MAX).await.unwrap().unwrap();
+    assert_eq!((a.first_offset, a.batch.len()), (0, 2));
+    // 22 + 23 bytes > 30: only one event, but always at least one.
+    let b = r.try_next(10, 30).await.unwrap().unwrap();
+    assert_eq!((b.first_offset, b.batch.len()), (2, 1));
+    let c = r.try_next(10, 0).await.unwrap().unwrap();
+    assert_eq!((c.first_offset, c.batch.len()), (3, 1));
+    let d = r.try_next(10, usize::MAX).await.unwrap().unwrap();
+    assert_eq!((d.first_offset, d.batch.len()), (4, 1));
+    assert!(r.try_next(10, usize::MAX).await.unwrap().is_none());
+}
+
+#[tokio::test]
+async fn reader_waits_for_appends_and_ends_after_close() {
+    let dir = tempfile::tempdir().unwrap();
+    let (buf, _) = Buffer::open(opts(&dir)).unwrap();
+    let mut r = buf.reader("s").unwrap();
+    let task = tokio::spawn(async move {
+        let mut n = 0;
+        while let Some(rb) = r.next(100, usize::MAX).await.unwrap() {
+            n += rb.batch.len();
+            r.ack(rb.first_offset, rb.batch.len() as u64).unwrap();
+        }
+        n
+    });
+    for _ in 0..10 {
+        buf.append(&batch("a", 3, 1)).await.unwrap();
+    }
+    buf.close().await.unwrap();
+    assert_eq!(task.await.unwrap(), 30);
+}
+
+#[tokio::test]
+async fn reopen_resumes_at_the_cursor_and_keeps_the_instance_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = opts(&dir);
+    let (buf, _) = Buffer::open(o.clone()).unwrap();
+    let id = buf.instance_id();
+    let mut r = buf.reader("s").unwrap();
+    for i in 0..20 {
+        buf.append(&batch("a", 10, i)).await.unwrap();
+    }
+    let first = r.try_next(usize::MAX, usize::MAX).await.unwrap().unwrap();
+    r.ack(first.first_offset, 10).unwrap();
+    r.ack(15, 5).unwrap(); // from the second entry, out of order: does not move the cursor
+    // No close: the writer stops as if killed (cursor was renamed, not fsynced).
+    drop(r);
+    drop(buf);
+    let (buf, report) = Buffer::open(o).unwrap();
+    assert_eq!(buf.instance_id(), id);
+    assert_eq!((report.entries, report.events, report.lost_events), (20, 200, 0));
+    assert!(report.segments > 1);
+    assert_eq!(buf.head(), 200);
+    let mut r = buf.reader("s").unwrap();
+    assert_eq!(r.position(), 10);
+    let all = read_all(&mut r).await;
+    assert_eq!(all.len(), 19);
+    assert_eq!(all[0].first_offset, 10);
+    assert_eq!(all[0].batch.events[0].record[0], 1);
+    assert_eq!(buf.append(&batch("a", 1, 1)).await.unwrap(), 200..201);
+}
+
+#[tokio::test]
+async fn torn_tail_is_truncated_and_offsets_continue() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = opts(&dir);
+    let (buf, _) = Buffer::open(o.clone()).unwrap();
+    buf.reader("s").unwrap();
+    for _ in 0..3 {
+        buf.append(&batch("a", 2, 1)).await.unwrap();
+    }
+    drop(buf);
+    let last = segment_files(&o).pop().unwrap();
+    let before = std::fs::metadata(&last).unwrap().len();
+    let mut torn = record::encode(&batch("a", 2, 9)).unwrap();
+    record::seal(&mut torn, 6);
+    let mut f = std::fs::OpenOptions::new().append(true).open(&last).unwrap();
+    std::io::Write::write_all(&mut f, &torn[..torn.len() - 3]).unwrap();
+    drop(f);
+    let (buf, report) = Buffer::open(o).unwrap();
+    assert_eq!(report.truncated_bytes, torn.len() as u64 - 3);
+    assert_eq!((report.events, report.lost_events, report.corrupt_bytes), (6, 0, 0));
+    assert_eq!(std::fs::metadata(&last).unwrap().len(), before);
+    assert_eq!(buf.append(&batch("a", 1, 1)).await.unwrap(), 6..7);
+    let mut r = buf.reader("s").unwrap();
+    let got: Vec<u64> = read_all(&mut r).await.iter().map(|b| b.first_offset).collect();
+    assert_eq!(got, vec![0, 2, 4, 6]);
+}
+
+#[tokio::test]
+async fn damaged_entries_in_the_middle_are_skipped_and_the_rest_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut o = opts(&dir);
+    o.segment_size = 1 << 20;
+    o.max_size = 4 << 20;
+    let (buf, _) = Buffer::open(o.clone()).unwrap();
+    buf.reader("s").unwrap();
+    let mut positions = vec![0u64];
+    for i in 0..10 {
+        buf.append(&batch("a", 4, i)).await.unwrap();
+        positions.push(buf.stats().total_bytes);
+    }
+    drop(buf);
+    let seg = segment_files(&o).pop().unwrap();
+    let mut bytes = std::fs::read(&seg).unwrap();
+    // Entry 3: a flipped record byte (CRC). Entry 6: a flipped magic byte.
+    bytes[positions[3] as usize + 60] ^= 0x40;
+    bytes[positions[6] as usize] ^= 0x01;
+    std::fs::write(&seg, &bytes).unwrap();
+    let (buf, report) = Buffer::open(o).unwrap();
+    assert_eq!(report.entries, 8);
+    assert_eq!(report.lost_events, 8);
+    assert_eq!(report.corrupt_bytes, (positions[4] - positions[3]) + (positions[7] - positions[6]));
+    assert_eq!(report.truncated_bytes, 0);
+    assert_eq!(buf.head(), 40);
+    let mut r = buf.reader("s").unwrap();
+    let got = read_all(&mut r).await;
+    let firsts: Vec<u64> = got.iter().map(|b| b.first_offset).collect();
+    assert_eq!(firsts, vec![0, 4, 8, 16, 20, 28, 32, 36]);
+    assert!(got.iter().all(|b| b.batch.events[0].record[0] == (b.first_offset / 4) as u8));
+    for b in &got {
+        r.ack(b.first_offset, b.batch.len() as u64).unwrap();
+    }
+    // The reader acknowledged the lost offsets itself: the cursor is not stuck.
+    assert_eq!(r.committed(), 40);
+}
+
+#[tokio::test]
+async fn segments_are_deleted_only_when_every_sink_passed_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = opts(&dir);
+    let (buf, _) = Buffer::open(o.clone()).unwrap();
+    let mut fast = buf.reader("fast").unwrap();
+    let mut slow = buf.reader("slow").unwrap();
+    for i in 0..100 {
+        buf.append(&batch("a", 5, i)).await.unwrap();
+    }
+    let segs = buf.stats().segments;
+    assert!(segs > 3, "{segs}");
+    for b in read_all(&mut fast).await {
+        fast.ack(b.first_offset, b.batch.len() as u64).unwrap();
+    }
+    assert_eq!(fast.committed(), 500);
+    // The slow sink holds every segment; the fast one still reads at full speed.
+    buf.append(&batch("a", 1, 1)).await.unwrap();
+    assert_eq!(read_all(&mut fast).await.len(), 1);
+    assert_eq!(buf.stats().segments, segs);
+    assert_eq!(segment_files(&o).len(), segs);
+    let first = slow.try_next(usize::MAX, usize::MAX).await.unwrap().unwrap();
+    slow.ack(first.first_offset, 5).unwrap();
+    for b in read_all(&mut slow).await {
+        slow.ack(b.first_offset, b.batch.len() as u64).unwrap();
+    }
+    fast.ack(500, 1).unwrap();
+    eventually("segments deleted", || buf.stats().segments == 1).await;
+    assert_eq!(segment_files(&o).len(), 1);
+    let st = buf.stats();
+    assert_eq!(st.head, 501);
+    assert_eq!(st.total_events, 501 - st.oldest);
+    assert!(st.total_bytes < o.segment_size + 1024);
+}
+
+#[tokio::test]
+async fn drop_newest_refuses_at_max_size_and_counts() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut o = opts(&dir);
+    o.max_size = 16 << 10;
+    o.when_full = WhenFull::DropNewest;
+    let (buf, _) = Buffer::open(o).unwrap();
+    buf.reader("s").unwrap();
+    let mut ok = 0;
+    let err = loop {
+        match buf.append(&batch("a", 10, 1)).await {
+            Ok(_) => ok += 1,
+            Err(e) => break e,
+        }
+    };
+    assert!(matches!(err, BufferError::Full { .. }), "{err}");
+    assert!(ok > 10);
+    assert_eq!(buf.stats().dropped_full, 10);
+    assert!(buf.stats().total_bytes <= 16 << 10);
+}
+
+#[tokio::test]
+async fn block_waits_until_a_sink_frees_space() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut o = opts(&dir);
+    o.max_size = 16 << 10;
+    let (buf, _) = Buffer::open(o).unwrap();
+    let mut r = buf.reader("s").unwrap();
+    let b = batch("a", 10, 1);
+    while buf.shared.try_reserve(entry_size(&b)) {
+        buf.shared.release(entry_size(&b));
+        buf.append(&b).await.unwrap();
+    }
+    let b2 = buf.clone();
+    let blocked = tokio::spawn(async move { b2.append(&batch("a", 10, 2)).await });
+    for _ in 0..50 {
+        tokio::task::yield_now().await;
+    }
+    assert!(!blocked.is_finished(), "append completed on a full buffer");
+    for rb in read_all(&mut r).await {
+        r.ack(rb.first_offset, rb.batch.len() as u64).unwrap();
+    }
+    let range = blocked.await.unwrap().unwrap();
+    assert_eq!(range.end - range.start, 10);
+    assert_eq!(buf.stats().dropped_full, 0);
+}
+
+fn entry_size(b: &Batch) -> u64 {
+    record::entry_len(b) as u64
+}
+
+#[tokio::test]
+async fn enospc_fails_the_append_cleanly_and_recovers_when_space_returns() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = opts(&dir);
+    let fs = FaultyStorage::new();
+    let (buf, _) = Buffer::open_with_storage(o.clone(), Arc::new(fs.clone())).unwrap();
+    let mut r = buf.reader("s").unwrap();
+    buf.append(&batch("a", 2, 1)).await.unwrap();
+    let len = buf.stats().total_bytes;
+    fs.faults.no_space.store(true, Ordering::SeqCst);
+    let err = buf.append(&batch("a", 2, 2)).await.unwrap_err();
+    let msg = err.to_string();
+    assert!(matches!(err, BufferError::Write { .. }), "{msg}");
+    assert!(msg.contains("segments") && msg.contains("No space left"), "{msg}");
+    assert!(!buf.healthy());
+    assert_eq!(buf.head(), 2);
+    let seg = segment_files(&o).pop().unwrap();
+    assert_eq!(std::fs::metadata(&seg).unwrap().len(), len, "the torn write was not cut off");
+    assert_eq!(buf.stats().write_errors, 1);
+    fs.faults.no_space.store(false, Ordering::SeqCst);
+    assert_eq!(buf.append(&batch("a", 2, 3)).await.unwrap(), 2..4);
+    assert!(buf.healthy());
+    let got: Vec<u8> = read_all(&mut r).await.iter().map(|b| b.batch.events[0].record[0]).collect();
+    assert_eq!(got, vec![1, 3]);
+    drop(r);
+    drop(buf);
+    let (_buf, report) = Buffer::open(o).unwrap();
+    assert_eq!((report.events, report.corrupt_bytes, report.truncated_bytes), (4, 0, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn group_commit_serves_many_appends_with_few_fsyncs() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut o = opts(&dir);
+    o.segment_size = 8 << 20;
+    o.max_size = 64 << 20;
+    let fs = FaultyStorage::new();
+    let (buf, _) = Buffer::open_with_storage(o, Arc::new(fs.clone())).unwrap();
+    let n = 400;
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..n {
+        let buf = buf.clone();
+        tasks.spawn(async move { buf.append(&batch("a", 2, i as u8)).await });
+    }
+    let mut ranges = vec![];
+    while let Some(r) = tasks.join_next().await {
+        ranges.push(r.unwrap().unwrap());
+    }
+    ranges.sort_by_key(|r| r.start);
+    for (i, r) in ranges.iter().enumerate() {
+        assert_eq!(*r, (2 * i as u64)..(2 * i as u64 + 2));
+    }
+    let syncs = fs.faults.segment_syncs.load(Ordering::SeqCst);
+    let writes = fs.faults.segment_writes.load(Ordering::SeqCst);
+    assert!(syncs < n as u64 / 2, "{syncs} fsyncs for {n} appends");
+    assert_eq!(syncs, writes);
+    assert_eq!(buf.stats().segment_fsyncs, syncs);
+}
+
+#[tokio::test]
+async fn sync_always_fsyncs_every_entry() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut o = opts(&dir);
+    o.sync = SyncMode::Always;
+    let fs = FaultyStorage::new();
+    let (buf, _) = Buffer::open_with_storage(o, Arc::new(fs.clone())).unwrap();
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..20 {
+        let buf = buf.clone();
+        tasks.spawn(async move { buf.append(&batch("a", 1, i)).await });
+    }
+    while let Some(r) = tasks.join_next().await {
+        r.unwrap().unwrap();
+    }
+    assert_eq!(fs.faults.segment_syncs.load(Ordering::SeqCst), 20);
+}
+
+#[tokio::test]
+async fn sync_never_completes_after_write_and_fsyncs_at_close() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut o = opts(&dir);
+    o.sync = SyncMode::Never;
+    o.sync_interval = Duration::from_secs(3600);
+    let fs = FaultyStorage::new();
+    let (buf, _) = Buffer::open_with_storage(o.clone(), Arc::new(fs.clone())).unwrap();
+    for i in 0..5 {
+        buf.append(&batch("a", 1, i)).await.unwrap();
+    }
+    assert_eq!(fs.faults.segment_syncs.load(Ordering::SeqCst), 0);
+    buf.close().await.unwrap();
+    assert_eq!(fs.faults.segment_syncs.load(Ordering::SeqCst), 1);
+    drop(buf);
+    let (_b, report) = Buffer::open(o).unwrap();
+    assert_eq!(report.events, 5);
+}
+
+#[test]
+fn options_are_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut o = opts(&dir);
+    o.segment_size = o.max_size;
+    assert!(matches!(Buffer::open(o), Err(BufferError::InvalidOptions(_))));
+}
+
+#[tokio::test]
+async fn a_damaged_cursor_restarts_the_sink_at_the_oldest_event() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = opts(&dir);
+    let (buf, _) = Buffer::open(o.clone()).unwrap();
+    let r = buf.reader("s").unwrap();
+    buf.append(&batch("a", 3, 1)).await.unwrap();
+    r.ack(0, 3).unwrap();
+    drop(r);
+    buf.close().await.unwrap();
+    drop(buf);
+    std::fs::write(o.path.join("cursors/s"), b"junk").unwrap();
+    let (buf, report) = Buffer::open(o).unwrap();
+    assert_eq!(report.bad_cursors, 1);
+    let r = buf.reader("s").unwrap();
+    assert_eq!(r.position(), 0);
+}
+
+#[tokio::test]
+async fn too_large_batches_are_refused_and_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut o = opts(&dir);
+    o.max_size = 16 << 10;
+    let (buf, _) = Buffer::open(o).unwrap();
+    let err = buf.append(&batch("a", 400, 1)).await.unwrap_err();
+    assert!(matches!(err, BufferError::Encode(record::RecordError::TooLarge(_))), "{err}");
+    assert_eq!(buf.stats().dropped_invalid, 400);
+    assert_eq!(buf.head(), 0);
+}
+
+#[tokio::test]
+async fn enospc_when_starting_a_segment_fails_the_append_and_recovers() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = opts(&dir);
+    let fs = FaultyStorage::new();
+    let (buf, _) = Buffer::open_with_storage(o.clone(), Arc::new(fs.clone())).unwrap();
+    let mut r = buf.reader("s").unwrap();
+    let b = batch("a", 10, 1);
+    // Fill the first segment to just below its size: the next append must roll.
+    while buf.stats().total_bytes + entry_size(&b) <= o.segment_size {
+        buf.append(&b).await.unwrap();
+    }
+    let head = buf.head();
+    fs.faults.no_space.store(true, Ordering::SeqCst);
+    let err = buf.append(&b).await.unwrap_err();
+    assert!(matches!(err, BufferError::OpenSegment { .. }), "{err}");
+    assert!(!buf.healthy());
+    fs.faults.no_space.store(false, Ordering::SeqCst);
+    assert_eq!(buf.append(&b).await.unwrap(), head..head + 10);
+    assert!(buf.healthy());
+    assert_eq!(buf.stats().segments, 2);
+    let n: usize = read_all(&mut r).await.iter().map(|b| b.batch.len()).sum();
+    assert_eq!(n as u64, head + 10);
+}
+
+#[tokio::test]
+async fn a_write_that_cannot_be_cut_off_moves_on_to_a_new_segment() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = opts(&dir);
+    let fs = FaultyStorage::new();
+    let (buf, _) = Buffer::open_with_storage(o.clone(), Arc::new(fs.clone())).unwrap();
+    let mut r = buf.reader("s").unwrap();
+    buf.append(&batch("a", 2, 1)).await.unwrap();
+    fs.faults.no_space.store(true, Ordering::SeqCst);
+    fs.faults.no_truncate.store(true, Ordering::SeqCst);
+    buf.append(&batch("a", 2, 2)).await.unwrap_err();
+    fs.faults.no_space.store(false, Ordering::SeqCst);
+    fs.faults.no_truncate.store(false, Ordering::SeqCst);
+    // The junk stays in the first segment, past its recorded end; writing goes on in a
+    // new one, and readers never see the junk.
+    assert_eq!(buf.append(&batch("a", 2, 3)).await.unwrap(), 2..4);
+    assert_eq!(segment_files(&o).len(), 2);
+    let got: Vec<u8> = read_all(&mut r).await.iter().map(|b| b.batch.events[0].record[0]).collect();
+    assert_eq!(got, vec![1, 3]);
+    drop(r);
+    drop(buf);
+    let (buf, report) = Buffer::open(o).unwrap();
+    assert!(report.corrupt_bytes > 0);
+    assert_eq!((report.events, report.lost_events, report.truncated_bytes), (4, 0, 0));
+    let mut r = buf.reader("s").unwrap();
+    let got: Vec<u8> = read_all(&mut r).await.iter().map(|b| b.batch.events[0].record[0]).collect();
+    assert_eq!(got, vec![1, 3]);
+}
+
+#[tokio::test]
+async fn a_second_open_of_the_same_directory_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = opts(&dir);
+    let (buf, _) = Buffer::open(o.clone()).unwrap();
+    assert!(matches!(Buffer::open(o.clone()), Err(BufferError::Locked { .. })));
+    drop(buf);
+    Buffer::open(o).unwrap();
+}
+
+#[tokio::test]
+async fn damage_in_a_sealed_segment_is_skipped_by_readers_and_recovery() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = opts(&dir);
+    let (buf, _) = Buffer::open(o.clone()).unwrap();
+    buf.reader("s").unwrap();
+    let mut sizes = vec![];
+    for i in 0..60 {
+        let b = batch("a", 3, i);
+        sizes.push(entry_size(&b));
+        buf.append(&b).await.unwrap();
+    }
+    drop(buf);
+    let segs = segment_files(&o);
+    assert!(segs.len() > 2);
+    // Damage the second entry of the first segment.
+    let mut bytes = std::fs::read(&segs[0]).unwrap();
+    bytes[sizes[0] as usize + 30] ^= 0xff;
+    std::fs::write(&segs[0], &bytes).unwrap();
+    let (buf, report) = Buffer::open(o).unwrap();
+    assert_eq!((report.lost_events, report.corrupt_bytes, report.truncated_bytes), (3, sizes[1], 0));
+    let mut r = buf.reader("s").unwrap();
+    let got = read_all(&mut r).await;
+    assert_eq!(got.len(), 59);
+    assert_eq!((got[0].first_offset, got[1].first_offset), (0, 6));
+    for b in &got {
+        assert_eq!(b.batch.events[0].record[0], (b.first_offset / 3) as u8);
+        r.ack(b.first_offset, b.batch.len() as u64).unwrap();
+    }
+    assert_eq!(r.committed(), 180);
+    eventually("segments deleted", || buf.stats().segments == 1).await;
+}
+
+/// A group written whole whose fsync fails, and which cannot be cut off again, leaves
+/// complete, CRC-valid entries in the old segment with the same offsets the next appends
+/// get in the new segment. After a restart those stale entries must not shadow the
+/// acknowledged ones that reused their offsets.
+#[tokio::test]
+async fn whole_entries_left_by_a_failed_fsync_do_not_shadow_later_appends_after_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = opts(&dir);
+    let fs = FaultyStorage::new();
+    let (buf, _) = Buffer::open_with_storage(o.clone(), Arc::new(fs.clone())).unwrap();
+    let mut r = buf.reader("s").unwrap();
+    buf.append(&batch("a", 2, 1)).await.unwrap();
+    fs.faults.no_sync.store(true, Ordering::SeqCst);
+    fs.faults.no_truncate.store(true, Ordering::SeqCst);
+    let err = buf.append(&batch("a", 2, 2)).await.unwrap_err();
+    assert!(matches!(err, BufferError::Sync { .. }), "{err}");
+    fs.faults.no_sync.store(false, Ordering::SeqCst);
+    fs.faults.no_truncate.store(false, Ordering::SeqCst);
+    // Acknowledged: must be delivered, now and after a restart.
+    let acked = buf.append(&batch("a", 2, 3)).await.unwrap();
+    let got: Vec<u8> = read_all(&mut r).await.iter().map(|b| b.batch.events[0].record[0]).collect();
+    assert_eq!(got, vec![1, 3]);
+    drop(r);
+    buf.close().await.unwrap();
+    drop(buf);
+    let (buf, report) = Buffer::open(o).unwrap();
+    assert_eq!(report.events, 4, "{report:?}");
+    assert!(report.corrupt_bytes > 0, "the failed group counts as damage: {report:?}");
+    let mut r = buf.reader("s").unwrap();
+    let got: Vec<(u64, u8)> =
+        read_all(&mut r).await.iter().map(|b| (b.first_offset, b.batch.events[0].record[0])).collect();
+    assert_eq!(got, vec![(0, 1), (acked.start, 3)], "the acknowledged batch was shadowed by the failed one");
+}
+
+/// At shutdown the buffer is closed first and the sinks then deliver what is left: their
+/// acknowledgements come after the writer thread's last cursor fsync. A reader that has
+/// read everything after close makes them durable before it reports the end.
+#[tokio::test]
+async fn acks_after_close_are_fsynced_when_the_reader_ends() {
+    let dir = tempfile::tempdir().unwrap();
+    let fs = FaultyStorage::new();
+    let (buf, _) = Buffer::open_with_storage(opts(&dir), Arc::new(fs.clone())).unwrap();
+    let mut r = buf.reader("s").unwrap();
+    buf.append(&batch("a", 3, 1)).await.unwrap();
+    buf.close().await.unwrap();
+    let syncs = fs.faults.file_syncs.load(Ordering::SeqCst);
+    let rb = r.next(usize::MAX, usize::MAX).await.unwrap().unwrap();
+    r.ack(rb.first_offset, rb.batch.len() as u64).unwrap();
+    assert!(r.next(usize::MAX, usize::MAX).await.unwrap().is_none());
+    assert_eq!(fs.faults.file_syncs.load(Ordering::SeqCst), syncs + 1, "the last acknowledgement was not fsynced");
+    // Nothing changed since: no second fsync.
+    assert!(r.next(usize::MAX, usize::MAX).await.unwrap().is_none());
+    assert_eq!(fs.faults.file_syncs.load(Ordering::SeqCst), syncs + 1);
+}
+
+/// A sink cut off by the shutdown deadline never reaches the end of its reader: what it
+/// acknowledged after close is made durable by `sync_cursors`, once per change.
+#[tokio::test]
+async fn sync_cursors_makes_acks_after_close_durable() {
+    let dir = tempfile::tempdir().unwrap();
+    let fs = FaultyStorage::new();
+    let (buf, _) = Buffer::open_with_storage(opts(&dir), Arc::new(fs.clone())).unwrap();
+    let mut r = buf.reader("s").unwrap();
+    buf.append(&batch("a", 3, 1)).await.unwrap();
+    buf.append(&batch("a", 3, 2)).await.unwrap();
+    buf.close().await.unwrap();
+    let syncs = fs.faults.file_syncs.load(Ordering::SeqCst);
+    let rb = r.next(usize::MAX, usize::MAX).await.unwrap().unwrap();
+    r.ack(rb.first_offset, rb.batch.len() as u64).unwrap();
+    drop(r);
+    buf.sync_cursors().unwrap();
+    assert_eq!(fs.faults.file_syncs.load(Ordering::SeqCst), syncs + 1);
+    buf.sync_cursors().unwrap();
+    assert_eq!(fs.faults.file_syncs.load(Ordering::SeqCst), syncs + 1, "nothing changed: no second fsync");
+}

@@ -1,0 +1,359 @@
+//! The writer thread: sole owner of the active segment. It takes every append pending,
+//! writes them with one writev, fsyncs once and completes them all (group commit), rolls
+//! segments, deletes the ones every sink has passed and fsyncs cursors.
+//!
+//! A dedicated OS thread, so an fsync never blocks a tokio worker.
+
+use super::record::{self, HEADER_LEN};
+use super::segment::segment_path;
+use super::storage::AppendFile;
+use super::{AppendReq, BufferError, Msg, SegmentInfo, Shared, SyncMode, CURSOR_SYNC_INTERVAL};
+use std::io;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::{mpsc, Arc};
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+/// Most bytes written by one writev; more pending appends wait for the next group.
+const MAX_GROUP_BYTES: u64 = 16 << 20;
+
+pub(super) fn spawn(
+    sh: Arc<Shared>,
+    rx: mpsc::Receiver<Msg>,
+    active: Box<dyn AppendFile>,
+) -> Result<JoinHandle<()>, BufferError> {
+    let d = *sh.durable.borrow();
+    let active_path = segment_path(&sh.segments_dir, d.active_first);
+    let w = Writer {
+        sh,
+        active,
+        active_path,
+        active_first: d.active_first,
+        active_len: d.active_len,
+        head: d.head,
+        poisoned: false,
+        unsynced: false,
+        last_sync: Instant::now(),
+        last_cursor_sync: Instant::now(),
+    };
+    w.update_gc_hint();
+    std::thread::Builder::new()
+        .name("berth-buffer-writer".into())
+        .spawn(move || w.run(rx))
+        .map_err(BufferError::SpawnWriter)
+}
+
+struct Writer {
+    sh: Arc<Shared>,
+    active: Box<dyn AppendFile>,
+    active_path: PathBuf,
+    active_first: u64,
+    /// Bytes of the active segment that hold complete entries.
+    active_len: u64,
+    /// Next offset to assign.
+    head: u64,
+    /// A failed write could not be truncated: the file holds junk past `active_len`, so
+    /// the next write goes to a new segment.
+    poisoned: bool,
+    /// `sync = "never"`: written since the last fsync.
+    unsynced: bool,
+    last_sync: Instant,
+    last_cursor_sync: Instant,
+}
+
+/// Copies an error for each caller of a failed group (`io::Error` is not `Clone`).
+fn dup(e: &BufferError) -> BufferError {
+    fn io_dup(e: &io::Error) -> io::Error {
+        match e.raw_os_error() {
+            Some(code) => io::Error::from_raw_os_error(code),
+            None => io::Error::new(e.kind(), e.to_string()),
+        }
+    }
+    match e {
+        BufferError::Write { path, source } => BufferError::Write { path: path.clone(), source: io_dup(source) },
+        BufferError::Sync { path, source } => BufferError::Sync { path: path.clone(), source: io_dup(source) },
+        BufferError::OpenSegment { path, source } => {
+            BufferError::OpenSegment { path: path.clone(), source: io_dup(source) }
+        }
+        BufferError::SyncDir { path, source } => BufferError::SyncDir { path: path.clone(), source: io_dup(source) },
+        _ => BufferError::Closed,
+    }
+}
+
+impl Writer {
+    fn run(mut self, rx: mpsc::Receiver<Msg>) {
+        let tick = self.sh.opts.sync_interval.min(CURSOR_SYNC_INTERVAL);
+        loop {
+            let first = match rx.recv_timeout(tick) {
+                Ok(m) => Some(m),
+                Err(mpsc::RecvTimeoutError::Timeout) => None,
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            };
+            let mut appends = Vec::new();
+            let mut bytes = 0u64;
+            let mut gc = false;
+            let mut close = None;
+            let mut abandon = false;
+            let mut next = first;
+            while let Some(m) = next.take() {
+                match m {
+                    Msg::Append(a) => {
+                        bytes += a.entry.len() as u64;
+                        appends.push(a);
+                    }
+                    Msg::Gc => gc = true,
+                    Msg::Close(reply) => close = Some(reply),
+                    Msg::Abandon => abandon = true,
+                }
+                if close.is_none() && !abandon && bytes < MAX_GROUP_BYTES {
+                    next = rx.try_recv().ok();
+                }
+            }
+            if !appends.is_empty() {
+                self.write_group(appends);
+            }
+            if gc {
+                self.gc();
+            }
+            self.periodic();
+            if let Some(reply) = close {
+                let _ = reply.send(self.close());
+                return;
+            }
+            if abandon {
+                break;
+            }
+        }
+        self.sh.durable.send_modify(|d| d.closed = true);
+    }
+
+    fn write_group(&mut self, appends: Vec<AppendReq>) {
+        let seg_size = self.sh.opts.segment_size;
+        let always = self.sh.opts.sync == SyncMode::Always;
+        let mut run: Vec<AppendReq> = Vec::new();
+        let mut run_bytes = 0u64;
+        let mut next = self.head;
+        let mut iter = appends.into_iter();
+        while let Some(mut a) = iter.next() {
+            let len = a.entry.len() as u64;
+            let fill = self.active_len + run_bytes;
+            if self.poisoned || (fill > 0 && fill + len > seg_size) {
+                let res = self.commit(std::mem::take(&mut run), run_bytes).and_then(|_| {
+                    self.roll(next).inspect_err(|e| self.note_failure(e))
+                });
+                run_bytes = 0;
+                if let Err(e) = res {
+                    self.fail(std::iter::once(a).chain(iter), &e);
+                    return;
+                }
+            }
+            let count = u64::from(record::entry_count(&a.entry));
+            record::seal(&mut a.entry, next);
+            next += count;
+            run_bytes += len;
+            run.push(a);
+            if always {
+                if let Err(e) = self.commit(std::mem::take(&mut run), run_bytes) {
+                    self.fail(iter, &e);
+                    return;
+                }
+                run_bytes = 0;
+            }
+        }
+        let _ = self.commit(run, run_bytes);
+    }
+
+    fn fail(&self, reqs: impl Iterator<Item = AppendReq>, e: &BufferError) {
+        for a in reqs {
+            self.sh.release(a.entry.len() as u64);
+            let _ = a.reply.send(Err(dup(e)));
+        }
+    }
+
+    /// Writes and (per the sync mode) fsyncs `run`, then completes it. On failure the
+    /// written bytes are cut off again and every caller gets the error.
+    fn commit(&mut self, run: Vec<AppendReq>, run_bytes: u64) -> Result<(), BufferError> {
+        if run.is_empty() {
+            return Ok(());
+        }
+        let sh = Arc::clone(&self.sh);
+        let bufs: Vec<&[u8]> = run.iter().map(|a| &a.entry[..]).collect();
+        let path = &self.active_path;
+        let mut res =
+            self.active.write_all_vectored(&bufs).map_err(|source| BufferError::Write { path: path.clone(), source });
+        if res.is_ok() {
+            if sh.opts.sync == SyncMode::Never {
+                self.unsynced = true;
+            } else {
+                sh.segment_fsyncs.fetch_add(1, Ordering::Relaxed);
+                res = self.active.sync().map_err(|source| BufferError::Sync { path: path.clone(), source });
+                self.last_sync = Instant::now();
+            }
+        }
+        drop(bufs);
+        if let Err(e) = res {
+            self.note_failure(&e);
+            self.truncate_back();
+            self.fail(run.into_iter(), &e);
+            return Err(e);
+        }
+        if !sh.healthy.swap(true, Ordering::AcqRel) {
+            tracing::info!(path = %self.active_path.display(), "buffer writes succeed again");
+        }
+        self.active_len += run_bytes;
+        let mut ranges = Vec::with_capacity(run.len());
+        for a in &run {
+            let (first, count) = record::body_span(&a.entry[HEADER_LEN..]);
+            ranges.push(first..first + u64::from(count));
+        }
+        if let Some(r) = ranges.last() {
+            self.head = r.end;
+        }
+        if let Some(s) = sh.segments().get_mut(&self.active_first) {
+            s.len = self.active_len;
+        }
+        self.publish();
+        for (a, r) in run.into_iter().zip(ranges) {
+            let _ = a.reply.send(Ok(r));
+        }
+        Ok(())
+    }
+
+    /// Counts a failed write and marks the buffer unhealthy; logged once per outage.
+    fn note_failure(&self, e: &BufferError) {
+        self.sh.write_errors.fetch_add(1, Ordering::Relaxed);
+        if self.sh.healthy.swap(false, Ordering::AcqRel) {
+            tracing::error!(error = %e, "buffer write failed; appends fail until a write succeeds");
+        }
+    }
+
+    fn truncate_back(&mut self) {
+        let len = self.active_len;
+        if let Err(e) = self.active.truncate(len).and_then(|_| self.active.sync()) {
+            tracing::error!(path = %self.active_path.display(), error = %e, "cannot cut a failed write off the buffer; starting a new segment");
+            self.poisoned = true;
+        }
+    }
+
+    fn publish(&self) {
+        let (head, first, len) = (self.head, self.active_first, self.active_len);
+        self.sh.durable.send_modify(|d| {
+            d.head = head;
+            d.active_first = first;
+            d.active_len = len;
+        });
+    }
+
+    /// Seals the active segment and starts `<first>.seg`.
+    fn roll(&mut self, first: u64) -> Result<(), BufferError> {
+        if self.unsynced {
+            self.sync_active();
+        }
+        let dir = &self.sh.segments_dir;
+        let path = segment_path(dir, first);
+        let mut file = self
+            .sh
+            .storage
+            .open_append(&path)
+            .map_err(|source| BufferError::OpenSegment { path: path.clone(), source })?;
+        if first == self.active_first {
+            // Only reached when the poisoned active segment holds no entry at all.
+            file.truncate(0).map_err(|source| BufferError::TruncateSegment { path: path.clone(), source })?;
+        }
+        if let Err(source) = self.sh.storage.sync_dir(dir) {
+            let _ = self.sh.storage.remove_file(&path);
+            return Err(BufferError::SyncDir { path: dir.clone(), source });
+        }
+        self.sh.segments().insert(first, SegmentInfo { path: path.clone(), len: 0 });
+        self.active = file;
+        self.active_path = path;
+        self.active_first = first;
+        self.active_len = 0;
+        self.poisoned = false;
+        self.update_gc_hint();
+        Ok(())
+    }
+
+    fn sync_active(&mut self) {
+        self.sh.segment_fsyncs.fetch_add(1, Ordering::Relaxed);
+        match self.active.sync() {
+            Ok(()) => self.unsynced = false,
+            Err(e) => tracing::error!(path = %self.active_path.display(), error = %e, "cannot fsync buffer segment"),
+        }
+        self.last_sync = Instant::now();
+    }
+
+    fn update_gc_hint(&self) {
+        let segs = self.sh.segments();
+        let mut keys = segs.keys();
+        let hint = match (keys.next(), keys.next()) {
+            (Some(_), Some(&end)) => end,
+            _ => u64::MAX,
+        };
+        self.sh.gc_hint.store(hint, Ordering::Release);
+    }
+
+    /// Deletes sealed segments every known sink has passed.
+    fn gc(&mut self) {
+        let Some(min) = self.sh.min_committed() else { return };
+        let doomed: Vec<(u64, PathBuf, u64)> = {
+            let segs = self.sh.segments();
+            let keys: Vec<u64> = segs.keys().copied().collect();
+            keys.windows(2)
+                .take_while(|w| w[0] != self.active_first && min >= w[1])
+                .filter_map(|w| segs.get(&w[0]).map(|s| (w[0], s.path.clone(), s.len)))
+                .collect()
+        };
+        for (first, path, len) in doomed {
+            match self.sh.storage.remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), error = %e, "cannot delete delivered buffer segment");
+                    break;
+                }
+            }
+            self.sh.segments().remove(&first);
+            self.sh.release(len);
+            tracing::debug!(path = %path.display(), "deleted delivered buffer segment");
+        }
+        self.update_gc_hint();
+    }
+
+    fn sync_cursors(&mut self) -> Result<(), BufferError> {
+        self.last_cursor_sync = Instant::now();
+        let cursors: Vec<_> = self.sh.cursors().values().cloned().collect();
+        let mut res = Ok(());
+        for c in cursors {
+            if let Err(e) = c.sync() {
+                tracing::warn!(error = %e, "cannot fsync sink cursor");
+                res = Err(e);
+            }
+        }
+        res
+    }
+
+    fn periodic(&mut self) {
+        if self.unsynced && self.last_sync.elapsed() >= self.sh.opts.sync_interval {
+            self.sync_active();
+        }
+        if self.last_cursor_sync.elapsed() >= CURSOR_SYNC_INTERVAL {
+            let _ = self.sync_cursors();
+            self.gc();
+        }
+    }
+
+    fn close(&mut self) -> Result<(), BufferError> {
+        let mut res = Ok(());
+        if self.unsynced {
+            self.sh.segment_fsyncs.fetch_add(1, Ordering::Relaxed);
+            if let Err(source) = self.active.sync() {
+                res = Err(BufferError::Sync { path: self.active_path.clone(), source });
+            }
+        }
+        let c = self.sync_cursors();
+        self.sh.durable.send_modify(|d| d.closed = true);
+        res.and(c)
+    }
+}

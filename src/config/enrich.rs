@@ -1,0 +1,258 @@
+//! `[enrich.docker]`, `[enrich.ec2]`, `[enrich.partial]` and `[enrich.multiline]`: typed,
+//! with the checks that span several values (known field names, no key added twice).
+
+use super::raw::{self, RawEnrich};
+use super::{ConfigError, Ctx};
+use std::time::Duration;
+use toml::Spanned;
+
+/// `[enrich]`
+#[derive(Debug, Clone)]
+pub struct EnrichConfig {
+    pub docker: DockerEnrichConfig,
+    pub ec2: Ec2EnrichConfig,
+    /// `[enrich.partial]`: `None` when disabled.
+    pub partial: Option<crate::reassemble::Limits>,
+    /// `[enrich.multiline]`: `None` when disabled.
+    pub multiline: Option<crate::reassemble::Limits>,
+}
+
+/// `[enrich.docker]`: see `raw::RawEnrichDocker` for each key's meaning.
+#[derive(Debug, Clone)]
+pub struct DockerEnrichConfig {
+    pub enabled: bool,
+    /// `None`: `$DOCKER_HOST`, else `unix:///var/run/docker.sock` (resolved at start).
+    pub socket: Option<String>,
+    /// Distinct, in the file's order.
+    pub fields: Vec<DockerField>,
+    /// Label name → record key; keys distinct from each other and from `fields`.
+    pub labels: Vec<CopyKey>,
+    /// Environment variable name → record key; same rules.
+    pub env: Vec<CopyKey>,
+    pub removed_grace_period: Duration,
+    /// At least 1.
+    pub max_containers: usize,
+}
+
+/// `"NAME"` or `"NAME=KEY"` of `labels` and `env`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CopyKey {
+    /// The label or variable to read.
+    pub name: String,
+    /// The record key it is written as.
+    pub key: String,
+}
+
+impl CopyKey {
+    fn parse(s: &str) -> Result<CopyKey, String> {
+        let (name, key) = s.split_once('=').unwrap_or((s, s));
+        if name.is_empty() || key.is_empty() {
+            return Err(format!("{s:?}: expected \"NAME\" or \"NAME=KEY\" with both non-empty"));
+        }
+        Ok(CopyKey { name: name.to_string(), key: key.to_string() })
+    }
+
+    fn to_raw(&self) -> String {
+        if self.name == self.key {
+            self.name.clone()
+        } else {
+            format!("{}={}", self.name, self.key)
+        }
+    }
+}
+
+/// `[enrich.ec2]`
+#[derive(Debug, Clone)]
+pub struct Ec2EnrichConfig {
+    pub enabled: bool,
+    pub apply_to: ApplyTo,
+}
+
+/// Which records get the host fields.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ApplyTo {
+    /// Every record.
+    #[default]
+    All,
+    /// Records of Docker's driver (with a `container_id`) only.
+    Docker,
+}
+
+impl ApplyTo {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ApplyTo::All => "all",
+            ApplyTo::Docker => "docker",
+        }
+    }
+}
+
+/// A field `[enrich.docker] fields` may name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DockerField {
+    /// The container's name without Docker's leading `/`.
+    ContainerName,
+    /// The image as the container was started with it (`Config.Image`).
+    Image,
+    /// Label `com.amazonaws.ecs.cluster`.
+    EcsCluster,
+    /// Label `com.amazonaws.ecs.task-arn`.
+    EcsTaskArn,
+    /// The last `/` part of the task ARN.
+    EcsTaskId,
+    /// Label `com.amazonaws.ecs.task-definition-family`.
+    EcsTaskDefinitionFamily,
+    /// Label `com.amazonaws.ecs.task-definition-version`.
+    EcsTaskDefinitionRevision,
+    /// Label `com.amazonaws.ecs.container-name`.
+    EcsContainerName,
+}
+
+impl DockerField {
+    pub const ALL: [DockerField; 8] = [
+        DockerField::ContainerName,
+        DockerField::Image,
+        DockerField::EcsCluster,
+        DockerField::EcsTaskArn,
+        DockerField::EcsTaskId,
+        DockerField::EcsTaskDefinitionFamily,
+        DockerField::EcsTaskDefinitionRevision,
+        DockerField::EcsContainerName,
+    ];
+    /// The default `fields`: all of them.
+    pub const DEFAULTS: [DockerField; 8] = DockerField::ALL;
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DockerField::ContainerName => "container_name",
+            DockerField::Image => "image",
+            DockerField::EcsCluster => "ecs_cluster",
+            DockerField::EcsTaskArn => "ecs_task_arn",
+            DockerField::EcsTaskId => "ecs_task_id",
+            DockerField::EcsTaskDefinitionFamily => "ecs_task_definition_family",
+            DockerField::EcsTaskDefinitionRevision => "ecs_task_definition_revision",
+            DockerField::EcsContainerName => "ecs_container_name",
+        }
+    }
+
+    fn parse(s: &str) -> Option<DockerField> {
+        DockerField::ALL.into_iter().find(|f| f.as_str() == s)
+    }
+}
+
+/// Fields, labels and env together must fit one pre-encoded set (`enrich::record`).
+const MAX_KEYS: usize = crate::enrich::record::MAX_PAIRS;
+
+pub(super) fn build(raw: RawEnrich, ctx: &Ctx<'_>) -> Result<EnrichConfig, ConfigError> {
+    let d = raw.docker;
+    let socket = d.socket.get_ref().trim().to_string();
+    if !socket.is_empty() && !["unix://", "tcp://", "http://"].iter().any(|p| socket.starts_with(p)) {
+        return Err(ctx.error(
+            d.socket.span(),
+            "enrich.docker.socket".into(),
+            format!("{socket:?}: expected unix:///path, tcp://HOST:PORT or http://HOST:PORT (or \"\" for $DOCKER_HOST)"),
+            true,
+        ));
+    }
+    let mut keys: Vec<String> = Vec::new();
+    let mut fields = Vec::new();
+    for (i, f) in d.fields.get_ref().iter().enumerate() {
+        let key = format!("enrich.docker.fields[{i}]");
+        let Some(field) = DockerField::parse(f.get_ref()) else {
+            let known: Vec<&str> = DockerField::ALL.iter().map(|f| f.as_str()).collect();
+            return Err(ctx.error(f.span(), key, format!("unknown field {:?} (expected one of {})", f.get_ref(), known.join(", ")), true));
+        };
+        if fields.contains(&field) {
+            return Err(ctx.error(f.span(), key, format!("field {:?} is listed twice", f.get_ref()), true));
+        }
+        fields.push(field);
+        keys.push(field.as_str().to_string());
+    }
+    let mut copy = |list: &[Spanned<String>], what: &str| -> Result<Vec<CopyKey>, ConfigError> {
+        let mut out = Vec::new();
+        for (i, s) in list.iter().enumerate() {
+            let key = format!("enrich.docker.{what}[{i}]");
+            let c = CopyKey::parse(s.get_ref()).map_err(|m| ctx.error(s.span(), key.clone(), m, true))?;
+            if keys.contains(&c.key) {
+                let message = format!("record key {:?} is already added by another entry of fields, labels or env", c.key);
+                return Err(ctx.error(s.span(), key, message, true));
+            }
+            keys.push(c.key.clone());
+            out.push(c);
+        }
+        Ok(out)
+    };
+    let labels = copy(&d.labels, "labels")?;
+    let env = copy(&d.env, "env")?;
+    if keys.len() > MAX_KEYS {
+        return Err(ctx.error(
+            d.fields.span(),
+            "enrich.docker".into(),
+            format!("fields, labels and env add {} keys; at most {MAX_KEYS}", keys.len()),
+            true,
+        ));
+    }
+    Ok(EnrichConfig {
+        docker: DockerEnrichConfig {
+            enabled: d.enabled,
+            socket: (!socket.is_empty()).then_some(socket),
+            fields,
+            labels,
+            env,
+            removed_grace_period: d.removed_grace_period.0,
+            max_containers: d.max_containers,
+        },
+        ec2: Ec2EnrichConfig { enabled: raw.ec2.enabled, apply_to: raw.ec2.apply_to },
+        partial: join_limits(&raw.partial, "enrich.partial", ctx)?,
+        multiline: join_limits(&raw.multiline, "enrich.multiline", ctx)?,
+    })
+}
+
+pub(super) fn to_raw(c: &EnrichConfig) -> RawEnrich {
+    let none = 0..0;
+    let d = &c.docker;
+    let spanned = |v: String| Spanned::new(none.clone(), v);
+    RawEnrich {
+        docker: raw::RawEnrichDocker {
+            enabled: d.enabled,
+            socket: spanned(d.socket.clone().unwrap_or_default()),
+            fields: Spanned::new(none.clone(), d.fields.iter().map(|f| spanned(f.as_str().to_string())).collect()),
+            labels: d.labels.iter().map(|l| spanned(l.to_raw())).collect(),
+            env: d.env.iter().map(|l| spanned(l.to_raw())).collect(),
+            removed_grace_period: raw::Dur(d.removed_grace_period),
+            max_containers: d.max_containers,
+        },
+        ec2: raw::RawEnrichEc2 { enabled: c.ec2.enabled, apply_to: c.ec2.apply_to },
+        partial: raw_join(c.partial),
+        multiline: raw_join(c.multiline),
+    }
+}
+
+/// The limits of `[enrich.partial]` or `[enrich.multiline]`, `None` when disabled.
+fn join_limits(j: &raw::RawJoin, section: &str, ctx: &Ctx<'_>) -> Result<Option<crate::reassemble::Limits>, ConfigError> {
+    if !j.enabled {
+        return Ok(None);
+    }
+    if j.max_size.get_ref().0 == 0 {
+        return Err(ctx.error(j.max_size.span(), format!("{section}.max_size"), "must be more than 0".into(), true));
+    }
+    if j.timeout.get_ref().0.is_zero() {
+        return Err(ctx.error(j.timeout.span(), format!("{section}.timeout"), "must be more than 0s".into(), true));
+    }
+    Ok(Some(crate::reassemble::Limits {
+        max_size: usize::try_from(j.max_size.get_ref().0).unwrap_or(usize::MAX),
+        timeout: j.timeout.get_ref().0,
+    }))
+}
+
+fn raw_join(limits: Option<crate::reassemble::Limits>) -> raw::RawJoin {
+    let d = raw::RawJoin::default();
+    match limits {
+        None => raw::RawJoin { enabled: false, ..d },
+        Some(l) => raw::RawJoin {
+            enabled: true,
+            max_size: Spanned::new(0..0, raw::Size(l.max_size as u64)),
+            timeout: Spanned::new(0..0, raw::Dur(l.timeout)),
+        },
+    }
+}

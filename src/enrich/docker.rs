@@ -1,0 +1,660 @@
+//! The Docker metadata cache: container id → the fields to add, pre-encoded.
+//!
+//! Filled by inspect on first sight (concurrent first lookups of one id wait for the same
+//! inspect, which runs in its own task so a caller giving up does not cancel it) and kept
+//! fresh by the engine's events: `start` and `rename` inspect again, `destroy` marks the
+//! entry removed, and removed entries expire after `removed_grace_period` so the lines a
+//! container logged just before it went are still enriched. Bounded: beyond
+//! `max_containers` the least recently used entry is dropped.
+//!
+//! Docker unreachable (no socket, engine restarting): lookups answer "unknown" at once and
+//! records pass through; one warning per outage; the events task reconnects with backoff
+//! and, once back, inspects every cached container again (events were missed meanwhile).
+//!
+//! Never in the way of intake: the hot path takes one short mutex per batch and container,
+//! and never waits on Docker for longer than [`INSPECT_WAIT`].
+
+use super::record::Fields;
+use crate::config::{DockerEnrichConfig, DockerField};
+use crate::metrics::Metrics;
+use bollard::query_parameters::EventsOptions;
+use bollard::Docker;
+use futures_util::StreamExt;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+/// How long a record's first sight of a container may wait for its inspect.
+pub const INSPECT_WAIT: Duration = Duration::from_secs(2);
+/// An inspect that takes longer than this failed.
+const INSPECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long an id Docker does not know (404) or whose inspect failed is not asked again.
+const MISSING_TTL: Duration = Duration::from_secs(30);
+const FAILED_TTL: Duration = Duration::from_secs(5);
+const BACKOFF_INITIAL: Duration = Duration::from_millis(500);
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+pub const DEFAULT_SOCKET: &str = "unix:///var/run/docker.sock";
+/// The label a container sets to have its lines grouped (read by the multiline stage).
+pub use crate::reassemble::MULTILINE_LABEL;
+
+const ECS_CLUSTER: &str = "com.amazonaws.ecs.cluster";
+const ECS_TASK_ARN: &str = "com.amazonaws.ecs.task-arn";
+const ECS_CONTAINER_NAME: &str = "com.amazonaws.ecs.container-name";
+const ECS_FAMILY: &str = "com.amazonaws.ecs.task-definition-family";
+const ECS_REVISION: &str = "com.amazonaws.ecs.task-definition-version";
+
+/// What the cache knows of one container.
+#[derive(Debug)]
+pub struct Container {
+    pub id: String,
+    /// Without the leading `/`.
+    pub name: String,
+    /// The configured fields, labels and env, encoded once.
+    pub fields: Fields,
+    /// Label `berth.multiline.start`, as written.
+    pub multiline_start: Option<String>,
+}
+
+/// What inspect tells, before it is encoded (a seam for tests).
+#[derive(Debug, Default, Clone)]
+pub struct Inspected {
+    pub id: String,
+    pub name: String,
+    pub image: String,
+    pub labels: HashMap<String, String>,
+    /// `NAME=VALUE` entries as Docker reports them.
+    pub env: Vec<String>,
+}
+
+impl Inspected {
+    fn from_bollard(info: bollard::models::ContainerInspectResponse) -> Inspected {
+        let config = info.config.unwrap_or_default();
+        Inspected {
+            id: info.id.unwrap_or_default(),
+            name: info.name.unwrap_or_default(),
+            image: config.image.filter(|i| !i.is_empty()).or(info.image).unwrap_or_default(),
+            labels: config.labels.unwrap_or_default(),
+            env: config.env.unwrap_or_default(),
+        }
+    }
+}
+
+/// The cache entry for `c` under `cfg`: fields in the configured order, empty values left
+/// out.
+pub fn build_container(cfg: &DockerEnrichConfig, c: &Inspected) -> Container {
+    let label = |k: &str| c.labels.get(k).map(String::as_str).unwrap_or("");
+    let name = c.name.trim_start_matches('/');
+    let arn = label(ECS_TASK_ARN);
+    let mut fields = Fields::new();
+    for f in &cfg.fields {
+        let v = match f {
+            DockerField::ContainerName => name,
+            DockerField::Image => c.image.as_str(),
+            DockerField::EcsCluster => label(ECS_CLUSTER),
+            DockerField::EcsTaskArn => arn,
+            DockerField::EcsTaskId => arn.rsplit('/').next().filter(|_| arn.contains('/')).unwrap_or(""),
+            DockerField::EcsTaskDefinitionFamily => label(ECS_FAMILY),
+            DockerField::EcsTaskDefinitionRevision => label(ECS_REVISION),
+            DockerField::EcsContainerName => label(ECS_CONTAINER_NAME),
+        };
+        if !v.is_empty() {
+            fields.push_str(f.as_str(), v);
+        }
+    }
+    for l in &cfg.labels {
+        if let Some(v) = c.labels.get(&l.name) {
+            fields.push_str(&l.key, v);
+        }
+    }
+    for e in &cfg.env {
+        let v = c.env.iter().find_map(|kv| kv.split_once('=').filter(|(k, _)| *k == e.name).map(|(_, v)| v));
+        if let Some(v) = v {
+            fields.push_str(&e.key, v);
+        }
+    }
+    Container {
+        id: c.id.clone(),
+        name: name.to_string(),
+        fields,
+        multiline_start: c.labels.get(MULTILINE_LABEL).cloned(),
+    }
+}
+
+enum Slot {
+    Ready { c: Arc<Container>, used: u64, removed: Option<Instant> },
+    /// An inspect is running; `true` is sent when it is done.
+    Pending(watch::Receiver<bool>),
+    /// Not a container Docker knows, or its inspect failed: not asked again until then.
+    Missing { until: Instant, used: u64 },
+}
+
+/// What a lookup found.
+pub enum Lookup {
+    Hit(Arc<Container>),
+    /// Unknown now (Docker down, not a container): pass the record through.
+    Miss,
+    /// A first-sight inspect is running: wait (bounded) for it.
+    Wait(watch::Receiver<bool>),
+}
+
+struct Inner {
+    map: HashMap<String, Slot>,
+    /// Bumped on every use: the LRU clock.
+    clock: u64,
+}
+
+/// The connection state, for warnings and `/v1/status`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct DockerStatus {
+    pub enabled: bool,
+    pub socket: String,
+    pub connected: bool,
+    /// The last connection error while not connected.
+    pub error: Option<String>,
+    pub cached_containers: usize,
+    pub removed_containers: usize,
+    /// Connection attempts that failed since start.
+    pub failed_connects: u64,
+}
+
+pub struct DockerCache {
+    cfg: DockerEnrichConfig,
+    socket: String,
+    inner: Mutex<Inner>,
+    client: RwLock<Option<Docker>>,
+    error: Mutex<Option<String>>,
+    failed_connects: AtomicU64,
+    /// Set once a container with a `berth.multiline.start` label was seen: until then the
+    /// multiline stage does not even parse records.
+    any_multiline: AtomicBool,
+    /// Set once the first connection attempt is over (success or not).
+    first: watch::Sender<bool>,
+    metrics: Arc<Metrics>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A panic while holding the lock leaves plain data behind: keep going with it.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl DockerCache {
+    pub fn new(cfg: DockerEnrichConfig, metrics: Arc<Metrics>) -> DockerCache {
+        let socket = cfg
+            .socket
+            .clone()
+            .or_else(|| std::env::var("DOCKER_HOST").ok().filter(|h| !h.is_empty()))
+            .unwrap_or_else(|| DEFAULT_SOCKET.to_string());
+        DockerCache {
+            cfg,
+            socket,
+            inner: Mutex::new(Inner { map: HashMap::new(), clock: 0 }),
+            client: RwLock::new(None),
+            error: Mutex::new(None),
+            failed_connects: AtomicU64::new(0),
+            any_multiline: AtomicBool::new(false),
+            first: watch::channel(false).0,
+            metrics,
+        }
+    }
+
+    /// The label `berth.multiline.start` of a cached container; never waits, never asks
+    /// Docker.
+    pub fn multiline_start(&self, container_id: &str) -> Option<String> {
+        match lock(&self.inner).map.get(container_id) {
+            Some(Slot::Ready { c, .. }) => c.multiline_start.clone(),
+            _ => None,
+        }
+    }
+
+    /// Whether any container seen had a `berth.multiline.start` label.
+    pub fn any_multiline(&self) -> bool {
+        self.any_multiline.load(Ordering::Relaxed)
+    }
+
+    /// The cached entry of a container, if any (never waits).
+    pub fn get(&self, container_id: &str) -> Option<Arc<Container>> {
+        match lock(&self.inner).map.get(container_id) {
+            Some(Slot::Ready { c, .. }) => Some(Arc::clone(c)),
+            _ => None,
+        }
+    }
+
+    pub fn status(&self) -> DockerStatus {
+        let inner = lock(&self.inner);
+        let ready = inner.map.values().filter(|s| matches!(s, Slot::Ready { .. }));
+        let (mut cached, mut removed) = (0, 0);
+        for s in ready {
+            cached += 1;
+            if let Slot::Ready { removed: Some(_), .. } = s {
+                removed += 1;
+            }
+        }
+        let connected = self.client.read().map(|c| c.is_some()).unwrap_or(false);
+        DockerStatus {
+            enabled: true,
+            socket: self.socket.clone(),
+            connected,
+            error: if connected { None } else { lock(&self.error).clone() },
+            cached_containers: cached,
+            removed_containers: removed,
+            failed_connects: self.failed_connects.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Wait (at most `max`) for the first connection attempt, so that a start on a Docker
+    /// host enriches the very first records.
+    pub async fn wait_first(&self, max: Duration) {
+        let mut rx = self.first.subscribe();
+        let _ = tokio::time::timeout(max, rx.wait_for(|d| *d)).await;
+    }
+
+    fn client(&self) -> Option<Docker> {
+        self.client.read().ok().and_then(|c| c.clone())
+    }
+
+    /// Find a container; on first sight start its inspect (when Docker is reachable).
+    pub fn lookup(self: &Arc<Self>, id: &str) -> Lookup {
+        let mut inner = lock(&self.inner);
+        inner.clock += 1;
+        let now_used = inner.clock;
+        match inner.map.get_mut(id) {
+            Some(Slot::Ready { c, used, .. }) => {
+                *used = now_used;
+                return Lookup::Hit(Arc::clone(c));
+            }
+            Some(Slot::Pending(rx)) => return Lookup::Wait(rx.clone()),
+            Some(Slot::Missing { until, .. }) if *until > Instant::now() => return Lookup::Miss,
+            _ => {}
+        }
+        let Some(client) = self.client() else {
+            return Lookup::Miss;
+        };
+        let (tx, rx) = watch::channel(false);
+        self.insert(&mut inner, id.to_string(), Slot::Pending(rx.clone()));
+        drop(inner);
+        let this = Arc::clone(self);
+        let id = id.to_string();
+        tokio::spawn(async move {
+            this.inspect_into_cache(&client, &id).await;
+            let _ = tx.send(true);
+        });
+        Lookup::Wait(rx)
+    }
+
+    /// Wait for a first-sight inspect, at most [`INSPECT_WAIT`].
+    pub async fn wait(&self, id: &str, mut rx: watch::Receiver<bool>) -> Option<Arc<Container>> {
+        let _ = tokio::time::timeout(INSPECT_WAIT, rx.wait_for(|done| *done)).await;
+        self.get(id)
+    }
+
+    /// Store what an inspect returned, as the events task does (tests, benchmarks).
+    pub fn put(&self, c: &Inspected) {
+        let c = build_container(&self.cfg, c);
+        let mut inner = lock(&self.inner);
+        inner.clock += 1;
+        let used = inner.clock;
+        self.insert(&mut inner, c.id.clone(), Slot::Ready { c: Arc::new(c), used, removed: None });
+    }
+
+    /// Insert, dropping the least recently used entry (never a running inspect) when full.
+    fn insert(&self, inner: &mut Inner, id: String, slot: Slot) {
+        if !inner.map.contains_key(&id) && inner.map.len() >= self.cfg.max_containers {
+            let victim = inner
+                .map
+                .iter()
+                .filter_map(|(k, s)| match s {
+                    Slot::Ready { used, .. } | Slot::Missing { used, .. } => Some((*used, k)),
+                    Slot::Pending(_) => None,
+                })
+                .min()
+                .map(|(_, k)| k.clone());
+            if let Some(k) = victim {
+                inner.map.remove(&k);
+            }
+        }
+        if let Slot::Ready { c, .. } = &slot {
+            if c.multiline_start.is_some() {
+                self.any_multiline.store(true, Ordering::Relaxed);
+            }
+        }
+        inner.map.insert(id, slot);
+        self.metrics.enrich_docker_cache_size.set(inner.map.len() as i64);
+    }
+
+    /// Inspect `id` and store what was learnt (the entry, or a negative entry).
+    async fn inspect_into_cache(&self, client: &Docker, id: &str) {
+        let res = tokio::time::timeout(INSPECT_TIMEOUT, client.inspect_container(id, None)).await;
+        let now = Instant::now();
+        let mut inner = lock(&self.inner);
+        inner.clock += 1;
+        let used = inner.clock;
+        let removed = match inner.map.get(id) {
+            Some(Slot::Ready { removed, .. }) => *removed,
+            _ => None,
+        };
+        let slot = match res {
+            Ok(Ok(info)) => {
+                let c = build_container(&self.cfg, &Inspected::from_bollard(info));
+                Slot::Ready { c: Arc::new(c), used, removed }
+            }
+            Ok(Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. })) => {
+                // A removed container's entry outlives Docker's knowledge of it.
+                if let Some(Slot::Ready { .. }) = inner.map.get(id) {
+                    return;
+                }
+                Slot::Missing { until: now + MISSING_TTL, used }
+            }
+            Ok(Err(e)) => {
+                self.metrics.enrich_docker_errors.inc();
+                tracing::debug!(container_id = id, error = %e, "docker inspect failed");
+                if let Some(Slot::Ready { .. }) = inner.map.get(id) {
+                    return;
+                }
+                Slot::Missing { until: now + FAILED_TTL, used }
+            }
+            Err(_) => {
+                self.metrics.enrich_docker_errors.inc();
+                if let Some(Slot::Ready { .. }) = inner.map.get(id) {
+                    return;
+                }
+                Slot::Missing { until: now + FAILED_TTL, used }
+            }
+        };
+        self.insert(&mut inner, id.to_string(), slot);
+    }
+
+    fn mark_removed(&self, id: &str) {
+        if let Some(Slot::Ready { removed, .. }) = lock(&self.inner).map.get_mut(id) {
+            *removed = Some(Instant::now());
+            tracing::debug!(container_id = id, "container removed: its entry is kept for the grace period");
+        }
+    }
+
+    /// Drop removed containers past their grace period and stale negative entries.
+    fn sweep(&self) {
+        let now = Instant::now();
+        let grace = self.cfg.removed_grace_period;
+        let mut inner = lock(&self.inner);
+        inner.map.retain(|_, s| match s {
+            Slot::Ready { removed: Some(at), .. } => now.duration_since(*at) < grace,
+            Slot::Missing { until, .. } => *until > now,
+            _ => true,
+        });
+        self.metrics.enrich_docker_cache_size.set(inner.map.len() as i64);
+    }
+
+    fn connected(&self, client: Docker) {
+        if let Ok(mut c) = self.client.write() {
+            *c = Some(client);
+        }
+        if lock(&self.error).take().is_some() {
+            tracing::info!(socket = %self.socket, "docker engine reachable again: records are enriched");
+        } else {
+            tracing::info!(socket = %self.socket, "connected to the docker engine");
+        }
+        self.first.send_replace(true);
+    }
+
+    /// Called on every failure; logs once per outage.
+    fn disconnected(&self, why: String) {
+        if let Ok(mut c) = self.client.write() {
+            *c = None;
+        }
+        let mut err = lock(&self.error);
+        if err.is_none() {
+            tracing::warn!(
+                socket = %self.socket,
+                error = %why,
+                "docker engine unreachable: records pass through without container fields until it is back"
+            );
+        }
+        *err = Some(why);
+        drop(err);
+        self.first.send_replace(true);
+    }
+
+    /// Connect, follow the events and keep the cache fresh until `shutdown`.
+    pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
+        let mut backoff = BACKOFF_INITIAL;
+        let sweep_every = (self.cfg.removed_grace_period / 4).clamp(Duration::from_millis(100), Duration::from_secs(10));
+        let mut sweep = tokio::time::interval(sweep_every);
+        sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let client = match self.connect().await {
+                Ok(c) => c,
+                Err(why) => {
+                    self.failed_connects.fetch_add(1, Ordering::Relaxed);
+                    self.disconnected(why);
+                    let until = Instant::now() + backoff;
+                    backoff = (backoff * 2).min(BACKOFF_MAX);
+                    loop {
+                        tokio::select! {
+                            _ = shutdown.cancelled() => return,
+                            _ = tokio::time::sleep_until(until) => break,
+                            _ = sweep.tick() => self.sweep(),
+                        }
+                    }
+                    continue;
+                }
+            };
+            backoff = BACKOFF_INITIAL;
+            let mut filters = HashMap::new();
+            filters.insert("type".to_string(), vec!["container".to_string()]);
+            filters.insert(
+                "event".to_string(),
+                ["start", "die", "destroy", "rename"].iter().map(|s| s.to_string()).collect(),
+            );
+            let mut events = client.events(Some(EventsOptions { filters: Some(filters), ..Default::default() }));
+            self.connected(client.clone());
+            // Events were missed while disconnected (or before the first connection):
+            // inspect what is cached again.
+            let known: Vec<String> = lock(&self.inner)
+                .map
+                .iter()
+                .filter(|(_, s)| matches!(s, Slot::Ready { removed: None, .. }))
+                .map(|(k, _)| k.clone())
+                .collect();
+            for id in known {
+                self.inspect_into_cache(&client, &id).await;
+            }
+            let why = loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = sweep.tick() => self.sweep(),
+                    ev = events.next() => match ev {
+                        Some(Ok(ev)) => self.on_event(&client, ev).await,
+                        Some(Err(e)) => break format!("events stream: {e}"),
+                        None => break "events stream ended".to_string(),
+                    },
+                }
+            };
+            self.disconnected(why);
+        }
+    }
+
+    async fn connect(&self) -> Result<Docker, String> {
+        let client = Docker::connect_with_host(&self.socket).map_err(|e| e.to_string())?;
+        // The engine may speak an older API than bollard's default (Docker 20.10: 1.41).
+        match tokio::time::timeout(INSPECT_TIMEOUT, client.negotiate_version()).await {
+            Ok(Ok(c)) => Ok(c),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err("timed out".to_string()),
+        }
+    }
+
+    async fn on_event(&self, client: &Docker, ev: bollard::models::EventMessage) {
+        let Some(id) = ev.actor.and_then(|a| a.id) else { return };
+        match ev.action.as_deref() {
+            // A new container's lines find their entry ready; a renamed one gets its new
+            // name.
+            Some("start") | Some("rename") => self.inspect_into_cache(client, &id).await,
+            Some("destroy") => self.mark_removed(&id),
+            _ => {}
+        }
+    }
+}
+
+impl crate::reassemble::MultilineSource for DockerCache {
+    fn multiline_start(&self, container_id: &str) -> Option<String> {
+        DockerCache::multiline_start(self, container_id)
+    }
+
+    fn any(&self) -> bool {
+        self.any_multiline()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::CopyKey;
+
+    fn cfg() -> DockerEnrichConfig {
+        DockerEnrichConfig {
+            enabled: true,
+            socket: None,
+            fields: DockerField::DEFAULTS.to_vec(),
+            labels: vec![CopyKey { name: "team".into(), key: "team".into() }, CopyKey { name: "com.example.v".into(), key: "version".into() }],
+            env: vec![CopyKey { name: "APP_ENV".into(), key: "app_env".into() }],
+            removed_grace_period: Duration::from_secs(60),
+            max_containers: 2,
+        }
+    }
+
+    fn ecs() -> Inspected {
+        let labels = [
+            (ECS_CLUSTER, "c1"),
+            (ECS_TASK_ARN, "arn:aws:ecs:eu-west-1:123456789012:task/c1/0123abcd"),
+            (ECS_CONTAINER_NAME, "app"),
+            (ECS_FAMILY, "fam"),
+            (ECS_REVISION, "3"),
+            ("team", "core"),
+            (MULTILINE_LABEL, "^\\d{4}-"),
+        ];
+        Inspected {
+            id: "abc".into(),
+            name: "/web".into(),
+            image: "nginx:1".into(),
+            labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            env: vec!["PATH=/bin".into(), "APP_ENV=prod=eu".into()],
+        }
+    }
+
+    #[test]
+    fn fields_come_from_labels_and_inspect_in_config_order() {
+        let c = build_container(&cfg(), &ecs());
+        let got: Vec<(&str, &str)> = c.fields.iter().collect();
+        assert_eq!(
+            got,
+            [
+                ("container_name", "web"),
+                ("image", "nginx:1"),
+                ("ecs_cluster", "c1"),
+                ("ecs_task_arn", "arn:aws:ecs:eu-west-1:123456789012:task/c1/0123abcd"),
+                ("ecs_task_id", "0123abcd"),
+                ("ecs_task_definition_family", "fam"),
+                ("ecs_task_definition_revision", "3"),
+                ("ecs_container_name", "app"),
+                ("team", "core"),
+                ("app_env", "prod=eu"),
+            ]
+        );
+        assert_eq!(c.multiline_start.as_deref(), Some("^\\d{4}-"));
+    }
+
+    #[test]
+    fn a_plain_container_has_only_name_and_image() {
+        let c = build_container(&cfg(), &Inspected { id: "x".into(), name: "/db".into(), image: "pg".into(), ..Default::default() });
+        assert_eq!(c.fields.iter().collect::<Vec<_>>(), [("container_name", "db"), ("image", "pg")]);
+        assert_eq!(c.multiline_start, None);
+    }
+
+    /// A fake engine on a Unix socket: answers inspect after 200 ms, counting requests.
+    async fn fake_engine(dir: &std::path::Path) -> (String, Arc<AtomicU64>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let path = dir.join("docker.sock");
+        let l = tokio::net::UnixListener::bind(&path).unwrap();
+        let inspects = Arc::new(AtomicU64::new(0));
+        let n = Arc::clone(&inspects);
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = l.accept().await {
+                let n = Arc::clone(&n);
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 1024];
+                    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match s.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(k) => buf.extend_from_slice(&chunk[..k]),
+                        }
+                    }
+                    let line = String::from_utf8_lossy(&buf).lines().next().unwrap_or("").to_string();
+                    if line.contains("/containers/abc/json") {
+                        n.fetch_add(1, Ordering::SeqCst);
+                    }
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    let body = r#"{"Id":"abc","Name":"/web","Config":{"Image":"img:1","Labels":{"com.amazonaws.ecs.cluster":"c1"}}}"#;
+                    let resp = format!("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
+                    let _ = s.write_all(resp.as_bytes()).await;
+                });
+            }
+        });
+        (format!("unix://{}", path.display()), inspects)
+    }
+
+    #[tokio::test]
+    async fn concurrent_first_lookups_share_one_inspect() {
+        let dir = tempfile::tempdir().unwrap();
+        let (socket, inspects) = fake_engine(dir.path()).await;
+        let cache = Arc::new(DockerCache::new(cfg(), Arc::new(Metrics::new())));
+        let client = Docker::connect_with_host(&socket).unwrap();
+        *cache.client.write().unwrap() = Some(client);
+        let mut waits = Vec::new();
+        for _ in 0..5 {
+            let c = Arc::clone(&cache);
+            waits.push(tokio::spawn(async move {
+                match c.lookup("abc") {
+                    Lookup::Wait(rx) => c.wait("abc", rx).await,
+                    Lookup::Hit(h) => Some(h),
+                    Lookup::Miss => None,
+                }
+            }));
+        }
+        for w in waits {
+            let c = w.await.unwrap().expect("inspected");
+            assert_eq!(c.name, "web");
+            assert_eq!(c.fields.get("ecs_cluster"), Some("c1"));
+        }
+        assert_eq!(inspects.load(Ordering::SeqCst), 1, "one inspect for five first sights");
+        assert!(matches!(cache.lookup("abc"), Lookup::Hit(_)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn lru_bound_and_removed_entries_expire_after_the_grace_period() {
+        let m = Arc::new(Metrics::new());
+        let cache = Arc::new(DockerCache::new(cfg(), m));
+        let put = |id: &str| cache.put(&Inspected { id: id.into(), name: format!("/{id}"), ..Default::default() });
+        put("a");
+        put("b");
+        assert!(matches!(cache.lookup("a"), Lookup::Hit(_)), "a used last");
+        put("c");
+        assert!(cache.get("b").is_none(), "b was the least recently used");
+        assert!(cache.get("a").is_some() && cache.get("c").is_some());
+        // Docker is not connected: an unknown id is a miss at once, no wait.
+        assert!(matches!(cache.lookup("zzz"), Lookup::Miss));
+
+        cache.mark_removed("a");
+        tokio::time::advance(Duration::from_secs(59)).await;
+        cache.sweep();
+        assert!(cache.get("a").is_some(), "still within the grace period");
+        assert_eq!(cache.status().removed_containers, 1);
+        tokio::time::advance(Duration::from_secs(2)).await;
+        cache.sweep();
+        assert!(cache.get("a").is_none(), "expired");
+        assert!(cache.get("c").is_some(), "running containers do not expire");
+    }
+}

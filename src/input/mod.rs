@@ -1,0 +1,245 @@
+//! The Forward input: listeners (TCP and Unix sockets) and the per-connection loop.
+//!
+//! Owns sockets only. Decoding is `forward::` (pure); what happens to events after `submit`
+//! is the pipeline's business. A client's `chunk` is acknowledged only after `submit`
+//! returned, i.e. after the pipeline took responsibility for the events.
+
+mod connection;
+
+use crate::config::{ForwardConfig, ListenAddr};
+use crate::forward::handshake::ServerAuth;
+use crate::metrics::Metrics;
+use crate::pipeline::Pipeline;
+use std::io;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::{TcpListener, UnixListener};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+#[derive(Debug, thiserror::Error)]
+pub enum InputError {
+    #[error("cannot listen on tcp://{addr}: {source}")]
+    BindTcp { addr: std::net::SocketAddr, source: io::Error },
+    #[error("cannot listen on unix://{}: {source}", path.display())]
+    BindUnix { path: PathBuf, source: io::Error },
+    #[error("cannot listen on unix://{}: {reason}", path.display())]
+    UnixPathInUse { path: PathBuf, reason: &'static str },
+    #[error("cannot set mode {mode:o} on unix://{}: {source}", path.display())]
+    SocketMode { path: PathBuf, mode: u32, source: io::Error },
+}
+
+/// A bound listener.
+pub enum Listener {
+    Tcp(TcpListener),
+    Unix { listener: UnixListener, path: PathBuf },
+}
+
+impl Listener {
+    /// `tcp://127.0.0.1:24224` or `unix:///run/berth/forward.sock`; for TCP the actual
+    /// address, so that port 0 shows the port the OS chose.
+    pub fn describe(&self) -> String {
+        match self {
+            Listener::Tcp(l) => match l.local_addr() {
+                Ok(a) => format!("tcp://{a}"),
+                Err(_) => "tcp://?".to_string(),
+            },
+            Listener::Unix { path, .. } => format!("unix://{}", path.display()),
+        }
+    }
+}
+
+/// Bind every configured address, failing on the first that cannot be bound.
+pub async fn bind(cfg: &ForwardConfig) -> Result<Vec<Listener>, InputError> {
+    let mut out = Vec::with_capacity(cfg.listen.len());
+    for addr in &cfg.listen {
+        out.push(match addr {
+            ListenAddr::Tcp(a) => Listener::Tcp(
+                TcpListener::bind(a).await.map_err(|source| InputError::BindTcp { addr: *a, source })?,
+            ),
+            ListenAddr::Unix(p) => bind_unix(p, cfg.socket_mode).await?,
+        });
+    }
+    Ok(out)
+}
+
+async fn bind_unix(path: &Path, mode: u32) -> Result<Listener, InputError> {
+    let bind_err = |source| InputError::BindUnix { path: path.to_path_buf(), source };
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_socket() => {
+            // A socket file left by a previous run is replaced; one that still answers
+            // belongs to a live process and is not stolen.
+            if tokio::net::UnixStream::connect(path).await.is_ok() {
+                return Err(InputError::UnixPathInUse {
+                    path: path.to_path_buf(),
+                    reason: "another process is listening on it",
+                });
+            }
+            std::fs::remove_file(path).map_err(bind_err)?;
+        }
+        Ok(_) => {
+            return Err(InputError::UnixPathInUse {
+                path: path.to_path_buf(),
+                reason: "the path exists and is not a socket",
+            })
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(bind_err(e)),
+    }
+    if let Some(dir) = path.parent() {
+        if !dir.as_os_str().is_empty() {
+            std::fs::create_dir_all(dir).map_err(bind_err)?;
+        }
+    }
+    let listener = UnixListener::bind(path).map_err(bind_err)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(|source| {
+        InputError::SocketMode { path: path.to_path_buf(), mode, source }
+    })?;
+    Ok(Listener::Unix { listener, path: path.to_path_buf() })
+}
+
+/// What every connection needs; shared by `Arc`.
+pub struct InputContext {
+    pub pipeline: Pipeline,
+    pub metrics: Arc<Metrics>,
+    pub max_message_size: usize,
+    pub idle_timeout: Duration,
+    /// `Some` when `shared_key` is set: the handshake is required.
+    pub auth: Option<ServerAuth>,
+    /// After shutdown starts, a connection is closed once it has been quiet this long...
+    pub drain_quiet: Duration,
+    /// ...or once it has been drained this long (a client that never pauses).
+    pub drain_max: Duration,
+    /// Adds Docker / ECS / EC2 fields to records before they are stored.
+    pub enricher: Arc<crate::enrich::Enricher>,
+}
+
+impl InputContext {
+    pub fn new(cfg: &ForwardConfig, pipeline: Pipeline, metrics: Arc<Metrics>) -> InputContext {
+        let auth = (!cfg.shared_key.is_empty()).then(|| ServerAuth {
+            shared_key: cfg.shared_key.clone(),
+            self_hostname: cfg.self_hostname.clone(),
+            users: cfg.users.iter().map(|u| (u.username.clone(), u.password.clone())).collect(),
+        });
+        InputContext {
+            pipeline,
+            metrics,
+            max_message_size: cfg.max_message_size,
+            idle_timeout: cfg.idle_timeout,
+            auth,
+            drain_quiet: Duration::from_millis(300),
+            drain_max: Duration::from_secs(3),
+            enricher: Arc::new(crate::enrich::Enricher::disabled()),
+        }
+    }
+}
+
+/// Accept on every listener until `shutdown`; then stop accepting, let each connection finish
+/// what its client already sent, and return when all connections are closed. Unix socket
+/// files are removed on the way out.
+pub async fn serve(
+    listeners: Vec<Listener>,
+    ctx: InputContext,
+    max_connections: usize,
+    shutdown: CancellationToken,
+) {
+    let ctx = Arc::new(ctx);
+    let slots = Arc::new(Semaphore::new(max_connections));
+    let connections = TaskTracker::new();
+    let accepters = TaskTracker::new();
+    let mut unix_paths = Vec::new();
+    for listener in listeners {
+        if let Listener::Unix { path, .. } = &listener {
+            unix_paths.push(path.clone());
+        }
+        accepters.spawn(accept_loop(
+            listener,
+            Arc::clone(&ctx),
+            Arc::clone(&slots),
+            connections.clone(),
+            shutdown.clone(),
+        ));
+    }
+    accepters.close();
+    accepters.wait().await;
+    for p in unix_paths {
+        let _ = std::fs::remove_file(p);
+    }
+    drop(ctx);
+    connections.close();
+    connections.wait().await;
+}
+
+static ACCEPT_WARN: crate::ratelimit::RateLimit = crate::ratelimit::RateLimit::new(5, 10);
+
+async fn accept_loop(
+    listener: Listener,
+    ctx: Arc<InputContext>,
+    slots: Arc<Semaphore>,
+    connections: TaskTracker,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let accepted = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            a = accept(&listener) => a,
+        };
+        let (stream, peer) = match accepted {
+            Ok(x) => x,
+            Err(e) => {
+                // EMFILE and friends: back off briefly instead of spinning.
+                if let Some(n) = ACCEPT_WARN.check() {
+                    tracing::warn!(listener = %listener.describe(), error = %e, suppressed = n, "accept failed");
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = Arc::clone(&slots).try_acquire_owned() else {
+            ctx.metrics.input_error("too_many_connections");
+            if let Some(n) = ACCEPT_WARN.check() {
+                tracing::warn!(%peer, suppressed = n, "connection refused: max_connections reached");
+            }
+            continue;
+        };
+        let ctx = Arc::clone(&ctx);
+        let shutdown = shutdown.clone();
+        connections.spawn(async move {
+            ctx.metrics.input_connections.inc();
+            match stream {
+                Stream::Tcp(s) => {
+                    let _ = s.set_nodelay(true);
+                    connection::run(s, &peer, &ctx, &shutdown).await
+                }
+                Stream::Unix(s) => connection::run(s, &peer, &ctx, &shutdown).await,
+            }
+            ctx.metrics.input_connections.dec();
+            drop(permit);
+        });
+    }
+}
+
+enum Stream {
+    Tcp(tokio::net::TcpStream),
+    Unix(tokio::net::UnixStream),
+}
+
+async fn accept(listener: &Listener) -> io::Result<(Stream, String)> {
+    match listener {
+        Listener::Tcp(l) => {
+            let (s, a) = l.accept().await?;
+            Ok((Stream::Tcp(s), a.to_string()))
+        }
+        Listener::Unix { listener, path } => {
+            let (s, _) = listener.accept().await?;
+            let peer = match s.peer_cred() {
+                Ok(c) => format!("unix:{} pid={}", path.display(), c.pid().unwrap_or(0)),
+                Err(_) => format!("unix:{}", path.display()),
+            };
+            Ok((Stream::Unix(s), peer))
+        }
+    }
+}

@@ -1,0 +1,79 @@
+//! The `berth` binary: parse the command line, set up logging, hand over to the library.
+//! Exit codes: 0 clean, 1 runtime failure, 2 `check-config` found an error, 78 (EX_CONFIG)
+//! when `run` cannot load its config.
+
+use berth::cli::{Cli, Command, LogFormat};
+use clap::Parser;
+use std::io::IsTerminal;
+use std::process::ExitCode;
+
+use berth::cli::EX_CONFIG;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(&cli.log_level, cli.log_format);
+    match cli.command {
+        Command::Version => {
+            println!("berth {}", env!("CARGO_PKG_VERSION"));
+            ExitCode::SUCCESS
+        }
+        Command::CheckConfig { config } => berth::cli::check_config(config.as_deref()),
+        Command::Buffer { command: berth::cli::BufferCommand::Inspect { path, config, json } } => {
+            berth::cli::inspect_command(path.as_deref(), config.as_deref(), json)
+        }
+        Command::Run { config } => {
+            let config = match berth::config::Config::load(config.as_deref()) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("berth: {e}");
+                    return ExitCode::from(EX_CONFIG);
+                }
+            };
+            block_on(async move {
+                match berth::app::run(config).await {
+                    Ok(()) => ExitCode::SUCCESS,
+                    Err(e) => {
+                        tracing::error!("{e}");
+                        ExitCode::FAILURE
+                    }
+                }
+            })
+        }
+        Command::Cat(args) => block_on(async move {
+            match berth::cat::run(args).await {
+                Ok(summary) => {
+                    eprintln!("berth cat: {summary}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("berth cat: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }),
+    }
+}
+
+fn block_on<F: std::future::Future<Output = ExitCode>>(f: F) -> ExitCode {
+    match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt.block_on(f),
+        Err(e) => {
+            eprintln!("berth: cannot start the async runtime: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Logs go to stderr: stdout belongs to the stdout sink.
+fn init_logging(level: &str, format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_new(level)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}

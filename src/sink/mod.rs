@@ -1,0 +1,45 @@
+//! Sinks: each reads its batches from the pipeline, delivers them, and acknowledges what it
+//! delivered. A plain enum, not a plugin registry: the set of sinks is small and known.
+
+pub mod cloudwatch;
+pub mod deadletter;
+pub mod elasticsearch;
+pub mod file;
+pub mod json;
+pub mod null;
+pub mod retry;
+pub mod stdout;
+pub mod template;
+
+use crate::config::{SinkConfig, SinkKind};
+use crate::metrics::Metrics;
+use crate::pipeline::SinkReader;
+use std::sync::Arc;
+
+/// What every sink run loop gets.
+pub struct SinkContext {
+    pub name: String,
+    pub reader: SinkReader,
+    pub metrics: Arc<Metrics>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    #[error("sink {sink}: {source}")]
+    Io { sink: String, #[source] source: std::io::Error },
+    #[error("a sink stopped unexpectedly")]
+    Stopped,
+}
+
+/// Run a sink until its reader ends (every input stopped and everything queued delivered).
+/// `buffer_instance` is the buffer's `instance_id`: with a delivery's offsets, the stable
+/// identity of each event (the elasticsearch sink's `_id`).
+pub async fn run(config: &SinkConfig, ctx: SinkContext, buffer_instance: u64) -> Result<(), SinkError> {
+    match &config.kind {
+        SinkKind::Stdout { format } => stdout::run(*format, ctx).await,
+        SinkKind::File { path, format } => file::run(path, *format, ctx).await,
+        SinkKind::Null => null::run(ctx).await,
+        SinkKind::Elasticsearch(es) => elasticsearch::run(es, buffer_instance, ctx).await,
+        SinkKind::CloudWatchLogs(cw) => cloudwatch::run(cw, ctx).await,
+    }
+}

@@ -1,0 +1,72 @@
+//! The command line: version, check-config, and `run` refusing a bad config.
+
+mod common;
+
+use common::*;
+use std::process::Command;
+
+fn berth(args: &[&str]) -> std::process::Output {
+    Command::new(berth_bin()).args(args).env_remove("BERTH_CONFIG").output().unwrap()
+}
+
+#[test]
+fn version() {
+    let out = berth(&["version"]);
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("berth "));
+}
+
+#[test]
+fn check_config_prints_redacted_effective_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("b.toml");
+    std::fs::write(
+        &p,
+        "[input.forward]\nshared_key = \"hunter2\"\n\n[[sink]]\nname = \"n\"\ntype = \"null\"\nmatch = \"**\"\n",
+    )
+    .unwrap();
+    let out = berth(&["check-config", "--config", p.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!text.contains("hunter2"), "secret leaked:\n{text}");
+    assert!(text.contains("<redacted>"));
+    assert!(text.contains("max_message_size"), "effective config includes defaults:\n{text}");
+}
+
+#[test]
+fn check_config_error_names_file_key_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("bad.toml");
+    std::fs::write(&p, "[input.forward]\nlisten = [\"tcp://127.0.0.1:24224\"]\nmax_message_size = \"16XB\"\n").unwrap();
+    let out = berth(&["check-config", "--config", p.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(p.to_str().unwrap()), "{err}");
+    assert!(err.contains("line 3"), "{err}");
+    assert!(err.contains("max_message_size"), "{err}");
+
+    // `run` with the same file refuses to start with EX_CONFIG.
+    let out = berth(&["run", "--config", p.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(78));
+}
+
+#[test]
+fn environment_overrides_apply() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("b.toml");
+    std::fs::write(&p, "[[sink]]\nname = \"n\"\ntype = \"null\"\nmatch = \"**\"\n").unwrap();
+    let out = Command::new(berth_bin())
+        .args(["check-config", "--config", p.to_str().unwrap()])
+        .env("BERTH_INPUT__FORWARD__MAX_CONNECTIONS", "7")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("max_connections = 7"));
+}
+
+#[test]
+fn quickstart_example_is_valid() {
+    let p = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/quickstart.toml");
+    let out = berth(&["check-config", "--config", p]);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+}
