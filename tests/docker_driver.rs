@@ -308,7 +308,7 @@ fn numbered_case(case: Case) -> Option<Vec<Value>> {
         return None;
     }
     let (n, m) = case.lines;
-    let b = start(FILE_SINK);
+    let b = start_tmpfs(FILE_SINK);
     let address = if case.unix {
         format!("unix://{}", b.unix_path().display())
     } else {
@@ -462,7 +462,7 @@ fn long_lines_arrive_whole() {
     if !docker_ready("long_lines") {
         return;
     }
-    let b = start(FILE_SINK);
+    let b = start_tmpfs(FILE_SINK);
     let sizes = [100 * 1024, 1024 * 1024];
     let script = format!("{}; echo short; {}; echo done", print_line(sizes[0], ""), print_line(sizes[1], ""));
     let c = run(&format!("tcp://{}", b.tcp_addr()), Run { test: "long", log_opts: vec![], args: vec![], script });
@@ -495,7 +495,7 @@ fn interleaved_long_lines_of_two_containers_are_not_mixed() {
     if !docker_ready("interleaved") {
         return;
     }
-    let b = start(FILE_SINK);
+    let b = start_tmpfs(FILE_SINK);
     let addr = format!("unix://{}", b.unix_path().display());
     let lines = 6;
     let len = 50 * 1024;
@@ -522,7 +522,7 @@ fn container_killed_mid_line_loses_nothing_it_wrote() {
     if !docker_ready("killed") {
         return;
     }
-    let b = start(FILE_SINK);
+    let b = start_tmpfs(FILE_SINK);
     let len = 40 * 1024;
     // No newline after the text: the line is open when the container is killed.
     let script = format!(
@@ -554,7 +554,7 @@ fn berth_restart_while_container_logs_async() {
     let shared = tempfile::tempdir().expect("tempdir");
     let ctl = tempfile::tempdir().expect("tempdir");
     let cfg = FILE_SINK.replace("{dir}", &shared.path().display().to_string());
-    let mut b1 = start(&cfg);
+    let mut b1 = start_tmpfs(&cfg);
     let sock = b1.unix_path();
     // The container ticks until the test creates /ctl/go (after berth is back), logs
     // `after 1..=20`, and stays up until /ctl/stop: in async mode Docker drops what the
@@ -589,7 +589,7 @@ fn berth_restart_while_container_logs_async() {
     let before = delivered(shared.path(), &tag).len();
     drop(b1);
 
-    let b2 = start(&cfg);
+    let b2 = start_tmpfs(&cfg);
     assert_eq!(b2.unix_path(), sock);
     let back = std::time::Instant::now();
     std::fs::write(ctl.path().join("go"), b"").expect("create /ctl/go");
@@ -919,7 +919,7 @@ fn every_line_carries_its_own_containers_ecs_fields() {
         return;
     }
     let cfg = format!("{FILE_SINK}\n[enrich.docker]\nlabels = [\"team=owner\"]\nenv = [\"APP_VERSION\"]\n");
-    let b = start(&cfg);
+    let b = start_tmpfs(&cfg);
     let addr = format!("unix://{}", b.unix_path().display());
     let mut a_args = ecs_labels("prod", "web", "aaaa1111", "shop", 7);
     a_args.extend(["--label".into(), "team=payments".into(), "-e".into(), "APP_VERSION=1.2.3".into()]);
@@ -959,7 +959,7 @@ fn renamed_container_later_lines_carry_the_new_name() {
     if !docker_ready("rename") {
         return;
     }
-    let b = start(FILE_SINK);
+    let b = start_tmpfs(FILE_SINK);
     let ctl = tempfile::tempdir().expect("tempdir");
     // Ticks until /ctl/stop; the 20 ms pace is the workload, not synchronisation.
     let script = "i=0; while [ ! -e /ctl/stop ]; do i=$((i+1)); echo \"tick $i\"; sleep 0.02; done";
@@ -1001,7 +1001,7 @@ fn removed_container_is_enriched_during_the_grace_period_then_expires() {
     // Long enough for the late line to get in on a loaded CI machine (3 s was not), short
     // enough to watch the expiry.
     let cfg = format!("{FILE_SINK}\n[enrich.docker]\nremoved_grace_period = \"10s\"\n");
-    let b = start(&cfg);
+    let b = start_tmpfs(&cfg);
     let c = run(
         &format!("tcp://{}", b.tcp_addr()),
         Run { test: "removed", log_opts: vec![], args: ecs_labels("c1", "app", "cccc3333", "fam", 1), script: numbered(3, 0) },
@@ -1061,7 +1061,7 @@ fn docker_unreachable_records_pass_through_with_one_warning() {
         return;
     }
     let cfg = format!("{FILE_SINK}\n[enrich.docker]\nsocket = \"unix:///nonexistent/docker.sock\"\n");
-    let b = start(&cfg);
+    let b = start_tmpfs(&cfg);
     let c = run(&format!("tcp://{}", b.tcp_addr()), Run { test: "unreachable", log_opts: vec![], args: ecs_labels("c1", "app", "dddd", "f", 1), script: numbered(50, 0) });
     assert_eq!(c.wait(), 0);
     let got = wait_delivered(b.path(), &c.tag(), 50);
@@ -1089,7 +1089,7 @@ fn multiline_label_groups_a_containers_stack_traces() {
     if !docker_ready("multiline") {
         return;
     }
-    let b = start(&format!("{FILE_SINK}\n[enrich.multiline]\ntimeout = \"500ms\"\n"));
+    let b = start_tmpfs(&format!("{FILE_SINK}\n[enrich.multiline]\ntimeout = \"500ms\"\n"));
     let addr = format!("unix://{}", b.unix_path().display());
     let script = "echo 'Exception in thread main'; echo '  at a.B.c(B.java:1)'; echo '  at d.E.f(E.java:2)'; \
                   echo 'next event'; echo '  detail'; echo 'last event'"

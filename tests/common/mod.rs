@@ -89,6 +89,17 @@ pub fn start(config: &str) -> Berth {
     start_in(dir, config, &[])
 }
 
+/// Like [`start`], with the temp dir (buffer, sockets) on tmpfs where there is one, for
+/// tests about a protocol rather than the disk: under the suite's load an fsync on the
+/// shared disk can take seconds, and with `fluentd-request-ack` Docker's driver sends one
+/// line per fsync and gives an exited container's logger only 10 s to drain (seen: a
+/// container's last lines dropped by dockerd as "Logger already closed").
+pub fn start_tmpfs(config: &str) -> Berth {
+    let shm = std::path::Path::new("/dev/shm");
+    let dir = if shm.is_dir() { tempfile::tempdir_in(shm) } else { tempfile::tempdir() };
+    start_in(dir.expect("tempdir"), config, &[])
+}
+
 pub fn start_in(dir: tempfile::TempDir, config: &str, env: &[(&str, &str)]) -> Berth {
     let config = config.replace("{dir}", &dir.path().display().to_string());
     let path = dir.path().join("berth.toml");
