@@ -52,6 +52,7 @@ fn enricher(apply_to: ApplyTo) -> Enricher {
         labels: vec![],
         env: vec![],
         removed_grace_period: Duration::from_secs(300),
+        inspect_wait: Duration::from_secs(2),
         max_containers: 4096,
     };
     let cache = Arc::new(DockerCache::new(cfg, Arc::clone(&metrics)));

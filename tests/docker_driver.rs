@@ -35,6 +35,13 @@ const ECS_LABELS: &[&str] = &[
     "com.amazonaws.ecs.task-definition-version=3",
 ];
 
+/// berth for a Docker test: its dir on tmpfs (see `start_tmpfs`), and a long first-sight
+/// inspect wait — under the suite's load dockerd has taken over the default 2 s to answer,
+/// and a test's first lines then went on without their fields.
+fn start_docker(config: &str) -> Berth {
+    start_tmpfs(config, &[("BERTH_ENRICH__DOCKER__INSPECT_WAIT", "10s")])
+}
+
 // ---------------------------------------------------------------------------------------
 // The engine, the image and containers.
 
@@ -308,7 +315,7 @@ fn numbered_case(case: Case) -> Option<Vec<Value>> {
         return None;
     }
     let (n, m) = case.lines;
-    let b = start_tmpfs(FILE_SINK);
+    let b = start_docker(FILE_SINK);
     let address = if case.unix {
         format!("unix://{}", b.unix_path().display())
     } else {
@@ -462,7 +469,7 @@ fn long_lines_arrive_whole() {
     if !docker_ready("long_lines") {
         return;
     }
-    let b = start_tmpfs(FILE_SINK);
+    let b = start_docker(FILE_SINK);
     let sizes = [100 * 1024, 1024 * 1024];
     let script = format!("{}; echo short; {}; echo done", print_line(sizes[0], ""), print_line(sizes[1], ""));
     let c = run(&format!("tcp://{}", b.tcp_addr()), Run { test: "long", log_opts: vec![], args: vec![], script });
@@ -495,7 +502,7 @@ fn interleaved_long_lines_of_two_containers_are_not_mixed() {
     if !docker_ready("interleaved") {
         return;
     }
-    let b = start_tmpfs(FILE_SINK);
+    let b = start_docker(FILE_SINK);
     let addr = format!("unix://{}", b.unix_path().display());
     let lines = 6;
     let len = 50 * 1024;
@@ -522,7 +529,7 @@ fn container_killed_mid_line_loses_nothing_it_wrote() {
     if !docker_ready("killed") {
         return;
     }
-    let b = start_tmpfs(FILE_SINK);
+    let b = start_docker(FILE_SINK);
     let len = 40 * 1024;
     // No newline after the text: the line is open when the container is killed.
     let script = format!(
@@ -554,7 +561,7 @@ fn berth_restart_while_container_logs_async() {
     let shared = tempfile::tempdir().expect("tempdir");
     let ctl = tempfile::tempdir().expect("tempdir");
     let cfg = FILE_SINK.replace("{dir}", &shared.path().display().to_string());
-    let mut b1 = start_tmpfs(&cfg);
+    let mut b1 = start_docker(&cfg);
     let sock = b1.unix_path();
     // The container ticks until the test creates /ctl/go (after berth is back), logs
     // `after 1..=20`, and stays up until /ctl/stop: in async mode Docker drops what the
@@ -589,7 +596,7 @@ fn berth_restart_while_container_logs_async() {
     let before = delivered(shared.path(), &tag).len();
     drop(b1);
 
-    let b2 = start_tmpfs(&cfg);
+    let b2 = start_docker(&cfg);
     assert_eq!(b2.unix_path(), sock);
     let back = std::time::Instant::now();
     std::fs::write(ctl.path().join("go"), b"").expect("create /ctl/go");
@@ -919,7 +926,7 @@ fn every_line_carries_its_own_containers_ecs_fields() {
         return;
     }
     let cfg = format!("{FILE_SINK}\n[enrich.docker]\nlabels = [\"team=owner\"]\nenv = [\"APP_VERSION\"]\n");
-    let b = start_tmpfs(&cfg);
+    let b = start_docker(&cfg);
     let addr = format!("unix://{}", b.unix_path().display());
     let mut a_args = ecs_labels("prod", "web", "aaaa1111", "shop", 7);
     a_args.extend(["--label".into(), "team=payments".into(), "-e".into(), "APP_VERSION=1.2.3".into()]);
@@ -952,6 +959,83 @@ fn every_line_carries_its_own_containers_ecs_fields() {
     assert_eq!(st["enrich"]["docker"]["connected"], true, "{st}");
 }
 
+/// Holds the driver's connections on a Unix socket of its own, unread, until `open`; then
+/// copies each both ways to berth's socket. Lets a test choose when berth hears a
+/// container's lines.
+struct Gate {
+    path: PathBuf,
+    to: Arc<Mutex<Option<PathBuf>>>,
+    _dir: tempfile::TempDir,
+}
+
+impl Gate {
+    fn new() -> Gate {
+        let dir = tempfile::tempdir_in("/dev/shm").or_else(|_| tempfile::tempdir()).expect("tempdir");
+        let path = dir.path().join("gate.sock");
+        let l = std::os::unix::net::UnixListener::bind(&path).expect("bind gate");
+        let to: Arc<Mutex<Option<PathBuf>>> = Arc::new(Mutex::new(None));
+        let to2 = Arc::clone(&to);
+        std::thread::spawn(move || {
+            for conn in l.incoming() {
+                let Ok(conn) = conn else { return };
+                let to = Arc::clone(&to2);
+                std::thread::spawn(move || {
+                    let target = loop {
+                        if let Some(p) = to.lock().unwrap().clone() {
+                            break p;
+                        }
+                        std::thread::sleep(Duration::from_millis(20));
+                    };
+                    let Ok(up) = std::os::unix::net::UnixStream::connect(&target) else { return };
+                    let (mut a, mut b) = (conn.try_clone().expect("clone"), up.try_clone().expect("clone"));
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut b, &mut a);
+                    });
+                    let (mut a, mut b) = (conn, up);
+                    let _ = std::io::copy(&mut a, &mut b);
+                    let _ = b.shutdown(std::net::Shutdown::Write);
+                });
+            }
+        });
+        Gate { path, to, _dir: dir }
+    }
+
+    fn open(&self, to: PathBuf) {
+        *self.to.lock().unwrap() = Some(to);
+    }
+}
+
+/// A batch job's container prints and exits while berth is not reading yet (berth
+/// restarting, a slow start): Docker keeps the container's lock while its logs wait to
+/// drain, so `docker inspect` of it hangs until berth has read them. berth, started then,
+/// must not wait on that: every line arrives with its task's fields.
+#[test]
+fn container_that_exited_before_berth_read_it_is_enriched() {
+    if !docker_ready("exited") {
+        return;
+    }
+    let gate = Gate::new();
+    let ctl = tempfile::tempdir().expect("tempdir");
+    let mut args = ecs_labels("c1", "job", "eeee5555", "batch", 4);
+    args.extend(["-v".into(), format!("{}:/ctl", ctl.path().display())]);
+    // More than the pipes hold: the driver is blocked on the gate when the job exits.
+    let script = format!("{}; touch /ctl/done", numbered(3000, 0));
+    let c = run(&format!("unix://{}", gate.path.display()), Run { test: "exited", log_opts: vec![], args, script });
+    wait_for(WAIT, "the job to finish writing", || ctl.path().join("done").exists().then_some(()));
+    // Exit handling (which takes the container's lock) starts right after; give it a moment.
+    std::thread::sleep(Duration::from_millis(500));
+    let b = start_docker(FILE_SINK);
+    gate.open(b.unix_path());
+    assert_eq!(c.wait(), 0);
+    let got = wait_delivered(b.path(), &c.tag(), 3000);
+    check_numbered(&c, &got, 3000, 0);
+    for e in &got {
+        assert_eq!(e["record"]["ecs_task_id"], "eeee5555", "{e}");
+        assert_eq!(e["record"]["ecs_task_definition_family"], "batch", "{e}");
+    }
+    assert_eq!(b.metric("berth_enrich_records_total{result=\"no_metadata\"}"), 0.0);
+}
+
 /// `docker rename` while the container logs: once the rename event is in, every later line
 /// has the new name (Docker's own `container_name` field keeps the old one for ever).
 #[test]
@@ -959,7 +1043,7 @@ fn renamed_container_later_lines_carry_the_new_name() {
     if !docker_ready("rename") {
         return;
     }
-    let b = start_tmpfs(FILE_SINK);
+    let b = start_docker(FILE_SINK);
     let ctl = tempfile::tempdir().expect("tempdir");
     // Ticks until /ctl/stop; the 20 ms pace is the workload, not synchronisation.
     let script = "i=0; while [ ! -e /ctl/stop ]; do i=$((i+1)); echo \"tick $i\"; sleep 0.02; done";
@@ -1001,7 +1085,7 @@ fn removed_container_is_enriched_during_the_grace_period_then_expires() {
     // Long enough for the late line to get in on a loaded CI machine (3 s was not), short
     // enough to watch the expiry.
     let cfg = format!("{FILE_SINK}\n[enrich.docker]\nremoved_grace_period = \"10s\"\n");
-    let b = start_tmpfs(&cfg);
+    let b = start_docker(&cfg);
     let c = run(
         &format!("tcp://{}", b.tcp_addr()),
         Run { test: "removed", log_opts: vec![], args: ecs_labels("c1", "app", "cccc3333", "fam", 1), script: numbered(3, 0) },
@@ -1061,7 +1145,7 @@ fn docker_unreachable_records_pass_through_with_one_warning() {
         return;
     }
     let cfg = format!("{FILE_SINK}\n[enrich.docker]\nsocket = \"unix:///nonexistent/docker.sock\"\n");
-    let b = start_tmpfs(&cfg);
+    let b = start_docker(&cfg);
     let c = run(&format!("tcp://{}", b.tcp_addr()), Run { test: "unreachable", log_opts: vec![], args: ecs_labels("c1", "app", "dddd", "f", 1), script: numbered(50, 0) });
     assert_eq!(c.wait(), 0);
     let got = wait_delivered(b.path(), &c.tag(), 50);
@@ -1089,7 +1173,7 @@ fn multiline_label_groups_a_containers_stack_traces() {
     if !docker_ready("multiline") {
         return;
     }
-    let b = start_tmpfs(&format!("{FILE_SINK}\n[enrich.multiline]\ntimeout = \"500ms\"\n"));
+    let b = start_docker(&format!("{FILE_SINK}\n[enrich.multiline]\ntimeout = \"500ms\"\n"));
     let addr = format!("unix://{}", b.unix_path().display());
     let script = "echo 'Exception in thread main'; echo '  at a.B.c(B.java:1)'; echo '  at d.E.f(E.java:2)'; \
                   echo 'next event'; echo '  detail'; echo 'last event'"

@@ -30,6 +30,8 @@ pub struct DockerEnrichConfig {
     /// Environment variable name → record key; same rules.
     pub env: Vec<CopyKey>,
     pub removed_grace_period: Duration,
+    /// At most 60 s.
+    pub inspect_wait: Duration,
     /// At least 1.
     pub max_containers: usize,
 }
@@ -200,6 +202,7 @@ pub(super) fn build(raw: RawEnrich, ctx: &Ctx<'_>) -> Result<EnrichConfig, Confi
             labels,
             env,
             removed_grace_period: d.removed_grace_period.0,
+            inspect_wait: d.inspect_wait.0,
             max_containers: d.max_containers,
         },
         ec2: Ec2EnrichConfig { enabled: raw.ec2.enabled, apply_to: raw.ec2.apply_to },
@@ -220,6 +223,7 @@ pub(super) fn to_raw(c: &EnrichConfig) -> RawEnrich {
             labels: d.labels.iter().map(|l| spanned(l.to_raw())).collect(),
             env: d.env.iter().map(|l| spanned(l.to_raw())).collect(),
             removed_grace_period: raw::Dur(d.removed_grace_period),
+            inspect_wait: raw::Dur(d.inspect_wait),
             max_containers: d.max_containers,
         },
         ec2: raw::RawEnrichEc2 { enabled: c.ec2.enabled, apply_to: c.ec2.apply_to },

@@ -318,6 +318,10 @@ pub(super) struct RawEnrichDocker {
     /// How long a removed container's fields are kept, for its last lines still in flight.
     #[serde(default = "default_removed_grace_period")]
     pub removed_grace_period: Dur,
+    /// The longest a new container's first line waits for its inspect (that connection
+    /// waits; the line then goes on without the fields). At most 60 s.
+    #[serde(default = "default_inspect_wait", deserialize_with = "de_inspect_wait")]
+    pub inspect_wait: Dur,
     /// Most containers cached; the least recently used is dropped beyond it.
     #[serde(default = "default_max_containers", deserialize_with = "de_max_containers")]
     pub max_containers: usize,
@@ -332,6 +336,7 @@ impl Default for RawEnrichDocker {
             labels: Vec::new(),
             env: Vec::new(),
             removed_grace_period: default_removed_grace_period(),
+            inspect_wait: default_inspect_wait(),
             max_containers: default_max_containers(),
         }
     }
@@ -390,6 +395,18 @@ fn default_docker_fields() -> Spanned<Vec<Spanned<String>>> {
 
 fn default_removed_grace_period() -> Dur {
     Dur(Duration::from_secs(300))
+}
+
+fn default_inspect_wait() -> Dur {
+    Dur(Duration::from_secs(2))
+}
+
+fn de_inspect_wait<'de, D: Deserializer<'de>>(d: D) -> Result<Dur, D::Error> {
+    let w = Dur::deserialize(d)?;
+    if w.0 > Duration::from_secs(60) {
+        return Err(de::Error::custom("at most 60s: a longer wait holds up the connection's other lines too"));
+    }
+    Ok(w)
 }
 
 fn default_max_containers() -> usize {

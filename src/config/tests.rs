@@ -652,6 +652,7 @@ fn enrich_errors_name_line_and_key() {
         ("[enrich.docker]\nsocket = \"/var/run/docker.sock\"\n", "line 2: enrich.docker.socket: \"/var/run/docker.sock\": expected unix:///path"),
         ("[enrich.docker]\nmax_containers = 0\n", "line 2: enrich.docker.max_containers: must be at least 1"),
         ("[enrich.docker]\nremoved_grace_period = \"soon\"\n", "line 2: enrich.docker.removed_grace_period:"),
+        ("[enrich.docker]\ninspect_wait = \"2m\"\n", "line 2: enrich.docker.inspect_wait: at most 60s"),
         ("[enrich.docker]\nlabel = []\n", "line 2: enrich.docker: unknown key \"label\""),
         ("[enrich.ec2]\napply_to = \"some\"\n", "line 2: enrich.ec2.apply_to: unknown apply_to \"some\" (expected \"all\" or \"docker\")"),
         ("[enrich.ec2]\nendpoint = \"http://x\"\n", "line 2: enrich.ec2: unknown key \"endpoint\""),
@@ -672,6 +673,7 @@ fn enrich_env_overrides() {
             ("BERTH_ENRICH__DOCKER__ENABLED", "false"),
             ("BERTH_ENRICH__DOCKER__LABELS", "[\"team\"]"),
             ("BERTH_ENRICH__DOCKER__REMOVED_GRACE_PERIOD", "1m"),
+            ("BERTH_ENRICH__DOCKER__INSPECT_WAIT", "15s"),
             ("BERTH_ENRICH__EC2__ENABLED", "false"),
         ],
     )
@@ -679,6 +681,7 @@ fn enrich_env_overrides() {
     assert!(!c.enrich.docker.enabled);
     assert_eq!(c.enrich.docker.labels[0].key, "team");
     assert_eq!(c.enrich.docker.removed_grace_period, Duration::from_secs(60));
+    assert_eq!(c.enrich.docker.inspect_wait, Duration::from_secs(15));
     assert!(!c.enrich.ec2.enabled);
     let got = env_err(SINK, &[("BERTH_ENRICH__DOCKER__ENABLED", "yes")]);
     assert!(got.starts_with("environment variable BERTH_ENRICH__DOCKER__ENABLED: enrich.docker.enabled:"), "{got}");

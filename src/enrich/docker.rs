@@ -12,12 +12,13 @@
 //! and, once back, inspects every cached container again (events were missed meanwhile).
 //!
 //! Never in the way of intake: the hot path takes one short mutex per batch and container,
-//! and never waits on Docker for longer than [`INSPECT_WAIT`].
+//! and never waits on Docker for longer than `inspect_wait` (2 s by default).
 
 use super::record::Fields;
 use crate::config::{DockerEnrichConfig, DockerField};
 use crate::metrics::Metrics;
-use bollard::query_parameters::EventsOptions;
+use bollard::models::ContainerSummaryStateEnum;
+use bollard::query_parameters::{EventsOptions, ListContainersOptions};
 use bollard::Docker;
 use futures_util::StreamExt;
 use std::collections::HashMap;
@@ -28,10 +29,13 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-/// How long a record's first sight of a container may wait for its inspect.
-pub const INSPECT_WAIT: Duration = Duration::from_secs(2);
-/// An inspect that takes longer than this failed.
+/// A lookup that takes longer than this (or than `inspect_wait`) failed.
 const INSPECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// The inspect that reads a container's environment (only with `env` configured) may wait
+/// this long: Docker answers it only once an exiting container's logs are drained.
+const ENV_INSPECT_TIMEOUT: Duration = Duration::from_secs(120);
+/// Environment inspects running at once (a start on a busy host queues the rest).
+const ENV_INSPECTS: usize = 4;
 /// How long an id Docker does not know (404) or whose inspect failed is not asked again.
 const MISSING_TTL: Duration = Duration::from_secs(30);
 const FAILED_TTL: Duration = Duration::from_secs(5);
@@ -57,9 +61,11 @@ pub struct Container {
     pub fields: Fields,
     /// Label `berth.multiline.start`, as written.
     pub multiline_start: Option<String>,
+    /// What the entry was built from: a refresh from the container list keeps its `env`.
+    source: Inspected,
 }
 
-/// What inspect tells, before it is encoded (a seam for tests).
+/// What Docker tells of a container, before it is encoded (a seam for tests).
 #[derive(Debug, Default, Clone)]
 pub struct Inspected {
     pub id: String,
@@ -68,10 +74,12 @@ pub struct Inspected {
     pub labels: HashMap<String, String>,
     /// `NAME=VALUE` entries as Docker reports them.
     pub env: Vec<String>,
+    /// Whether `env` was read: only inspect reports it, the container list does not.
+    pub env_read: bool,
 }
 
 impl Inspected {
-    fn from_bollard(info: bollard::models::ContainerInspectResponse) -> Inspected {
+    fn from_inspect(info: bollard::models::ContainerInspectResponse) -> Inspected {
         let config = info.config.unwrap_or_default();
         Inspected {
             id: info.id.unwrap_or_default(),
@@ -79,6 +87,18 @@ impl Inspected {
             image: config.image.filter(|i| !i.is_empty()).or(info.image).unwrap_or_default(),
             labels: config.labels.unwrap_or_default(),
             env: config.env.unwrap_or_default(),
+            env_read: true,
+        }
+    }
+
+    fn from_summary(s: bollard::models::ContainerSummary) -> Inspected {
+        Inspected {
+            id: s.id.unwrap_or_default(),
+            name: s.names.and_then(|n| n.into_iter().next()).unwrap_or_default(),
+            image: s.image.unwrap_or_default(),
+            labels: s.labels.unwrap_or_default(),
+            env: Vec::new(),
+            env_read: false,
         }
     }
 }
@@ -121,12 +141,20 @@ pub fn build_container(cfg: &DockerEnrichConfig, c: &Inspected) -> Container {
         name: name.to_string(),
         fields,
         multiline_start: c.labels.get(MULTILINE_LABEL).cloned(),
+        source: c.clone(),
     }
 }
 
 enum Slot {
-    Ready { c: Arc<Container>, used: u64, removed: Option<Instant> },
-    /// An inspect is running; `true` is sent when it is done.
+    Ready {
+        c: Arc<Container>,
+        used: u64,
+        removed: Option<Instant>,
+        /// The inspect for `env` is running: lookups wait for it (`true` when done) until
+        /// the deadline, then take the entry as it is.
+        env: Option<(watch::Receiver<bool>, Instant)>,
+    },
+    /// A first-sight lookup is running; `true` is sent when it is done.
     Pending(watch::Receiver<bool>),
     /// Not a container Docker knows, or its inspect failed: not asked again until then.
     Missing { until: Instant, used: u64 },
@@ -173,6 +201,7 @@ pub struct DockerCache {
     any_multiline: AtomicBool,
     /// Set once the first connection attempt is over (success or not).
     first: watch::Sender<bool>,
+    env_inspects: Arc<tokio::sync::Semaphore>,
     metrics: Arc<Metrics>,
 }
 
@@ -192,6 +221,7 @@ impl DockerCache {
             cfg,
             socket,
             inner: Mutex::new(Inner { map: HashMap::new(), clock: 0 }),
+            env_inspects: Arc::new(tokio::sync::Semaphore::new(ENV_INSPECTS)),
             client: RwLock::new(None),
             error: Mutex::new(None),
             failed_connects: AtomicU64::new(0),
@@ -262,9 +292,12 @@ impl DockerCache {
         inner.clock += 1;
         let now_used = inner.clock;
         match inner.map.get_mut(id) {
-            Some(Slot::Ready { c, used, .. }) => {
+            Some(Slot::Ready { c, used, env, .. }) => {
                 *used = now_used;
-                return Lookup::Hit(Arc::clone(c));
+                match env {
+                    Some((rx, until)) if *until > Instant::now() && !*rx.borrow() => return Lookup::Wait(rx.clone()),
+                    _ => return Lookup::Hit(Arc::clone(c)),
+                }
             }
             Some(Slot::Pending(rx)) => return Lookup::Wait(rx.clone()),
             Some(Slot::Missing { until, .. }) if *until > Instant::now() => return Lookup::Miss,
@@ -279,15 +312,18 @@ impl DockerCache {
         let this = Arc::clone(self);
         let id = id.to_string();
         tokio::spawn(async move {
-            this.inspect_into_cache(&client, &id).await;
+            if let Some(mut env) = this.fetch_into_cache(&client, &id, None).await {
+                // The waiters bound their own wait.
+                let _ = env.wait_for(|done| *done).await;
+            }
             let _ = tx.send(true);
         });
         Lookup::Wait(rx)
     }
 
-    /// Wait for a first-sight inspect, at most [`INSPECT_WAIT`].
+    /// Wait for a first-sight inspect, at most `inspect_wait`.
     pub async fn wait(&self, id: &str, mut rx: watch::Receiver<bool>) -> Option<Arc<Container>> {
-        let _ = tokio::time::timeout(INSPECT_WAIT, rx.wait_for(|done| *done)).await;
+        let _ = tokio::time::timeout(self.cfg.inspect_wait, rx.wait_for(|done| *done)).await;
         self.get(id)
     }
 
@@ -297,7 +333,7 @@ impl DockerCache {
         let mut inner = lock(&self.inner);
         inner.clock += 1;
         let used = inner.clock;
-        self.insert(&mut inner, c.id.clone(), Slot::Ready { c: Arc::new(c), used, removed: None });
+        self.insert(&mut inner, c.id.clone(), Slot::Ready { c: Arc::new(c), used, removed: None, env: None });
     }
 
     /// Insert, dropping the least recently used entry (never a running inspect) when full.
@@ -325,46 +361,148 @@ impl DockerCache {
         self.metrics.enrich_docker_cache_size.set(inner.map.len() as i64);
     }
 
-    /// Inspect `id` and store what was learnt (the entry, or a negative entry).
-    async fn inspect_into_cache(&self, client: &Docker, id: &str) {
-        let res = tokio::time::timeout(INSPECT_TIMEOUT, client.inspect_container(id, None)).await;
-        let now = Instant::now();
+    /// Look `id` up in the container list and store what was learnt (the entry, or a
+    /// negative entry). Returns the running environment inspect, if any.
+    ///
+    /// The list, not inspect: Docker answers inspect under the container's lock, which it
+    /// holds while an exiting container's logs drain (up to 10 s and more) — and they drain
+    /// into berth, whose connection would be waiting for this very answer. The list is
+    /// served from a snapshot without that lock. It lacks the environment: with `env`
+    /// configured, an inspect adds it ([`Self::read_env`]); lookups wait for it at most
+    /// `inspect_wait`.
+    async fn fetch_into_cache(self: &Arc<Self>, client: &Docker, id: &str, name: Option<&str>) -> Option<watch::Receiver<bool>> {
+        let limit = INSPECT_TIMEOUT.max(self.cfg.inspect_wait);
+        let res = tokio::time::timeout(limit, list_one(client, id)).await;
         let mut inner = lock(&self.inner);
-        inner.clock += 1;
-        let used = inner.clock;
-        let removed = match inner.map.get(id) {
-            Some(Slot::Ready { removed, .. }) => *removed,
-            _ => None,
-        };
-        let slot = match res {
-            Ok(Ok(info)) => {
-                let c = build_container(&self.cfg, &Inspected::from_bollard(info));
-                Slot::Ready { c: Arc::new(c), used, removed }
-            }
-            Ok(Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. })) => {
-                // A removed container's entry outlives Docker's knowledge of it.
-                if let Some(Slot::Ready { .. }) = inner.map.get(id) {
-                    return;
+        let known = matches!(inner.map.get(id), Some(Slot::Ready { .. }));
+        let failed = match res {
+            Ok(Ok(Some(mut found))) => {
+                if let Some(n) = name {
+                    // A rename event's own word on the new name.
+                    found.name = n.to_string();
                 }
-                Slot::Missing { until: now + MISSING_TTL, used }
+                return self.store(&mut inner, client, found);
             }
+            // A removed container's entry outlives Docker's knowledge of it.
+            Ok(Ok(None)) => false,
             Ok(Err(e)) => {
-                self.metrics.enrich_docker_errors.inc();
-                tracing::debug!(container_id = id, error = %e, "docker inspect failed");
-                if let Some(Slot::Ready { .. }) = inner.map.get(id) {
-                    return;
-                }
-                Slot::Missing { until: now + FAILED_TTL, used }
+                tracing::debug!(container_id = id, error = %e, "docker container lookup failed");
+                true
             }
             Err(_) => {
-                self.metrics.enrich_docker_errors.inc();
-                if let Some(Slot::Ready { .. }) = inner.map.get(id) {
-                    return;
-                }
-                Slot::Missing { until: now + FAILED_TTL, used }
+                tracing::debug!(container_id = id, "docker container lookup timed out");
+                true
             }
         };
-        self.insert(&mut inner, id.to_string(), slot);
+        if failed {
+            self.metrics.enrich_docker_errors.inc();
+        }
+        if !known {
+            inner.clock += 1;
+            let used = inner.clock;
+            let until = Instant::now() + if failed { FAILED_TTL } else { MISSING_TTL };
+            self.insert(&mut inner, id.to_string(), Slot::Missing { until, used });
+        }
+        None
+    }
+
+    /// Store a container found in the list, keeping what the cache knew that the list does
+    /// not tell (removal, environment); start its environment inspect when needed.
+    fn store(self: &Arc<Self>, inner: &mut Inner, client: &Docker, mut found: Inspected) -> Option<watch::Receiver<bool>> {
+        let (removed, mut env) = match inner.map.get(&found.id) {
+            Some(Slot::Ready { c, removed, env, .. }) => {
+                if c.source.env_read {
+                    // The environment is fixed for a container's life.
+                    found.env = c.source.env.clone();
+                    found.env_read = true;
+                }
+                (*removed, env.clone())
+            }
+            _ => (None, None),
+        };
+        if found.env_read {
+            env = None;
+        } else if env.is_none() && !self.cfg.env.is_empty() {
+            let (tx, rx) = watch::channel(false);
+            self.read_env(client.clone(), found.id.clone(), tx);
+            env = Some((rx, Instant::now() + self.cfg.inspect_wait));
+        }
+        inner.clock += 1;
+        let used = inner.clock;
+        let c = Arc::new(build_container(&self.cfg, &found));
+        let waiting = env.as_ref().map(|(rx, _)| rx.clone());
+        self.insert(inner, found.id, Slot::Ready { c, used, removed, env });
+        waiting
+    }
+
+    /// Inspect `id` in the background for its environment and rebuild its entry with it.
+    fn read_env(self: &Arc<Self>, client: Docker, id: String, done: watch::Sender<bool>) {
+        let this = Arc::clone(self);
+        tokio::spawn(async move {
+            let permit = Arc::clone(&this.env_inspects).acquire_owned().await;
+            let res = tokio::time::timeout(ENV_INSPECT_TIMEOUT, client.inspect_container(&id, None)).await;
+            drop(permit);
+            let env = match res {
+                Ok(Ok(info)) => Some(Inspected::from_inspect(info).env),
+                Ok(Err(e)) => {
+                    tracing::debug!(container_id = id, error = %e, "docker inspect for the environment failed");
+                    None
+                }
+                Err(_) => {
+                    tracing::debug!(container_id = id, "docker inspect for the environment timed out");
+                    None
+                }
+            };
+            if env.is_none() {
+                this.metrics.enrich_docker_errors.inc();
+            }
+            if let Some(Slot::Ready { c, env: pending, .. }) = lock(&this.inner).map.get_mut(&id) {
+                *pending = None;
+                // Its name and labels stay as the latest list or event left them.
+                if let Some(env) = env {
+                    let mut source = c.source.clone();
+                    source.env = env;
+                    source.env_read = true;
+                    *c = Arc::new(build_container(&this.cfg, &source));
+                }
+            }
+            let _ = done.send(true);
+        });
+    }
+
+    /// After a (re)connection: one list of every container fills the cache with the running
+    /// ones (their first lines wait for nothing), refreshes what is cached, and marks removed
+    /// what Docker no longer has (events were missed meanwhile).
+    async fn resync(self: &Arc<Self>, client: &Docker) {
+        let opts = ListContainersOptions { all: true, ..Default::default() };
+        let list = match tokio::time::timeout(INSPECT_TIMEOUT, client.list_containers(Some(opts))).await {
+            Ok(Ok(list)) => list,
+            res => {
+                self.metrics.enrich_docker_errors.inc();
+                let why = res.map(|r| r.err().map(|e| e.to_string()).unwrap_or_default()).unwrap_or_else(|_| "timed out".into());
+                tracing::debug!(error = why, "docker container list failed");
+                return;
+            }
+        };
+        let mut seen = std::collections::HashSet::new();
+        for s in list {
+            let running = matches!(s.state, Some(ContainerSummaryStateEnum::RUNNING));
+            let found = Inspected::from_summary(s);
+            seen.insert(found.id.clone());
+            let mut inner = lock(&self.inner);
+            if running || matches!(inner.map.get(&found.id), Some(Slot::Ready { .. })) {
+                self.store(&mut inner, client, found);
+            }
+        }
+        let gone: Vec<String> = lock(&self.inner)
+            .map
+            .iter()
+            .filter(|(k, s)| matches!(s, Slot::Ready { removed: None, .. }) && !seen.contains(*k))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for id in gone {
+            self.mark_removed(&id);
+        }
     }
 
     fn mark_removed(&self, id: &str) {
@@ -450,17 +588,7 @@ impl DockerCache {
             );
             let mut events = client.events(Some(EventsOptions { filters: Some(filters), ..Default::default() }));
             self.connected(client.clone());
-            // Events were missed while disconnected (or before the first connection):
-            // inspect what is cached again.
-            let known: Vec<String> = lock(&self.inner)
-                .map
-                .iter()
-                .filter(|(_, s)| matches!(s, Slot::Ready { removed: None, .. }))
-                .map(|(k, _)| k.clone())
-                .collect();
-            for id in known {
-                self.inspect_into_cache(&client, &id).await;
-            }
+            self.resync(&client).await;
             let why = loop {
                 tokio::select! {
                     _ = shutdown.cancelled() => return,
@@ -486,16 +614,33 @@ impl DockerCache {
         }
     }
 
-    async fn on_event(&self, client: &Docker, ev: bollard::models::EventMessage) {
-        let Some(id) = ev.actor.and_then(|a| a.id) else { return };
+    async fn on_event(self: &Arc<Self>, client: &Docker, ev: bollard::models::EventMessage) {
+        let Some(actor) = ev.actor else { return };
+        let Some(id) = actor.id else { return };
         match ev.action.as_deref() {
-            // A new container's lines find their entry ready; a renamed one gets its new
-            // name.
-            Some("start") | Some("rename") => self.inspect_into_cache(client, &id).await,
+            // A new container's lines find their entry ready.
+            Some("start") => {
+                self.fetch_into_cache(client, &id, None).await;
+            }
+            // A renamed one gets its new name.
+            Some("rename") => {
+                let name = actor.attributes.as_ref().and_then(|a| a.get("name")).map(|n| format!("/{}", n.trim_start_matches('/')));
+                self.fetch_into_cache(client, &id, name.as_deref()).await;
+            }
             Some("destroy") => self.mark_removed(&id),
             _ => {}
         }
     }
+}
+
+/// The container with exactly this id, from the list (all states).
+async fn list_one(client: &Docker, id: &str) -> Result<Option<Inspected>, bollard::errors::Error> {
+    let mut filters = HashMap::new();
+    filters.insert("id".to_string(), vec![id.to_string()]);
+    let opts = ListContainersOptions { all: true, filters: Some(filters), ..Default::default() };
+    let list = client.list_containers(Some(opts)).await?;
+    // The filter matches id prefixes too.
+    Ok(list.into_iter().map(Inspected::from_summary).find(|c| c.id == id))
 }
 
 impl crate::reassemble::MultilineSource for DockerCache {
@@ -521,6 +666,7 @@ mod tests {
             labels: vec![CopyKey { name: "team".into(), key: "team".into() }, CopyKey { name: "com.example.v".into(), key: "version".into() }],
             env: vec![CopyKey { name: "APP_ENV".into(), key: "app_env".into() }],
             removed_grace_period: Duration::from_secs(60),
+            inspect_wait: Duration::from_secs(2),
             max_containers: 2,
         }
     }
@@ -541,6 +687,7 @@ mod tests {
             image: "nginx:1".into(),
             labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
             env: vec!["PATH=/bin".into(), "APP_ENV=prod=eu".into()],
+            env_read: true,
         }
     }
 
@@ -573,8 +720,9 @@ mod tests {
         assert_eq!(c.multiline_start, None);
     }
 
-    /// A fake engine on a Unix socket: answers inspect after 200 ms, counting requests.
-    async fn fake_engine(dir: &std::path::Path) -> (String, Arc<AtomicU64>) {
+    /// A fake engine on a Unix socket: answers the container list after 200 ms (counting
+    /// those requests) and inspect after `inspect_delay`, as Docker 20.10 answers them.
+    async fn fake_engine(dir: &std::path::Path, inspect_delay: Duration) -> (String, Arc<AtomicU64>) {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let path = dir.join("docker.sock");
         let l = tokio::net::UnixListener::bind(&path).unwrap();
@@ -593,11 +741,18 @@ mod tests {
                         }
                     }
                     let line = String::from_utf8_lossy(&buf).lines().next().unwrap_or("").to_string();
-                    if line.contains("/containers/abc/json") {
+                    let body = if line.contains("/containers/json") {
                         n.fetch_add(1, Ordering::SeqCst);
-                    }
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                    let body = r#"{"Id":"abc","Name":"/web","Config":{"Image":"img:1","Labels":{"com.amazonaws.ecs.cluster":"c1"}}}"#;
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                        // The id filter also matches prefixes: only the exact id counts.
+                        r#"[{"Id":"abcd","Names":["/other"],"Image":"x","Labels":{},"State":"running"},
+                            {"Id":"abc","Names":["/web"],"Image":"img:1","Labels":{"com.amazonaws.ecs.cluster":"c1"},"State":"exited"}]"#
+                    } else if line.contains("/containers/abc/json") {
+                        tokio::time::sleep(inspect_delay).await;
+                        r#"{"Id":"abc","Name":"/web","Config":{"Image":"img:1","Labels":{"com.amazonaws.ecs.cluster":"c1"},"Env":["APP_ENV=prod"]}}"#
+                    } else {
+                        "{}"
+                    };
                     let resp = format!("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
                     let _ = s.write_all(resp.as_bytes()).await;
                 });
@@ -607,9 +762,9 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn concurrent_first_lookups_share_one_inspect() {
+    async fn concurrent_first_lookups_share_one_list_and_wait_for_the_environment() {
         let dir = tempfile::tempdir().unwrap();
-        let (socket, inspects) = fake_engine(dir.path()).await;
+        let (socket, inspects) = fake_engine(dir.path(), Duration::from_millis(400)).await;
         let cache = Arc::new(DockerCache::new(cfg(), Arc::new(Metrics::new())));
         let client = Docker::connect_with_host(&socket).unwrap();
         *cache.client.write().unwrap() = Some(client);
@@ -625,12 +780,48 @@ mod tests {
             }));
         }
         for w in waits {
-            let c = w.await.unwrap().expect("inspected");
+            let c = w.await.unwrap().expect("listed");
             assert_eq!(c.name, "web");
             assert_eq!(c.fields.get("ecs_cluster"), Some("c1"));
+            assert_eq!(c.fields.get("app_env"), Some("prod"), "the environment came within inspect_wait");
         }
-        assert_eq!(inspects.load(Ordering::SeqCst), 1, "one inspect for five first sights");
+        assert_eq!(inspects.load(Ordering::SeqCst), 1, "one list for five first sights");
         assert!(matches!(cache.lookup("abc"), Lookup::Hit(_)));
+    }
+
+    /// Docker holds an exiting container's inspect until its logs have drained — into
+    /// berth. The lookup must not depend on it: here inspect never answers. Without `env`
+    /// the list answers at once; with it, the first sight waits `inspect_wait` for the
+    /// environment, then takes the entry without it, and later lookups wait no more.
+    #[tokio::test]
+    async fn lookup_does_not_wait_for_a_stuck_inspect() {
+        for with_env in [false, true] {
+            let dir = tempfile::tempdir().unwrap();
+            let (socket, _) = fake_engine(dir.path(), Duration::from_secs(3600)).await;
+            let mut cfg = cfg();
+            cfg.inspect_wait = Duration::from_millis(500);
+            if !with_env {
+                cfg.env.clear();
+            }
+            let cache = Arc::new(DockerCache::new(cfg, Arc::new(Metrics::new())));
+            *cache.client.write().unwrap() = Some(Docker::connect_with_host(&socket).unwrap());
+            let t = std::time::Instant::now();
+            let c = match cache.lookup("abc") {
+                Lookup::Wait(rx) => cache.wait("abc", rx).await,
+                _ => panic!("first sight waits for the lookup"),
+            };
+            let c = c.expect("found in the list");
+            let took = t.elapsed();
+            assert!(took < Duration::from_millis(if with_env { 1500 } else { 450 }), "with env {with_env}: {took:?}");
+            assert_eq!(c.fields.get("ecs_cluster"), Some("c1"));
+            assert_eq!(c.fields.get("image"), Some("img:1"));
+            assert_eq!(c.fields.get("app_env"), None);
+            if with_env {
+                assert!(took >= Duration::from_millis(450), "waited for the environment: {took:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            assert!(matches!(cache.lookup("abc"), Lookup::Hit(_)), "past the deadline: no more waits");
+        }
     }
 
     #[tokio::test(start_paused = true)]

@@ -14,7 +14,7 @@
 //! All rewritten records of a batch share one new allocation.
 //!
 //! Never in the way of intake: without Docker or IMDS records pass through unchanged; a
-//! first-sight inspect is waited for at most [`docker::INSPECT_WAIT`], by that connection
+//! first-sight inspect is waited for at most `[enrich.docker] inspect_wait`, by that connection
 //! only.
 
 pub mod docker;
@@ -310,6 +310,7 @@ mod tests {
             labels: vec![],
             env: vec![],
             removed_grace_period: Duration::from_secs(60),
+            inspect_wait: Duration::from_secs(2),
             max_containers: 10,
         };
         let cache = Arc::new(DockerCache::new(cfg, Arc::clone(&m)));

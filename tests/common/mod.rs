@@ -94,10 +94,10 @@ pub fn start(config: &str) -> Berth {
 /// shared disk can take seconds, and with `fluentd-request-ack` Docker's driver sends one
 /// line per fsync and gives an exited container's logger only 10 s to drain (seen: a
 /// container's last lines dropped by dockerd as "Logger already closed").
-pub fn start_tmpfs(config: &str) -> Berth {
+pub fn start_tmpfs(config: &str, env: &[(&str, &str)]) -> Berth {
     let shm = std::path::Path::new("/dev/shm");
     let dir = if shm.is_dir() { tempfile::tempdir_in(shm) } else { tempfile::tempdir() };
-    start_in(dir.expect("tempdir"), config, &[])
+    start_in(dir.expect("tempdir"), config, env)
 }
 
 pub fn start_in(dir: tempfile::TempDir, config: &str, env: &[(&str, &str)]) -> Berth {
