@@ -373,31 +373,21 @@ impl DockerCache {
     async fn fetch_into_cache(self: &Arc<Self>, client: &Docker, id: &str, name: Option<&str>) -> Option<watch::Receiver<bool>> {
         let limit = INSPECT_TIMEOUT.max(self.cfg.inspect_wait);
         let res = tokio::time::timeout(limit, list_one(client, id)).await;
+        let res = self.answered(res, "container lookup", id);
         let mut inner = lock(&self.inner);
-        let known = matches!(inner.map.get(id), Some(Slot::Ready { .. }));
         let failed = match res {
-            Ok(Ok(Some(mut found))) => {
+            Some(Some(mut found)) => {
                 if let Some(n) = name {
                     // A rename event's own word on the new name.
                     found.name = n.to_string();
                 }
                 return self.store(&mut inner, client, found);
             }
-            // A removed container's entry outlives Docker's knowledge of it.
-            Ok(Ok(None)) => false,
-            Ok(Err(e)) => {
-                tracing::debug!(container_id = id, error = %e, "docker container lookup failed");
-                true
-            }
-            Err(_) => {
-                tracing::debug!(container_id = id, "docker container lookup timed out");
-                true
-            }
+            Some(None) => false,
+            None => true,
         };
-        if failed {
-            self.metrics.enrich_docker_errors.inc();
-        }
-        if !known {
+        // A removed container's entry outlives Docker's knowledge of it.
+        if !matches!(inner.map.get(id), Some(Slot::Ready { .. })) {
             inner.clock += 1;
             let used = inner.clock;
             let until = Instant::now() + if failed { FAILED_TTL } else { MISSING_TTL };
@@ -442,20 +432,7 @@ impl DockerCache {
             let permit = Arc::clone(&this.env_inspects).acquire_owned().await;
             let res = tokio::time::timeout(ENV_INSPECT_TIMEOUT, client.inspect_container(&id, None)).await;
             drop(permit);
-            let env = match res {
-                Ok(Ok(info)) => Some(Inspected::from_inspect(info).env),
-                Ok(Err(e)) => {
-                    tracing::debug!(container_id = id, error = %e, "docker inspect for the environment failed");
-                    None
-                }
-                Err(_) => {
-                    tracing::debug!(container_id = id, "docker inspect for the environment timed out");
-                    None
-                }
-            };
-            if env.is_none() {
-                this.metrics.enrich_docker_errors.inc();
-            }
+            let env = this.answered(res, "inspect for the environment", &id).map(|info| Inspected::from_inspect(info).env);
             if let Some(Slot::Ready { c, env: pending, .. }) = lock(&this.inner).map.get_mut(&id) {
                 *pending = None;
                 // Its name and labels stay as the latest list or event left them.
@@ -475,15 +452,8 @@ impl DockerCache {
     /// what Docker no longer has (events were missed meanwhile).
     async fn resync(self: &Arc<Self>, client: &Docker) {
         let opts = ListContainersOptions { all: true, ..Default::default() };
-        let list = match tokio::time::timeout(INSPECT_TIMEOUT, client.list_containers(Some(opts))).await {
-            Ok(Ok(list)) => list,
-            res => {
-                self.metrics.enrich_docker_errors.inc();
-                let why = res.map(|r| r.err().map(|e| e.to_string()).unwrap_or_default()).unwrap_or_else(|_| "timed out".into());
-                tracing::debug!(error = why, "docker container list failed");
-                return;
-            }
-        };
+        let res = tokio::time::timeout(INSPECT_TIMEOUT, client.list_containers(Some(opts))).await;
+        let Some(list) = self.answered(res, "container list", "") else { return };
         let mut seen = std::collections::HashSet::new();
         for s in list {
             let running = matches!(s.state, Some(ContainerSummaryStateEnum::RUNNING));
@@ -503,6 +473,18 @@ impl DockerCache {
         for id in gone {
             self.mark_removed(&id);
         }
+    }
+
+    /// The answer of a Docker call bounded by a timeout; a failure is counted and logged.
+    fn answered<T>(&self, res: Result<Result<T, bollard::errors::Error>, tokio::time::error::Elapsed>, what: &str, id: &str) -> Option<T> {
+        let why = match res {
+            Ok(Ok(v)) => return Some(v),
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => "timed out".to_string(),
+        };
+        self.metrics.enrich_docker_errors.inc();
+        tracing::debug!(container_id = id, error = why, "docker {what} failed");
+        None
     }
 
     fn mark_removed(&self, id: &str) {
