@@ -31,11 +31,11 @@ use tokio_util::sync::CancellationToken;
 
 /// A lookup that takes longer than this (or than `inspect_wait`) failed.
 const INSPECT_TIMEOUT: Duration = Duration::from_secs(10);
-/// The inspect that reads a container's environment (only with `env` configured) may wait
-/// this long: Docker answers it only once an exiting container's logs are drained.
-const ENV_INSPECT_TIMEOUT: Duration = Duration::from_secs(120);
-/// Environment inspects running at once (a start on a busy host queues the rest).
-const ENV_INSPECTS: usize = 4;
+/// The inspect that completes an entry (environment, image name) may wait this long: Docker
+/// answers it only once an exiting container's logs are drained.
+const COMPLETE_TIMEOUT: Duration = Duration::from_secs(120);
+/// Such inspects running at once (a start on a busy host queues the rest).
+const INSPECTS: usize = 4;
 /// How long an id Docker does not know (404) or whose inspect failed is not asked again.
 const MISSING_TTL: Duration = Duration::from_secs(30);
 const FAILED_TTL: Duration = Duration::from_secs(5);
@@ -74,8 +74,10 @@ pub struct Inspected {
     pub labels: HashMap<String, String>,
     /// `NAME=VALUE` entries as Docker reports them.
     pub env: Vec<String>,
-    /// Whether `env` was read: only inspect reports it, the container list does not.
-    pub env_read: bool,
+    /// Whether this comes from an inspect, whose `env` and `image` (as the container was
+    /// created from) are the container's for life. The list has no environment, and names
+    /// the image by its id once its tag has moved to another image.
+    pub inspected: bool,
 }
 
 impl Inspected {
@@ -87,7 +89,7 @@ impl Inspected {
             image: config.image.filter(|i| !i.is_empty()).or(info.image).unwrap_or_default(),
             labels: config.labels.unwrap_or_default(),
             env: config.env.unwrap_or_default(),
-            env_read: true,
+            inspected: true,
         }
     }
 
@@ -98,7 +100,7 @@ impl Inspected {
             image: s.image.unwrap_or_default(),
             labels: s.labels.unwrap_or_default(),
             env: Vec::new(),
-            env_read: false,
+            inspected: false,
         }
     }
 }
@@ -150,9 +152,9 @@ enum Slot {
         c: Arc<Container>,
         used: u64,
         removed: Option<Instant>,
-        /// The inspect for `env` is running: lookups wait for it (`true` when done) until
-        /// the deadline, then take the entry as it is.
-        env: Option<(watch::Receiver<bool>, Instant)>,
+        /// The inspect completing the entry is running: lookups wait for it (`true` when
+        /// done) until the deadline, then take the entry as it is.
+        inspect: Option<(watch::Receiver<bool>, Instant)>,
     },
     /// A first-sight lookup is running; `true` is sent when it is done.
     Pending(watch::Receiver<bool>),
@@ -201,7 +203,7 @@ pub struct DockerCache {
     any_multiline: AtomicBool,
     /// Set once the first connection attempt is over (success or not).
     first: watch::Sender<bool>,
-    env_inspects: Arc<tokio::sync::Semaphore>,
+    inspects: Arc<tokio::sync::Semaphore>,
     metrics: Arc<Metrics>,
 }
 
@@ -221,7 +223,7 @@ impl DockerCache {
             cfg,
             socket,
             inner: Mutex::new(Inner { map: HashMap::new(), clock: 0 }),
-            env_inspects: Arc::new(tokio::sync::Semaphore::new(ENV_INSPECTS)),
+            inspects: Arc::new(tokio::sync::Semaphore::new(INSPECTS)),
             client: RwLock::new(None),
             error: Mutex::new(None),
             failed_connects: AtomicU64::new(0),
@@ -292,9 +294,9 @@ impl DockerCache {
         inner.clock += 1;
         let now_used = inner.clock;
         match inner.map.get_mut(id) {
-            Some(Slot::Ready { c, used, env, .. }) => {
+            Some(Slot::Ready { c, used, inspect, .. }) => {
                 *used = now_used;
-                match env {
+                match inspect {
                     Some((rx, until)) if *until > Instant::now() && !*rx.borrow() => return Lookup::Wait(rx.clone()),
                     _ => return Lookup::Hit(Arc::clone(c)),
                 }
@@ -312,9 +314,9 @@ impl DockerCache {
         let this = Arc::clone(self);
         let id = id.to_string();
         tokio::spawn(async move {
-            if let Some(mut env) = this.fetch_into_cache(&client, &id, None).await {
+            if let Some(mut inspect) = this.fetch_into_cache(&client, &id, None).await {
                 // The waiters bound their own wait.
-                let _ = env.wait_for(|done| *done).await;
+                let _ = inspect.wait_for(|done| *done).await;
             }
             let _ = tx.send(true);
         });
@@ -333,7 +335,7 @@ impl DockerCache {
         let mut inner = lock(&self.inner);
         inner.clock += 1;
         let used = inner.clock;
-        self.insert(&mut inner, c.id.clone(), Slot::Ready { c: Arc::new(c), used, removed: None, env: None });
+        self.insert(&mut inner, c.id.clone(), Slot::Ready { c: Arc::new(c), used, removed: None, inspect: None });
     }
 
     /// Insert, dropping the least recently used entry (never a running inspect) when full.
@@ -367,9 +369,9 @@ impl DockerCache {
     /// The list, not inspect: Docker answers inspect under the container's lock, which it
     /// holds while an exiting container's logs drain (up to 10 s and more) — and they drain
     /// into berth, whose connection would be waiting for this very answer. The list is
-    /// served from a snapshot without that lock. It lacks the environment: with `env`
-    /// configured, an inspect adds it ([`Self::read_env`]); lookups wait for it at most
-    /// `inspect_wait`.
+    /// served from a snapshot without that lock. It lacks the environment, and names the
+    /// image by id once its tag has moved: an inspect completes those when they are needed
+    /// ([`Self::complete`]); lookups wait for it at most `inspect_wait`.
     async fn fetch_into_cache(self: &Arc<Self>, client: &Docker, id: &str, name: Option<&str>) -> Option<watch::Receiver<bool>> {
         let limit = INSPECT_TIMEOUT.max(self.cfg.inspect_wait);
         let res = tokio::time::timeout(limit, list_one(client, id)).await;
@@ -399,47 +401,51 @@ impl DockerCache {
     /// Store a container found in the list, keeping what the cache knew that the list does
     /// not tell (removal, environment); start its environment inspect when needed.
     fn store(self: &Arc<Self>, inner: &mut Inner, client: &Docker, mut found: Inspected) -> Option<watch::Receiver<bool>> {
-        let (removed, mut env) = match inner.map.get(&found.id) {
-            Some(Slot::Ready { c, removed, env, .. }) => {
-                if c.source.env_read {
-                    // The environment is fixed for a container's life.
+        let (removed, mut inspect) = match inner.map.get(&found.id) {
+            Some(Slot::Ready { c, removed, inspect, .. }) => {
+                if c.source.inspected {
                     found.env = c.source.env.clone();
-                    found.env_read = true;
+                    found.image = c.source.image.clone();
+                    found.inspected = true;
                 }
-                (*removed, env.clone())
+                (*removed, inspect.clone())
             }
             _ => (None, None),
         };
-        if found.env_read {
-            env = None;
-        } else if env.is_none() && !self.cfg.env.is_empty() {
+        let needed = !self.cfg.env.is_empty()
+            || (self.cfg.fields.contains(&DockerField::Image) && found.image.starts_with("sha256:"));
+        if found.inspected || !needed {
+            inspect = None;
+        } else if inspect.is_none() {
             let (tx, rx) = watch::channel(false);
-            self.read_env(client.clone(), found.id.clone(), tx);
-            env = Some((rx, Instant::now() + self.cfg.inspect_wait));
+            self.complete(client.clone(), found.id.clone(), tx);
+            inspect = Some((rx, Instant::now() + self.cfg.inspect_wait));
         }
         inner.clock += 1;
         let used = inner.clock;
         let c = Arc::new(build_container(&self.cfg, &found));
-        let waiting = env.as_ref().map(|(rx, _)| rx.clone());
-        self.insert(inner, found.id, Slot::Ready { c, used, removed, env });
+        let waiting = inspect.as_ref().map(|(rx, _)| rx.clone());
+        self.insert(inner, found.id, Slot::Ready { c, used, removed, inspect });
         waiting
     }
 
-    /// Inspect `id` in the background for its environment and rebuild its entry with it.
-    fn read_env(self: &Arc<Self>, client: Docker, id: String, done: watch::Sender<bool>) {
+    /// Inspect `id` in the background for what the list lacks (environment, image name)
+    /// and rebuild its entry with it.
+    fn complete(self: &Arc<Self>, client: Docker, id: String, done: watch::Sender<bool>) {
         let this = Arc::clone(self);
         tokio::spawn(async move {
-            let permit = Arc::clone(&this.env_inspects).acquire_owned().await;
-            let res = tokio::time::timeout(ENV_INSPECT_TIMEOUT, client.inspect_container(&id, None)).await;
+            let permit = Arc::clone(&this.inspects).acquire_owned().await;
+            let res = tokio::time::timeout(COMPLETE_TIMEOUT, client.inspect_container(&id, None)).await;
             drop(permit);
-            let env = this.answered(res, "inspect for the environment", &id).map(|info| Inspected::from_inspect(info).env);
-            if let Some(Slot::Ready { c, env: pending, .. }) = lock(&this.inner).map.get_mut(&id) {
-                *pending = None;
+            let info = this.answered(res, "inspect", &id).map(Inspected::from_inspect);
+            if let Some(Slot::Ready { c, inspect, .. }) = lock(&this.inner).map.get_mut(&id) {
+                *inspect = None;
                 // Its name and labels stay as the latest list or event left them.
-                if let Some(env) = env {
+                if let Some(info) = info {
                     let mut source = c.source.clone();
-                    source.env = env;
-                    source.env_read = true;
+                    source.env = info.env;
+                    source.image = info.image;
+                    source.inspected = true;
                     *c = Arc::new(build_container(&this.cfg, &source));
                 }
             }
@@ -669,7 +675,7 @@ mod tests {
             image: "nginx:1".into(),
             labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
             env: vec!["PATH=/bin".into(), "APP_ENV=prod=eu".into()],
-            env_read: true,
+            inspected: true,
         }
     }
 
@@ -704,7 +710,7 @@ mod tests {
 
     /// A fake engine on a Unix socket: answers the container list after 200 ms (counting
     /// those requests) and inspect after `inspect_delay`, as Docker 20.10 answers them.
-    async fn fake_engine(dir: &std::path::Path, inspect_delay: Duration) -> (String, Arc<AtomicU64>) {
+    async fn fake_engine(dir: &std::path::Path, inspect_delay: Duration, list_image: &'static str) -> (String, Arc<AtomicU64>) {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let path = dir.join("docker.sock");
         let l = tokio::net::UnixListener::bind(&path).unwrap();
@@ -727,13 +733,15 @@ mod tests {
                         n.fetch_add(1, Ordering::SeqCst);
                         tokio::time::sleep(Duration::from_millis(200)).await;
                         // The id filter also matches prefixes: only the exact id counts.
-                        r#"[{"Id":"abcd","Names":["/other"],"Image":"x","Labels":{},"State":"running"},
-                            {"Id":"abc","Names":["/web"],"Image":"img:1","Labels":{"com.amazonaws.ecs.cluster":"c1"},"State":"exited"}]"#
+                        format!(
+                            r#"[{{"Id":"abcd","Names":["/other"],"Image":"x","Labels":{{}},"State":"running"}},
+                            {{"Id":"abc","Names":["/web"],"Image":"{list_image}","Labels":{{"com.amazonaws.ecs.cluster":"c1"}},"State":"exited"}}]"#
+                        )
                     } else if line.contains("/containers/abc/json") {
                         tokio::time::sleep(inspect_delay).await;
-                        r#"{"Id":"abc","Name":"/web","Config":{"Image":"img:1","Labels":{"com.amazonaws.ecs.cluster":"c1"},"Env":["APP_ENV=prod"]}}"#
+                        r#"{"Id":"abc","Name":"/web","Config":{"Image":"img:1","Labels":{"com.amazonaws.ecs.cluster":"c1"},"Env":["APP_ENV=prod"]}}"#.to_string()
                     } else {
-                        "{}"
+                        "{}".to_string()
                     };
                     let resp = format!("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
                     let _ = s.write_all(resp.as_bytes()).await;
@@ -746,7 +754,7 @@ mod tests {
     #[tokio::test]
     async fn concurrent_first_lookups_share_one_list_and_wait_for_the_environment() {
         let dir = tempfile::tempdir().unwrap();
-        let (socket, inspects) = fake_engine(dir.path(), Duration::from_millis(400)).await;
+        let (socket, inspects) = fake_engine(dir.path(), Duration::from_millis(400), "img:1").await;
         let cache = Arc::new(DockerCache::new(cfg(), Arc::new(Metrics::new())));
         let client = Docker::connect_with_host(&socket).unwrap();
         *cache.client.write().unwrap() = Some(client);
@@ -779,7 +787,7 @@ mod tests {
     async fn lookup_does_not_wait_for_a_stuck_inspect() {
         for with_env in [false, true] {
             let dir = tempfile::tempdir().unwrap();
-            let (socket, _) = fake_engine(dir.path(), Duration::from_secs(3600)).await;
+            let (socket, _) = fake_engine(dir.path(), Duration::from_secs(3600), "img:1").await;
             let mut cfg = cfg();
             cfg.inspect_wait = Duration::from_millis(500);
             if !with_env {
@@ -804,6 +812,23 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(300)).await;
             assert!(matches!(cache.lookup("abc"), Lookup::Hit(_)), "past the deadline: no more waits");
         }
+    }
+
+    /// Once an image's tag has moved (a redeploy pulled `:latest` again), the list names a
+    /// running container's image by id; the inspect tells the name it was created from.
+    #[tokio::test]
+    async fn image_named_by_id_in_the_list_is_completed_by_inspect() {
+        let dir = tempfile::tempdir().unwrap();
+        let (socket, _) = fake_engine(dir.path(), Duration::from_millis(100), "sha256:0123abcd").await;
+        let mut cfg = cfg();
+        cfg.env.clear();
+        let cache = Arc::new(DockerCache::new(cfg, Arc::new(Metrics::new())));
+        *cache.client.write().unwrap() = Some(Docker::connect_with_host(&socket).unwrap());
+        let c = match cache.lookup("abc") {
+            Lookup::Wait(rx) => cache.wait("abc", rx).await,
+            _ => panic!("first sight waits for the lookup"),
+        };
+        assert_eq!(c.expect("found").fields.get("image"), Some("img:1"));
     }
 
     #[tokio::test(start_paused = true)]
