@@ -69,7 +69,12 @@ async fn open_buffer(config: &Config, metrics: &Metrics) -> Result<Buffer, AppEr
             lost_events = report.lost_events,
             corrupt_bytes = report.corrupt_bytes,
             truncated_bytes = report.truncated_bytes,
-            "buffer recovered with damage: damaged entries skipped, torn tail truncated"
+            "buffer recovered with damage: {}",
+            match (report.lost_events > 0 || report.corrupt_bytes > 0, report.truncated_bytes > 0) {
+                (true, true) => "damaged entries skipped, torn tail truncated",
+                (true, false) => "damaged entries skipped",
+                _ => "torn tail truncated",
+            }
         );
     } else {
         tracing::info!(path, segments = report.segments, recovered_events = report.events, "buffer opened");

@@ -387,7 +387,7 @@ fn sigkill_during_acked_stream_loses_nothing_acked() {
         let committed = cursor(&buffer);
         assert!(committed <= head, "cursor {committed} beyond the log head {head}");
         eprintln!("kill {round}: log head {head}, sink cursor {committed}");
-        // The cursor is renamed into place at every advance and the sink keeps up with
+        // The cursor is written in place at every advance and the sink keeps up with
         // CLIENTS lock-step clients (at most CLIENTS requests of at most MAX_BATCH records
         // outstanding), so at a kill it trails the head by a few sink groups, not by the
         // stream: a cursor that is not persisted fails here rather than widening the bound.

@@ -88,7 +88,7 @@ fn assert_limits(calls: &[PutCall]) {
         assert!(c.bytes <= 1_048_576, "{c:?}");
         assert!(c.max_ts - c.min_ts < 24 * 3600 * 1000, "{c:?}");
         assert!(c.sorted, "{c:?}");
-        assert!(c.max_event <= 256 * 1024, "{c:?}");
+        assert!(c.max_event <= 1_048_576, "{c:?}");
     }
 }
 
@@ -191,7 +191,9 @@ fn batch_limits_split_and_dead_letter_exactly() {
     // The 3 MiB event: marked parts that join to the original, in order.
     let parts = stored.messages(g, "limits/big");
     let n = parts.len();
-    assert!(n >= 13, "3 MiB in parts of at most 256 KiB: {n}");
+    assert!(n >= 4, "3 MiB in parts of at most 1 MiB (max_event_size, the default): {n}");
+    assert!(parts.iter().all(|p| p.len() + 26 <= 1 << 20), "no part over 1 MiB");
+    assert!(parts.iter().any(|p| p.len() > 256 << 10), "parts beyond the old 256 KiB limit");
     let mut joined = String::new();
     for (i, p) in parts.iter().enumerate() {
         let marker = format!("[berth part {}/{n}] ", i + 1);

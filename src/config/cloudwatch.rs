@@ -3,9 +3,10 @@
 //! Single values are read by serde in `raw`; here the keys are checked together and turned
 //! into what the sink runs with, every error naming the line of the value at fault.
 
-use super::raw::{Dur, LimitDur, RawSink, NETWORK_SINK_KEYS};
+use super::raw::{Dur, LimitDur, RawSink, Size, NETWORK_SINK_KEYS};
 use super::network::{is_http_url, network_keys, NetworkKeys};
 use super::{ConfigError, Ctx};
+use crate::sink::cloudwatch::encode::MAX_EVENT_BYTES;
 use crate::sink::template::{Naming, NameTemplate};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -55,6 +56,8 @@ pub struct CloudWatchConfig {
     pub log_group_class: LogGroupClass,
     pub kms_key_id: Option<String>,
     pub role_arn: Option<String>,
+    /// Bytes of one event at most, its overhead included: 1 KiB to 1 MiB.
+    pub max_event_size: usize,
     pub flush_interval: Duration,
     /// PutLogEvents calls in flight at once (each for a different stream).
     pub concurrency: usize,
@@ -130,6 +133,11 @@ pub(super) fn build(s: &RawSink, name: &str, i: usize, ctx: &Ctx<'_>) -> Result<
             return Err(invalid(raw.span(), "role_arn", format!("{r:?} is not a role ARN (arn:aws:iam::<account>:role/<name>)")));
         }
     }
+    let max_event_size = match &s.max_event_size {
+        None => MAX_EVENT_BYTES,
+        Some(v) if (1024..=MAX_EVENT_BYTES as u64).contains(&v.get_ref().0) => v.get_ref().0 as usize,
+        Some(v) => return Err(invalid(v.span(), "max_event_size", "must be between 1KiB and 1MiB (PutLogEvents' limit)".into())),
+    };
     let NetworkKeys { flush_interval, concurrency, timeout, max_retry_duration, dead_letter_path } = network_keys(s, name, i, ctx)?;
     Ok(CloudWatchConfig {
         region: opt(&s.region),
@@ -145,6 +153,7 @@ pub(super) fn build(s: &RawSink, name: &str, i: usize, ctx: &Ctx<'_>) -> Result<
         log_group_class,
         kms_key_id: opt(&s.kms_key_id),
         role_arn,
+        max_event_size,
         flush_interval,
         concurrency,
         timeout,
@@ -169,6 +178,7 @@ pub(super) fn to_raw(c: &CloudWatchConfig, out: &mut RawSink) {
     out.log_group_class = sp(c.log_group_class.as_str().to_owned());
     out.kms_key_id = sp(c.kms_key_id.clone().unwrap_or_default());
     out.role_arn = sp(c.role_arn.clone().unwrap_or_default());
+    out.max_event_size = sp(Size(c.max_event_size as u64));
     out.flush_interval = sp(Dur(c.flush_interval));
     out.concurrency = sp(c.concurrency as i64);
     out.timeout = sp(Dur(c.timeout));

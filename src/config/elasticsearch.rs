@@ -113,6 +113,12 @@ pub(super) fn build(s: &RawSink, name: &str, i: usize, table_span: std::ops::Ran
         if !is_http_url(e) {
             return Err(invalid(eps.span(), "endpoints", format!("{e:?} is not an http:// or https:// URL with a host")));
         }
+        let authority = e.split_once("://").map_or("", |(_, rest)| rest.split('/').next().unwrap_or(""));
+        if authority.contains('@') {
+            // Printed by check-config and named in logs: never a place for a password.
+            let message = "a URL with a user or password: put them in [sink.auth] (type = \"basic\") instead".to_string();
+            return Err(invalid(eps.span(), "endpoints", message));
+        }
         endpoints.push(e.trim_end_matches('/').to_string());
     }
 
@@ -407,6 +413,7 @@ mod tests {
             ("[[sink]]\nname = \"s\"\ntype = \"elasticsearch\"\nendpoints = [\"http://h\"]\n", "line 1: sink[0].index: missing key \"index\""),
             ("[[sink]]\nname = \"s\"\ntype = \"elasticsearch\"\nendpoints = []\nindex = \"i\"\n", "line 4: sink[0].endpoints: must list at least one URL"),
             ("[[sink]]\nname = \"s\"\ntype = \"elasticsearch\"\nendpoints = [\"ftp://h\"]\nindex = \"i\"\n", "line 4: sink[0].endpoints: \"ftp://h\" is not an http:// or https:// URL"),
+            ("[[sink]]\nname = \"s\"\ntype = \"elasticsearch\"\nendpoints = [\"https://u:secret@h\"]\nindex = \"i\"\n", "line 4: sink[0].endpoints: a URL with a user or password: put them in [sink.auth]"),
             (&format!("{MIN}action = \"update\"\n"), "line 6: sink[0].action: unknown action \"update\""),
             (&format!("{MIN}id = \"random\"\n"), "line 6: sink[0].id: unknown id mode"),
             (&format!("{MIN}compression = \"zstd\"\n"), "line 6: sink[0].compression: unknown compression \"zstd\""),

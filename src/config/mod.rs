@@ -563,6 +563,14 @@ fn build(raw: RawConfig, ctx: &Ctx<'_>) -> Result<Config, ConfigError> {
                 true,
             ));
         }
+        if !crate::buffer::cursor::valid_sink_name(&name) {
+            return Err(ctx.error(
+                name_span,
+                format!("sink[{i}].name"),
+                format!("{name:?}: use letters, digits, '_', '-' and '.', at most 128 (it names the sink's cursor file)"),
+                true,
+            ));
+        }
         if let Some((_, first)) = seen.iter().find(|(n, _)| *n == name) {
             let message = format!(
                 "duplicate sink name {name:?} (first used on {})",
@@ -803,6 +811,7 @@ fn to_raw(c: &Config) -> RawConfig {
                     log_group_class: None,
                     kms_key_id: None,
                     role_arn: None,
+                    max_event_size: None,
                 };
                 match &s.kind {
                     SinkKind::Elasticsearch(es) => elasticsearch::to_raw(es, &mut sink),

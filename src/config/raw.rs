@@ -135,7 +135,7 @@ impl Default for RawAdmin {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawBuffer {
     /// Directory of the buffer's segments, cursors and instance id; created if missing.
-    #[serde(default = "default_buffer_path")]
+    #[serde(default = "default_buffer_path", deserialize_with = "de_buffer_path")]
     pub path: std::path::PathBuf,
     /// Total size of the segments on disk; when reached, see `when_full`.
     #[serde(default = "default_buffer_max_size")]
@@ -172,6 +172,14 @@ impl Default for RawBuffer {
 
 fn default_buffer_path() -> std::path::PathBuf {
     std::path::PathBuf::from("/var/lib/berth/buffer")
+}
+
+fn de_buffer_path<'de, D: Deserializer<'de>>(d: D) -> Result<std::path::PathBuf, D::Error> {
+    let p = std::path::PathBuf::deserialize(d)?;
+    if p.as_os_str().is_empty() {
+        return Err(de::Error::custom("must not be empty (a directory berth owns, e.g. /var/lib/berth/buffer)"));
+    }
+    Ok(p)
 }
 
 fn default_buffer_max_size() -> Spanned<Size> {
@@ -531,6 +539,9 @@ pub(super) struct RawSink {
     /// Role to assume on top of the default credentials chain; empty for none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub role_arn: Option<Spanned<String>>,
+    /// Largest event sent, its 26 bytes of overhead included; longer messages are split.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_event_size: Option<Spanned<Size>>,
 }
 
 /// Keys both network sinks (`elasticsearch`, `cloudwatch_logs`) have.
@@ -594,6 +605,7 @@ impl RawSink {
             .or_else(|| sp("log_group_class", &self.log_group_class))
             .or_else(|| sp("kms_key_id", &self.kms_key_id))
             .or_else(|| sp("role_arn", &self.role_arn))
+            .or_else(|| sp("max_event_size", &self.max_event_size))
     }
 }
 

@@ -236,6 +236,8 @@ const MUST_FAIL: &[(&str, &str)] = &[
     ("[[sink]]\ntype = \"stdout\"\n", "line 1: sink[0]: missing key \"name\""),
     ("[[sink]]\nname = \"a\"\n", "line 1: sink[0]: missing key \"type\""),
     ("[[sink]]\nname = \"\"\ntype = \"stdout\"\n", "line 2: sink[0].name: must not be empty"),
+    ("[[sink]]\nname = \"my sink/x\"\ntype = \"stdout\"\n", "line 2: sink[0].name: \"my sink/x\": use letters, digits, '_', '-' and '.'"),
+    ("[buffer]\npath = \"\"\n", "line 2: buffer.path: must not be empty"),
     ("[[sink]]\nname = \"a\"\ntype = \"kafka\"\n", "line 3: sink[0].type: unknown sink type \"kafka\" (expected \"stdout\", \"file\", \"null\", \"elasticsearch\" or \"cloudwatch_logs\")"),
     ("[[sink]]\nname = \"a\"\ntype = \"stdout\"\nformat = \"xml\"\n", "line 4: sink[0].format: unknown format \"xml\" (expected \"json\")"),
     ("[[sink]]\nname = \"a\"\ntype = \"stdout\"\nmatch = \"a.{b\"\n", "line 4: sink[0].match: invalid tag pattern \"a.{b\": unbalanced brace"),
@@ -745,6 +747,7 @@ fn cloudwatch_errors_name_line_and_key() {
     for (tail, want) in [
         ("retention_days = 2\n", "line 4: sink[0].retention_days: 2 is not a retention CloudWatch Logs accepts (0 to leave it as is, or one of 1, 3, 5, 7, 14,"),
         ("log_group_class = \"COLD\"\n", "line 4: sink[0].log_group_class: unknown log group class \"COLD\" (expected \"STANDARD\" or \"INFREQUENT_ACCESS\")"),
+        ("max_event_size = \"2MiB\"\n", "line 4: sink[0].max_event_size: must be between 1KiB and 1MiB"),
         ("log_group = \"/ecs/{x\"\n", "line 4: sink[0].log_group: log group template \"/ecs/{x\": unclosed '{'"),
         ("log_group = \"/ecs/a b\"\n", "line 4: sink[0].log_group: log group template \"/ecs/a b\": log group names cannot contain ' '"),
         ("log_stream = \"a:{b}\"\n", "line 4: sink[0].log_stream: log stream template \"a:{b}\": log stream names cannot contain ':'"),

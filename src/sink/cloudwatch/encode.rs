@@ -8,8 +8,8 @@
 //! - events in a batch are in chronological order and span at most 24 hours;
 //! - events more than 14 days old, older than the group's retention, or more than 2 hours in
 //!   the future are rejected (`rejectedLogEventsInfo`);
-//! - one event is at most 256 KiB including its 26 bytes. (Newer references say 1 MB; the
-//!   older, smaller limit is kept so that no endpoint still enforcing it refuses a batch.)
+//! - one event is at most 1 MB including its 26 bytes (it was 256 KB; `max_event_size` sets
+//!   the limit berth keeps to, for endpoints still enforcing the old one).
 //!
 //! Lossy or visible choices, each covered by a test named after it:
 //! - an event outside the time window is not sent: it goes to the dead-letter file with the
@@ -32,10 +32,10 @@ pub const EVENT_OVERHEAD: usize = 26;
 pub const MAX_BATCH_BYTES: usize = 1_048_576;
 /// Events in one PutLogEvents batch at most.
 pub const MAX_BATCH_EVENTS: usize = 10_000;
-/// One event at most, its overhead included.
-pub const MAX_EVENT_BYTES: usize = 256 * 1024;
-/// The longest message sent in one event.
-pub const MAX_MESSAGE_BYTES: usize = MAX_EVENT_BYTES - EVENT_OVERHEAD;
+/// One event at most, its overhead included: "Each log event can be no larger than 1 MB"
+/// (PutLogEvents' reference, 2026; it said 256 KB before, and `max_event_size` can still
+/// say so). With the overhead it then fills a batch alone.
+pub const MAX_EVENT_BYTES: usize = MAX_BATCH_BYTES;
 /// Room kept in each part of a split event for its `[berth part i/n] ` marker.
 const MARKER_ROOM: usize = 48;
 /// The time span of one batch is kept under this (milliseconds).
@@ -120,6 +120,8 @@ pub struct Encoder {
     container_id: NameTemplate,
     message_key: Option<String>,
     retention_ms: Option<i64>,
+    /// The longest message sent in one event.
+    max_message: usize,
     name_buf: Vec<u8>,
     stream_buf: Vec<u8>,
     json: Vec<u8>,
@@ -133,13 +135,15 @@ struct Stream {
 }
 
 impl Encoder {
-    pub fn new(group: NameTemplate, stream: NameTemplate, message_key: Option<String>, retention_days: Option<i32>) -> Encoder {
+    /// `max_event_bytes`: one event at most, its overhead included (at least 1 KiB).
+    pub fn new(group: NameTemplate, stream: NameTemplate, message_key: Option<String>, retention_days: Option<i32>, max_event_bytes: usize) -> Encoder {
         Encoder {
             group,
             stream,
             container_id: NameTemplate::parse_as("{container_id}", Naming::LogStream).unwrap_or_else(|_| unreachable!("a valid template")),
             message_key,
             retention_ms: retention_days.map(|d| i64::from(d) * 24 * 3600 * 1000),
+            max_message: max_event_bytes.clamp(1024, MAX_EVENT_BYTES) - EVENT_OVERHEAD,
             name_buf: Vec::new(),
             stream_buf: Vec::new(),
             json: Vec::new(),
@@ -190,11 +194,11 @@ impl Encoder {
                 };
                 let message = self.message(&ev.record);
                 let events = &mut streams[at].events;
-                if message.len() <= MAX_MESSAGE_BYTES {
+                if message.len() <= self.max_message {
                     events.push(LogEvent { timestamp: ts, message, offset, part: 0 });
                 } else {
                     out.split += 1;
-                    split_into(&message, ts, offset, events);
+                    split_into(&message, self.max_message, ts, offset, events);
                 }
             }
         }
@@ -227,11 +231,11 @@ impl Encoder {
     /// retry, so that the first attempt can hand its messages to the SDK without a copy.
     pub fn message_again(&mut self, record: &[u8], part: u32) -> String {
         let message = self.message(record);
-        if message.len() <= MAX_MESSAGE_BYTES {
+        if message.len() <= self.max_message {
             return message;
         }
         let mut parts = Vec::new();
-        split_into(&message, 0, 0, &mut parts);
+        split_into(&message, self.max_message, 0, 0, &mut parts);
         parts.into_iter().nth(part as usize).map(|e| e.message).unwrap_or_default()
     }
 
@@ -261,10 +265,10 @@ impl Encoder {
     }
 }
 
-/// Split `message` into parts of at most `MAX_MESSAGE_BYTES`, cut at character boundaries,
-/// each starting with `[berth part i/n] `.
-fn split_into(message: &str, ts: i64, offset: u64, out: &mut Vec<LogEvent>) {
-    let room = MAX_MESSAGE_BYTES - MARKER_ROOM;
+/// Split `message` into parts of at most `max` bytes, cut at character boundaries, each
+/// starting with `[berth part i/n] `.
+fn split_into(message: &str, max: usize, ts: i64, offset: u64, out: &mut Vec<LogEvent>) {
+    let room = max - MARKER_ROOM;
     let mut pieces = Vec::new();
     let mut rest = message;
     while !rest.is_empty() {
@@ -341,6 +345,7 @@ mod tests {
             NameTemplate::parse_as("{ecs_task_id}/{ecs_container_name}", Naming::LogStream).unwrap(),
             Some("log".into()),
             None,
+            256 * 1024,
         )
     }
 
@@ -385,7 +390,7 @@ mod tests {
         let out = encoder().encode(std::slice::from_ref(&d), NOW);
         assert_eq!(out.dead, vec![(0, DeadReason::TooOld), (2, DeadReason::TooNew)]);
         assert_eq!(out.batches.iter().map(|b| b.events.len()).sum::<usize>(), 2);
-        let mut short = Encoder::new(NameTemplate::parse_as("g", Naming::LogGroup).unwrap(), NameTemplate::parse_as("s", Naming::LogStream).unwrap(), None, Some(1));
+        let mut short = Encoder::new(NameTemplate::parse_as("g", Naming::LogGroup).unwrap(), NameTemplate::parse_as("s", Naming::LogStream).unwrap(), None, Some(1), 256 * 1024);
         let out = short.encode(&[d], NOW);
         assert_eq!(out.dead, vec![(0, DeadReason::TooOld), (1, DeadReason::BeforeRetention), (2, DeadReason::TooNew)]);
     }
@@ -432,10 +437,11 @@ mod tests {
         assert_eq!(out.split, 1);
         let parts: Vec<&LogEvent> = out.batches.iter().flat_map(|b| &b.events).collect();
         let n = parts.len();
-        assert_eq!(n, (3usize << 20).div_ceil(MAX_MESSAGE_BYTES - MARKER_ROOM));
+        let max = 256 * 1024 - EVENT_OVERHEAD;
+        assert_eq!(n, (3usize << 20).div_ceil(max - MARKER_ROOM));
         let mut joined = String::new();
         for (i, p) in parts.iter().enumerate() {
-            assert!(p.message.len() <= MAX_MESSAGE_BYTES);
+            assert!(p.message.len() <= max);
             let marker = format!("[berth part {}/{n}] ", i + 1);
             assert!(p.message.starts_with(&marker), "{i}");
             assert_eq!((p.offset, p.part, p.first_part()), (7, i as u32, i == 0));

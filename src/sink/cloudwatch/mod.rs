@@ -5,10 +5,11 @@
 //! means ([`classify`]), pure and table-tested. The loop is in `run`.
 //!
 //! Settlement: a group of deliveries is acknowledged to the buffer once each of its records
-//! is delivered or written to the dead-letter file. A batch that was accepted is never sent
-//! again; a batch whose response was lost (connection reset, timeout after the request was
-//! sent) is sent again and may be stored twice: the only duplicates, counted in
-//! `berth_output_retries_total{reason="connection"}`.
+//! is delivered or written to the dead-letter file. While berth runs, a batch that was
+//! accepted is never sent again; a batch whose response was lost (connection reset, timeout
+//! after the request was sent) is sent again and may be stored twice, counted in
+//! `berth_output_retries_total{reason="connection"}`. After a crash the unacknowledged group
+//! is sent again whole: PutLogEvents has no idempotency key.
 //!
 //! Never: DescribeLogStreams/DescribeLogGroups per batch. A missing group or stream shows
 //! as ResourceNotFoundException on PutLogEvents; then (when allowed) the stream is created,

@@ -58,7 +58,7 @@ pub async fn run(cfg: &CloudWatchConfig, mut ctx: SinkContext) -> Result<(), Sin
         dead_letter_path = %cfg.dead_letter_path.display(),
         "cloudwatch_logs sink started"
     );
-    let mut encoder = Encoder::new(cfg.group_template.clone(), cfg.stream_template.clone(), cfg.message_key.clone(), cfg.retention_days);
+    let mut encoder = Encoder::new(cfg.group_template.clone(), cfg.stream_template.clone(), cfg.message_key.clone(), cfg.retention_days, cfg.max_event_size);
     let streams_at_once = Arc::new(Semaphore::new(cfg.concurrency));
     while let Some(group) = gather(&mut ctx.reader, cfg).await {
         let seq = group.last().map_or(0, |d| d.seq);
@@ -82,7 +82,7 @@ pub async fn run(cfg: &CloudWatchConfig, mut ctx: SinkContext) -> Result<(), Sin
                 mine.push(b);
             }
             let (shared, group, permits) = (Arc::clone(&shared), Arc::clone(&group), Arc::clone(&streams_at_once));
-            let mut again = Encoder::new(cfg.group_template.clone(), cfg.stream_template.clone(), cfg.message_key.clone(), cfg.retention_days);
+            let mut again = Encoder::new(cfg.group_template.clone(), cfg.stream_template.clone(), cfg.message_key.clone(), cfg.retention_days, cfg.max_event_size);
             tasks.spawn(async move {
                 // The semaphore is never closed.
                 let _permit = permits.acquire_owned().await;

@@ -20,10 +20,10 @@
 //! (`retry_expired`) at its next failure — counted, never dropped silently.
 
 use super::client::{describe, BulkClient, SendError};
-use super::encode::{gzip, BulkBody, BulkEncoder, Position};
+use super::encode::{gzip, BulkBody, BulkEncoder, IdMode, Position};
 use super::response::{classify, RequestInfo};
 use super::{settle, AckWindow, Next, Settlement};
-use crate::config::elasticsearch::ElasticsearchConfig;
+use crate::config::elasticsearch::{ElasticsearchConfig, EsAuth, SigV4Auth, SigV4Service};
 use crate::metrics::{Metrics, SinkLabel, SinkReasonLabel};
 use crate::pipeline::{Delivery, SinkReader};
 use crate::sink::deadletter::DeadLetters;
@@ -55,6 +55,15 @@ const MAX_OPEN_DELIVERIES: usize = 1 << 16;
 /// Run until the pipeline ends (every input stopped and everything read was settled).
 pub async fn run(cfg: &ElasticsearchConfig, instance_id: u64, mut ctx: SinkContext) -> Result<(), SinkError> {
     let name = ctx.name.clone();
+    if let EsAuth::AwsSigV4(SigV4Auth { service: SigV4Service::Aoss, .. }) = &cfg.auth {
+        if cfg.encode.id == IdMode::Stable {
+            tracing::warn!(
+                sink = %name,
+                "id = \"stable\" with OpenSearch Serverless: time series collections refuse document ids \
+                 (every event would be dead-lettered); set id = \"none\" for them (search collections take ids)"
+            );
+        }
+    }
     // Unbounded, yet bounded by what is in flight: a worker sends each offset once, and only
     // offsets of bodies it holds.
     let (settled_tx, mut settled_rx) = mpsc::unbounded_channel::<Vec<u64>>();
