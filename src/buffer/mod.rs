@@ -22,7 +22,9 @@
 //!   cursor file; a buffer with no known sink deletes nothing.
 //! - **Durability.** `append` resolves `Ok` only after its entry is written and, unless
 //!   `sync = "never"`, fsynced. Readers see only entries up to the durable head (published
-//!   through a `watch`), so a sink never delivers what a crash could take back.
+//!   through a `watch` after the fsync, also with `never`), so a sink never delivers what a
+//!   crash could take back — and a host crash never hands a delivered offset (an
+//!   Elasticsearch `_id`) to a new event.
 //!   A failed write is truncated away before its caller hears `Err`: no torn entry is ever
 //!   followed by a good one in the active segment.
 //! - **Cursors.** `<path>/cursors/<sink>` holds a committed offset: every event below it was

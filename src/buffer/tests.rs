@@ -381,11 +381,16 @@ async fn sync_never_completes_after_write_and_fsyncs_at_close() {
     o.sync_interval = Duration::from_secs(3600);
     let fs = FaultyStorage::new();
     let (buf, _) = Buffer::open_with_storage(o.clone(), Arc::new(fs.clone())).unwrap();
+    let mut r = buf.reader("s").unwrap();
     for i in 0..5 {
         buf.append(&batch("a", 1, i)).await.unwrap();
     }
     assert_eq!(fs.faults.segment_syncs.load(Ordering::SeqCst), 0);
+    // Readers see only what is fsynced: a host crash cannot take back what a sink has
+    // delivered, and so cannot hand its offsets to new events.
+    assert!(r.try_next(usize::MAX, usize::MAX).await.unwrap().is_none(), "nothing fsynced yet");
     buf.close().await.unwrap();
+    assert_eq!(read_all(&mut r).await.iter().map(|b| b.batch.len()).sum::<usize>(), 5, "readable once fsynced");
     assert_eq!(fs.faults.segment_syncs.load(Ordering::SeqCst), 1);
     drop(buf);
     let (_b, report) = Buffer::open(o).unwrap();

@@ -213,7 +213,11 @@ impl Writer {
         if let Some(s) = sh.segments().get_mut(&self.active_first) {
             s.len = self.active_len;
         }
-        self.publish();
+        // With `never` readers wait for the fsync (`sync_active`): what a sink delivers is
+        // on disk, so a host crash cannot hand its offsets to new events.
+        if sh.opts.sync != SyncMode::Never {
+            self.publish();
+        }
         for (a, r) in run.into_iter().zip(ranges) {
             let _ = a.reply.send(Ok(r));
         }
@@ -278,7 +282,11 @@ impl Writer {
     fn sync_active(&mut self) {
         self.sh.segment_fsyncs.fetch_add(1, Ordering::Relaxed);
         match self.active.sync() {
-            Ok(()) => self.unsynced = false,
+            Ok(()) => {
+                self.unsynced = false;
+                // Earlier segments were synced when they were sealed: all written is durable.
+                self.publish();
+            }
             Err(e) => tracing::error!(path = %self.active_path.display(), error = %e, "cannot fsync buffer segment"),
         }
         self.last_sync = Instant::now();
@@ -348,8 +356,9 @@ impl Writer {
         let mut res = Ok(());
         if self.unsynced {
             self.sh.segment_fsyncs.fetch_add(1, Ordering::Relaxed);
-            if let Err(source) = self.active.sync() {
-                res = Err(BufferError::Sync { path: self.active_path.clone(), source });
+            match self.active.sync() {
+                Ok(()) => self.publish(),
+                Err(source) => res = Err(BufferError::Sync { path: self.active_path.clone(), source }),
             }
         }
         let c = self.sync_cursors();
