@@ -40,8 +40,12 @@ fn instance_id(storage: &dyn Storage, dir: &Path) -> Result<u64, BufferError> {
             if let Ok(id) = u64::from_str_radix(text.trim(), 16) {
                 return Ok(id);
             }
-            // Replacing it changes every future record id; old ones keep theirs.
-            tracing::warn!(path = %path.display(), "instance id is unreadable, creating a new one");
+            // Only disk damage gets here (it is written once, atomically). Record ids are
+            // made of it: the events still buffered get new ones too.
+            tracing::warn!(
+                path = %path.display(),
+                "instance id is unreadable, creating a new one: buffered events get new record ids, so a sink with stable ids may store those it had delivered once more"
+            );
         }
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         Err(e) => return Err(err(e)),
