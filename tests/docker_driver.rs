@@ -959,6 +959,16 @@ fn every_line_carries_its_own_containers_ecs_fields() {
     assert_eq!(st["enrich"]["docker"]["connected"], true, "{st}");
 }
 
+/// Copies each way between `a` and `b` on threads of their own until either side ends.
+fn splice(a: std::os::unix::net::UnixStream, b: std::os::unix::net::UnixStream) {
+    for (mut from, mut to) in [(a.try_clone().expect("clone"), b.try_clone().expect("clone")), (b, a)] {
+        std::thread::spawn(move || {
+            let _ = std::io::copy(&mut from, &mut to);
+            let _ = to.shutdown(std::net::Shutdown::Write);
+        });
+    }
+}
+
 /// Holds the driver's connections on a Unix socket of its own, unread, until `open`; then
 /// copies each both ways to berth's socket. Lets a test choose when berth hears a
 /// container's lines.
@@ -987,13 +997,7 @@ impl Gate {
                         std::thread::sleep(Duration::from_millis(20));
                     };
                     let Ok(up) = std::os::unix::net::UnixStream::connect(&target) else { return };
-                    let (mut a, mut b) = (conn.try_clone().expect("clone"), up.try_clone().expect("clone"));
-                    std::thread::spawn(move || {
-                        let _ = std::io::copy(&mut b, &mut a);
-                    });
-                    let (mut a, mut b) = (conn, up);
-                    let _ = std::io::copy(&mut a, &mut b);
-                    let _ = b.shutdown(std::net::Shutdown::Write);
+                    splice(conn, up);
                 });
             }
         });
@@ -1163,6 +1167,106 @@ fn docker_unreachable_records_pass_through_with_one_warning() {
     });
     let warnings = b.stderr_text().lines().filter(|l| l.contains("docker engine unreachable")).count();
     assert_eq!(warnings, 1, "{}", b.stderr_text());
+}
+
+/// A Unix socket in front of the engine's that a test can take down (closing every
+/// connection through it, as a restarting dockerd does) and bring back.
+struct EngineLink {
+    path: PathBuf,
+    up: Arc<std::sync::atomic::AtomicBool>,
+    conns: Arc<Mutex<Vec<std::os::unix::net::UnixStream>>>,
+    _dir: tempfile::TempDir,
+}
+
+impl EngineLink {
+    fn new() -> EngineLink {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let link = EngineLink {
+            path: dir.path().join("docker.sock"),
+            up: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+            conns: Arc::new(Mutex::new(Vec::new())),
+            _dir: dir,
+        };
+        link.start();
+        link
+    }
+
+    fn start(&self) {
+        let l = std::os::unix::net::UnixListener::bind(&self.path).expect("bind the engine link");
+        l.set_nonblocking(true).expect("nonblocking");
+        self.up.store(true, Ordering::SeqCst);
+        let (up, conns) = (Arc::clone(&self.up), Arc::clone(&self.conns));
+        std::thread::spawn(move || {
+            while up.load(Ordering::SeqCst) {
+                let Ok((c, _)) = l.accept() else {
+                    std::thread::sleep(Duration::from_millis(10));
+                    continue;
+                };
+                c.set_nonblocking(false).expect("blocking");
+                let Ok(engine) = std::os::unix::net::UnixStream::connect("/var/run/docker.sock") else { continue };
+                conns.lock().unwrap().extend([c.try_clone().expect("clone"), engine.try_clone().expect("clone")]);
+                splice(c, engine);
+            }
+        });
+    }
+
+    /// The engine goes away: every connection is cut, new ones are refused.
+    fn stop(&self) {
+        self.up.store(false, Ordering::SeqCst);
+        std::thread::sleep(Duration::from_millis(50)); // the accept loop's poll
+        let _ = std::fs::remove_file(&self.path);
+        for c in self.conns.lock().unwrap().drain(..) {
+            let _ = c.shutdown(std::net::Shutdown::Both);
+        }
+    }
+}
+
+/// The engine goes away and comes back (dockerd restarted): berth reconnects, and one
+/// container list catches up on what happened meanwhile — a container started during the
+/// outage is enriched from its next line without a lookup, one removed during it is
+/// marked removed.
+#[test]
+fn engine_back_after_an_outage_is_caught_up_with_one_list() {
+    if !docker_ready("outage") {
+        return;
+    }
+    let link = EngineLink::new();
+    let cfg = format!("{FILE_SINK}\n[enrich.docker]\nsocket = \"unix://{}\"\n", link.path.display());
+    let b = start_docker(&cfg);
+    let addr = format!("unix://{}", b.unix_path().display());
+    wait_for(WAIT, "berth connected to the engine", || (status(&b)["enrich"]["docker"]["connected"] == true).then_some(()));
+    // Seen before the outage, removed during it.
+    let gone = run(&addr, Run { test: "outage-gone", log_opts: vec![], args: vec![], script: numbered(1, 0) });
+    assert_eq!(gone.wait(), 0);
+    assert_eq!(wait_delivered(b.path(), &gone.tag(), 1)[0]["record"]["image"], IMAGE);
+
+    link.stop();
+    wait_for(WAIT, "berth to notice the outage", || (status(&b)["enrich"]["docker"]["connected"] == false).then_some(()));
+    docker_ok(&["rm", &gone.name]);
+    let ctl = tempfile::tempdir().expect("tempdir");
+    let mut args = ecs_labels("c1", "svc", "ffff6666", "web", 2);
+    args.extend(["-v".into(), format!("{}:/ctl", ctl.path().display())]);
+    // Ticks until /ctl/stop; the pace is the workload, not synchronisation.
+    let script = "i=0; while [ ! -e /ctl/stop ]; do i=$((i+1)); echo \"tick $i\"; sleep 0.05; done";
+    let c = run(&addr, Run { test: "outage-new", log_opts: vec![], args, script: script.into() });
+    wait_delivered(b.path(), &c.tag(), 1);
+
+    link.start();
+    wait_for(WAIT, "a line of the new container with its task's fields", || {
+        delivered(b.path(), &c.tag()).iter().any(|e| e["record"]["ecs_task_id"] == "ffff6666").then_some(())
+    });
+    std::fs::write(ctl.path().join("stop"), b"").expect("create /ctl/stop");
+    assert_eq!(c.wait(), 0);
+    let log = b.stderr_text();
+    assert!(log.contains("docker engine reachable again"), "{log}");
+    assert!(
+        log.lines().any(|l| l.contains("container removed: its entry is kept") && l.contains(&gone.id)),
+        "the container removed during the outage is marked removed by the list"
+    );
+    // Once enriched, every later line is.
+    let got = delivered(b.path(), &c.tag());
+    let first = got.iter().position(|e| e["record"]["ecs_task_id"] == "ffff6666").expect("an enriched line");
+    assert!(got[first..].iter().all(|e| e["record"]["ecs_task_id"] == "ffff6666"), "{:?}", &got[first..]);
 }
 
 /// A container labelled `berth.multiline.start` has its stack traces grouped: each line
