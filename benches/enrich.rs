@@ -69,6 +69,7 @@ fn enricher(apply_to: ApplyTo) -> Enricher {
         image: "123456789012.dkr.ecr.eu-west-1.amazonaws.com/shop-frontend:1.8.3".into(),
         labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
         env: vec![],
+        inspected: true,
     });
     let host = Arc::new(HostFields::new("http://127.0.0.1:1", true));
     let mut f = Fields::new();
