@@ -176,6 +176,10 @@ impl Metrics {
         registry.register("buffer_healthy", "1 while the buffer can write, 0 after a disk error", m.buffer_healthy.clone());
         registry.register("buffer_fsyncs", "Segment fsyncs since start (gauge of a counter kept by the writer)", m.buffer_fsyncs.clone());
         registry.register("buffer_write_errors", "Failed buffer writes since start", m.buffer_write_errors.clone());
+        // Zero from the start, so that an alert on its rate has a series to watch.
+        for reason in ["full", "too_large"] {
+            let _ = m.buffer_dropped.get_or_create(&ReasonLabel { reason });
+        }
         registry.register("buffer_dropped_records", "Events refused by the buffer, by reason", m.buffer_dropped.clone());
         registry.register("buffer_recovered_records", "Events found in the buffer at start", m.buffer_recovered_records.clone());
         registry.register("buffer_corrupt_records", "Events lost to damaged buffer entries found at start", m.buffer_corrupt_records.clone());

@@ -215,6 +215,7 @@ fn admin_endpoint_health_metrics_status() {
         "berth_input_bytes_total",
         "berth_input_connections 1",
         "berth_output_errors_total{sink=\"files\"} 0",
+        "berth_buffer_dropped_records_total{reason=\"full\"} 0",
     ] {
         assert!(body.contains(name), "{name} missing:\n{body}");
     }
