@@ -1,15 +1,16 @@
 //! The Docker metadata cache: container id → the fields to add, pre-encoded.
 //!
-//! Filled by inspect on first sight (concurrent first lookups of one id wait for the same
-//! inspect, which runs in its own task so a caller giving up does not cancel it) and kept
-//! fresh by the engine's events: `start` and `rename` inspect again, `destroy` marks the
-//! entry removed, and removed entries expire after `removed_grace_period` so the lines a
-//! container logged just before it went are still enriched. Bounded: beyond
-//! `max_containers` the least recently used entry is dropped.
+//! Filled from the engine's container list — never from inspect alone, see
+//! [`DockerCache::fetch_into_cache`] — on every (re)connection (the running containers), on
+//! first sight of an id (concurrent first lookups of one id wait for the same lookup, which
+//! runs in its own task so a caller giving up does not cancel it), and on the `start` and
+//! `rename` events; `destroy` marks the entry removed, and removed entries expire after
+//! `removed_grace_period` so the lines a container logged just before it went are still
+//! enriched. Bounded: beyond `max_containers` the least recently used entry is dropped.
 //!
 //! Docker unreachable (no socket, engine restarting): lookups answer "unknown" at once and
 //! records pass through; one warning per outage; the events task reconnects with backoff
-//! and, once back, inspects every cached container again (events were missed meanwhile).
+//! and, once back, lists the containers again (events were missed meanwhile).
 //!
 //! Never in the way of intake: the hot path takes one short mutex per batch and container,
 //! and never waits on Docker for longer than `inspect_wait` (2 s by default).
@@ -61,7 +62,8 @@ pub struct Container {
     pub fields: Fields,
     /// Label `berth.multiline.start`, as written.
     pub multiline_start: Option<String>,
-    /// What the entry was built from: a refresh from the container list keeps its `env`.
+    /// What the entry was built from: a refresh from the container list keeps what only an
+    /// inspect tells (`env`, the image's name).
     source: Inspected,
 }
 
@@ -323,7 +325,7 @@ impl DockerCache {
         Lookup::Wait(rx)
     }
 
-    /// Wait for a first-sight inspect, at most `inspect_wait`.
+    /// Wait for a first-sight lookup (and the inspect completing it), at most `inspect_wait`.
     pub async fn wait(&self, id: &str, mut rx: watch::Receiver<bool>) -> Option<Arc<Container>> {
         let _ = tokio::time::timeout(self.cfg.inspect_wait, rx.wait_for(|done| *done)).await;
         self.get(id)
@@ -364,7 +366,7 @@ impl DockerCache {
     }
 
     /// Look `id` up in the container list and store what was learnt (the entry, or a
-    /// negative entry). Returns the running environment inspect, if any.
+    /// negative entry). Returns the running inspect that completes the entry, if any.
     ///
     /// The list, not inspect: Docker answers inspect under the container's lock, which it
     /// holds while an exiting container's logs drain (up to 10 s and more) — and they drain
@@ -399,7 +401,7 @@ impl DockerCache {
     }
 
     /// Store a container found in the list, keeping what the cache knew that the list does
-    /// not tell (removal, environment); start its environment inspect when needed.
+    /// not tell (removal, environment, image name); start the inspect when needed.
     fn store(self: &Arc<Self>, inner: &mut Inner, client: &Docker, mut found: Inspected) -> Option<watch::Receiver<bool>> {
         let (removed, mut inspect) = match inner.map.get(&found.id) {
             Some(Slot::Ready { c, removed, inspect, .. }) => {
