@@ -64,8 +64,11 @@ pub struct SegmentReport {
     pub bytes: u64,
     /// Bytes that formed no valid entry (torn tail excluded).
     pub damaged_bytes: u64,
-    /// Offsets missing before and between this segment's entries: events lost to damage.
+    /// Events lost to damage: offsets missing before and between this segment's entries,
+    /// plus `damaged_events`.
     pub lost_events: u64,
+    /// Events inside valid entries whose own CRC failed (readers skip them).
+    pub damaged_events: u64,
     /// Bytes after the last valid entry of the newest segment: reported, not repaired.
     pub torn_tail_bytes: u64,
 }
@@ -93,6 +96,7 @@ pub struct Totals {
     pub bytes: u64,
     pub damaged_bytes: u64,
     pub lost_events: u64,
+    pub damaged_events: u64,
     pub torn_tail_bytes: u64,
     pub damaged_cursors: usize,
 }
@@ -183,7 +187,7 @@ pub fn inspect(path: &Path) -> Result<Inspection, InspectError> {
         // One decode per sink over the whole scan (more only if a body is malformed): entries
         // come in offset order, so the first entry ending past a sink's start holds its
         // oldest undelivered event.
-        let Ok((_, batch)) = record::decode_body(&e.body) else { return };
+        let Ok(record::Decoded { batch, .. }) = record::decode_body(&e.body, e.version) else { return };
         for (&s, t) in starts.iter().zip(times.iter_mut()) {
             if t.is_none() && s < end {
                 let i = s.saturating_sub(e.first_offset) as usize;
@@ -218,6 +222,7 @@ pub fn inspect(path: &Path) -> Result<Inspection, InspectError> {
             bytes: scan.len,
             damaged_bytes,
             lost_events: scan.lost_events,
+            damaged_events: scan.damaged_events,
             torn_tail_bytes,
         };
         totals.segments += 1;
@@ -226,6 +231,7 @@ pub fn inspect(path: &Path) -> Result<Inspection, InspectError> {
         totals.bytes += seg.bytes;
         totals.damaged_bytes += seg.damaged_bytes;
         totals.lost_events += seg.lost_events;
+        totals.damaged_events += seg.damaged_events;
         totals.torn_tail_bytes += seg.torn_tail_bytes;
         segments.push(seg);
     }
@@ -328,7 +334,11 @@ impl Inspection {
                 s.file, s.first_offset, s.end_offset, s.entries, s.events, s.bytes
             )?;
             if s.damaged_bytes > 0 || s.lost_events > 0 {
-                writeln!(out, "  damaged: {} bytes, {} events lost", s.damaged_bytes, s.lost_events)?;
+                write!(out, "  damaged: {} bytes, {} events lost", s.damaged_bytes, s.lost_events)?;
+                if s.damaged_events > 0 {
+                    write!(out, " ({} of them damaged events in valid entries)", s.damaged_events)?;
+                }
+                writeln!(out)?;
             }
             if s.torn_tail_bytes > 0 {
                 let why = if self.running() { "an append in progress, or a torn write" } else { "a torn write" };
@@ -352,8 +362,8 @@ impl Inspection {
         if t.damaged_bytes > 0 || t.lost_events > 0 || t.torn_tail_bytes > 0 || t.damaged_cursors > 0 {
             writeln!(
                 out,
-                "damage: {} bytes, {} events lost, {} torn tail bytes, {} damaged cursors",
-                t.damaged_bytes, t.lost_events, t.torn_tail_bytes, t.damaged_cursors
+                "damage: {} bytes, {} events lost ({} damaged events in valid entries), {} torn tail bytes, {} damaged cursors",
+                t.damaged_bytes, t.lost_events, t.damaged_events, t.torn_tail_bytes, t.damaged_cursors
             )?;
         }
         Ok(())
@@ -522,11 +532,15 @@ mod tests {
 
         let files = segment_files(&o);
         assert!(files.len() > 2);
-        // The second entry of the first (sealed) segment: offsets 10..20, a flipped record byte.
+        // The first (sealed) segment: in its second entry (offsets 10..20) a flipped record
+        // byte, which loses that event; in its third (20..30) a flipped offset byte, which
+        // loses the entry.
         let len0 = record::entry_len(&batch(10, 0)) as u64;
         let len1 = record::entry_len(&batch(10, 1)) as u64;
+        let len2 = record::entry_len(&batch(10, 2)) as u64;
         let mut bytes = std::fs::read(&files[0]).unwrap();
         bytes[len0 as usize + 60] ^= 0x40;
+        bytes[(len0 + len1) as usize + record::HEADER_LEN + 1] ^= 0x40;
         std::fs::write(&files[0], &bytes).unwrap();
         // A torn append at the end of the newest segment.
         let mut torn = record::encode(&batch(2, 9)).unwrap();
@@ -542,34 +556,41 @@ mod tests {
         assert_eq!(snapshot(&o.path), before, "inspect changed the buffer");
         assert_eq!(i.lock, LockState::Free);
         let first = &i.segments[0];
-        assert_eq!((first.damaged_bytes, first.lost_events, first.torn_tail_bytes), (len1, 10, 0));
-        assert_eq!(first.entries, first.events / 10);
+        assert_eq!(
+            (first.damaged_bytes, first.lost_events, first.damaged_events, first.torn_tail_bytes),
+            (len2, 11, 1, 0)
+        );
+        assert_eq!(first.events, first.entries * 10 - 1);
         let newest = i.segments.last().unwrap();
-        assert_eq!((newest.damaged_bytes, newest.lost_events, newest.torn_tail_bytes), (0, 0, torn_len));
+        assert_eq!((newest.damaged_bytes, newest.lost_events, newest.damaged_events, newest.torn_tail_bytes), (0, 0, 0, torn_len));
         assert_eq!(newest.bytes, std::fs::metadata(last).unwrap().len());
         let t = &i.totals;
         assert_eq!(
-            (t.entries, t.events, t.damaged_bytes, t.lost_events, t.torn_tail_bytes),
-            (19, 190, len1, 10, torn_len)
+            (t.entries, t.events, t.damaged_bytes, t.lost_events, t.damaged_events, t.torn_tail_bytes),
+            (19, 189, len2, 11, 1, torn_len)
         );
         assert_eq!(i.head, 200);
         assert_eq!((i.sinks[0].committed, i.sinks[0].lag_events), (Some(5), 195));
         assert_eq!(i.sinks[0].oldest_undelivered, Some(EventTime::new(1_700_000_005, 5)));
         let txt = text(&i);
-        assert!(txt.contains(&format!("  damaged: {len1} bytes, 10 events lost")), "{txt}");
+        assert!(
+            txt.contains(&format!("  damaged: {len2} bytes, 11 events lost (1 of them damaged events in valid entries)")),
+            "{txt}"
+        );
         assert!(
             txt.contains(&format!("  torn tail: {torn_len} bytes after the last valid entry (a torn write;")),
             "{txt}"
         );
         let j = json(&i);
         assert_eq!(j["totals"]["torn_tail_bytes"], torn_len);
-        assert_eq!(j["segments"][0]["lost_events"], 10);
+        assert_eq!(j["segments"][0]["lost_events"], 11);
+        assert_eq!(j["segments"][0]["damaged_events"], 1);
 
         // Recovery, which shares the scan, finds the same and only then repairs.
         let (_buf, report) = Buffer::open(o).unwrap();
         assert_eq!(
-            (report.entries, report.events, report.corrupt_bytes, report.lost_events, report.truncated_bytes),
-            (t.entries, t.events, t.damaged_bytes, t.lost_events, t.torn_tail_bytes)
+            (report.entries, report.events, report.corrupt_bytes, report.lost_events, report.damaged_events, report.truncated_bytes),
+            (t.entries, t.events, t.damaged_bytes, t.lost_events, t.damaged_events, t.torn_tail_bytes)
         );
         assert_eq!(report.segments, t.segments);
     }

@@ -183,8 +183,12 @@ pub struct RecoveryReport {
     pub events: u64,
     /// Bytes stepped over inside segments because they formed no valid entry.
     pub corrupt_bytes: u64,
-    /// Offsets missing between valid entries: events lost to damage.
+    /// Events lost to damage: offsets missing between valid entries, plus
+    /// `damaged_events`.
     pub lost_events: u64,
+    /// Events inside valid entries whose own CRC failed: readers hand out tombstones in
+    /// their place (sinks skip and acknowledge them).
+    pub damaged_events: u64,
     /// Bytes cut from the end of the newest segment (a torn write).
     pub truncated_bytes: u64,
     /// Cursor files that could not be read and were reset to the oldest offset.

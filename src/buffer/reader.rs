@@ -10,7 +10,11 @@ use crate::event::Batch;
 use std::io;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 use tokio::sync::watch;
+
+/// At most one log line about damaged events per reader in this interval.
+const DAMAGE_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Events `[first_offset, first_offset + batch.len())`, all with one tag.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -65,6 +69,9 @@ pub struct Reader {
     scanner: Option<Box<Scanner>>,
     /// The entry being handed out, possibly in parts.
     pending: Option<(u64, Batch)>,
+    /// When damaged events were last logged, and how many were met since without a log.
+    damage_logged: Option<Instant>,
+    damage_unlogged: u64,
 }
 
 enum Step {
@@ -86,6 +93,8 @@ impl Reader {
             seg: None,
             scanner: None,
             pending: None,
+            damage_logged: None,
+            damage_unlogged: 0,
         }
     }
 
@@ -151,10 +160,15 @@ impl Reader {
                     if raw.first_offset > self.next_offset {
                         self.skip_to(raw.first_offset)?;
                     }
-                    match record::decode_body(&raw.body) {
-                        Ok(decoded) => self.pending = Some(decoded),
+                    match record::decode_body(&raw.body, raw.version) {
+                        Ok(d) => {
+                            if d.lost > 0 {
+                                self.damaged(&d);
+                            }
+                            self.pending = Some((d.first, d.batch));
+                        }
                         Err(e) => {
-                            // The CRC matched, so this is a writer bug, not disk damage.
+                            // The header CRC matched, so this is a writer bug, not disk damage.
                             tracing::error!(sink = self.sink(), offset = raw.first_offset, error = %e, "undecodable buffer entry skipped");
                             self.skip_to(end)?;
                         }
@@ -177,6 +191,27 @@ impl Reader {
                 }
             }
         }
+    }
+
+    /// Logs (rate-limited) the damaged events of an entry: they are handed on as
+    /// tombstones, which the sink skips and acknowledges.
+    fn damaged(&mut self, d: &record::Decoded) {
+        self.damage_unlogged += u64::from(d.lost);
+        let now = Instant::now();
+        if self.damage_logged.is_some_and(|t| now.duration_since(t) < DAMAGE_LOG_INTERVAL) {
+            return;
+        }
+        self.damage_logged = Some(now);
+        let first_damaged = d.batch.events.iter().position(|e| e.is_tombstone()).map_or(d.first, |i| d.first + i as u64);
+        tracing::error!(
+            sink = self.sink(),
+            entry_offsets = %format_args!("{}..{}", d.first, d.first + d.batch.len() as u64),
+            first_damaged,
+            damaged = d.lost,
+            damaged_since_last_report = self.damage_unlogged,
+            "damaged events in the buffer (checksum mismatch): skipped, the rest of the entry is delivered"
+        );
+        self.damage_unlogged = 0;
     }
 
     /// After close the writer thread no longer fsyncs cursors, yet sinks go on

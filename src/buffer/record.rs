@@ -1,18 +1,45 @@
 //! The entry format: pure encoding and decoding, no I/O.
 //!
+//! Version 2, the only one written:
 //! ```text
-//! entry = magic u32 | body_len u32 | crc32c(body) u32 | body
+//! entry = magic u32 | body_len u32 | head_crc u32 | body
 //! body  = first_offset u64 | count u32 | tag_len u16 | tag | event * count
-//! event = secs i64 | nanos u32 | record_len u32 | record | metadata_len u32 | metadata
+//! event = crc u32 | secs i64 | nanos u32 | record_len u32 | record | metadata_len u32 | metadata
+//! head_crc  = crc32c(body_len ++ first_offset ++ count ++ tag_len ++ tag)
+//! event crc = crc32c(secs .. end of metadata): the event's bytes after its crc field
 //! ```
 //! All integers little-endian. Records and metadata are the msgpack bytes as received.
+//!
+//! Each event carries its own CRC, so damage loses exactly the damaged events: the
+//! header CRC protects the entry's length (the next entry starts right after it whatever
+//! happened inside) and its offsets, count and tag; [`decode_body`] checks every event and
+//! puts a tombstone (see [`Event::tombstone`]) in the place of each damaged one, so offsets
+//! stay dense. [`encode`] computes the event CRCs (in the connection task); [`seal`], in the
+//! writer thread once the offset is known, computes only the header CRC.
+//!
+//! How a walk over damaged events continues: the event lengths are first followed without
+//! checking any CRC. When they chain through exactly `count` events to the exact end of the
+//! body, every event's place is taken as known, and each event whose CRC fails is one
+//! tombstone; a damaged length almost never chains exactly to the end, and whatever is
+//! delivered has its own CRC checked, so this cannot hand out damaged bytes. When they do
+//! not chain (a damaged length field), the events before the first one whose CRC fails (or
+//! that runs out of the body) are good and every event from it on is a tombstone: its
+//! lengths cannot be trusted, so there is no telling where the next event starts.
+//!
+//! Version 1 (magic `0xB1E7_E401`), written by berth before per-event CRCs, is still read
+//! so that a buffer survives an upgrade: its header CRC covers the whole body and its events
+//! have no crc field. Damage anywhere in a v1 body loses the whole entry (the scanner
+//! rejects it).
 
 use crate::event::{Batch, Event, EventTime, Tag};
 use bytes::Bytes;
 
-/// First four bytes of every entry ("berth entry, version 1").
-pub const MAGIC: u32 = 0xB1E7_E401;
+/// First four bytes of every entry written ("berth entry, version 2").
+pub const MAGIC: u32 = 0xB1E7_E402;
 pub const MAGIC_BYTES: [u8; 4] = MAGIC.to_le_bytes();
+/// Magic of version 1 entries (whole-body CRC, no per-event CRC): read, never written.
+pub const MAGIC_V1: u32 = 0xB1E7_E401;
+pub const MAGIC_V1_BYTES: [u8; 4] = MAGIC_V1.to_le_bytes();
 /// magic + body_len + crc.
 pub const HEADER_LEN: usize = 12;
 /// first_offset + count + tag_len: the smallest possible body.
@@ -20,7 +47,25 @@ pub const MIN_BODY_LEN: usize = 14;
 /// Larger bodies are refused on append and treated as corruption on read, so a flipped
 /// length byte can never make a reader allocate gigabytes.
 pub const MAX_BODY_LEN: usize = 128 << 20;
-const EVENT_FIXED: usize = 8 + 4 + 4 + 4;
+/// crc + secs + nanos + record_len + metadata_len.
+const EVENT_FIXED: usize = 4 + 8 + 4 + 4 + 4;
+const EVENT_FIXED_V1: usize = 8 + 4 + 4 + 4;
+
+/// The entry format version, from its magic.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Version {
+    V1,
+    V2,
+}
+
+/// What an entry's fixed header says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Header {
+    pub version: Version,
+    pub body_len: usize,
+    /// v2: the header CRC; v1: the CRC of the whole body.
+    pub crc: u32,
+}
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum RecordError {
@@ -32,6 +77,15 @@ pub enum RecordError {
     Malformed(usize),
 }
 
+/// A decoded body: events `[first, first + batch.len())`, `lost` of them tombstones that
+/// stand for damaged events.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Decoded {
+    pub first: u64,
+    pub batch: Batch,
+    pub lost: u32,
+}
+
 /// The encoded size of `batch`'s entry, header included.
 pub fn entry_len(batch: &Batch) -> usize {
     let events: usize =
@@ -39,9 +93,9 @@ pub fn entry_len(batch: &Batch) -> usize {
     HEADER_LEN + MIN_BODY_LEN + batch.tag.as_bytes().len() + events
 }
 
-/// Encodes `batch` into a new entry whose offset and checksum are filled in later by
-/// [`seal`], once the writer has assigned the offset. This is the one copy of the records
-/// on the write path.
+/// Encodes `batch` into a new entry, event CRCs included, whose offset and header checksum
+/// are filled in later by [`seal`], once the writer has assigned the offset. This is the
+/// one copy of the records on the write path.
 pub fn encode(batch: &Batch) -> Result<Vec<u8>, RecordError> {
     let tag = batch.tag.as_bytes();
     if tag.len() > u16::MAX as usize {
@@ -60,6 +114,8 @@ pub fn encode(batch: &Batch) -> Result<Vec<u8>, RecordError> {
     out.extend_from_slice(&(tag.len() as u16).to_le_bytes());
     out.extend_from_slice(tag);
     for e in &batch.events {
+        let at = out.len();
+        out.extend_from_slice(&0u32.to_le_bytes());
         out.extend_from_slice(&e.time.secs.to_le_bytes());
         out.extend_from_slice(&e.time.nanos.to_le_bytes());
         // Lengths fit: the body was checked against MAX_BODY_LEN (< u32::MAX) above.
@@ -67,16 +123,32 @@ pub fn encode(batch: &Batch) -> Result<Vec<u8>, RecordError> {
         out.extend_from_slice(&e.record);
         out.extend_from_slice(&(e.metadata.len() as u32).to_le_bytes());
         out.extend_from_slice(&e.metadata);
+        let crc = crc32c::crc32c(&out[at + 4..]);
+        out[at..at + 4].copy_from_slice(&crc.to_le_bytes());
     }
     debug_assert_eq!(out.len(), len);
     Ok(out)
 }
 
-/// Writes the entry's first offset and then its checksum (which covers the offset).
+/// Writes the entry's first offset and then its header checksum (which covers the offset).
 pub fn seal(entry: &mut [u8], first_offset: u64) {
     entry[HEADER_LEN..HEADER_LEN + 8].copy_from_slice(&first_offset.to_le_bytes());
-    let crc = crc32c::crc32c(&entry[HEADER_LEN..]);
+    let crc = head_crc(entry).expect("an encoded entry holds its tag");
     entry[8..12].copy_from_slice(&crc.to_le_bytes());
+}
+
+/// The v2 header CRC of `entry` (header and at least the body's head); `None` when the
+/// bytes end before the tag does.
+fn head_crc(entry: &[u8]) -> Option<u32> {
+    if entry.len() < HEADER_LEN + MIN_BODY_LEN {
+        return None;
+    }
+    let tag_len = u16::from_le_bytes([entry[HEADER_LEN + 12], entry[HEADER_LEN + 13]]) as usize;
+    let head_end = HEADER_LEN + MIN_BODY_LEN + tag_len;
+    if head_end > entry.len() {
+        return None;
+    }
+    Some(crc32c::crc32c_append(crc32c::crc32c(&entry[4..8]), &entry[HEADER_LEN..head_end]))
 }
 
 /// The event count stored in an encoded (sealed or not) entry.
@@ -85,15 +157,32 @@ pub fn entry_count(entry: &[u8]) -> u32 {
 }
 
 /// What the fixed header says; `None` when the magic is wrong or the length impossible.
-pub fn parse_header(h: &[u8]) -> Option<(usize, u32)> {
-    if h.len() < HEADER_LEN || h[0..4] != MAGIC_BYTES {
+pub fn parse_header(h: &[u8]) -> Option<Header> {
+    if h.len() < HEADER_LEN {
         return None;
     }
+    let version = if h[0..4] == MAGIC_BYTES {
+        Version::V2
+    } else if h[0..4] == MAGIC_V1_BYTES {
+        Version::V1
+    } else {
+        return None;
+    };
     let body_len = u32_at(h, 4) as usize;
     if !(MIN_BODY_LEN..=MAX_BODY_LEN).contains(&body_len) {
         return None;
     }
-    Some((body_len, u32_at(h, 8)))
+    Some(Header { version, body_len, crc: u32_at(h, 8) })
+}
+
+/// Whether a whole entry (`header.body_len` bytes of body after the header) checks out:
+/// v2, its header CRC (the events are checked by [`decode_body`]); v1, the CRC of its body.
+pub fn check_entry(header: &Header, entry: &[u8]) -> bool {
+    debug_assert_eq!(entry.len(), HEADER_LEN + header.body_len);
+    match header.version {
+        Version::V2 => head_crc(entry) == Some(header.crc),
+        Version::V1 => crc32c::crc32c(&entry[HEADER_LEN..]) == header.crc,
+    }
 }
 
 /// `(first_offset, count)` of a checked body.
@@ -101,53 +190,158 @@ pub fn body_span(body: &[u8]) -> (u64, u32) {
     (u64_at(body, 0), u32_at(body, 8))
 }
 
-/// Decodes a checked body into its batch; records and metadata are slices of `body`.
-pub fn decode_body(body: &Bytes) -> Result<(u64, Batch), RecordError> {
+/// Decodes a checked body of `version` into its batch; records and metadata are slices of
+/// `body`. Damaged v2 events become tombstones (see the module doc for how the walk goes on
+/// past one), counted in `lost`. `Err` only when the body's head itself is malformed (a
+/// count or tag that cannot fit: not disk damage once the header CRC matched) or a v1 body
+/// does not parse.
+pub fn decode_body(body: &Bytes, version: Version) -> Result<Decoded, RecordError> {
+    let mut events = Vec::new();
+    let (first, tag, lost) = walk(body, version, |e| events.push(e))?;
+    Ok(Decoded { first, batch: Batch { tag, events }, lost })
+}
+
+/// How many events of a checked body are damaged (what [`decode_body`] would return as
+/// `lost`), without building the batch.
+pub fn damaged_events(body: &Bytes, version: Version) -> Result<u32, RecordError> {
+    Ok(walk(body, version, |_| {})?.2)
+}
+
+/// Decodes the head of `body` and hands every event (or its tombstone) to `push`, in order.
+fn walk(body: &Bytes, version: Version, mut push: impl FnMut(Event)) -> Result<(u64, Tag, u32), RecordError> {
     let b = &body[..];
     if b.len() < MIN_BODY_LEN {
         return Err(RecordError::Malformed(0));
     }
     let (first, count) = body_span(b);
     let tag_len = u16::from_le_bytes([b[12], b[13]]) as usize;
-    let mut pos = MIN_BODY_LEN;
+    let pos = MIN_BODY_LEN;
     let tag_end = pos + tag_len;
     if tag_end > b.len() {
         return Err(RecordError::Malformed(pos));
     }
     let tag = Tag::from_bytes(body.slice(pos..tag_end)).ok_or(RecordError::Malformed(pos))?;
-    pos = tag_end;
-    // Every event takes at least EVENT_FIXED bytes: a count that cannot fit is corruption,
-    // and checking it first bounds the allocation below.
-    if (count as usize).saturating_mul(EVENT_FIXED) > b.len() - pos {
-        return Err(RecordError::Malformed(pos));
+    let fixed = match version {
+        Version::V1 => EVENT_FIXED_V1,
+        Version::V2 => EVENT_FIXED,
+    };
+    // Every event takes at least `fixed` bytes: a count that cannot fit is corruption, and
+    // checking it first bounds the work below.
+    if (count as usize).saturating_mul(fixed) > b.len() - tag_end {
+        return Err(RecordError::Malformed(tag_end));
     }
-    let mut events = Vec::with_capacity(count as usize);
-    for _ in 0..count {
-        if b.len() - pos < 16 {
-            return Err(RecordError::Malformed(pos));
+    let lost = match version {
+        Version::V1 => {
+            walk_v1(body, tag_end, count, &mut push)?;
+            0
         }
+        Version::V2 => walk_v2(body, tag_end, count, &mut push),
+    };
+    Ok((first, tag, lost))
+}
+
+fn walk_v1(body: &Bytes, mut pos: usize, count: u32, push: &mut dyn FnMut(Event)) -> Result<(), RecordError> {
+    let b = &body[..];
+    for _ in 0..count {
+        let Some((rec, meta, end)) = event_span(b, pos + 16 - 4) else {
+            return Err(RecordError::Malformed(pos));
+        };
         let secs = u64_at(b, pos) as i64;
         let nanos = u32_at(b, pos + 8);
-        let rlen = u32_at(b, pos + 12) as usize;
-        pos += 16;
-        if b.len() - pos < rlen + 4 {
-            return Err(RecordError::Malformed(pos));
-        }
-        let record = body.slice(pos..pos + rlen);
-        pos += rlen;
-        let mlen = u32_at(b, pos) as usize;
-        pos += 4;
-        if b.len() - pos < mlen {
-            return Err(RecordError::Malformed(pos));
-        }
-        let metadata = if mlen == 0 { Bytes::new() } else { body.slice(pos..pos + mlen) };
-        pos += mlen;
-        events.push(Event { time: EventTime::new(secs, nanos), record, metadata });
+        push(event(body, EventTime::new(secs, nanos), rec, meta));
+        pos = end;
     }
     if pos != b.len() {
         return Err(RecordError::Malformed(pos));
     }
-    Ok((first, Batch { tag, events }))
+    Ok(())
+}
+
+/// Where `record` and `metadata` of the event whose `record_len` is at `len_at` lie, and
+/// where the event ends; `None` when that runs out of `b`.
+fn event_span(b: &[u8], len_at: usize) -> Option<(std::ops::Range<usize>, std::ops::Range<usize>, usize)> {
+    if b.len().checked_sub(len_at)? < 4 {
+        return None;
+    }
+    let rstart = len_at + 4;
+    let rend = rstart.checked_add(u32_at(b, len_at) as usize)?;
+    if b.len().checked_sub(rend)? < 4 {
+        return None;
+    }
+    let mstart = rend + 4;
+    let mend = mstart.checked_add(u32_at(b, rend) as usize)?;
+    if mend > b.len() {
+        return None;
+    }
+    Some((rstart..rend, mstart..mend, mend))
+}
+
+fn event(body: &Bytes, time: EventTime, rec: std::ops::Range<usize>, meta: std::ops::Range<usize>) -> Event {
+    let metadata = if meta.is_empty() { Bytes::new() } else { body.slice(meta) };
+    Event { time, record: body.slice(rec), metadata }
+}
+
+/// Whether the v2 event lengths from `pos` chain through `count` events to the end of `b`.
+fn chains_to_end(b: &[u8], mut pos: usize, count: u32) -> bool {
+    for _ in 0..count {
+        match event_span(b, pos + 16) {
+            Some((_, _, end)) => pos = end,
+            None => return false,
+        }
+    }
+    pos == b.len()
+}
+
+fn walk_v2(body: &Bytes, mut pos: usize, count: u32, push: &mut dyn FnMut(Event)) -> u32 {
+    let b = &body[..];
+    let trusted = chains_to_end(b, pos, count);
+    let mut lost = 0;
+    // Tombstones take the time of the good event before them (of the first good one after,
+    // for leading ones; time 0 when the entry has none): a damaged event's own time is not
+    // to be trusted, and a sink's lag is measured from event times.
+    let mut last_time: Option<EventTime> = None;
+    let mut leading = 0u32;
+    for i in 0..count {
+        let span = event_span(b, pos + 16);
+        let good = span.as_ref().is_some_and(|(_, _, end)| crc32c::crc32c(&b[pos + 4..*end]) == u32_at(b, pos));
+        match span {
+            Some((rec, meta, end)) if good => {
+                let time = EventTime::new(u64_at(b, pos + 4) as i64, u32_at(b, pos + 12));
+                if last_time.is_none() {
+                    for _ in 0..leading {
+                        push(Event::tombstone(time));
+                    }
+                }
+                last_time = Some(time);
+                push(event(body, time, rec, meta));
+                pos = end;
+            }
+            Some((_, _, end)) if trusted => {
+                lost += 1;
+                match last_time {
+                    Some(t) => push(Event::tombstone(t)),
+                    None => leading += 1,
+                }
+                pos = end;
+            }
+            _ => {
+                // The lengths are not to be trusted: no event after this one can be found.
+                let rest = count - i;
+                lost += rest;
+                match last_time {
+                    Some(t) => (0..rest).for_each(|_| push(Event::tombstone(t))),
+                    None => leading += rest,
+                }
+                break;
+            }
+        }
+    }
+    if last_time.is_none() {
+        for _ in 0..leading {
+            push(Event::tombstone(EventTime::new(0, 0)));
+        }
+    }
+    lost
 }
 
 fn u32_at(b: &[u8], at: usize) -> u32 {
@@ -160,9 +354,39 @@ fn u64_at(b: &[u8], at: usize) -> u64 {
     u64::from_le_bytes(a)
 }
 
+/// A sealed version 1 entry, as berth wrote them before per-event CRCs: for tests of the
+/// upgrade path.
+#[cfg(test)]
+pub(crate) fn encode_v1(batch: &Batch, first_offset: u64) -> Vec<u8> {
+    let tag = batch.tag.as_bytes();
+    let mut body = Vec::new();
+    body.extend_from_slice(&first_offset.to_le_bytes());
+    body.extend_from_slice(&(batch.events.len() as u32).to_le_bytes());
+    body.extend_from_slice(&(tag.len() as u16).to_le_bytes());
+    body.extend_from_slice(tag);
+    for e in &batch.events {
+        body.extend_from_slice(&e.time.secs.to_le_bytes());
+        body.extend_from_slice(&e.time.nanos.to_le_bytes());
+        body.extend_from_slice(&(e.record.len() as u32).to_le_bytes());
+        body.extend_from_slice(&e.record);
+        body.extend_from_slice(&(e.metadata.len() as u32).to_le_bytes());
+        body.extend_from_slice(&e.metadata);
+    }
+    let mut out = Vec::with_capacity(HEADER_LEN + body.len());
+    out.extend_from_slice(&MAGIC_V1_BYTES);
+    out.extend_from_slice(&(body.len() as u32).to_le_bytes());
+    out.extend_from_slice(&crc32c::crc32c(&body).to_le_bytes());
+    out.extend_from_slice(&body);
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn ev(secs: i64, record: &'static [u8], metadata: &'static [u8]) -> Event {
+        Event { time: EventTime::new(secs, 7), record: Bytes::from_static(record), metadata: Bytes::from_static(metadata) }
+    }
 
     fn batch() -> Batch {
         Batch {
@@ -174,6 +398,42 @@ mod tests {
         }
     }
 
+    fn five() -> Batch {
+        Batch {
+            tag: Tag::from_static("t"),
+            events: vec![
+                ev(10, b"record-0", b""),
+                ev(11, b"record-1", b"m1"),
+                ev(12, b"record-2", b""),
+                ev(13, b"record-3", b"meta-3"),
+                ev(14, b"record-4", b""),
+            ],
+        }
+    }
+
+    fn sealed(b: &Batch, first: u64) -> Vec<u8> {
+        let mut e = encode(b).unwrap();
+        seal(&mut e, first);
+        e
+    }
+
+    /// Byte position (in the entry) of event `i`'s crc field.
+    fn event_pos(e: &[u8], i: usize) -> usize {
+        let tag_len = u16::from_le_bytes([e[HEADER_LEN + 12], e[HEADER_LEN + 13]]) as usize;
+        let mut pos = HEADER_LEN + MIN_BODY_LEN + tag_len;
+        for _ in 0..i {
+            let rlen = u32_at(e, pos + 16) as usize;
+            let mlen = u32_at(e, pos + 20 + rlen) as usize;
+            pos += EVENT_FIXED + rlen + mlen;
+        }
+        pos
+    }
+
+    fn decode(e: &[u8]) -> Result<Decoded, RecordError> {
+        let h = parse_header(e).unwrap();
+        decode_body(&Bytes::copy_from_slice(e).slice(HEADER_LEN..), h.version)
+    }
+
     #[test]
     fn round_trip_with_offset_and_checksum() {
         let b = batch();
@@ -181,13 +441,110 @@ mod tests {
         assert_eq!(e.len(), entry_len(&b));
         assert_eq!(entry_count(&e), 2);
         seal(&mut e, 42);
-        let (body_len, crc) = parse_header(&e).unwrap();
-        assert_eq!(body_len, e.len() - HEADER_LEN);
-        assert_eq!(crc, crc32c::crc32c(&e[HEADER_LEN..]));
-        let body = Bytes::from(e).slice(HEADER_LEN..);
-        let (first, got) = decode_body(&body).unwrap();
-        assert_eq!(first, 42);
-        assert_eq!(got, b);
+        let h = parse_header(&e).unwrap();
+        assert_eq!((h.version, h.body_len), (Version::V2, e.len() - HEADER_LEN));
+        assert!(check_entry(&h, &e));
+        let d = decode(&e).unwrap();
+        assert_eq!((d.first, d.lost), (42, 0));
+        assert_eq!(d.batch, b);
+        assert_eq!(damaged_events(&Bytes::from(e).slice(HEADER_LEN..), Version::V2), Ok(0));
+    }
+
+    #[test]
+    fn the_header_crc_covers_length_offset_count_and_tag_only() {
+        let e = sealed(&five(), 7);
+        let h = parse_header(&e).unwrap();
+        let head_end = HEADER_LEN + MIN_BODY_LEN + 1;
+        for at in (4..8).chain(HEADER_LEN..head_end) {
+            let mut bad = e.clone();
+            bad[at] ^= 0x10;
+            assert!(!check_entry(&h, &bad), "byte {at}");
+        }
+        let mut bad = e.clone();
+        bad[head_end + 30] ^= 0x10;
+        assert!(check_entry(&h, &bad), "events are not the header's business");
+    }
+
+    #[test]
+    fn a_damaged_record_is_exactly_one_tombstone() {
+        let b = five();
+        let e = sealed(&b, 100);
+        for victim in 0..5 {
+            // Every byte of the event: crc, time, lengths, record, metadata.
+            for at in event_pos(&e, victim)..event_pos(&e, victim + 1) {
+                let mut bad = e.clone();
+                bad[at] ^= 0x04;
+                let d = decode(&bad).unwrap();
+                assert_eq!(d.first, 100);
+                assert_eq!(d.batch.len(), 5, "offsets stay dense");
+                let lengths = (at - event_pos(&e, victim)) >= 16 && (at - event_pos(&e, victim)) < 20;
+                if lengths {
+                    // A damaged length: the events before are good, the rest tombstones
+                    // (unless the damage still chained to the end, which it cannot here).
+                    assert_eq!(d.lost as usize, 5 - victim, "byte {at}");
+                    assert_eq!(&d.batch.events[..victim], &b.events[..victim]);
+                    assert!(d.batch.events[victim..].iter().all(Event::is_tombstone));
+                    continue;
+                }
+                if (at - event_pos(&e, victim)) >= 20 + b.events[victim].record.len()
+                    && (at - event_pos(&e, victim)) < 24 + b.events[victim].record.len()
+                {
+                    // The metadata length: the same.
+                    assert_eq!(d.lost as usize, 5 - victim, "byte {at}");
+                    continue;
+                }
+                assert_eq!(d.lost, 1, "byte {at}");
+                for (i, got) in d.batch.events.iter().enumerate() {
+                    if i == victim {
+                        assert!(got.is_tombstone());
+                        let t = if victim == 0 { b.events[1].time } else { b.events[victim - 1].time };
+                        assert_eq!(got.time, t, "a tombstone takes a neighbour's time");
+                    } else {
+                        assert_eq!(got, &b.events[i], "byte {at}, event {i}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn two_damaged_records_are_two_tombstones() {
+        let b = five();
+        let mut e = sealed(&b, 0);
+        let (p1, p3) = (event_pos(&e, 1), event_pos(&e, 3));
+        e[p1 + 22] ^= 0xff;
+        e[p3 + 25] ^= 0xff;
+        let d = decode(&e).unwrap();
+        assert_eq!(d.lost, 2);
+        let tomb: Vec<bool> = d.batch.events.iter().map(Event::is_tombstone).collect();
+        assert_eq!(tomb, vec![false, true, false, true, false]);
+    }
+
+    #[test]
+    fn a_damaged_length_loses_the_rest_without_panics() {
+        let b = five();
+        let e = sealed(&b, 0);
+        let p = event_pos(&e, 2);
+        for v in [0u32, 1, 9, 100, 1 << 20, u32::MAX] {
+            if v == 0 || v == 8 {
+                continue;
+            }
+            for at in [p + 16, p + 20 + 8] {
+                let mut bad = e.clone();
+                bad[at..at + 4].copy_from_slice(&v.to_le_bytes());
+                let d = decode(&bad).unwrap();
+                assert_eq!(d.batch.len(), 5);
+                assert_eq!(d.lost, 3, "length {v} at {at}");
+                assert_eq!(&d.batch.events[..2], &b.events[..2]);
+            }
+        }
+        // Every event damaged: all tombstones with time 0.
+        let mut bad = e.clone();
+        let p0 = event_pos(&e, 0);
+        bad[p0 + 16..p0 + 20].copy_from_slice(&9999u32.to_le_bytes());
+        let d = decode(&bad).unwrap();
+        assert_eq!(d.lost, 5);
+        assert!(d.batch.events.iter().all(|e| e.is_tombstone() && e.time == EventTime::new(0, 0)));
     }
 
     #[test]
@@ -203,15 +560,49 @@ mod tests {
     }
 
     #[test]
-    fn malformed_bodies_are_errors_not_panics() {
-        let mut e = encode(&batch()).unwrap();
-        seal(&mut e, 0);
-        let body = Bytes::from(e).slice(HEADER_LEN..);
-        for cut in 0..body.len() {
-            assert!(decode_body(&body.slice(..cut)).is_err(), "cut at {cut}");
+    fn truncated_bodies_are_errors_or_tombstones_not_panics() {
+        for e in [sealed(&batch(), 0), sealed(&five(), 3), encode_v1(&five(), 3)] {
+            let version = parse_header(&e).unwrap().version;
+            let body = Bytes::from(e).slice(HEADER_LEN..);
+            for cut in 0..body.len() {
+                match decode_body(&body.slice(..cut), version) {
+                    Err(_) => {}
+                    Ok(d) => {
+                        assert_eq!(version, Version::V2, "v1 cut at {cut}");
+                        assert!(d.lost > 0, "cut at {cut}");
+                        assert_eq!(d.batch.len() as u32, body_span(&body).1);
+                    }
+                }
+            }
+            let mut bad = body.to_vec();
+            bad[8..12].copy_from_slice(&u32::MAX.to_le_bytes());
+            assert!(decode_body(&Bytes::from(bad), version).is_err());
         }
-        let mut bad = body.to_vec();
-        bad[8..12].copy_from_slice(&u32::MAX.to_le_bytes());
-        assert!(decode_body(&Bytes::from(bad)).is_err());
+        // Arbitrary bytes after a valid head never panic either.
+        let e = sealed(&five(), 0);
+        for at in HEADER_LEN + MIN_BODY_LEN + 1..e.len() {
+            for x in [0x01, 0x80, 0xff] {
+                let mut bad = e.clone();
+                bad[at] ^= x;
+                let d = decode(&bad).unwrap();
+                assert!(d.lost >= 1 && d.batch.len() == 5, "byte {at}");
+            }
+        }
+    }
+
+    #[test]
+    fn version_1_entries_still_decode() {
+        let b = five();
+        let e = encode_v1(&b, 55);
+        let h = parse_header(&e).unwrap();
+        assert_eq!((h.version, h.body_len), (Version::V1, e.len() - HEADER_LEN));
+        assert!(check_entry(&h, &e));
+        let d = decode(&e).unwrap();
+        assert_eq!((d.first, d.lost), (55, 0));
+        assert_eq!(d.batch, b);
+        // Its CRC covers the whole body.
+        let mut bad = e.clone();
+        bad[e.len() - 3] ^= 1;
+        assert!(!check_entry(&h, &bad));
     }
 }

@@ -3,7 +3,7 @@
 //! truncates bytes no append was acknowledged for, and creates files atomically.
 
 use super::cursor;
-use super::record::HEADER_LEN;
+use super::record::{self, HEADER_LEN};
 use super::segment::{parse_segment_name, segment_path, RawEntry, Scanner};
 use super::storage::{AppendFile, Storage};
 use super::{BufferError, BufferOptions, RecoveryReport, SegmentInfo};
@@ -67,10 +67,14 @@ pub(super) struct SegmentScan {
     /// End of the last valid entry (stale ones included).
     pub valid_end: u64,
     pub entries: u64,
+    /// Events of the valid entries that are intact (damaged ones not included).
     pub events: u64,
     /// Offsets missing before this segment's first valid entry (counting from the end of
-    /// the previous segment) and between its entries.
+    /// the previous segment) and between its entries, plus the damaged events.
     pub lost_events: u64,
+    /// Events inside valid entries whose own CRC failed (readers hand out tombstones in
+    /// their place); counted in `lost_events` too.
+    pub damaged_events: u64,
     /// One past the last valid event so far: the `expected` of the next segment.
     pub next: u64,
     /// One past this segment's last valid event; `None` when it holds none.
@@ -116,7 +120,7 @@ pub(super) fn scan_segment(
         }
     }
     let mut next = expected.map_or(first, |e| e.max(first));
-    let (mut entries, mut events, mut stale_bytes, mut end) = (0, 0, 0, None);
+    let (mut entries, mut events, mut damaged_events, mut stale_bytes, mut end) = (0, 0, 0, 0, None);
     let mut sc = Scanner::new(file);
     // Where junk starts: the rest of the file is not read by anyone.
     let mut junk_from = None;
@@ -139,7 +143,12 @@ pub(super) fn scan_segment(
         }
         lost_events += entry.first_offset - next;
         entries += 1;
-        events += u64::from(entry.count);
+        // The header checked out; the events are checked one by one. A body whose head
+        // does not parse although its CRC matched (a writer bug) loses all its events.
+        let damaged = u64::from(record::damaged_events(&entry.body, entry.version).unwrap_or(entry.count));
+        damaged_events += damaged;
+        lost_events += damaged;
+        events += u64::from(entry.count) - damaged;
         next = entry.end_offset();
         end = Some(next);
         on_entry(&entry);
@@ -154,6 +163,7 @@ pub(super) fn scan_segment(
         entries,
         events,
         lost_events,
+        damaged_events,
         next: end.or(expected).unwrap_or(first),
         end,
         stale_bytes,
@@ -186,6 +196,7 @@ pub(super) fn recover(opts: &BufferOptions, storage: &dyn Storage) -> Result<Rec
         report.entries += scan.entries;
         report.events += scan.events;
         report.lost_events += scan.lost_events;
+        report.damaged_events += scan.damaged_events;
         let (corrupt, tail) = scan.damage(last);
         report.corrupt_bytes += corrupt;
         let mut seg_len = scan.usable_len;
@@ -251,7 +262,8 @@ pub(super) fn recover(opts: &BufferOptions, storage: &dyn Storage) -> Result<Rec
         tracing::error!(
             corrupt_bytes = report.corrupt_bytes,
             lost_events = report.lost_events,
-            "buffer segments were damaged; skipped the damaged entries"
+            damaged_events = report.damaged_events,
+            "buffer segments were damaged; skipped the damaged entries and events"
         );
     }
     tracing::info!(

@@ -1,10 +1,13 @@
 //! Segment files: their names and the entry scanner shared by recovery and readers.
 //!
 //! The scanner reads a segment in bounded chunks up to a byte limit, checks every entry's
-//! magic, length and CRC, and steps over damaged bytes by searching for the next magic
-//! that starts a valid entry. It never holds more than one chunk plus one entry.
+//! magic, length and header CRC (v2; the CRC of the whole body for v1 entries), and steps
+//! over damaged bytes by searching for the next magic that starts a valid entry. It does
+//! not check the events inside an entry: their own CRCs are checked when the body is
+//! decoded, so damage to an event loses that event, not its entry. It never holds more
+//! than one chunk plus one entry.
 
-use super::record::{self, HEADER_LEN, MAGIC_BYTES};
+use super::record::{self, Version, HEADER_LEN, MAGIC_BYTES, MAGIC_V1_BYTES};
 use super::storage::ReadFile;
 use bytes::{Bytes, BytesMut};
 use std::io;
@@ -34,7 +37,9 @@ pub struct RawEntry {
     pub pos: u64,
     pub first_offset: u64,
     pub count: u32,
-    /// The body (after the 12-byte header), CRC checked.
+    pub version: Version,
+    /// The body (after the 12-byte header). Its head is CRC checked (the whole of it for
+    /// v1); its events are checked by [`record::decode_body`].
     pub body: Bytes,
 }
 
@@ -70,46 +75,46 @@ impl Scanner {
                 self.skip(self.buf.len());
                 return Ok(None);
             }
-            let Some((body_len, crc)) = record::parse_header(&self.buf) else {
+            let Some(h) = record::parse_header(&self.buf) else {
                 self.resync();
                 continue;
             };
-            let total = HEADER_LEN + body_len;
+            let total = HEADER_LEN + h.body_len;
             if !self.fill(total, limit)? {
                 // The length runs past the limit: a torn or damaged header.
                 self.resync();
                 continue;
             }
-            if crc32c::crc32c(&self.buf[HEADER_LEN..total]) != crc {
+            if !record::check_entry(&h, &self.buf[..total]) {
                 self.resync();
                 continue;
             }
-            return Ok(Some(self.take(total)));
+            return Ok(Some(self.take(total, h.version)));
         }
     }
 
     /// The next entry if it is already buffered whole and valid: no I/O, so callers on an
     /// async runtime can skip `spawn_blocking`. `None` means "use `next_entry`".
     pub fn next_buffered(&mut self, limit: u64) -> Option<RawEntry> {
-        let (body_len, crc) = record::parse_header(&self.buf)?;
-        let total = HEADER_LEN + body_len;
+        let h = record::parse_header(&self.buf)?;
+        let total = HEADER_LEN + h.body_len;
         if self.buf.len() < total || self.pos + total as u64 > limit {
             return None;
         }
-        if crc32c::crc32c(&self.buf[HEADER_LEN..total]) != crc {
+        if !record::check_entry(&h, &self.buf[..total]) {
             return None;
         }
-        Some(self.take(total))
+        Some(self.take(total, h.version))
     }
 
-    fn take(&mut self, total: usize) -> RawEntry {
+    fn take(&mut self, total: usize, version: Version) -> RawEntry {
         let pos = self.pos;
         let entry = self.buf.split_to(total).freeze();
         self.pos += total as u64;
         self.valid_end = self.pos;
         let body = entry.slice(HEADER_LEN..);
         let (first_offset, count) = record::body_span(&body);
-        RawEntry { pos, first_offset, count, body }
+        RawEntry { pos, first_offset, count, version, body }
     }
 
     /// Ensures `need` bytes are buffered, reading up to `limit`; false if the limit or the
@@ -143,7 +148,7 @@ impl Scanner {
     fn resync(&mut self) {
         let skip = self.buf[1..]
             .windows(MAGIC_BYTES.len())
-            .position(|w| w == MAGIC_BYTES)
+            .position(|w| w == MAGIC_BYTES || w == MAGIC_V1_BYTES)
             .map(|i| i + 1)
             // Keep a tail that could be the start of a magic split across chunks.
             .unwrap_or_else(|| self.buf.len().saturating_sub(MAGIC_BYTES.len() - 1).max(1));
@@ -171,14 +176,17 @@ mod tests {
         e
     }
 
-    fn scan_all(bytes: &[u8]) -> (Vec<(u64, u32)>, u64, u64) {
+    /// `(first, count, damaged events)` of every entry, the valid end and the corrupt bytes.
+    fn scan_all(bytes: &[u8]) -> (Vec<(u64, u32, u32)>, u64, u64) {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("x.seg");
         std::fs::write(&p, bytes).unwrap();
         let mut s = Scanner::new(DiskStorage.open_read(&p).unwrap());
         let mut out = vec![];
         while let Some(e) = s.next_entry(bytes.len() as u64).unwrap() {
-            out.push((e.first_offset, e.count));
+            let d = record::decode_body(&e.body, e.version).unwrap();
+            assert_eq!((d.first, d.batch.len() as u32), (e.first_offset, e.count));
+            out.push((e.first_offset, e.count, d.lost));
         }
         (out, s.valid_end, s.corrupt_bytes)
     }
@@ -193,19 +201,59 @@ mod tests {
     }
 
     #[test]
-    fn skips_damage_and_reports_the_torn_tail() {
+    fn keeps_entries_with_damaged_events_skips_damaged_headers_and_reports_the_torn_tail() {
         let mut bytes = entry(0, 2, 10);
         let second = bytes.len();
         bytes.extend(entry(2, 3, 300_000)); // larger than a chunk
         let third = bytes.len();
         bytes.extend(entry(5, 1, 10));
+        let fourth = bytes.len();
+        bytes.extend(entry(6, 2, 10));
         let good_end = bytes.len();
-        bytes.extend(&entry(6, 1, 10)[..20]); // torn
-        bytes[second + 40] ^= 0xff; // damage the second entry's body
+        bytes.extend(&entry(8, 1, 10)[..20]); // torn
+        // Inside the second entry's first record: that event is lost, not its entry.
+        bytes[second + 40] ^= 0xff;
+        // The third entry's offset: its header CRC fails, it is stepped over.
+        bytes[third + HEADER_LEN + 2] ^= 0x01;
         let (got, end, corrupt) = scan_all(&bytes);
-        assert_eq!(got, vec![(0, 2), (5, 1)]);
+        assert_eq!(got, vec![(0, 2, 0), (2, 3, 1), (6, 2, 0)]);
         assert_eq!(end, good_end as u64);
-        assert_eq!(corrupt, (third - second + 20) as u64);
+        assert_eq!(corrupt, (fourth - third + 20) as u64);
+    }
+
+    #[test]
+    fn a_damaged_length_steps_over_the_entry_to_the_next() {
+        let mut bytes = entry(0, 2, 10);
+        let second = bytes.len();
+        bytes.extend(entry(2, 3, 100));
+        let third = bytes.len();
+        bytes.extend(entry(5, 1, 10));
+        // Plausible but wrong: the header CRC covers the length.
+        let len = u32::from_le_bytes(bytes[second + 4..second + 8].try_into().unwrap());
+        bytes[second + 4..second + 8].copy_from_slice(&(len - 7).to_le_bytes());
+        let (got, end, corrupt) = scan_all(&bytes);
+        assert_eq!(got, vec![(0, 2, 0), (5, 1, 0)]);
+        assert_eq!((end, corrupt), (bytes.len() as u64, (third - second) as u64));
+    }
+
+    #[test]
+    fn version_1_entries_are_read_before_and_among_version_2_ones() {
+        let ev = Event { time: EventTime::new(1, 2), record: Bytes::from(vec![0xa5; 30]), metadata: Bytes::new() };
+        let b = |n| Batch { tag: Tag::from_static("old"), events: vec![ev.clone(); n] };
+        let mut bytes = record::encode_v1(&b(2), 0);
+        let second = bytes.len();
+        bytes.extend(record::encode_v1(&b(3), 2));
+        let third = bytes.len();
+        bytes.extend(entry(5, 2, 10));
+        bytes.extend(record::encode_v1(&b(1), 7));
+        let (got, _, corrupt) = scan_all(&bytes);
+        assert_eq!(got, vec![(0, 2, 0), (2, 3, 0), (5, 2, 0), (7, 1, 0)]);
+        assert_eq!(corrupt, 0);
+        // A v1 entry is checked whole: damage in an event loses the entry.
+        bytes[second + 40] ^= 0xff;
+        let (got, _, corrupt) = scan_all(&bytes);
+        assert_eq!(got, vec![(0, 2, 0), (5, 2, 0), (7, 1, 0)]);
+        assert_eq!(corrupt, (third - second) as u64);
     }
 
     #[test]

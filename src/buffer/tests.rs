@@ -188,21 +188,26 @@ async fn damaged_entries_in_the_middle_are_skipped_and_the_rest_kept() {
     drop(buf);
     let seg = segment_files(&o).pop().unwrap();
     let mut bytes = std::fs::read(&seg).unwrap();
-    // Entry 3: a flipped record byte (CRC). Entry 6: a flipped magic byte.
+    // Entry 3 (offsets 12..16): a flipped byte in its first record (that event's CRC).
+    // Entry 6 (24..28): a flipped magic byte (the whole entry).
     bytes[positions[3] as usize + 60] ^= 0x40;
     bytes[positions[6] as usize] ^= 0x01;
     std::fs::write(&seg, &bytes).unwrap();
     let (buf, report) = Buffer::open(o).unwrap();
-    assert_eq!(report.entries, 8);
-    assert_eq!(report.lost_events, 8);
-    assert_eq!(report.corrupt_bytes, (positions[4] - positions[3]) + (positions[7] - positions[6]));
+    assert_eq!(report.entries, 9);
+    assert_eq!((report.events, report.lost_events, report.damaged_events), (35, 5, 1));
+    assert_eq!(report.corrupt_bytes, positions[7] - positions[6]);
     assert_eq!(report.truncated_bytes, 0);
     assert_eq!(buf.head(), 40);
     let mut r = buf.reader("s").unwrap();
     let got = read_all(&mut r).await;
     let firsts: Vec<u64> = got.iter().map(|b| b.first_offset).collect();
-    assert_eq!(firsts, vec![0, 4, 8, 16, 20, 28, 32, 36]);
-    assert!(got.iter().all(|b| b.batch.events[0].record[0] == (b.first_offset / 4) as u8));
+    assert_eq!(firsts, vec![0, 4, 8, 12, 16, 20, 28, 32, 36]);
+    let damaged = &got[3].batch;
+    assert!(damaged.events[0].is_tombstone());
+    assert_eq!(damaged.events[0].time, damaged.events[1].time, "a neighbour's time");
+    assert_eq!(&damaged.events[1..], &batch("a", 4, 3).events[1..]);
+    assert!(got.iter().all(|b| b.batch.events[1].record[0] == (b.first_offset / 4) as u8));
     for b in &got {
         r.ack(b.first_offset, b.batch.len() as u64).unwrap();
     }
@@ -514,18 +519,30 @@ async fn damage_in_a_sealed_segment_is_skipped_by_readers_and_recovery() {
     drop(buf);
     let segs = segment_files(&o);
     assert!(segs.len() > 2);
-    // Damage the second entry of the first segment.
+    // The first segment: the second entry's header (its offset), and the second record of
+    // the fourth entry (offsets 9..12).
     let mut bytes = std::fs::read(&segs[0]).unwrap();
-    bytes[sizes[0] as usize + 30] ^= 0xff;
+    bytes[sizes[0] as usize + record::HEADER_LEN + 1] ^= 0xff;
+    let fourth = (sizes[0] + sizes[1] + sizes[2]) as usize;
+    bytes[fourth + 95] ^= 0xff;
     std::fs::write(&segs[0], &bytes).unwrap();
     let (buf, report) = Buffer::open(o).unwrap();
-    assert_eq!((report.lost_events, report.corrupt_bytes, report.truncated_bytes), (3, sizes[1], 0));
+    assert_eq!(
+        (report.lost_events, report.damaged_events, report.corrupt_bytes, report.truncated_bytes),
+        (4, 1, sizes[1], 0)
+    );
     let mut r = buf.reader("s").unwrap();
     let got = read_all(&mut r).await;
     assert_eq!(got.len(), 59);
-    assert_eq!((got[0].first_offset, got[1].first_offset), (0, 6));
+    assert_eq!((got[0].first_offset, got[1].first_offset, got[2].first_offset), (0, 6, 9));
     for b in &got {
-        assert_eq!(b.batch.events[0].record[0], (b.first_offset / 3) as u8);
+        for (i, e) in b.batch.events.iter().enumerate() {
+            if b.first_offset + i as u64 == 10 {
+                assert!(e.is_tombstone());
+            } else {
+                assert_eq!(e.record[0], (b.first_offset / 3) as u8);
+            }
+        }
         r.ack(b.first_offset, b.batch.len() as u64).unwrap();
     }
     assert_eq!(r.committed(), 180);
@@ -606,4 +623,42 @@ async fn sync_cursors_makes_acks_after_close_durable() {
     assert_eq!(fs.faults.file_syncs.load(Ordering::SeqCst), syncs + 1);
     buf.sync_cursors().unwrap();
     assert_eq!(fs.faults.file_syncs.load(Ordering::SeqCst), syncs + 1, "nothing changed: no second fsync");
+}
+
+/// A buffer written by berth before per-event CRCs (version 1 entries) is read whole after
+/// an upgrade, and new entries (version 2) go on in the same segment.
+#[tokio::test]
+async fn version_1_entries_survive_an_upgrade() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = opts(&dir);
+    let (buf, _) = Buffer::open(o.clone()).unwrap();
+    buf.reader("s").unwrap();
+    drop(buf);
+    let seg = segment_files(&o).pop().unwrap();
+    let (b0, b1) = (batch("old", 3, 1), batch("old", 2, 2));
+    let mut bytes = record::encode_v1(&b0, 0);
+    bytes.extend(record::encode_v1(&b1, 3));
+    std::fs::write(&seg, &bytes).unwrap();
+
+    let (buf, report) = Buffer::open(o.clone()).unwrap();
+    assert_eq!((report.entries, report.events, report.lost_events, report.corrupt_bytes), (2, 5, 0, 0));
+    assert_eq!(buf.head(), 5);
+    let b2 = batch("new", 2, 3);
+    assert_eq!(buf.append(&b2).await.unwrap(), 5..7);
+    let want = vec![
+        ReadBatch { first_offset: 0, batch: b0 },
+        ReadBatch { first_offset: 3, batch: b1 },
+        ReadBatch { first_offset: 5, batch: b2 },
+    ];
+    let mut r = buf.reader("s").unwrap();
+    assert_eq!(read_all(&mut r).await, want);
+    r.ack(0, 3).unwrap();
+    buf.close().await.unwrap();
+    drop((r, buf));
+    assert_eq!(segment_files(&o), vec![seg.clone()], "the new entry went on in the old segment");
+
+    let (buf, report) = Buffer::open(o).unwrap();
+    assert_eq!((report.entries, report.events, report.lost_events, report.corrupt_bytes), (3, 7, 0, 0));
+    let mut r = buf.reader("s").unwrap();
+    assert_eq!(read_all(&mut r).await, want[1..]);
 }
