@@ -4,7 +4,8 @@
 //!
 //! The promise under test: an id whose ack reached the client is delivered by the file
 //! sink, whatever happens to the process; only what the sink had not acknowledged when
-//! berth died may be delivered twice; damage to the log loses exactly the damaged entries.
+//! berth died may be delivered twice; damage to the log loses exactly the damaged records
+//! (or the entries whose header is damaged).
 
 mod common;
 
@@ -165,9 +166,10 @@ fn id_counts(dir: &Path) -> BTreeMap<u64, usize> {
 }
 
 /// One entry of the on-disk log, read straight from the bytes (format in
-/// `src/buffer/record.rs`): `magic u32 | body_len u32 | crc32c(body) u32 | body`, body =
-/// `first u64 | count u32 | tag_len u16 | tag | (secs i64 | nanos u32 | rlen u32 | record |
-/// mlen u32 | metadata) * count`, little-endian.
+/// `src/buffer/record.rs`, version 2): `magic u32 | body_len u32 | head_crc u32 | body`,
+/// body = `first u64 | count u32 | tag_len u16 | tag | (crc u32 | secs i64 | nanos u32 |
+/// rlen u32 | record | mlen u32 | metadata) * count`, little-endian; `head_crc` covers
+/// body_len and the body up to the end of the tag, each event's crc the event after it.
 #[derive(Debug)]
 struct Entry {
     segment: PathBuf,
@@ -177,9 +179,11 @@ struct Entry {
     count: u32,
     /// The `id` of each record.
     ids: Vec<u64>,
+    /// Where each record's bytes are in the segment file.
+    records: Vec<std::ops::Range<usize>>,
 }
 
-const MAGIC: [u8; 4] = 0xB1E7_E401u32.to_le_bytes();
+const MAGIC: [u8; 4] = 0xB1E7_E402u32.to_le_bytes();
 
 fn u32_at(b: &[u8], at: usize) -> u32 {
     u32::from_le_bytes(b[at..at + 4].try_into().unwrap())
@@ -208,25 +212,30 @@ fn entries(buffer: &Path) -> Vec<Entry> {
                 break;
             }
             let body = &b[pos + 12..pos + 12 + body_len];
-            if crc32c::crc32c(body) != u32_at(&b, pos + 8) {
+            let tag_len = u16::from_le_bytes([body[12], body[13]]) as usize;
+            let head_crc = crc32c::crc32c_append(crc32c::crc32c(&b[pos + 4..pos + 8]), &body[..14 + tag_len]);
+            if head_crc != u32_at(&b, pos + 8) {
                 break;
             }
             let first = u64::from_le_bytes(body[0..8].try_into().unwrap());
             let count = u32_at(body, 8);
-            let tag_len = u16::from_le_bytes([body[12], body[13]]) as usize;
             let mut at = 14 + tag_len;
             let mut ids = Vec::new();
+            let mut records = Vec::new();
             for _ in 0..count {
-                let rlen = u32_at(body, at + 12) as usize;
-                at += 16;
+                let start = at;
+                let rlen = u32_at(body, at + 16) as usize;
+                at += 20;
                 let v = rmpv::decode::read_value(&mut &body[at..at + rlen]).expect("stored record is msgpack");
                 let id = v.as_map().and_then(|m| m.iter().find(|(k, _)| k.as_str() == Some("id"))).and_then(|(_, v)| v.as_u64());
                 ids.push(id.expect("stored record has an id"));
+                records.push(pos + 12 + at..pos + 12 + at + rlen);
                 at += rlen;
                 at += 4 + u32_at(body, at) as usize;
+                assert_eq!(crc32c::crc32c(&body[start + 4..at]), u32_at(body, start), "event crc");
             }
             assert_eq!(at, body_len, "entry at {} of {} parses to its end", pos, seg.display());
-            out.push(Entry { segment: seg.clone(), pos, len: 12 + body_len, first, count, ids });
+            out.push(Entry { segment: seg.clone(), pos, len: 12 + body_len, first, count, ids, records });
             pos += 12 + body_len;
         }
     }
@@ -487,11 +496,12 @@ fn restart_and_expect(b: Berth, cfg: &str, expected: &BTreeSet<u64>) -> Berth {
     b
 }
 
-/// Damage in the middle of (non-newest) segments: bytes flipped inside one entry's body,
-/// and another entry's length field changed so the reader must search for the next entry.
-/// Those entries' events, and only those, are lost, counted and warned about.
+/// Damage in the middle of (non-newest) segments: a byte flipped inside one record of an
+/// entry, and another entry's length field changed so the reader must search for the next
+/// entry. Exactly the damaged record, and the events of the entry whose header is damaged,
+/// are lost, counted and warned about; the other records of the first entry are delivered.
 #[test]
-fn damaged_entries_lose_exactly_their_events() {
+fn damaged_records_and_entries_lose_exactly_their_events() {
     let cfg = config("4KiB");
     let b = filled_and_killed(&cfg);
     let buffer = b.path().join("buffer");
@@ -506,18 +516,21 @@ fn damaged_entries_lose_exactly_their_events() {
     };
     let mut lost = BTreeSet::new();
 
-    // Body bytes: the CRC no longer matches.
+    // One byte inside one record of an entry of DAMAGE_BATCH events: that event's CRC no
+    // longer matches; the entry's other events are intact.
     let victim = middle_entry(&segs[0]);
-    let mid = victim.pos + victim.len / 2;
+    assert_eq!(victim.count as u64, DAMAGE_BATCH);
+    let which = victim.ids.len() / 2;
+    let rec = victim.records[which].clone();
+    let at = rec.start + rec.len() / 2;
     let mut bytes = std::fs::read(&victim.segment).unwrap();
-    for b in &mut bytes[mid..mid + 4] {
-        *b ^= 0x5A;
-    }
+    bytes[at] ^= 0x5A;
     std::fs::write(&victim.segment, bytes).unwrap();
-    eprintln!("flipped body bytes of the entry at {} of {}: ids {:?}", victim.pos, victim.segment.display(), victim.ids);
-    lost.extend(victim.ids.iter().copied());
+    eprintln!("flipped a byte of record id {} in the entry at {} of {}", victim.ids[which], victim.pos, victim.segment.display());
+    lost.insert(victim.ids[which]);
 
-    // Length field: plausible but wrong, so the header alone does not give it away.
+    // Length field: plausible but wrong; the header CRC gives it away, and the next entry
+    // is found by searching for its magic.
     let victim = middle_entry(&segs[1]);
     let mut bytes = std::fs::read(&victim.segment).unwrap();
     let len_at = victim.pos + 4;
@@ -526,11 +539,13 @@ fn damaged_entries_lose_exactly_their_events() {
     std::fs::write(&victim.segment, bytes).unwrap();
     eprintln!("changed the length of the entry at {} of {}: ids {:?}", victim.pos, victim.segment.display(), victim.ids);
     lost.extend(victim.ids.iter().copied());
+    assert_eq!(lost.len() as u64, 1 + DAMAGE_BATCH);
 
     let expected: BTreeSet<u64> = (0..DAMAGE_REQUESTS * DAMAGE_BATCH).filter(|id| !lost.contains(id)).collect();
     let mut b = restart_and_expect(b, &cfg, &expected);
     assert_eq!(b.metric(CORRUPT), lost.len() as f64, "{CORRUPT}");
     assert!(b.stderr_text().contains("buffer recovered with damage"), "a warning about the damage");
+    assert!(b.stderr_text().contains("damaged events in the buffer"), "the reader reports the damaged record");
     let status = b.stop();
     assert!(status.success(), "SIGTERM exit: {status}");
 }

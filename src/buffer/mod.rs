@@ -8,12 +8,15 @@
 //!   directory (u64, never reused once durable). `(instance_id, offset)` identifies an event
 //!   for ever: `instance_id` is a random u64 written once to `<path>/instance-id`.
 //! - **Entries.** One entry per appended `Batch`, covering offsets `[first, first+count)`:
-//!   `magic u32 | body_len u32 | crc32c(body) u32 | body`, body =
+//!   `magic u32 | body_len u32 | head_crc u32 | body`, body =
 //!   `first_offset u64 | count u32 | tag_len u16 | tag | events`, each event
-//!   `secs i64 | nanos u32 | record_len u32 | record | metadata_len u32 | metadata`, all
-//!   little-endian (see [`record`]). Records are stored as received. The CRC covers the
-//!   whole body, offsets included. Entries in the log have strictly increasing
-//!   `first_offset`; gaps exist only where damaged entries were skipped.
+//!   `crc u32 | secs i64 | nanos u32 | record_len u32 | record | metadata_len u32 | metadata`,
+//!   all little-endian (see [`record`]). Records are stored as received. `head_crc` covers
+//!   `body_len` and the body up to the end of the tag (offsets included); each event's
+//!   `crc` covers the rest of that event. Entries in the log have strictly increasing
+//!   `first_offset`; gaps exist only where damaged entries were skipped. Entries of the
+//!   previous format (version 1: one CRC over the whole body, no event CRCs) are still
+//!   read, never written.
 //! - **Segments.** `<path>/segments/<first offset, 20 digits>.seg`; every entry in a
 //!   segment has offsets ≥ its name. Only the writer thread appends, and only to the newest
 //!   (active) segment; it starts a new one when the active one reaches `segment_size`.
@@ -35,12 +38,17 @@
 //!   cursor when it reports the end after close (sinks deliver and ack after close). So a host crash may
 //!   redeliver at most the events acknowledged in the last interval (at-least-once); a
 //!   cursor file found damaged is treated as "nothing delivered" (the oldest offset).
-//! - **Recovery.** `Buffer::open` scans every segment. A damaged entry (bad magic, length
-//!   or CRC) is stepped over by searching for the next magic that starts a valid entry; the
-//!   events it held are counted as lost in the [`RecoveryReport`]. Bytes after the last
-//!   valid entry of the newest segment (a torn write) are truncated. Every entry whose
-//!   append returned `Ok` before a crash is read back. The next offset is one past the last
-//!   valid entry (or past every cursor, whichever is larger), so cursors stay meaningful.
+//! - **Recovery.** `Buffer::open` scans every segment. An entry whose header is damaged
+//!   (bad magic, length or header CRC) is stepped over by searching for the next magic that
+//!   starts a valid entry; the events it held are counted as lost in the [`RecoveryReport`].
+//!   An event whose own CRC fails inside a valid entry is lost alone: it is counted
+//!   (`damaged_events`, part of `lost_events`), and readers hand out a tombstone in its
+//!   place, which sinks skip and acknowledge, so offsets stay dense and the entry's other
+//!   events are delivered (a damaged length field loses the rest of its entry: see
+//!   [`record`]). Bytes after the last valid entry of the newest segment (a torn write) are
+//!   truncated. Every entry whose append returned `Ok` before a crash is read back. The
+//!   next offset is one past the last valid entry (or past every cursor, whichever is
+//!   larger), so cursors stay meaningful.
 //! - **One owner.** `<path>/lock` is `flock`ed for the life of the `Buffer` (the kernel
 //!   drops it when the process dies): a second process cannot open the same directory.
 //! - **Bounded memory.** Readers read entries from disk in bounded chunks (one chunk plus
