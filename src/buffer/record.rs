@@ -17,14 +17,15 @@
 //! stay dense. [`encode`] computes the event CRCs (in the connection task); [`seal`], in the
 //! writer thread once the offset is known, computes only the header CRC.
 //!
-//! How a walk over damaged events continues: the event lengths are first followed without
-//! checking any CRC. When they chain through exactly `count` events to the exact end of the
-//! body, every event's place is taken as known, and each event whose CRC fails is one
-//! tombstone; a damaged length almost never chains exactly to the end, and whatever is
-//! delivered has its own CRC checked, so this cannot hand out damaged bytes. When they do
-//! not chain (a damaged length field), the events before the first one whose CRC fails (or
-//! that runs out of the body) are good and every event from it on is a tombstone: its
-//! lengths cannot be trusted, so there is no telling where the next event starts.
+//! How a walk over damaged events continues: at the first event whose CRC fails, the
+//! lengths from that event on are followed without checking CRCs. When they chain through
+//! exactly the remaining events to the exact end of the body, every event's place is taken
+//! as known, and each event whose CRC fails is one tombstone; a damaged length almost never
+//! chains exactly to the end, and whatever is delivered has its own CRC checked, so this
+//! cannot hand out damaged bytes. When they do not chain (a damaged length field), the
+//! events before the first damaged one are good and every event from it on is a
+//! tombstone: its lengths cannot be trusted, so there is no telling where the next event
+//! starts.
 //!
 //! Version 1 (magic `0xB1E7_E401`), written by berth before per-event CRCs, is still read
 //! so that a buffer survives an upgrade: its header CRC covers the whole body and its events
@@ -294,7 +295,9 @@ fn chains_to_end(b: &[u8], mut pos: usize, count: u32) -> bool {
 
 fn walk_v2(body: &Bytes, mut pos: usize, count: u32, push: &mut dyn FnMut(Event)) -> u32 {
     let b = &body[..];
-    let trusted = chains_to_end(b, pos, count);
+    // Whether the lengths from the first damaged event on chain to the end; worked out at
+    // the first damage (the events before it checked out, so their lengths are right).
+    let mut trusted: Option<bool> = None;
     let mut lost = 0;
     // Tombstones take the time of the good event before them (of the first good one after,
     // for leading ones; time 0 when the entry has none): a damaged event's own time is not
@@ -316,7 +319,7 @@ fn walk_v2(body: &Bytes, mut pos: usize, count: u32, push: &mut dyn FnMut(Event)
                 push(event(body, time, rec, meta));
                 pos = end;
             }
-            Some((_, _, end)) if trusted => {
+            Some((_, _, end)) if *trusted.get_or_insert_with(|| chains_to_end(b, pos, count - i)) => {
                 lost += 1;
                 match last_time {
                     Some(t) => push(Event::tombstone(t)),
