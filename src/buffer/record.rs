@@ -124,7 +124,7 @@ pub fn encode(batch: &Batch) -> Result<Vec<u8>, RecordError> {
         out.extend_from_slice(&e.record);
         out.extend_from_slice(&(e.metadata.len() as u32).to_le_bytes());
         out.extend_from_slice(&e.metadata);
-        let crc = crc32c::crc32c(&out[at + 4..]);
+        let crc = event_crc(&out[at + 4..]);
         out[at..at + 4].copy_from_slice(&crc.to_le_bytes());
     }
     debug_assert_eq!(out.len(), len);
@@ -306,7 +306,7 @@ fn walk_v2(body: &Bytes, mut pos: usize, count: u32, push: &mut dyn FnMut(Event)
     let mut leading = 0u32;
     for i in 0..count {
         let span = event_span(b, pos + 16);
-        let good = span.as_ref().is_some_and(|(_, _, end)| crc32c::crc32c(&b[pos + 4..*end]) == u32_at(b, pos));
+        let good = span.as_ref().is_some_and(|(_, _, end)| event_crc(&b[pos + 4..*end]) == u32_at(b, pos));
         match span {
             Some((rec, meta, end)) if good => {
                 let time = EventTime::new(u64_at(b, pos + 4) as i64, u32_at(b, pos + 12));
@@ -345,6 +345,46 @@ fn walk_v2(body: &Bytes, mut pos: usize, count: u32, push: &mut dyn FnMut(Event)
         }
     }
     lost
+}
+
+/// CRC-32C of one event (the same value as `crc32c::crc32c`). Events are mostly a few
+/// hundred bytes at any alignment, where the `crc32c` crate runs one stream and takes the
+/// unaligned head and tail a byte at a time; this takes them 8 bytes at a time (unaligned
+/// loads), about twice as fast there. From 768 bytes on the crate's three-stream code wins.
+fn event_crc(data: &[u8]) -> u32 {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if data.len() < 768 && std::arch::is_x86_feature_detected!("sse4.2") {
+            // SAFETY: the CPU has SSE 4.2, checked just above.
+            return unsafe { crc32c_sse42_short(data) };
+        }
+    }
+    crc32c::crc32c(data)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "sse4.2")]
+unsafe fn crc32c_sse42_short(data: &[u8]) -> u32 {
+    use std::arch::x86_64::{_mm_crc32_u16, _mm_crc32_u32, _mm_crc32_u64, _mm_crc32_u8};
+    let mut crc = u64::from(!0u32);
+    let mut chunks = data.chunks_exact(8);
+    for c in &mut chunks {
+        crc = _mm_crc32_u64(crc, u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]));
+    }
+    let mut crc = crc as u32;
+    let mut rest = chunks.remainder();
+    if rest.len() >= 4 {
+        crc = _mm_crc32_u32(crc, u32_at(rest, 0));
+        rest = &rest[4..];
+    }
+    if rest.len() >= 2 {
+        crc = _mm_crc32_u16(crc, u16::from_le_bytes([rest[0], rest[1]]));
+        rest = &rest[2..];
+    }
+    if let Some(&b) = rest.first() {
+        crc = _mm_crc32_u8(crc, b);
+    }
+    !crc
 }
 
 fn u32_at(b: &[u8], at: usize) -> u32 {
@@ -589,6 +629,17 @@ mod tests {
                 bad[at] ^= x;
                 let d = decode(&bad).unwrap();
                 assert!(d.lost >= 1 && d.batch.len() == 5, "byte {at}");
+            }
+        }
+    }
+
+    #[test]
+    fn event_crc_is_crc32c_at_every_length_and_alignment() {
+        let bytes: Vec<u8> = (0..4000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+        for len in (0..40).chain([63, 64, 65, 211, 500, 767, 768, 769, 1000, 3000]) {
+            for off in 0..9 {
+                let s = &bytes[off..off + len];
+                assert_eq!(event_crc(s), crc32c::crc32c(s), "len {len} at {off}");
             }
         }
     }
