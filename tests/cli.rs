@@ -66,7 +66,7 @@ fn environment_overrides_apply() {
 
 #[test]
 fn quickstart_example_is_valid() {
-    let p = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/quickstart.toml");
-    let out = berth(&["check-config", "--config", p]);
+    let p = common::package_file("examples/quickstart.toml");
+    let out = berth(&["check-config", "--config", p.to_str().expect("utf-8 path")]);
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
 }

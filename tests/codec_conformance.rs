@@ -17,7 +17,7 @@ use serde_json::{json, Value as Json};
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 const MAX: usize = 16 * 1024 * 1024;
 const LIMITS: Limits = Limits {
@@ -128,7 +128,9 @@ fn drive<'a>(writes: impl IntoIterator<Item = &'a [u8]>) -> Result<Decoded, Deco
 }
 
 fn fixtures() -> Vec<(String, Vec<u8>, Json)> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/forward");
+    let dir = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from)
+        .join("tests/fixtures/forward");
     let mut bins: Vec<PathBuf> = std::fs::read_dir(&dir)
         .unwrap()
         .map(|e| e.unwrap().path())

@@ -790,7 +790,7 @@ fn describe(frames: &[Vec<u8>]) -> Capture {
 }
 
 fn write_fixture(name: &str, frames: &[Vec<u8>], manifest: &Value) {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/forward");
+    let dir = package_file("tests/fixtures/forward");
     std::fs::write(dir.join(format!("{name}.bin")), frames.concat()).expect("write .bin");
     // One-space indent, like the Python-written manifests beside it.
     let mut out = Vec::new();

@@ -32,7 +32,7 @@ impl SigProxy {
 
     /// `extra`: more arguments of the script (`--assume-role` …).
     fn start_with(target: &str, service: &str, token: Option<&str>, clock_offset_secs: i64, extra: &[&str]) -> SigProxy {
-        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/sigv4_proxy.py");
+        let script = common::package_file("tests/fixtures/sigv4_proxy.py");
         let target = target.trim_start_matches("http://");
         let mut cmd = Command::new(test_python());
         cmd.arg(script).args(["--target", target, "--region", REGION, "--service", service, "--access-key", AK, "--secret-key", SK]);

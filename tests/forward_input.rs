@@ -5,11 +5,10 @@ mod common;
 use common::*;
 use serde_json::Value;
 use std::collections::BTreeMap;
-use std::path::Path;
 
 
 fn fixtures() -> Vec<(String, Vec<u8>, Value)> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/forward");
+    let dir = common::package_file("tests/fixtures/forward");
     let mut out = Vec::new();
     for e in std::fs::read_dir(&dir).unwrap() {
         let p = e.unwrap().path();

@@ -13,6 +13,15 @@ pub mod imds;
 
 pub const WAIT: Duration = Duration::from_secs(20);
 
+/// A file of the package (`tests/fixtures/…`, `examples/…`), found through the directory
+/// cargo runs the tests from rather than the one the binary was built in: several clones
+/// may share one target dir, and a test binary built in a clone since removed would
+/// otherwise look there.
+pub fn package_file(rel: &str) -> PathBuf {
+    let dir = std::env::var_os("CARGO_MANIFEST_DIR").map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from);
+    dir.join(rel)
+}
+
 /// berth on ports the OS picks (TCP and a Unix socket), the buffer and a file sink under the
 /// test's `{dir}`: events land in `{dir}/out/<tag>.ndjson`.
 pub const FILE_SINK: &str = r#"

@@ -69,7 +69,7 @@ impl Drop for Moto {
 
 /// Run tests/fixtures/cw_tool.py against `url` with test credentials (or `creds`).
 pub fn cw_tool(url: &str, args: &[&str], creds: Option<(&str, &str)>) -> String {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/cw_tool.py");
+    let script = super::package_file("tests/fixtures/cw_tool.py");
     let (key, secret) = creds.unwrap_or(("testing", "testing"));
     let out = Command::new(test_python())
         .arg(script)
