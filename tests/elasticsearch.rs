@@ -231,7 +231,7 @@ fn endpoints_fail_over_in_order() {
 #[test]
 fn faults_413_503_and_item_429_end_with_every_record_exactly_once() {
     let os = Osmem::start();
-    let faults = FaultServer::start(&os.addr, Faults { max_body: 1500, unavailable_every: 3, item_429_every: 4, gate: 0 });
+    let faults = FaultServer::start(&os.addr, Faults { max_body: 1500, unavailable_every: 3, item_429_every: 4, gate: 0, retry_after: 0 });
     let b = start(&config(&faults.url(), "compression = \"none\"\nbatch_max_records = 50"));
     let index = "logs-faults-2026.11.22";
     send_acked(&b, "app.x", &(0..120).map(|n| rec_n("faults", n)).collect::<Vec<_>>());
@@ -252,6 +252,32 @@ fn faults_413_503_and_item_429_end_with_every_record_exactly_once() {
         assert!(metric_value(&m, &format!("berth_output_retries_total{{sink=\"search\",reason=\"{reason}\"}}")) > 0.0, "{reason}: {m}");
     }
     assert!(read_ndjson(&b.path().join("dead/search.ndjson")).is_empty(), "no dead letters");
+}
+
+/// The same faults with gzip bodies (the default): a 413 splits the batch and each half is
+/// compressed anew, and a 503's `Retry-After` is waited out before the body is sent again.
+#[test]
+fn gzip_bodies_split_on_413_and_retry_after_is_honoured() {
+    let os = Osmem::start();
+    let faults = FaultServer::start(&os.addr, Faults { max_body: 700, unavailable_every: 2, item_429_every: 0, gate: 0, retry_after: 1 });
+    let b = start(&config(&faults.url(), "batch_max_records = 50\nconcurrency = 1"));
+    let index = "logs-gzfaults-2026.11.22";
+    send_acked(&b, "app.x", &(0..120).map(|n| rec_n("gzfaults", n)).collect::<Vec<_>>());
+    wait_count(&os, index, 120, "120 documents through the faults");
+    let (counts, ns) = ids(&os, index);
+    assert!(counts.values().all(|c| *c == 1), "exactly once: {counts:?}");
+    assert_eq!(ns, (0..120).collect::<Vec<u64>>());
+    let st = faults.stats.lock().unwrap().clone();
+    assert!(st.too_large > 0 && st.unavailable > 0, "both faults happened: {st:?}");
+    assert_eq!(st.gzipped + st.too_large + st.unavailable, st.requests, "every forwarded body was gzip: {st:?}");
+    // One request in flight: the request after a 503 is its retry, and it waits for the
+    // Retry-After (a lower bound only, which load cannot break).
+    for t in &st.unavailable_at {
+        if let Some(next) = st.arrived.iter().find(|a| *a > t) {
+            let waited = next.duration_since(*t);
+            assert!(waited >= std::time::Duration::from_millis(950), "retried {waited:?} after a 503 with Retry-After: 1");
+        }
+    }
 }
 
 /// Dead letters of `path` whose `error_type` is `retry_expired`, once there are `n`.
@@ -301,7 +327,7 @@ fn max_retry_duration_dead_letters_a_batch_then_later_records_flow() {
 #[test]
 fn max_retry_duration_dead_letters_a_batch_answered_503_forever() {
     let os = Osmem::start();
-    let faults = FaultServer::start(&os.addr, Faults { max_body: usize::MAX, unavailable_every: 1, item_429_every: 0, gate: 0 });
+    let faults = FaultServer::start(&os.addr, Faults { max_body: usize::MAX, unavailable_every: 1, item_429_every: 0, gate: 0, retry_after: 0 });
     let b = start(&config(&faults.url(), "compression = \"none\"\ntimeout = \"1s\"\nmax_retry_duration = \"1s\""));
     send_acked(&b, "app.u", &(0..5).map(|n| rec_n("unavailable", n)).collect::<Vec<_>>());
     let lines = wait_expired(&b.path().join("dead/search.ndjson"), 5);
@@ -364,7 +390,7 @@ fn concurrency_4_indexes_every_record_exactly_once_and_acknowledges_all() {
 fn concurrency_4_through_413_503_and_item_429_ends_with_every_record_exactly_once() {
     let os = Osmem::start();
     // The gate holds the first 4 requests until all 4 are in flight at once.
-    let faults = FaultServer::start(&os.addr, Faults { max_body: 1500, unavailable_every: 3, item_429_every: 4, gate: 4 });
+    let faults = FaultServer::start(&os.addr, Faults { max_body: 1500, unavailable_every: 3, item_429_every: 4, gate: 4, retry_after: 0 });
     let b = start(&config(&faults.url(), "compression = \"none\"\nconcurrency = 4\nbatch_max_records = 10"));
     let index = "logs-concfaults-2026.11.22";
     send_forward_acked(&b, "app.x", &(0..200).map(|n| rec_n("concfaults", n)).collect::<Vec<_>>(), 100);

@@ -244,8 +244,10 @@ fn pipe(mut from: TcpStream, mut to: TcpStream, discard: Option<Arc<AtomicBool>>
 pub struct Faults {
     /// Bodies longer than this get 413.
     pub max_body: usize,
-    /// Every n-th request (not 413) gets 503 with `Retry-After: 0`; 0 for never.
+    /// Every n-th request (not 413) gets 503 with `Retry-After: <retry_after>`; 0 for never.
     pub unavailable_every: usize,
+    /// Seconds in the 503's `Retry-After`.
+    pub retry_after: u32,
     /// Every n-th item of a forwarded request is reported as 429 (after the server stored
     /// it: the retry then sees 409, "already delivered"); 0 for never.
     pub item_429_every: usize,
@@ -256,8 +258,8 @@ pub struct Faults {
     pub gate: usize,
 }
 
-/// An HTTP/1.1 `_bulk` endpoint in front of osmem-server that injects [`Faults`]. Plain
-/// bodies only (configure `compression = "none"`).
+/// An HTTP/1.1 `_bulk` endpoint in front of osmem-server that injects [`Faults`]. Bodies
+/// plain or gzip (`Content-Encoding: gzip`): `max_body` counts them as sent.
 pub struct FaultServer {
     pub addr: String,
     pub stats: Arc<Mutex<FaultStats>>,
@@ -274,6 +276,11 @@ pub struct FaultStats {
     pub gated: usize,
     pub gate_waiting: usize,
     pub gate_peak: usize,
+    /// When each request arrived, and when each 503 was answered.
+    pub arrived: Vec<std::time::Instant>,
+    pub unavailable_at: Vec<std::time::Instant>,
+    /// Requests whose body came gzip-compressed.
+    pub gzipped: usize,
 }
 
 impl FaultServer {
@@ -302,6 +309,7 @@ fn serve_faults(c: TcpStream, target: &str, f: Faults, stats: &Mutex<FaultStats>
     let mut w = c.try_clone().unwrap();
     let mut r = std::io::BufReader::new(c);
     while let Some(req) = super::read_http_request(&mut r) {
+        let req_gzip = req.header("content-encoding").is_some_and(|v| v.eq_ignore_ascii_case("gzip"));
         let body = req.body;
         {
             let mut s = stats.lock().unwrap();
@@ -320,6 +328,7 @@ fn serve_faults(c: TcpStream, target: &str, f: Faults, stats: &Mutex<FaultStats>
         let n = {
             let mut s = stats.lock().unwrap();
             s.requests += 1;
+            s.arrived.push(std::time::Instant::now());
             s.requests
         };
         let (status, extra, reply) = if body.len() > f.max_body {
@@ -327,9 +336,17 @@ fn serve_faults(c: TcpStream, target: &str, f: Faults, stats: &Mutex<FaultStats>
             (413, "", String::new())
         } else if f.unavailable_every > 0 && n % f.unavailable_every == 0 {
             stats.lock().unwrap().unavailable += 1;
-            (503, "Retry-After: 0\r\n", "{\"error\":\"unavailable\"}".to_string())
+            (503, "Retry-After: RA\r\n", "{\"error\":\"unavailable\"}".to_string())
         } else {
-            let text = String::from_utf8(body).expect("plain ndjson body (compression = \"none\")");
+            let body = if req_gzip {
+                stats.lock().unwrap().gzipped += 1;
+                let mut out = Vec::new();
+                std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&body[..]), &mut out).expect("gzip body");
+                out
+            } else {
+                body
+            };
+            let text = String::from_utf8(body).expect("ndjson body");
             let (status, resp) = try_request(target, "POST", "/_bulk", Some(&text)).expect("forward to osmem");
             let mut v: serde_json::Value = serde_json::from_str(&resp).expect("bulk response");
             if f.item_429_every > 0 {
@@ -351,12 +368,16 @@ fn serve_faults(c: TcpStream, target: &str, f: Faults, stats: &Mutex<FaultStats>
             }
             (status, "", v.to_string())
         };
+        let extra = extra.replace("RA", &f.retry_after.to_string());
         let head = format!(
             "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{extra}\r\n",
             reply.len()
         );
         if w.write_all(head.as_bytes()).and_then(|_| w.write_all(reply.as_bytes())).is_err() {
             return;
+        }
+        if status == 503 {
+            stats.lock().unwrap().unavailable_at.push(std::time::Instant::now());
         }
     }
 }
