@@ -228,19 +228,26 @@ fn endpoints_fail_over_in_order() {
     assert!(metric_value(&m, "berth_output_retries_total{sink=\"search\",reason=\"connection\"}") >= 1.0, "{m}");
 }
 
+/// berth sending to `faults` (sink keys `extra`): 120 records reach the index
+/// `logs-<name>-2026.11.22` exactly once each.
+fn exactly_once_through(os: &Osmem, faults: &FaultServer, extra: &str, name: &str) -> (Berth, FaultStats) {
+    let b = start(&config(&faults.url(), extra));
+    let index = format!("logs-{name}-2026.11.22");
+    send_acked(&b, "app.x", &(0..120).map(|n| rec_n(name, n)).collect::<Vec<_>>());
+    wait_count(os, &index, 120, "120 documents through the faults");
+    let (counts, ns) = ids(os, &index);
+    assert_eq!(counts.len(), 120);
+    assert!(counts.values().all(|c| *c == 1), "exactly once: {counts:?}");
+    assert_eq!(ns, (0..120).collect::<Vec<u64>>());
+    let st = faults.stats.lock().unwrap().clone();
+    (b, st)
+}
+
 #[test]
 fn faults_413_503_and_item_429_end_with_every_record_exactly_once() {
     let os = Osmem::start();
     let faults = FaultServer::start(&os.addr, Faults { max_body: 1500, unavailable_every: 3, item_429_every: 4, gate: 0, retry_after: 0 });
-    let b = start(&config(&faults.url(), "compression = \"none\"\nbatch_max_records = 50"));
-    let index = "logs-faults-2026.11.22";
-    send_acked(&b, "app.x", &(0..120).map(|n| rec_n("faults", n)).collect::<Vec<_>>());
-    wait_count(&os, index, 120, "120 documents through the faults");
-    let (counts, ns) = ids(&os, index);
-    assert_eq!(counts.len(), 120);
-    assert!(counts.values().all(|c| *c == 1));
-    assert_eq!(ns, (0..120).collect::<Vec<u64>>());
-    let st = faults.stats.lock().unwrap().clone();
+    let (b, st) = exactly_once_through(&os, &faults, "compression = \"none\"\nbatch_max_records = 50", "faults");
     assert!(st.too_large > 0 && st.unavailable > 0 && st.items_429 > 0, "every fault happened: {st:?}");
     let admin = b.admin.clone().unwrap();
     wait_for(WAIT, "everything acknowledged", || {
@@ -260,14 +267,7 @@ fn faults_413_503_and_item_429_end_with_every_record_exactly_once() {
 fn gzip_bodies_split_on_413_and_retry_after_is_honoured() {
     let os = Osmem::start();
     let faults = FaultServer::start(&os.addr, Faults { max_body: 700, unavailable_every: 2, item_429_every: 0, gate: 0, retry_after: 1 });
-    let b = start(&config(&faults.url(), "batch_max_records = 50\nconcurrency = 1"));
-    let index = "logs-gzfaults-2026.11.22";
-    send_acked(&b, "app.x", &(0..120).map(|n| rec_n("gzfaults", n)).collect::<Vec<_>>());
-    wait_count(&os, index, 120, "120 documents through the faults");
-    let (counts, ns) = ids(&os, index);
-    assert!(counts.values().all(|c| *c == 1), "exactly once: {counts:?}");
-    assert_eq!(ns, (0..120).collect::<Vec<u64>>());
-    let st = faults.stats.lock().unwrap().clone();
+    let (_b, st) = exactly_once_through(&os, &faults, "batch_max_records = 50\nconcurrency = 1", "gzfaults");
     assert!(st.too_large > 0 && st.unavailable > 0, "both faults happened: {st:?}");
     assert_eq!(st.gzipped + st.too_large + st.unavailable, st.requests, "every forwarded body was gzip: {st:?}");
     // One request in flight: the request after a 503 is its retry, and it waits for the
