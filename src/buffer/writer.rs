@@ -252,7 +252,7 @@ impl Writer {
     /// Seals the active segment and starts `<first>.seg`.
     fn roll(&mut self, first: u64) -> Result<(), BufferError> {
         if self.unsynced {
-            self.sync_active();
+            let _ = self.sync_active();
         }
         let dir = &self.sh.segments_dir;
         let path = segment_path(dir, first);
@@ -279,17 +279,24 @@ impl Writer {
         Ok(())
     }
 
-    fn sync_active(&mut self) {
+    /// Fsyncs what `never` left unsynced and shows it to readers; a failure is logged here
+    /// and returned (close reports it).
+    fn sync_active(&mut self) -> Result<(), BufferError> {
         self.sh.segment_fsyncs.fetch_add(1, Ordering::Relaxed);
-        match self.active.sync() {
+        let res = self.active.sync();
+        self.last_sync = Instant::now();
+        match res {
             Ok(()) => {
                 self.unsynced = false;
                 // Earlier segments were synced when they were sealed: all written is durable.
                 self.publish();
+                Ok(())
             }
-            Err(e) => tracing::error!(path = %self.active_path.display(), error = %e, "cannot fsync buffer segment"),
+            Err(source) => {
+                tracing::error!(path = %self.active_path.display(), error = %source, "cannot fsync buffer segment");
+                Err(BufferError::Sync { path: self.active_path.clone(), source })
+            }
         }
-        self.last_sync = Instant::now();
     }
 
     fn update_gc_hint(&self) {
@@ -344,7 +351,7 @@ impl Writer {
 
     fn periodic(&mut self) {
         if self.unsynced && self.last_sync.elapsed() >= self.sh.opts.sync_interval {
-            self.sync_active();
+            let _ = self.sync_active();
         }
         if self.last_cursor_sync.elapsed() >= CURSOR_SYNC_INTERVAL {
             let _ = self.sync_cursors();
@@ -353,14 +360,7 @@ impl Writer {
     }
 
     fn close(&mut self) -> Result<(), BufferError> {
-        let mut res = Ok(());
-        if self.unsynced {
-            self.sh.segment_fsyncs.fetch_add(1, Ordering::Relaxed);
-            match self.active.sync() {
-                Ok(()) => self.publish(),
-                Err(source) => res = Err(BufferError::Sync { path: self.active_path.clone(), source }),
-            }
-        }
+        let res = if self.unsynced { self.sync_active() } else { Ok(()) };
         let c = self.sync_cursors();
         self.sh.durable.send_modify(|d| d.closed = true);
         res.and(c)
