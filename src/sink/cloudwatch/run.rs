@@ -34,6 +34,11 @@ static AUTH_ERROR: crate::ratelimit::RateLimit = crate::ratelimit::RateLimit::ne
 const BACKOFF: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(30));
 
 /// Run until the pipeline ends (every input stopped and everything read was settled).
+/// An encoder for this sink's names, messages and limits.
+fn new_encoder(cfg: &CloudWatchConfig) -> Encoder {
+    Encoder::new(cfg.group_template.clone(), cfg.stream_template.clone(), cfg.message_key.clone(), cfg.retention_days, cfg.max_event_size)
+}
+
 pub async fn run(cfg: &CloudWatchConfig, mut ctx: SinkContext) -> Result<(), SinkError> {
     let name = ctx.name.clone();
     let client = client(cfg).await.map_err(|e| SinkError::Io { sink: name.clone(), source: std::io::Error::other(e) })?;
@@ -58,7 +63,7 @@ pub async fn run(cfg: &CloudWatchConfig, mut ctx: SinkContext) -> Result<(), Sin
         dead_letter_path = %cfg.dead_letter_path.display(),
         "cloudwatch_logs sink started"
     );
-    let mut encoder = Encoder::new(cfg.group_template.clone(), cfg.stream_template.clone(), cfg.message_key.clone(), cfg.retention_days, cfg.max_event_size);
+    let mut encoder = new_encoder(cfg);
     let streams_at_once = Arc::new(Semaphore::new(cfg.concurrency));
     while let Some(group) = gather(&mut ctx.reader, cfg).await {
         let seq = group.last().map_or(0, |d| d.seq);
@@ -82,7 +87,7 @@ pub async fn run(cfg: &CloudWatchConfig, mut ctx: SinkContext) -> Result<(), Sin
                 mine.push(b);
             }
             let (shared, group, permits) = (Arc::clone(&shared), Arc::clone(&group), Arc::clone(&streams_at_once));
-            let mut again = Encoder::new(cfg.group_template.clone(), cfg.stream_template.clone(), cfg.message_key.clone(), cfg.retention_days, cfg.max_event_size);
+            let mut again = new_encoder(cfg);
             tasks.spawn(async move {
                 // The semaphore is never closed.
                 let _permit = permits.acquire_owned().await;
