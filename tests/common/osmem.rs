@@ -333,10 +333,10 @@ fn serve_faults(c: TcpStream, target: &str, f: Faults, stats: &Mutex<FaultStats>
         };
         let (status, extra, reply) = if body.len() > f.max_body {
             stats.lock().unwrap().too_large += 1;
-            (413, "", String::new())
+            (413, String::new(), String::new())
         } else if f.unavailable_every > 0 && n % f.unavailable_every == 0 {
             stats.lock().unwrap().unavailable += 1;
-            (503, "Retry-After: RA\r\n", "{\"error\":\"unavailable\"}".to_string())
+            (503, format!("Retry-After: {}\r\n", f.retry_after), "{\"error\":\"unavailable\"}".to_string())
         } else {
             let body = if req_gzip {
                 stats.lock().unwrap().gzipped += 1;
@@ -366,9 +366,8 @@ fn serve_faults(c: TcpStream, target: &str, f: Faults, stats: &Mutex<FaultStats>
                     stats.lock().unwrap().items_429 += injected;
                 }
             }
-            (status, "", v.to_string())
+            (status, String::new(), v.to_string())
         };
-        let extra = extra.replace("RA", &f.retry_after.to_string());
         let head = format!(
             "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{extra}\r\n",
             reply.len()
