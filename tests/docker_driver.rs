@@ -36,8 +36,9 @@ const ECS_LABELS: &[&str] = &[
 ];
 
 /// berth for a Docker test: its dir on tmpfs (see `start_tmpfs`), and a long first-sight
-/// inspect wait — under the suite's load dockerd has taken over the default 2 s to answer,
-/// and a test's first lines then went on without their fields.
+/// lookup wait — under the suite's load dockerd has taken over the default 2 s to answer
+/// (before berth used the container list, an inspect stuck behind a container's lock), and
+/// a test's first lines then went on without their fields.
 fn start_docker(config: &str) -> Berth {
     start_tmpfs(config, &[("BERTH_ENRICH__DOCKER__INSPECT_WAIT", "10s")])
 }
@@ -980,7 +981,7 @@ struct Gate {
 
 impl Gate {
     fn new() -> Gate {
-        let dir = tempfile::tempdir_in("/dev/shm").or_else(|_| tempfile::tempdir()).expect("tempdir");
+        let dir = tmpfs_dir();
         let path = dir.path().join("gate.sock");
         let l = std::os::unix::net::UnixListener::bind(&path).expect("bind gate");
         let to: Arc<Mutex<Option<PathBuf>>> = Arc::new(Mutex::new(None));

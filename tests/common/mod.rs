@@ -104,9 +104,14 @@ pub fn start(config: &str) -> Berth {
 /// line per fsync and gives an exited container's logger only 10 s to drain (seen: a
 /// container's last lines dropped by dockerd as "Logger already closed").
 pub fn start_tmpfs(config: &str, env: &[(&str, &str)]) -> Berth {
+    start_in(tmpfs_dir(), config, env)
+}
+
+/// A temp dir on tmpfs (`/dev/shm`) where there is one, else the usual one.
+pub fn tmpfs_dir() -> tempfile::TempDir {
     let shm = std::path::Path::new("/dev/shm");
     let dir = if shm.is_dir() { tempfile::tempdir_in(shm) } else { tempfile::tempdir() };
-    start_in(dir.expect("tempdir"), config, env)
+    dir.expect("tempdir")
 }
 
 pub fn start_in(dir: tempfile::TempDir, config: &str, env: &[(&str, &str)]) -> Berth {
