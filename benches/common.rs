@@ -24,4 +24,3 @@ pub fn docker_record_of(i: usize, id: &str) -> Bytes {
     }
     Bytes::from(v)
 }
-

@@ -18,9 +18,7 @@ mod common;
 use common::docker_record;
 
 const RECORDS: usize = 1000;
-const LIMITS: Limits = Limits {
-    max_message_size: 16 * 1024 * 1024,
-};
+const LIMITS: Limits = Limits { max_message_size: 16 * 1024 * 1024 };
 
 /// Decodes every frame of `stream`; returns the record count so nothing is optimised away.
 fn decode_stream(stream: &Bytes) -> usize {
@@ -49,10 +47,7 @@ fn bench(c: &mut Criterion) {
         .collect();
     let avg = events.iter().map(|e| e.record.len()).sum::<usize>() / RECORDS;
     eprintln!("records: {RECORDS} per stream, {avg} bytes each on average");
-    let opts = EncodeOptions {
-        chunk: Some("p8PTjvQzRlKlYs0ZQ7n0Ng==".into()),
-        event_time: true,
-    };
+    let opts = EncodeOptions { chunk: Some("p8PTjvQzRlKlYs0ZQ7n0Ng==".into()), event_time: true };
     let modes = [
         ("message", Mode::Message),
         ("forward", Mode::Forward),

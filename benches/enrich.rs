@@ -28,7 +28,11 @@ fn batch(records: impl Fn(usize) -> Bytes) -> Batch {
     Batch {
         tag: Tag::from_static("docker.app"),
         events: (0..RECORDS)
-            .map(|i| Event { time: EventTime::new(1_763_769_600 + i as i64, 0), record: records(i), metadata: Bytes::new() })
+            .map(|i| Event {
+                time: EventTime::new(1_763_769_600 + i as i64, 0),
+                record: records(i),
+                metadata: Bytes::new(),
+            })
             .collect(),
     }
 }
@@ -58,7 +62,10 @@ fn enricher(apply_to: ApplyTo) -> Enricher {
     let cache = Arc::new(DockerCache::new(cfg, Arc::clone(&metrics)));
     let labels = [
         ("com.amazonaws.ecs.cluster", "production"),
-        ("com.amazonaws.ecs.task-arn", "arn:aws:ecs:eu-west-1:123456789012:task/production/0123456789abcdef0123456789abcdef"),
+        (
+            "com.amazonaws.ecs.task-arn",
+            "arn:aws:ecs:eu-west-1:123456789012:task/production/0123456789abcdef0123456789abcdef",
+        ),
         ("com.amazonaws.ecs.container-name", "app"),
         ("com.amazonaws.ecs.task-definition-family", "shop-frontend"),
         ("com.amazonaws.ecs.task-definition-version", "42"),
@@ -73,7 +80,12 @@ fn enricher(apply_to: ApplyTo) -> Enricher {
     });
     let host = Arc::new(HostFields::new("http://127.0.0.1:1", true));
     let mut f = Fields::new();
-    for (k, v) in [("ec2_instance_id", "i-0123456789abcdef0"), ("availability_zone", "eu-west-1b"), ("region", "eu-west-1"), ("instance_type", "m6i.large")] {
+    for (k, v) in [
+        ("ec2_instance_id", "i-0123456789abcdef0"),
+        ("availability_zone", "eu-west-1b"),
+        ("region", "eu-west-1"),
+        ("instance_type", "m6i.large"),
+    ] {
         f.push_str(k, v);
     }
     host.set(f);
@@ -103,7 +115,11 @@ fn bench(c: &mut Criterion) {
         ("other_client_untouched", &docker_only, &plain),
     ] {
         g.bench_function(name, |b| {
-            b.iter_batched(|| input.clone(), |mut batch| rt.block_on(e.enrich(&mut batch)), BatchSize::SmallInput)
+            b.iter_batched(
+                || input.clone(),
+                |mut batch| rt.block_on(e.enrich(&mut batch)),
+                BatchSize::SmallInput,
+            )
         });
     }
     g.finish();

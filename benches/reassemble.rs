@@ -29,7 +29,13 @@ impl MultilineSource for OtherLabelled {
 }
 
 fn batch(records: impl Iterator<Item = Bytes>) -> Batch {
-    let events = records.map(|record| Event { time: EventTime::new(1_763_769_600, 0), record, metadata: Bytes::new() }).collect();
+    let events = records
+        .map(|record| Event {
+            time: EventTime::new(1_763_769_600, 0),
+            record,
+            metadata: Bytes::new(),
+        })
+        .collect();
     Batch { tag: Tag::from_static("docker.app"), events }
 }
 
@@ -48,14 +54,28 @@ fn bench(c: &mut Criterion) {
 
     let mut off = Joiner::new(JoinOptions::default(), "b", Arc::clone(&metrics));
     let mut at = 0;
-    g.bench_function("pass-through, joins off", |b| b.iter(|| black_box(run(&mut off, &plain, &mut at))));
+    g.bench_function("pass-through, joins off", |b| {
+        b.iter(|| black_box(run(&mut off, &plain, &mut at)))
+    });
 
-    let mut partial = Joiner::new(JoinOptions { partial: Some(LIMITS), multiline: None }, "b", Arc::clone(&metrics));
-    g.bench_function("no parts, partial join on (default)", |b| b.iter(|| black_box(run(&mut partial, &plain, &mut at))));
+    let mut partial = Joiner::new(
+        JoinOptions { partial: Some(LIMITS), multiline: None },
+        "b",
+        Arc::clone(&metrics),
+    );
+    g.bench_function("no parts, partial join on (default)", |b| {
+        b.iter(|| black_box(run(&mut partial, &plain, &mut at)))
+    });
 
     let source: Arc<dyn MultilineSource> = Arc::new(OtherLabelled);
-    let mut both = Joiner::new(JoinOptions { partial: Some(LIMITS), multiline: Some((LIMITS, source)) }, "b", Arc::clone(&metrics));
-    g.bench_function("unlabelled lines, another container labelled", |b| b.iter(|| black_box(run(&mut both, &plain, &mut at))));
+    let mut both = Joiner::new(
+        JoinOptions { partial: Some(LIMITS), multiline: Some((LIMITS, source)) },
+        "b",
+        Arc::clone(&metrics),
+    );
+    g.bench_function("unlabelled lines, another container labelled", |b| {
+        b.iter(|| black_box(run(&mut both, &plain, &mut at)))
+    });
 
     // 1000 parts of 50 lines of 20 parts each, joined within the delivery.
     let parts = batch((0..RECORDS).map(|i| {
@@ -78,7 +98,9 @@ fn bench(c: &mut Criterion) {
         }
         Bytes::from(v)
     }));
-    g.bench_function("every record a part (50 lines of 20 parts)", |b| b.iter(|| black_box(run(&mut partial, &parts, &mut at))));
+    g.bench_function("every record a part (50 lines of 20 parts)", |b| {
+        b.iter(|| black_box(run(&mut partial, &parts, &mut at)))
+    });
     g.finish();
 }
 

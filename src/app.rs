@@ -56,9 +56,10 @@ pub fn sink_type(kind: &SinkKind) -> &'static str {
 /// recovery found.
 async fn open_buffer(config: &Config, metrics: &Metrics) -> Result<Buffer, AppError> {
     let opts = config.buffer.options();
-    let (buffer, report) = tokio::task::spawn_blocking(move || Buffer::open(opts))
-        .await
-        .map_err(|e| AppError::Buffer(BufferError::SpawnWriter(std::io::Error::other(e.to_string()))))??;
+    let (buffer, report) =
+        tokio::task::spawn_blocking(move || Buffer::open(opts)).await.map_err(|e| {
+            AppError::Buffer(BufferError::SpawnWriter(std::io::Error::other(e.to_string())))
+        })??;
     metrics.buffer_recovered_records.inc_by(report.events);
     metrics.buffer_corrupt_records.inc_by(report.lost_events);
     let path = config.buffer.path.display().to_string();
@@ -77,7 +78,12 @@ async fn open_buffer(config: &Config, metrics: &Metrics) -> Result<Buffer, AppEr
             }
         );
     } else {
-        tracing::info!(path, segments = report.segments, recovered_events = report.events, "buffer opened");
+        tracing::info!(
+            path,
+            segments = report.segments,
+            recovered_events = report.events,
+            "buffer opened"
+        );
     }
     Ok(buffer)
 }
@@ -103,7 +109,9 @@ pub async fn run(config: Config) -> Result<(), AppError> {
 
     // Multiline start patterns come from container labels, through the Docker cache.
     let multiline = match (config.enrich.multiline, enrich.enricher.docker()) {
-        (Some(limits), Some(d)) => Some((limits, Arc::clone(d) as Arc<dyn crate::reassemble::MultilineSource>)),
+        (Some(limits), Some(d)) => {
+            Some((limits, Arc::clone(d) as Arc<dyn crate::reassemble::MultilineSource>))
+        }
         _ => None,
     };
     let join = JoinOptions { partial: config.enrich.partial, multiline };
@@ -171,7 +179,8 @@ pub async fn run(config: Config) -> Result<(), AppError> {
     tokio::join!(docker_first, host_first);
     let mut ctx = InputContext::new(fwd, pipeline, Arc::clone(&metrics));
     ctx.enricher = Arc::clone(&enrich.enricher);
-    let mut input_task = tokio::spawn(input::serve(listeners, ctx, fwd.max_connections, stop_input.clone()));
+    let mut input_task =
+        tokio::spawn(input::serve(listeners, ctx, fwd.max_connections, stop_input.clone()));
     state.ready.store(true, Ordering::Relaxed);
     tracing::info!(listeners = ?described, sinks = config.sinks.len(), "berth is running");
 

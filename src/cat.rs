@@ -48,12 +48,7 @@ pub struct CatArgs {
     #[arg(long, requires = "password", requires = "shared_key")]
     pub username: Option<String>,
     /// Password, when the server asks for one during the handshake.
-    #[arg(
-        long,
-        env = "BERTH_CAT_PASSWORD",
-        hide_env_values = true,
-        requires = "username"
-    )]
+    #[arg(long, env = "BERTH_CAT_PASSWORD", hide_env_values = true, requires = "username")]
     pub password: Option<String>,
     /// Events per request in forward, packed and compressed modes (message mode sends one
     /// event per request).
@@ -114,9 +109,7 @@ impl Address {
             Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => {
                 Ok(Address::Tcp(hostport.to_string()))
             }
-            _ => Err(format!(
-                "address {s:?} needs a host and a port, e.g. tcp://127.0.0.1:24224"
-            )),
+            _ => Err(format!("address {s:?} needs a host and a port, e.g. tcp://127.0.0.1:24224")),
         }
     }
 }
@@ -130,7 +123,6 @@ impl fmt::Display for Address {
     }
 }
 
-
 /// What was sent, printed by the caller.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct CatSummary {
@@ -142,11 +134,7 @@ pub struct CatSummary {
 
 impl fmt::Display for CatSummary {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "sent {} events in {} requests",
-            self.events, self.requests
-        )?;
+        write!(f, "sent {} events in {} requests", self.events, self.requests)?;
         if self.acked > 0 {
             write!(f, ", {} acknowledged", self.acked)?;
         }
@@ -167,39 +155,19 @@ pub enum CatError {
     #[error("receive from {address}: {source}")]
     Receive { address: String, source: io::Error },
     #[error("timed out after {timeout:?} {doing}")]
-    Timeout {
-        doing: &'static str,
-        timeout: Duration,
-    },
+    Timeout { doing: &'static str, timeout: Duration },
     #[error("server closed the connection while {doing}")]
     Closed { doing: &'static str },
     #[error("handshake with {address}: {source}")]
-    Handshake {
-        address: String,
-        source: HandshakeError,
-    },
+    Handshake { address: String, source: HandshakeError },
     #[error("server sent a HELO: it requires the handshake, give --shared-key")]
     HandshakeRequired,
     #[error("no ack for chunk {chunk} (lines {first_line}-{last_line}) within {timeout:?}")]
-    AckTimeout {
-        chunk: String,
-        first_line: u64,
-        last_line: u64,
-        timeout: Duration,
-    },
+    AckTimeout { chunk: String, first_line: u64, last_line: u64, timeout: Duration },
     #[error("server closed the connection before acknowledging chunk {chunk} (lines {first_line}-{last_line})")]
-    AckClosed {
-        chunk: String,
-        first_line: u64,
-        last_line: u64,
-    },
+    AckClosed { chunk: String, first_line: u64, last_line: u64 },
     #[error("wrong ack for chunk {chunk} (lines {first_line}-{last_line}): got {got}")]
-    AckMismatch {
-        chunk: String,
-        first_line: u64,
-        last_line: u64,
-        got: String,
-    },
+    AckMismatch { chunk: String, first_line: u64, last_line: u64, got: String },
 }
 
 /// `berth cat` on stdin.
@@ -216,31 +184,21 @@ where
     R: AsyncBufRead + Unpin,
 {
     let address = args.address.to_string();
-    let connect_err = |source| CatError::Connect {
-        address: address.clone(),
-        source,
-    };
+    let connect_err = |source| CatError::Connect { address: address.clone(), source };
     match &args.address {
         Address::Tcp(hostport) => {
-            let stream = within(
-                args.timeout,
-                "connecting",
-                tokio::net::TcpStream::connect(hostport),
-            )
-            .await?
-            .map_err(connect_err)?;
+            let stream =
+                within(args.timeout, "connecting", tokio::net::TcpStream::connect(hostport))
+                    .await?
+                    .map_err(connect_err)?;
             // Requests are written whole; Nagle would only delay the last one.
             let _ = stream.set_nodelay(true);
             session(stream, &args, input).await
         }
         Address::Unix(path) => {
-            let stream = within(
-                args.timeout,
-                "connecting",
-                tokio::net::UnixStream::connect(path),
-            )
-            .await?
-            .map_err(connect_err)?;
+            let stream = within(args.timeout, "connecting", tokio::net::UnixStream::connect(path))
+                .await?
+                .map_err(connect_err)?;
             session(stream, &args, input).await
         }
     }
@@ -251,9 +209,7 @@ async fn within<F: std::future::Future>(
     doing: &'static str,
     f: F,
 ) -> Result<F::Output, CatError> {
-    tokio::time::timeout(timeout, f)
-        .await
-        .map_err(|_| CatError::Timeout { doing, timeout })
+    tokio::time::timeout(timeout, f).await.map_err(|_| CatError::Timeout { doing, timeout })
 }
 
 /// One connection: optional handshake, then batches until the input ends.
@@ -264,15 +220,8 @@ where
 {
     let address = args.address.to_string();
     let (rd, mut wr) = tokio::io::split(stream);
-    let mut replies = Replies {
-        rd,
-        buf: Vec::with_capacity(256),
-        address: address.clone(),
-    };
-    let send_err = |source| CatError::Send {
-        address: address.clone(),
-        source,
-    };
+    let mut replies = Replies { rd, buf: Vec::with_capacity(256), address: address.clone() };
+    let send_err = |source| CatError::Send { address: address.clone(), source };
 
     if let Some(shared_key) = &args.shared_key {
         let auth = ClientAuth {
@@ -281,30 +230,19 @@ where
             username: args.username.clone().unwrap_or_default(),
             password: args.password.clone().unwrap_or_default(),
         };
-        let hs_err = |source| CatError::Handshake {
-            address: address.clone(),
-            source,
-        };
+        let hs_err = |source| CatError::Handshake { address: address.clone(), source };
         let helo = replies.next(args.timeout, "waiting for HELO").await?;
         let client = ClientHandshake::from_helo(&helo).map_err(hs_err)?;
-        within(
-            args.timeout,
-            "sending PING",
-            wr.write_all(&client.ping(&auth)),
-        )
-        .await?
-        .map_err(send_err)?;
+        within(args.timeout, "sending PING", wr.write_all(&client.ping(&auth)))
+            .await?
+            .map_err(send_err)?;
         let pong = replies.next(args.timeout, "waiting for PONG").await?;
         client.check_pong(&auth, &pong).map_err(hs_err)?;
     }
 
     let mode = args.mode.wire();
     // With acks every Message-mode request needs its own chunk and its own wait.
-    let batch_size = if mode == Mode::Message && args.ack {
-        1
-    } else {
-        args.batch as usize
-    };
+    let batch_size = if mode == Mode::Message && args.ack { 1 } else { args.batch as usize };
     let mut summary = CatSummary::default();
     let mut batch: Vec<Event> = Vec::with_capacity(batch_size.min(10_000));
     let mut line = String::new();
@@ -324,10 +262,7 @@ where
         let n = input
             .read_line(&mut line)
             .await
-            .map_err(|source| CatError::ReadInput {
-                line: line_no + 1,
-                source,
-            })?;
+            .map_err(|source| CatError::ReadInput { line: line_no + 1, source })?;
         if n == 0 {
             eof = true;
         } else {
@@ -346,9 +281,7 @@ where
         }
     }
 
-    within(args.timeout, "closing the connection", wr.shutdown())
-        .await?
-        .map_err(send_err)?;
+    within(args.timeout, "closing the connection", wr.shutdown()).await?.map_err(send_err)?;
     if !args.ack && summary.requests > 0 {
         // Without acks the only sign the server has read everything is it closing too.
         // A server that keeps the connection open costs the linger; that is not an error.
@@ -380,42 +313,23 @@ where
     R: AsyncRead + Unpin,
 {
     let chunk = args.ack.then(new_chunk_id);
-    let opts = EncodeOptions {
-        chunk: chunk.clone(),
-        event_time: true,
-    };
+    let opts = EncodeOptions { chunk: chunk.clone(), event_time: true };
     let mode = args.mode.wire();
     let bytes = encode_request(mode, &args.tag, batch, &opts);
     within(args.timeout, "sending a request", wr.write_all(&bytes))
         .await?
-        .map_err(|source| CatError::Send {
-            address: replies.address.clone(),
-            source,
-        })?;
+        .map_err(|source| CatError::Send { address: replies.address.clone(), source })?;
     summary.events += batch.len() as u64;
-    summary.requests += if mode == Mode::Message {
-        batch.len() as u64
-    } else {
-        1
-    };
+    summary.requests += if mode == Mode::Message { batch.len() as u64 } else { 1 };
 
     let Some(chunk) = chunk else { return Ok(()) };
     let reply = match replies.next(args.timeout, "waiting for an ack").await {
         Ok(r) => r,
         Err(CatError::Timeout { timeout, .. }) => {
-            return Err(CatError::AckTimeout {
-                chunk,
-                first_line,
-                last_line,
-                timeout,
-            })
+            return Err(CatError::AckTimeout { chunk, first_line, last_line, timeout })
         }
         Err(CatError::Closed { .. }) => {
-            return Err(CatError::AckClosed {
-                chunk,
-                first_line,
-                last_line,
-            })
+            return Err(CatError::AckClosed { chunk, first_line, last_line })
         }
         Err(e) => return Err(e),
     };
@@ -473,10 +387,7 @@ impl<R: AsyncRead + Unpin> Replies<R> {
                 .rd
                 .read(&mut tmp)
                 .await
-                .map_err(|source| CatError::Receive {
-                    address: self.address.clone(),
-                    source,
-                })?;
+                .map_err(|source| CatError::Receive { address: self.address.clone(), source })?;
             if n == 0 {
                 return Err(CatError::Closed { doing });
             }
@@ -505,11 +416,7 @@ fn base64(data: &[u8]) -> String {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
     for group in data.chunks(3) {
-        let b = [
-            group[0],
-            *group.get(1).unwrap_or(&0),
-            *group.get(2).unwrap_or(&0),
-        ];
+        let b = [group[0], *group.get(1).unwrap_or(&0), *group.get(2).unwrap_or(&0)];
         let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
         for i in 0..4 {
             if i <= group.len() {
@@ -531,22 +438,14 @@ fn parse_line(line: &str, line_no: u64, time_key: Option<&str>) -> Result<Option
     if text.is_empty() {
         return Ok(None);
     }
-    let bad = |reason: String| CatError::BadLine {
-        line: line_no,
-        reason,
-    };
+    let bad = |reason: String| CatError::BadLine { line: line_no, reason };
     if !text.starts_with('{') {
         return Err(bad("not a JSON object".into()));
     }
     let mut record = Vec::with_capacity(text.len());
     let mut time = TimeField::Absent;
     let mut de = serde_json::Deserializer::from_str(text);
-    let seed = Transcode {
-        out: &mut record,
-        time_key,
-        time: None,
-        top: Some(&mut time),
-    };
+    let seed = Transcode { out: &mut record, time_key, time: None, top: Some(&mut time) };
     serde::de::DeserializeSeed::deserialize(seed, &mut de)
         .and_then(|()| de.end())
         .map_err(|e| bad(format!("invalid JSON: {e}")))?;
@@ -560,11 +459,7 @@ fn parse_line(line: &str, line_no: u64, time_key: Option<&str>) -> Result<Option
             )))
         }
     };
-    Ok(Some(Event {
-        time,
-        record: Bytes::from(record),
-        metadata: Bytes::new(),
-    }))
+    Ok(Some(Event { time, record: Bytes::from(record), metadata: Bytes::new() }))
 }
 
 /// What the `--time-key` field of a record held.
@@ -583,11 +478,7 @@ fn time_from_f64(f: f64) -> Option<EventTime> {
     // Rounded to whole microseconds: an f64 near today's epoch seconds has no finer
     // precision, and rounding keeps 1.1 from becoming 1.099999904.
     let micros = ((f - secs) * 1e6).round() as u32;
-    let (secs, micros) = if micros >= 1_000_000 {
-        (secs + 1.0, 0)
-    } else {
-        (secs, micros)
-    };
+    let (secs, micros) = if micros >= 1_000_000 { (secs + 1.0, 0) } else { (secs, micros) };
     Some(EventTime::new(secs as i64, micros * 1000))
 }
 
@@ -664,12 +555,7 @@ impl<'de> serde::de::Visitor<'de> for Transcode<'_> {
         let start = out.len();
         let mut n: u32 = 0;
         while seq
-            .next_element_seed(Transcode {
-                out: &mut *out,
-                time_key: None,
-                time: None,
-                top: None,
-            })?
+            .next_element_seed(Transcode { out: &mut *out, time_key: None, time: None, top: None })?
             .is_some()
         {
             n = n.saturating_add(1);
@@ -685,18 +571,10 @@ impl<'de> serde::de::Visitor<'de> for Transcode<'_> {
         let (out, time_key, mut top) = (self.out, self.time_key, self.top);
         let start = out.len();
         let mut n: u32 = 0;
-        while let Some(is_time) = map.next_key_seed(Key {
-            out: &mut *out,
-            time_key,
-        })? {
+        while let Some(is_time) = map.next_key_seed(Key { out: &mut *out, time_key })? {
             // Only the record's own field is its time, not one nested deeper.
             let time = if is_time { top.as_deref_mut() } else { None };
-            let value = Transcode {
-                out: &mut *out,
-                time_key: None,
-                time,
-                top: None,
-            };
+            let value = Transcode { out: &mut *out, time_key: None, time, top: None };
             map.next_value_seed(value)?;
             n = n.saturating_add(1);
         }
@@ -832,29 +710,18 @@ mod tests {
             Address::parse("tcp://127.0.0.1:24224"),
             Ok(Address::Tcp("127.0.0.1:24224".into()))
         );
-        assert_eq!(
-            Address::parse("tcp://[::1]:1"),
-            Ok(Address::Tcp("[::1]:1".into()))
-        );
-        assert_eq!(
-            Address::parse("unix:///run/b.sock"),
-            Ok(Address::Unix("/run/b.sock".into()))
-        );
-        for bad in [
-            "127.0.0.1:24224",
-            "tcp://host",
-            "tcp://:80",
-            "tcp://h:99999",
-            "unix://",
-            "udp://h:1",
-        ] {
+        assert_eq!(Address::parse("tcp://[::1]:1"), Ok(Address::Tcp("[::1]:1".into())));
+        assert_eq!(Address::parse("unix:///run/b.sock"), Ok(Address::Unix("/run/b.sock".into())));
+        for bad in
+            ["127.0.0.1:24224", "tcp://host", "tcp://:80", "tcp://h:99999", "unix://", "udp://h:1"]
+        {
             assert!(Address::parse(bad).is_err(), "{bad}");
         }
         let a = Address::parse("unix:///x").expect("parses");
         assert_eq!(a.to_string(), "unix:///x");
     }
 
-        #[test]
+    #[test]
     fn base64_matches_rfc4648_vectors() {
         for (raw, enc) in [
             ("", ""),
@@ -876,10 +743,7 @@ mod tests {
 
     #[test]
     fn rfc3339_times() {
-        assert_eq!(
-            parse_rfc3339("1970-01-01T00:00:00Z"),
-            Some(EventTime::new(0, 0))
-        );
+        assert_eq!(parse_rfc3339("1970-01-01T00:00:00Z"), Some(EventTime::new(0, 0)));
         assert_eq!(
             parse_rfc3339("2024-02-29T12:34:56.123456789Z"),
             Some(EventTime::new(1_709_210_096, 123_456_789))
@@ -888,10 +752,7 @@ mod tests {
             parse_rfc3339("2024-02-29T14:34:56.5+02:00"),
             Some(EventTime::new(1_709_210_096, 500_000_000))
         );
-        assert_eq!(
-            parse_rfc3339("1969-12-31t23:59:59-00:01"),
-            Some(EventTime::new(59, 0))
-        );
+        assert_eq!(parse_rfc3339("1969-12-31t23:59:59-00:01"), Some(EventTime::new(59, 0)));
         assert_eq!(
             parse_rfc3339("2024-01-01 00:00:00.1234567891z"),
             Some(EventTime::new(1_704_067_200, 123_456_789))
@@ -917,10 +778,7 @@ mod tests {
             _ => None,
         };
         assert_eq!(t("1700000000"), Some(EventTime::new(1_700_000_000, 0)));
-        assert_eq!(
-            t("1700000000.25"),
-            Some(EventTime::new(1_700_000_000, 250_000_000))
-        );
+        assert_eq!(t("1700000000.25"), Some(EventTime::new(1_700_000_000, 250_000_000)));
         assert_eq!(t("1.1"), Some(EventTime::new(1, 100_000_000)));
         assert_eq!(t("-1.5"), Some(EventTime::new(-2, 500_000_000)));
         assert_eq!(t("true"), None);
@@ -942,34 +800,22 @@ mod tests {
             ("b".into(), rmpv::Value::from(-2i64)),
             ("c".into(), rmpv::Value::F64(1.5)),
             ("d".into(), "x".into()),
-            (
-                "e".into(),
-                rmpv::Value::Array(vec![true.into(), rmpv::Value::Nil]),
-            ),
-            (
-                "f".into(),
-                rmpv::Value::Map(vec![("g".into(), rmpv::Value::from(u64::MAX))]),
-            ),
+            ("e".into(), rmpv::Value::Array(vec![true.into(), rmpv::Value::Nil])),
+            ("f".into(), rmpv::Value::Map(vec![("g".into(), rmpv::Value::from(u64::MAX))])),
         ]);
         assert_eq!(v, want);
     }
 
     #[test]
     fn key_order_is_kept_and_only_the_top_level_time_key_counts() {
-        let ev = parse_line(
-            r#"{"z":{"ts":5},"a":[],"m":{},"ts":7,"s":"\u00e9\"q"}"#,
-            1,
-            Some("ts"),
-        )
-        .expect("ok")
-        .expect("event");
+        let ev =
+            parse_line(r#"{"z":{"ts":5},"a":[],"m":{},"ts":7,"s":"\u00e9\"q"}"#, 1, Some("ts"))
+                .expect("ok")
+                .expect("event");
         assert_eq!(ev.time, EventTime::new(7, 0));
         let v = rmpv::decode::read_value(&mut &ev.record[..]).expect("msgpack");
         let want = rmpv::Value::Map(vec![
-            (
-                "z".into(),
-                rmpv::Value::Map(vec![("ts".into(), rmpv::Value::from(5u64))]),
-            ),
+            ("z".into(), rmpv::Value::Map(vec![("ts".into(), rmpv::Value::from(5u64))])),
             ("a".into(), rmpv::Value::Array(vec![])),
             ("m".into(), rmpv::Value::Map(vec![])),
             ("ts".into(), rmpv::Value::from(7u64)),
@@ -984,9 +830,7 @@ mod tests {
         assert!(parse_line(r#"{"a":[1,2}"#, 3, None).is_err());
         // A long array gets a 16-bit length header in front of its items.
         let items = vec!["1"; 70_000].join(",");
-        let ev = parse_line(&format!("{{\"a\":[{items}]}}"), 4, None)
-            .expect("ok")
-            .expect("event");
+        let ev = parse_line(&format!("{{\"a\":[{items}]}}"), 4, None).expect("ok").expect("event");
         let v = rmpv::decode::read_value(&mut &ev.record[..]).expect("msgpack");
         assert_eq!(v["a"].as_array().map(Vec::len), Some(70_000));
     }

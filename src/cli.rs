@@ -89,27 +89,22 @@ pub const CHECK_CONFIG_INVALID: u8 = 2;
 /// overrides), print it as TOML with secrets redacted and exit 0, or print the error to
 /// stderr and exit 2.
 pub fn check_config(path: Option<&Path>) -> ExitCode {
-    check_config_to(
-        path,
-        &mut std::io::stdout().lock(),
-        &mut std::io::stderr().lock(),
-    )
+    check_config_to(path, &mut std::io::stdout().lock(), &mut std::io::stderr().lock())
 }
 
 /// [`check_config`] writing to the given streams.
 pub fn check_config_to(path: Option<&Path>, out: &mut dyn Write, err: &mut dyn Write) -> ExitCode {
     match Config::load(path) {
-        Ok(config) => match out
-            .write_all(config.to_redacted_toml().as_bytes())
-            .and_then(|()| out.flush())
-        {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                // Nowhere better to report it; if stderr fails too there is nothing left to do.
-                let _ = writeln!(err, "berth: cannot write to stdout: {e}");
-                ExitCode::FAILURE
+        Ok(config) => {
+            match out.write_all(config.to_redacted_toml().as_bytes()).and_then(|()| out.flush()) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    // Nowhere better to report it; if stderr fails too there is nothing left to do.
+                    let _ = writeln!(err, "berth: cannot write to stdout: {e}");
+                    ExitCode::FAILURE
+                }
             }
-        },
+        }
         Err(e) => {
             let _ = writeln!(err, "berth: {e}");
             ExitCode::from(CHECK_CONFIG_INVALID)
@@ -156,11 +151,7 @@ pub fn inspect_command_to(
             return ExitCode::FAILURE;
         }
     };
-    let written = if json {
-        report.write_json(out)
-    } else {
-        report.write_text(out)
-    };
+    let written = if json { report.write_json(out) } else { report.write_text(out) };
     match written.and_then(|()| out.flush()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -188,19 +179,10 @@ mod tests {
         );
         assert_eq!(cli.log_format, LogFormat::Text);
 
-        let cli = Cli::try_parse_from([
-            "berth",
-            "check-config",
-            "-c",
-            "/y.toml",
-            "--log-format",
-            "json",
-        ])
-        .unwrap();
-        assert!(matches!(
-            cli.command,
-            Command::CheckConfig { config: Some(_) }
-        ));
+        let cli =
+            Cli::try_parse_from(["berth", "check-config", "-c", "/y.toml", "--log-format", "json"])
+                .unwrap();
+        assert!(matches!(cli.command, Command::CheckConfig { config: Some(_) }));
         assert_eq!(cli.log_format, LogFormat::Json);
 
         let cli = Cli::try_parse_from(["berth", "--log-level", "debug", "version"]).unwrap();
@@ -210,10 +192,7 @@ mod tests {
         let cli = Cli::try_parse_from(["berth", "run"]).unwrap();
         assert!(matches!(cli.command, Command::Run { config: None }));
 
-        assert!(
-            Cli::try_parse_from(["berth"]).is_err(),
-            "a subcommand is required"
-        );
+        assert!(Cli::try_parse_from(["berth"]).is_err(), "a subcommand is required");
         assert!(Cli::try_parse_from(["berth", "run", "--log-format", "xml"]).is_err());
     }
 
@@ -225,11 +204,7 @@ mod tests {
         let run = |p: &Path| {
             let (mut out, mut err) = (Vec::new(), Vec::new());
             let code = check_config_to(Some(p), &mut out, &mut err);
-            (
-                code,
-                String::from_utf8(out).unwrap(),
-                String::from_utf8(err).unwrap(),
-            )
+            (code, String::from_utf8(out).unwrap(), String::from_utf8(err).unwrap())
         };
         let (code, out, err) = run(&good);
         assert_eq!(code, ExitCode::SUCCESS);
@@ -266,17 +241,11 @@ mod tests {
         assert!(matches!(
             cli.command,
             Command::Buffer {
-                command: BufferCommand::Inspect {
-                    path: None,
-                    config: Some(_),
-                    json: false
-                }
+                command: BufferCommand::Inspect { path: None, config: Some(_), json: false }
             }
         ));
-        assert!(
-            Cli::try_parse_from(["berth", "buffer", "inspect", "--path", "/b", "-c", "/x"])
-                .is_err()
-        );
+        assert!(Cli::try_parse_from(["berth", "buffer", "inspect", "--path", "/b", "-c", "/x"])
+            .is_err());
         assert!(Cli::try_parse_from(["berth", "buffer"]).is_err());
     }
 
@@ -296,18 +265,11 @@ mod tests {
         let run = |path: Option<&Path>, config: Option<&Path>, json: bool| {
             let (mut out, mut err) = (Vec::new(), Vec::new());
             let code = inspect_command_to(path, config, json, &mut out, &mut err);
-            (
-                code,
-                String::from_utf8(out).unwrap(),
-                String::from_utf8(err).unwrap(),
-            )
+            (code, String::from_utf8(out).unwrap(), String::from_utf8(err).unwrap())
         };
         let (code, out, err) = run(None, Some(&cfg), false);
         assert_eq!(code, ExitCode::SUCCESS, "{err}");
-        assert!(
-            out.starts_with(&format!("buffer       {}\n", buf.display())),
-            "{out}"
-        );
+        assert!(out.starts_with(&format!("buffer       {}\n", buf.display())), "{out}");
         assert!(err.is_empty(), "{err}");
 
         let (code, out, _) = run(Some(&buf), None, true);

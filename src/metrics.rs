@@ -137,14 +137,22 @@ impl Metrics {
             enrich_docker_cache_size: Gauge::default(),
         };
         registry.register("input_records", "Events accepted from clients", m.input_records.clone());
-        registry.register("input_bytes", "Record bytes accepted from clients", m.input_bytes.clone());
+        registry.register(
+            "input_bytes",
+            "Record bytes accepted from clients",
+            m.input_bytes.clone(),
+        );
         registry.register("input_requests", "Forward requests accepted", m.input_requests.clone());
         registry.register(
             "input_errors",
             "Connections closed for bad input, by reason",
             m.input_errors.clone(),
         );
-        registry.register("input_connections", "Open client connections", m.input_connections.clone());
+        registry.register(
+            "input_connections",
+            "Open client connections",
+            m.input_connections.clone(),
+        );
         registry.register(
             "unmatched_records",
             "Events whose tag matched no sink (discarded)",
@@ -158,8 +166,16 @@ impl Metrics {
         );
         registry.register("output_bytes", "Bytes written by a sink", m.output_bytes.clone());
         registry.register("output_errors", "Failed sink writes", m.output_errors.clone());
-        registry.register("output_retries", "Requests or items a sink sent again, by reason", m.output_retries.clone());
-        registry.register("dead_letter_records", "Events written to a dead-letter file, by reason", m.dead_letter_records.clone());
+        registry.register(
+            "output_retries",
+            "Requests or items a sink sent again, by reason",
+            m.output_retries.clone(),
+        );
+        registry.register(
+            "dead_letter_records",
+            "Events written to a dead-letter file, by reason",
+            m.dead_letter_records.clone(),
+        );
         registry.register(
             "output_request_duration_seconds",
             "Duration of a sink's requests (sent to whole response or failure)",
@@ -170,29 +186,85 @@ impl Metrics {
             "Records a sink's reader joined from split lines (partial) or line groups (multiline), by outcome",
             m.reassembled_records.clone(),
         );
-        registry.register("buffer_bytes", "Bytes of segments in the durable buffer", m.buffer_bytes.clone());
-        registry.register("buffer_records", "Events in the durable buffer (head - oldest)", m.buffer_records.clone());
-        registry.register("buffer_segments", "Segment files in the durable buffer", m.buffer_segments.clone());
-        registry.register("buffer_healthy", "1 while the buffer can write, 0 after a disk error", m.buffer_healthy.clone());
-        registry.register("buffer_fsyncs", "Segment fsyncs since start (gauge of a counter kept by the writer)", m.buffer_fsyncs.clone());
-        registry.register("buffer_write_errors", "Failed buffer writes since start", m.buffer_write_errors.clone());
+        registry.register(
+            "buffer_bytes",
+            "Bytes of segments in the durable buffer",
+            m.buffer_bytes.clone(),
+        );
+        registry.register(
+            "buffer_records",
+            "Events in the durable buffer (head - oldest)",
+            m.buffer_records.clone(),
+        );
+        registry.register(
+            "buffer_segments",
+            "Segment files in the durable buffer",
+            m.buffer_segments.clone(),
+        );
+        registry.register(
+            "buffer_healthy",
+            "1 while the buffer can write, 0 after a disk error",
+            m.buffer_healthy.clone(),
+        );
+        registry.register(
+            "buffer_fsyncs",
+            "Segment fsyncs since start (gauge of a counter kept by the writer)",
+            m.buffer_fsyncs.clone(),
+        );
+        registry.register(
+            "buffer_write_errors",
+            "Failed buffer writes since start",
+            m.buffer_write_errors.clone(),
+        );
         // Zero from the start, so that an alert on its rate has a series to watch.
         for reason in ["full", "too_large"] {
             let _ = m.buffer_dropped.get_or_create(&ReasonLabel { reason });
         }
-        registry.register("buffer_dropped_records", "Events refused by the buffer, by reason", m.buffer_dropped.clone());
-        registry.register("buffer_recovered_records", "Events found in the buffer at start", m.buffer_recovered_records.clone());
-        registry.register("buffer_corrupt_records", "Events lost to damaged buffer entries found at start", m.buffer_corrupt_records.clone());
-        registry.register("buffer_cursor_errors", "Failed writes of a sink cursor", m.buffer_cursor_errors.clone());
-        registry.register("sink_lag_records", "Events in the buffer a sink has not delivered", m.sink_lag_records.clone());
+        registry.register(
+            "buffer_dropped_records",
+            "Events refused by the buffer, by reason",
+            m.buffer_dropped.clone(),
+        );
+        registry.register(
+            "buffer_recovered_records",
+            "Events found in the buffer at start",
+            m.buffer_recovered_records.clone(),
+        );
+        registry.register(
+            "buffer_corrupt_records",
+            "Events lost to damaged buffer entries found at start",
+            m.buffer_corrupt_records.clone(),
+        );
+        registry.register(
+            "buffer_cursor_errors",
+            "Failed writes of a sink cursor",
+            m.buffer_cursor_errors.clone(),
+        );
+        registry.register(
+            "sink_lag_records",
+            "Events in the buffer a sink has not delivered",
+            m.sink_lag_records.clone(),
+        );
         registry.register(
             "sink_oldest_record_age_seconds",
             "Age of the oldest event a sink has read but not delivered",
             m.sink_oldest_age.clone(),
         );
-        registry.register("enrich_records", "Records seen by enrichment, by result", m.enrich_records.clone());
-        registry.register("enrich_docker_errors", "Failed or timed-out Docker container inspects", m.enrich_docker_errors.clone());
-        registry.register("enrich_docker_cache_containers", "Containers in the Docker metadata cache", m.enrich_docker_cache_size.clone());
+        registry.register(
+            "enrich_records",
+            "Records seen by enrichment, by result",
+            m.enrich_records.clone(),
+        );
+        registry.register(
+            "enrich_docker_errors",
+            "Failed or timed-out Docker container inspects",
+            m.enrich_docker_errors.clone(),
+        );
+        registry.register(
+            "enrich_docker_cache_containers",
+            "Containers in the Docker metadata cache",
+            m.enrich_docker_cache_size.clone(),
+        );
         Metrics { registry, ..m }
     }
 
@@ -201,7 +273,9 @@ impl Metrics {
     }
 
     pub fn reassembled(&self, sink: &str, kind: &'static str, outcome: &'static str) {
-        self.reassembled_records.get_or_create(&JoinLabel { sink: sink.to_owned(), kind, outcome }).inc();
+        self.reassembled_records
+            .get_or_create(&JoinLabel { sink: sink.to_owned(), kind, outcome })
+            .inc();
     }
 
     pub fn buffer_dropped(&self, reason: &'static str, n: u64) {
@@ -245,7 +319,9 @@ mod tests {
         let m = Metrics::new();
         m.input_error("malformed");
         m.output_records.get_or_create(&SinkLabel { sink: "console".into() }).inc_by(3);
-        m.output_request_duration.get_or_create(&SinkLabel { sink: "search".into() }).observe(0.003);
+        m.output_request_duration
+            .get_or_create(&SinkLabel { sink: "search".into() })
+            .observe(0.003);
         let text = m.render();
         for name in [
             "berth_output_request_duration_seconds_count{sink=\"search\"} 1",

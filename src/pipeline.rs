@@ -94,7 +94,11 @@ static READ_WARN: crate::ratelimit::RateLimit = crate::ratelimit::RateLimit::new
 impl Pipeline {
     /// One reader per route, in order; each resumes at its sink's cursor. Sinks the buffer
     /// knows from an earlier run but not configured now are forgotten.
-    pub fn new(buffer: Buffer, routes: Vec<SinkRoute>, metrics: Arc<Metrics>) -> Result<(Pipeline, Vec<SinkReader>), BufferError> {
+    pub fn new(
+        buffer: Buffer,
+        routes: Vec<SinkRoute>,
+        metrics: Arc<Metrics>,
+    ) -> Result<(Pipeline, Vec<SinkReader>), BufferError> {
         // A cursor left by a sink removed from the config (or renamed) would hold every
         // segment after it for ever: the buffer fills and the drain never sees "all
         // delivered". Deliberately lossy for that sink only: nothing reads for it any more.
@@ -109,7 +113,8 @@ impl Pipeline {
             let reader = buffer.reader(&r.name)?;
             let at = reader.committed();
             patterns.push(r.pattern.clone());
-            let joiner = r.join.enabled().then(|| Joiner::new(r.join, &r.name, Arc::clone(&metrics)));
+            let joiner =
+                r.join.enabled().then(|| Joiner::new(r.join, &r.name, Arc::clone(&metrics)));
             readers.push(SinkReader {
                 reader,
                 pattern: r.pattern,
@@ -161,9 +166,17 @@ impl Pipeline {
 
     /// A pipeline with one sink taking every tag, on a buffer with default options in `dir`:
     /// for tests and tools that drive a sink directly.
-    pub fn with_one_sink(dir: &std::path::Path, sink: &str, metrics: Arc<Metrics>) -> Result<(Pipeline, SinkReader), BufferError> {
+    pub fn with_one_sink(
+        dir: &std::path::Path,
+        sink: &str,
+        metrics: Arc<Metrics>,
+    ) -> Result<(Pipeline, SinkReader), BufferError> {
         let (buffer, _) = Buffer::open(crate::buffer::BufferOptions::new(dir))?;
-        let route = SinkRoute { name: sink.to_string(), pattern: TagPattern::match_all(), join: JoinOptions::default() };
+        let route = SinkRoute {
+            name: sink.to_string(),
+            pattern: TagPattern::match_all(),
+            join: JoinOptions::default(),
+        };
         let (p, mut readers) = Pipeline::new(buffer, vec![route], metrics)?;
         let reader = readers.pop().ok_or(BufferError::Closed)?;
         Ok((p, reader))
@@ -297,7 +310,11 @@ mod tests {
     use bytes::Bytes;
 
     fn batch(tag: &'static str, n: usize) -> Batch {
-        let ev = Event { time: EventTime::new(1, 0), record: Bytes::from_static(&[0x80]), metadata: Bytes::new() };
+        let ev = Event {
+            time: EventTime::new(1, 0),
+            record: Bytes::from_static(&[0x80]),
+            metadata: Bytes::new(),
+        };
         Batch { tag: Tag::from_static(tag), events: vec![ev; n] }
     }
 
@@ -305,7 +322,11 @@ mod tests {
         let (buffer, _) = Buffer::open(BufferOptions::new(dir)).unwrap();
         let routes = routes
             .iter()
-            .map(|(n, p)| SinkRoute { name: n.to_string(), pattern: TagPattern::parse(p).unwrap(), join: JoinOptions::default() })
+            .map(|(n, p)| SinkRoute {
+                name: n.to_string(),
+                pattern: TagPattern::parse(p).unwrap(),
+                join: JoinOptions::default(),
+            })
             .collect();
         Pipeline::new(buffer, routes, Arc::new(Metrics::new())).unwrap()
     }
@@ -363,10 +384,20 @@ mod tests {
     async fn a_failed_cursor_write_for_a_skipped_batch_does_not_stall_the_sink() {
         let dir = tempfile::tempdir().unwrap();
         let fs = crate::buffer::FaultyStorage::new();
-        let (buffer, _) = Buffer::open_with_storage(BufferOptions::new(dir.path()), Arc::new(fs.clone())).unwrap();
+        let (buffer, _) =
+            Buffer::open_with_storage(BufferOptions::new(dir.path()), Arc::new(fs.clone()))
+                .unwrap();
         let routes = vec![
-            SinkRoute { name: "app".into(), pattern: TagPattern::parse("app.**").unwrap(), join: JoinOptions::default() },
-            SinkRoute { name: "all".into(), pattern: TagPattern::parse("**").unwrap(), join: JoinOptions::default() },
+            SinkRoute {
+                name: "app".into(),
+                pattern: TagPattern::parse("app.**").unwrap(),
+                join: JoinOptions::default(),
+            },
+            SinkRoute {
+                name: "all".into(),
+                pattern: TagPattern::parse("**").unwrap(),
+                join: JoinOptions::default(),
+            },
         ];
         let (p, mut readers) = Pipeline::new(buffer, routes, Arc::new(Metrics::new())).unwrap();
         let mut app = readers.remove(0);
@@ -376,27 +407,40 @@ mod tests {
         fs.faults.no_cursor_write.store(false, std::sync::atomic::Ordering::SeqCst);
         p.submit(&batch("sys", 1)).await.unwrap();
         assert!(app.try_recv().await.is_none());
-        assert_eq!(app.acked(), 3, "the skipped batches after the failed write were not acknowledged");
-        let on_disk = crate::buffer::cursor::decode(&std::fs::read(dir.path().join("cursors/app")).unwrap());
+        assert_eq!(
+            app.acked(),
+            3,
+            "the skipped batches after the failed write were not acknowledged"
+        );
+        let on_disk =
+            crate::buffer::cursor::decode(&std::fs::read(dir.path().join("cursors/app")).unwrap());
         assert_eq!(on_disk, Some(3));
     }
 
     fn open_joining(dir: &std::path::Path, timeout: Duration) -> (Pipeline, SinkReader) {
         let (buffer, _) = Buffer::open(BufferOptions::new(dir)).unwrap();
-        let join = JoinOptions { partial: Some(crate::reassemble::Limits { max_size: 1 << 20, timeout }), multiline: None };
+        let join = JoinOptions {
+            partial: Some(crate::reassemble::Limits { max_size: 1 << 20, timeout }),
+            multiline: None,
+        };
         let route = SinkRoute { name: "s".into(), pattern: TagPattern::match_all(), join };
-        let (p, mut readers) = Pipeline::new(buffer, vec![route], Arc::new(Metrics::new())).unwrap();
+        let (p, mut readers) =
+            Pipeline::new(buffer, vec![route], Arc::new(Metrics::new())).unwrap();
         (p, readers.pop().unwrap())
     }
 
     fn docker(records: Vec<Bytes>) -> Batch {
-        let events = records.into_iter().map(|record| Event { time: EventTime::new(1, 0), record, metadata: Bytes::new() }).collect();
+        let events = records
+            .into_iter()
+            .map(|record| Event { time: EventTime::new(1, 0), record, metadata: Bytes::new() })
+            .collect();
         Batch { tag: Tag::from_static("docker.web"), events }
     }
 
     fn log_of(e: &Event) -> Option<String> {
         use crate::reassemble::tests::{decode, field};
-        (!e.is_tombstone()).then(|| field(&decode(&e.record), "log").unwrap().as_str().unwrap().to_string())
+        (!e.is_tombstone())
+            .then(|| field(&decode(&e.record), "log").unwrap().as_str().unwrap().to_string())
     }
 
     /// The join state lives only in memory: what it holds is not acknowledged, so a restart
@@ -420,7 +464,10 @@ mod tests {
             let flushed = r.recv().await.expect("held deliveries are sent at shutdown");
             assert_eq!((flushed.first, flushed.seq), (1, 2));
             let rec = crate::reassemble::tests::decode(&flushed.batch.events[0].record);
-            assert_eq!(crate::reassemble::tests::field(&rec, "partial_incomplete"), Some(&rmpv::Value::Boolean(true)));
+            assert_eq!(
+                crate::reassemble::tests::field(&rec, "partial_incomplete"),
+                Some(&rmpv::Value::Boolean(true))
+            );
             assert_eq!(r.recv().await.map(|d| (d.first, d.seq)), Some((2, 3)));
             assert!(r.recv().await.is_none());
             // Not acknowledged (the process died before the sink's ack): read again.
@@ -428,8 +475,12 @@ mod tests {
         }
         let (p, mut r) = open_joining(dir.path(), Duration::from_secs(60));
         p.submit(&docker(vec![part("c1", "p", 2, true, "BBB")])).await.unwrap();
-        let got: Vec<Delivery> = vec![r.recv().await.unwrap(), r.recv().await.unwrap(), r.recv().await.unwrap()];
-        assert_eq!(got.iter().map(|d| (d.first, d.seq)).collect::<Vec<_>>(), vec![(1, 2), (2, 3), (3, 4)]);
+        let got: Vec<Delivery> =
+            vec![r.recv().await.unwrap(), r.recv().await.unwrap(), r.recv().await.unwrap()];
+        assert_eq!(
+            got.iter().map(|d| (d.first, d.seq)).collect::<Vec<_>>(),
+            vec![(1, 2), (2, 3), (3, 4)]
+        );
         assert_eq!(log_of(&got[0].batch.events[0]).as_deref(), Some("AAABBB"));
         assert_eq!(log_of(&got[1].batch.events[0]).as_deref(), Some("other"));
         assert!(got[2].batch.events[0].is_tombstone());
@@ -444,7 +495,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (p, mut r) = open_joining(dir.path(), Duration::from_millis(200));
         p.submit(&docker(vec![part("c1", "p", 1, false, "AAA")])).await.unwrap();
-        let d = tokio::time::timeout(Duration::from_secs(10), r.recv()).await.expect("woken").unwrap();
+        let d =
+            tokio::time::timeout(Duration::from_secs(10), r.recv()).await.expect("woken").unwrap();
         assert_eq!(log_of(&d.batch.events[0]).as_deref(), Some("AAA"));
         r.ack(d.seq);
         assert!(p.buffer().delivered_all());

@@ -82,35 +82,20 @@ impl TagPattern {
         if alternatives.is_empty() {
             return Err("empty pattern (use \"**\" to match every tag)".to_string());
         }
-        Ok(TagPattern {
-            source: s.to_string(),
-            alternatives,
-            all,
-        })
+        Ok(TagPattern { source: s.to_string(), alternatives, all })
     }
 
     /// The pattern that matches every tag (`**`).
     pub fn match_all() -> TagPattern {
-        let mut nfa = Nfa {
-            states: Vec::new(),
-            start: 0,
-        };
+        let mut nfa = Nfa { states: Vec::new(), start: 0 };
         let accept = nfa.push(State::Match);
         nfa.start = nfa.any_star(accept);
-        TagPattern {
-            source: "**".to_string(),
-            alternatives: vec![nfa],
-            all: true,
-        }
+        TagPattern { source: "**".to_string(), alternatives: vec![nfa], all: true }
     }
 
     /// Whether `tag` matches. Called per batch: no allocation for realistic patterns.
     pub fn matches(&self, tag: &str) -> bool {
-        self.all
-            || self
-                .alternatives
-                .iter()
-                .any(|nfa| nfa.matches(tag.as_bytes()))
+        self.all || self.alternatives.iter().any(|nfa| nfa.matches(tag.as_bytes()))
     }
 
     /// The pattern as written.
@@ -144,10 +129,7 @@ fn compile(word: &str, base: usize) -> Result<Nfa, String> {
         ));
     }
     let nodes = parse_word(word, base)?;
-    let mut nfa = Nfa {
-        states: Vec::new(),
-        start: 0,
-    };
+    let mut nfa = Nfa { states: Vec::new(), start: 0 };
     let accept = nfa.push(State::Match);
     nfa.start = nfa.seq(&nodes, accept);
     Ok(nfa)
@@ -188,10 +170,7 @@ fn parse_word(word: &str, base: usize) -> Result<Vec<Node>, String> {
                     i += 1;
                 }
                 None => {
-                    return Err(format!(
-                        "dangling \"\\\" at offset {} (escape what?)",
-                        base + i
-                    ))
+                    return Err(format!("dangling \"\\\" at offset {} (escape what?)", base + i))
                 }
             },
             b'.' => dot = true,
@@ -227,9 +206,7 @@ fn parse_word(word: &str, base: usize) -> Result<Vec<Node>, String> {
         i += 1;
     }
     if let Some((at, _, _)) = stack.last() {
-        return Err(format!(
-            "unbalanced brace: \"{{\" at offset {at} is never closed"
-        ));
+        return Err(format!("unbalanced brace: \"{{\" at offset {at} is never closed"));
     }
     if dot {
         // Fluentd drops a trailing dot; keeping it literal means `a.` matches only "a.".
@@ -270,10 +247,7 @@ impl Nfa {
 
     /// Compile `nodes` so that they continue to `next`; returns the entry state.
     fn seq(&mut self, nodes: &[Node], next: StateId) -> StateId {
-        nodes
-            .iter()
-            .rev()
-            .fold(next, |next, node| self.node(node, next))
+        nodes.iter().rev().fold(next, |next, node| self.node(node, next))
     }
 
     fn node(&mut self, node: &Node, next: StateId) -> StateId {
@@ -404,22 +378,10 @@ mod tests {
         check("a.*", &["a.b"], &["a", "a.b.c"]);
         check("a.**", &["a", "a.b", "a.b.c"], &["ab", "b.a"]);
         check("{a,b}", &["a", "b"], &["c", "ab"]);
-        check(
-            "a.{b,c}.*",
-            &["a.b.x", "a.c.y"],
-            &["a.b", "a.d.x", "a.b.x.y"],
-        );
-        check(
-            "a.{b,c.**}",
-            &["a.b", "a.c", "a.c.d", "a.c.d.e"],
-            &["a.b.c", "a.d", "a"],
-        );
+        check("a.{b,c}.*", &["a.b.x", "a.c.y"], &["a.b", "a.d.x", "a.b.x.y"]);
+        check("a.{b,c.**}", &["a.b", "a.c", "a.c.d", "a.c.d.e"], &["a.b.c", "a.d", "a"]);
         check("a b", &["a", "b"], &["c", "a.b"]);
-        check(
-            "a.** b.*",
-            &["a", "a.b", "a.b.c", "b.d"],
-            &["b", "b.d.e", "c"],
-        );
+        check("a.** b.*", &["a", "a.b", "a.b.c", "b.d"], &["b", "b.d.e", "c"]);
     }
 
     // The cases of fluentd's own test/test_match.rb (GlobMatchPattern and EventRouter::Rule).
@@ -446,23 +408,11 @@ mod tests {
 
     #[test]
     fn literals_and_single_part_wildcards() {
-        check(
-            "app.web",
-            &["app.web"],
-            &["app", "app.web.1", "app.we", "xapp.web"],
-        );
+        check("app.web", &["app.web"], &["app", "app.web.1", "app.we", "xapp.web"]);
         check("*", &["a", "docker"], &["a.b"]);
         check("*.*", &["a.b"], &["a", "a.b.c"]);
-        check(
-            "app*.log",
-            &["app.log", "apple.log"],
-            &["app.x.log", "ap.log"],
-        );
-        check(
-            "docker.*.stdout",
-            &["docker.web.stdout"],
-            &["docker.stdout", "docker.a.b.stdout"],
-        );
+        check("app*.log", &["app.log", "apple.log"], &["app.x.log", "ap.log"]);
+        check("docker.*.stdout", &["docker.web.stdout"], &["docker.stdout", "docker.a.b.stdout"]);
     }
 
     #[test]
@@ -475,16 +425,8 @@ mod tests {
 
     #[test]
     fn nested_alternatives_and_escapes() {
-        check(
-            "{a,b.{c,d}}.e",
-            &["a.e", "b.c.e", "b.d.e"],
-            &["b.e", "a.c.e"],
-        );
-        check(
-            "{app,sys}.**",
-            &["app", "sys.kernel", "app.a.b"],
-            &["other"],
-        );
+        check("{a,b.{c,d}}.e", &["a.e", "b.c.e", "b.d.e"], &["b.e", "a.c.e"]);
+        check("{app,sys}.**", &["app", "sys.kernel", "app.a.b"], &["other"]);
         check("{a,}b", &["ab", "b"], &["a"]);
         check(r"a\*b", &["a*b"], &["axb"]);
         check(r"a\.b", &["a.b"], &["axb"]);
@@ -494,18 +436,9 @@ mod tests {
     #[test]
     fn parse_errors_name_the_problem() {
         let err = |p: &str| TagPattern::parse(p).unwrap_err();
-        assert_eq!(
-            err("a.{b,c"),
-            "unbalanced brace: \"{\" at offset 2 is never closed"
-        );
-        assert_eq!(
-            err("a.b}"),
-            "unbalanced brace: \"}\" at offset 3 has no matching \"{\""
-        );
-        assert_eq!(
-            err("x a}"),
-            "unbalanced brace: \"}\" at offset 3 has no matching \"{\""
-        );
+        assert_eq!(err("a.{b,c"), "unbalanced brace: \"{\" at offset 2 is never closed");
+        assert_eq!(err("a.b}"), "unbalanced brace: \"}\" at offset 3 has no matching \"{\"");
+        assert_eq!(err("x a}"), "unbalanced brace: \"}\" at offset 3 has no matching \"{\"");
         assert!(err("").starts_with("empty pattern"));
         assert!(err("   ").starts_with("empty pattern"));
         assert!(err("a.**,b.**").contains("outside braces"));
@@ -519,9 +452,7 @@ mod tests {
         assert_eq!(p.to_string(), "a.** b.*");
         assert_eq!(p.as_str(), "a.** b.*");
         assert_eq!(p, TagPattern::parse("a.** b.*").unwrap());
-        assert!(TagPattern::parse("x.y **")
-            .unwrap()
-            .matches("anything.at.all"));
+        assert!(TagPattern::parse("x.y **").unwrap().matches("anything.at.all"));
         let all = TagPattern::match_all();
         assert_eq!(all, TagPattern::parse("**").unwrap());
         assert!(all.matches("") && all.matches("x.y.z"));

@@ -56,7 +56,8 @@ const DROPPED_FULL: &str = "berth_buffer_dropped_records_total{reason=\"full\"}"
 /// A temp dir whose `out` is a regular file: the file sink cannot create its directory.
 fn blocked_dir() -> tempfile::TempDir {
     let dir = tempfile::tempdir().expect("tempdir");
-    std::fs::write(dir.path().join("out"), b"blocks the sink's output directory\n").expect("write blocker");
+    std::fs::write(dir.path().join("out"), b"blocks the sink's output directory\n")
+        .expect("write blocker");
     dir
 }
 
@@ -74,10 +75,17 @@ fn packed(ids: Range<u64>, chunk: &str) -> Vec<u8> {
     let mut entries = Vec::new();
     for id in ids {
         let record = Value::Map(vec![(s("id"), Value::from(id)), (s("log"), s(&payload(id)))]);
-        rmpv::encode::write_value(&mut entries, &Value::Array(vec![Value::from(1_700_000_000), record]))
-            .expect("encode entry");
+        rmpv::encode::write_value(
+            &mut entries,
+            &Value::Array(vec![Value::from(1_700_000_000), record]),
+        )
+        .expect("encode entry");
     }
-    mp(&Value::Array(vec![s(TAG), Value::Binary(entries), Value::Map(vec![(s("chunk"), s(chunk))])]))
+    mp(&Value::Array(vec![
+        s(TAG),
+        Value::Binary(entries),
+        Value::Map(vec![(s("chunk"), s(chunk))]),
+    ]))
 }
 
 /// A client that sends requests and reads acks with bounded waits, keeping a partly read
@@ -108,9 +116,16 @@ impl Sender {
             self.client.set_read_timeout(left);
             let mut buf = [0u8; 256];
             match self.client.read(&mut buf) {
-                Ok(0) => panic!("berth closed the connection while {chunk} was waiting for its ack"),
+                Ok(0) => {
+                    panic!("berth closed the connection while {chunk} was waiting for its ack")
+                }
                 Ok(n) => self.pending.extend_from_slice(&buf[..n]),
-                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
                     return false
                 }
                 Err(e) => panic!("reading the ack of {chunk}: {e}"),
@@ -138,7 +153,8 @@ fn delivered_ids(path: &Path) -> Vec<u64> {
         .iter()
         .map(|v| {
             assert_eq!(v["tag"], TAG);
-            let id = v["record"]["id"].as_u64().unwrap_or_else(|| panic!("record without an id: {v}"));
+            let id =
+                v["record"]["id"].as_u64().unwrap_or_else(|| panic!("record without an id: {v}"));
             assert_eq!(v["record"]["log"], payload(id), "payload of id {id}");
             id
         })
@@ -174,7 +190,8 @@ enum Order {
 
 /// Resident memory of a process, in KiB.
 fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read /proc/<pid>/status");
+    let status =
+        std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read /proc/<pid>/status");
     status
         .lines()
         .find_map(|l| l.strip_prefix("VmRSS:"))
@@ -207,7 +224,11 @@ fn sink_down_backlog_stays_on_disk_then_drains_in_order() {
             rss_at_50k = rss_kib(pid);
         }
     }
-    assert_eq!(b.metric("berth_buffer_records"), TOTAL as f64, "every acked record is in the buffer");
+    assert_eq!(
+        b.metric("berth_buffer_records"),
+        TOTAL as f64,
+        "every acked record is in the buffer"
+    );
     assert_eq!(b.metric(LAG), TOTAL as f64, "the sink delivered nothing");
     assert_eq!(b.metric(OUTPUT), 0.0);
     wait_for(WAIT, "sink write errors", || (b.metric(OUTPUT_ERRORS) > 0.0).then_some(()));
@@ -236,7 +257,12 @@ enum Outcome {
 }
 
 /// Send one request and wait for its ack or for `held()` to say it will not come.
-fn send_and_classify(tx: &mut Sender, request: &[u8], chunk: &str, mut held: impl FnMut() -> bool) -> Outcome {
+fn send_and_classify(
+    tx: &mut Sender,
+    request: &[u8],
+    chunk: &str,
+    mut held: impl FnMut() -> bool,
+) -> Outcome {
     tx.send(request);
     wait_for(WAIT, &format!("the ack of {chunk} or a reason it cannot come"), || {
         if tx.ack_within(chunk, Duration::from_millis(200)) {
@@ -304,7 +330,10 @@ when_full = "block""#,
     assert_alive(&mut b);
 
     unblock(&b);
-    assert!(tx.ack_within(&held_chunk.0, Duration::from_secs(40)), "the held request was never acked");
+    assert!(
+        tx.ack_within(&held_chunk.0, Duration::from_secs(40)),
+        "the held request was never acked"
+    );
     acked.extend(held_chunk.1);
     // And the connection keeps working.
     let last = next..next + SMALL_PER_REQUEST;
@@ -342,14 +371,19 @@ when_full = "drop_newest""#,
         next = ids.end;
         // One request in flight at a time: a rise of the counter is this request's refusal.
         let before = b.metric(DROPPED_FULL);
-        let outcome =
-            send_and_classify(&mut tx, &packed(ids.clone(), &chunk), &chunk, || b.metric(DROPPED_FULL) > before);
+        let outcome = send_and_classify(&mut tx, &packed(ids.clone(), &chunk), &chunk, || {
+            b.metric(DROPPED_FULL) > before
+        });
         match outcome {
             Outcome::Acked => acked.extend(ids),
             Outcome::Held => {
                 refused_records += SMALL_PER_REQUEST;
                 refused_requests += 1;
-                assert_eq!(b.metric(DROPPED_FULL), before + SMALL_PER_REQUEST as f64, "one refusal counted");
+                assert_eq!(
+                    b.metric(DROPPED_FULL),
+                    before + SMALL_PER_REQUEST as f64,
+                    "one refusal counted"
+                );
             }
         }
     }
@@ -367,13 +401,18 @@ when_full = "drop_newest""#,
     let last = next..next + SMALL_PER_REQUEST;
     // Delivered segments are deleted in the background: wait until one request surely fits.
     wait_for(Duration::from_secs(40), "space in the buffer", || {
-        (b.metric(LAG) == 0.0 && b.metric("berth_buffer_bytes") <= (SMALL_BUFFER / 2) as f64).then_some(())
+        (b.metric(LAG) == 0.0 && b.metric("berth_buffer_bytes") <= (SMALL_BUFFER / 2) as f64)
+            .then_some(())
     });
     tx.send_acked(last.clone(), "drop-after");
     acked.extend(last);
     assert_delivered_exactly(&b, &acked, Order::Acked, Duration::from_secs(40));
     eprintln!("{} records acked (the last after unblocking), {refused_records} refused in {refused_requests} requests", acked.len());
-    assert_eq!(b.metric(DROPPED_FULL), refused_records as f64, "the counter equals the refused records");
+    assert_eq!(
+        b.metric(DROPPED_FULL),
+        refused_records as f64,
+        "the counter equals the refused records"
+    );
 }
 
 /// A tmpfs mounted for the life of the guard (unmounted on drop, even when the test fails).
@@ -391,7 +430,11 @@ impl Tmpfs {
             .output();
         let why = match out {
             Ok(o) if o.status.success() => return Some(Tmpfs { path: path.to_path_buf() }),
-            Ok(o) => format!("mount exited with {}: {}", o.status, String::from_utf8_lossy(&o.stderr).trim()),
+            Ok(o) => format!(
+                "mount exited with {}: {}",
+                o.status,
+                String::from_utf8_lossy(&o.stderr).trim()
+            ),
             Err(e) => format!("cannot run mount: {e}"),
         };
         if std::env::var("BERTH_TEST_NO_MOUNT").as_deref() == Ok("1") {
@@ -448,13 +491,19 @@ fn disk_full_holds_clients_then_recovers() {
     };
     assert!(!acked.is_empty(), "nothing fitted before the disk was full");
     // The disk stays full: the held request must not be acked.
-    assert!(!tx.ack_within(&held.0, Duration::from_secs(2)), "acked a request the disk could not take");
+    assert!(
+        !tx.ack_within(&held.0, Duration::from_secs(2)),
+        "acked a request the disk could not take"
+    );
     // A second client is held the same way.
     let mut tx2 = Sender::connect(&b);
     let second = next..next + SMALL_PER_REQUEST;
     next = second.end;
     tx2.send(&packed(second.clone(), "disk-second"));
-    assert!(!tx2.ack_within("disk-second", Duration::from_secs(1)), "acked a request the disk could not take");
+    assert!(
+        !tx2.ack_within("disk-second", Duration::from_secs(1)),
+        "acked a request the disk could not take"
+    );
     let (status, body) = b.http_get("/healthz");
     assert_eq!(status, 503, "healthz while the buffer cannot write: {body}");
     assert_eq!(b.metric("berth_buffer_healthy"), 0.0);
@@ -467,7 +516,10 @@ fn disk_full_holds_clients_then_recovers() {
     });
     assert!(tx.ack_within(&held.0, Duration::from_secs(30)), "the held request was never acked");
     acked.extend(held.1);
-    assert!(tx2.ack_within("disk-second", Duration::from_secs(30)), "the second held request was never acked");
+    assert!(
+        tx2.ack_within("disk-second", Duration::from_secs(30)),
+        "the second held request was never acked"
+    );
     acked.extend(second);
     eprintln!("{} records acked around the disk-full episode", acked.len());
     let last = next..next + SMALL_PER_REQUEST;

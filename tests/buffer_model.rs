@@ -16,12 +16,23 @@ use std::path::Path;
 
 #[derive(Debug, Clone)]
 enum Op {
-    Append { events: u8, size: u8 },
-    Read { sink: usize, max: usize },
-    Ack { sink: usize, pick: usize },
+    Append {
+        events: u8,
+        size: u8,
+    },
+    Read {
+        sink: usize,
+        max: usize,
+    },
+    Ack {
+        sink: usize,
+        pick: usize,
+    },
     /// Drop without close; optionally leave the first bytes of an entry that was being
     /// written when the process died.
-    Crash { torn: Option<usize> },
+    Crash {
+        torn: Option<usize>,
+    },
     Reopen,
 }
 
@@ -46,7 +57,11 @@ fn record(offset: u64, size: u8) -> Bytes {
 
 fn batch(first: u64, events: u8, size: u8) -> Batch {
     let events = (0..u64::from(events))
-        .map(|i| Event { time: EventTime::new(first as i64, 0), record: record(first + i, size), metadata: Bytes::new() })
+        .map(|i| Event {
+            time: EventTime::new(first as i64, 0),
+            record: record(first + i, size),
+            metadata: Bytes::new(),
+        })
         .collect();
     Batch { tag: Tag::from_static("model"), events }
 }

@@ -77,9 +77,15 @@ fn chunk_opt(chunk: &str) -> Value {
 fn request(n: u64, conn: u64, ids: std::ops::Range<u64>, chunk: &str) -> Vec<u8> {
     let time = |id: u64| Value::from(BASE_TIME + id as i64);
     if ids.end - ids.start == 1 {
-        return message(&tag(conn), BASE_TIME + ids.start as i64, record(conn, ids.start), Some(chunk));
+        return message(
+            &tag(conn),
+            BASE_TIME + ids.start as i64,
+            record(conn, ids.start),
+            Some(chunk),
+        );
     }
-    let entries: Vec<Value> = ids.map(|id| Value::Array(vec![time(id), record(conn, id)])).collect();
+    let entries: Vec<Value> =
+        ids.map(|id| Value::Array(vec![time(id), record(conn, id)])).collect();
     let payload = if n % 2 == 0 {
         Value::Array(entries)
     } else {
@@ -138,7 +144,9 @@ fn delivered(dir: &Path) -> BTreeMap<String, Vec<Line>> {
             .map(|v| {
                 let r = &v["record"];
                 let (conn, id) = (r["conn"].as_u64(), r["id"].as_u64());
-                let (Some(conn), Some(id)) = (conn, id) else { panic!("line without conn/id in {}: {v}", p.display()) };
+                let (Some(conn), Some(id)) = (conn, id) else {
+                    panic!("line without conn/id in {}: {v}", p.display())
+                };
                 assert_eq!(v["tag"], tag(conn), "tag of {v}");
                 assert_eq!(r["pad"], pad(id), "pad of {v}");
                 assert_eq!(r.as_object().map(|o| o.len()), Some(3), "fields of {v}");
@@ -213,7 +221,8 @@ fn entries(buffer: &Path) -> Vec<Entry> {
             }
             let body = &b[pos + 12..pos + 12 + body_len];
             let tag_len = u16::from_le_bytes([body[12], body[13]]) as usize;
-            let head_crc = crc32c::crc32c_append(crc32c::crc32c(&b[pos + 4..pos + 8]), &body[..14 + tag_len]);
+            let head_crc =
+                crc32c::crc32c_append(crc32c::crc32c(&b[pos + 4..pos + 8]), &body[..14 + tag_len]);
             if head_crc != u32_at(&b, pos + 8) {
                 break;
             }
@@ -226,8 +235,12 @@ fn entries(buffer: &Path) -> Vec<Entry> {
                 let start = at;
                 let rlen = u32_at(body, at + 16) as usize;
                 at += 20;
-                let v = rmpv::decode::read_value(&mut &body[at..at + rlen]).expect("stored record is msgpack");
-                let id = v.as_map().and_then(|m| m.iter().find(|(k, _)| k.as_str() == Some("id"))).and_then(|(_, v)| v.as_u64());
+                let v = rmpv::decode::read_value(&mut &body[at..at + rlen])
+                    .expect("stored record is msgpack");
+                let id = v
+                    .as_map()
+                    .and_then(|m| m.iter().find(|(k, _)| k.as_str() == Some("id")))
+                    .and_then(|(_, v)| v.as_u64());
                 ids.push(id.expect("stored record has an id"));
                 records.push(pos + 12 + at..pos + 12 + at + rlen);
                 at += rlen;
@@ -235,7 +248,15 @@ fn entries(buffer: &Path) -> Vec<Entry> {
                 assert_eq!(crc32c::crc32c(&body[start + 4..at]), u32_at(body, start), "event crc");
             }
             assert_eq!(at, body_len, "entry at {} of {} parses to its end", pos, seg.display());
-            out.push(Entry { segment: seg.clone(), pos, len: 12 + body_len, first, count, ids, records });
+            out.push(Entry {
+                segment: seg.clone(),
+                pos,
+                len: 12 + body_len,
+                first,
+                count,
+                ids,
+                records,
+            });
             pos += 12 + body_len;
         }
     }
@@ -256,7 +277,11 @@ fn cursor(buffer: &Path) -> u64 {
 fn kill9(b: &mut Berth) {
     b.signal(9);
     let status = wait_exit(&mut b.child, WAIT);
-    assert_eq!(std::os::unix::process::ExitStatusExt::signal(&status), Some(9), "killed by SIGKILL");
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&status),
+        Some(9),
+        "killed by SIGKILL"
+    );
 }
 
 /// Which berth the clients talk to: bumped on every restart.
@@ -424,15 +449,25 @@ fn sigkill_during_acked_stream_loses_nothing_acked() {
     let sent: Vec<Sent> = threads.into_iter().map(|t| t.join().expect("client thread")).collect();
     let status = b.stop();
     assert!(status.success(), "SIGTERM exit: {status}\n{}", b.stderr_text());
-    assert!(!b.stderr_text().contains("events left in the buffer"), "a working sink drains at SIGTERM");
+    assert!(
+        !b.stderr_text().contains("events left in the buffer"),
+        "a working sink drains at SIGTERM"
+    );
 
     let counts = id_counts(b.path());
     let acked: usize = sent.iter().map(|s| s.acked.len()).sum();
     let put_on_wire: u64 = sent.iter().map(|s| s.end - s.conn * ID_SPACE).sum();
     for s in &sent {
         assert!(!s.acked.is_empty(), "client {} got acks", s.conn);
-        let missing: Vec<u64> = s.acked.iter().copied().filter(|id| !counts.contains_key(id)).collect();
-        assert!(missing.is_empty(), "client {}: {} acknowledged ids never delivered, e.g. {:?}", s.conn, missing.len(), &missing[..missing.len().min(10)]);
+        let missing: Vec<u64> =
+            s.acked.iter().copied().filter(|id| !counts.contains_key(id)).collect();
+        assert!(
+            missing.is_empty(),
+            "client {}: {} acknowledged ids never delivered, e.g. {:?}",
+            s.conn,
+            missing.len(),
+            &missing[..missing.len().min(10)]
+        );
     }
     let by_conn: HashMap<u64, &Sent> = sent.iter().map(|s| (s.conn, s)).collect();
     for &id in counts.keys() {
@@ -448,7 +483,10 @@ fn sigkill_during_acked_stream_loses_nothing_acked() {
     );
     for (&id, &c) in counts.iter().filter(|(_, &c)| c > 1) {
         let allowed = redeliverable.get(&id).copied().unwrap_or(0);
-        assert!(c - 1 <= allowed, "id {id} delivered {c} times, but past the sink's cursor at only {allowed} kills");
+        assert!(
+            c - 1 <= allowed,
+            "id {id} delivered {c} times, but past the sink's cursor at only {allowed} kills"
+        );
     }
     assert!(
         duplicates as u64 <= uncommitted_at_kills,
@@ -473,7 +511,9 @@ fn filled_and_killed(cfg: &str) -> Berth {
         let chunk = format!("fill-{n}");
         assert!(send_acked(&mut c, &request(n, 0, ids, &chunk), &chunk), "request {n} acked");
     }
-    wait_for(WAIT, "the blocked sink to fail a write", || (b.metric(FILES_ERRORS) >= 1.0).then_some(()));
+    wait_for(WAIT, "the blocked sink to fail a write", || {
+        (b.metric(FILES_ERRORS) >= 1.0).then_some(())
+    });
     assert_eq!(delivered_count(b.path()), 0);
     kill9(&mut b);
     b
@@ -484,7 +524,9 @@ fn filled_and_killed(cfg: &str) -> Berth {
 fn restart_and_expect(b: Berth, cfg: &str, expected: &BTreeSet<u64>) -> Berth {
     std::fs::remove_file(b.path().join("out")).expect("remove blocker");
     let mut b = restart(b, cfg);
-    wait_for(WAIT, "delivery after the restart", || (delivered_count(b.path()) >= expected.len()).then_some(()));
+    wait_for(WAIT, "delivery after the restart", || {
+        (delivered_count(b.path()) >= expected.len()).then_some(())
+    });
     wait_for(WAIT, "the sink to catch up", || (b.metric(FILES_LAG) == 0.0).then_some(()));
     assert!(b.child.try_wait().expect("try_wait").is_none(), "berth still running");
     let counts = id_counts(b.path());
@@ -492,7 +534,11 @@ fn restart_and_expect(b: Berth, cfg: &str, expected: &BTreeSet<u64>) -> Berth {
     let missing: Vec<_> = expected.difference(&got).collect();
     let extra: Vec<_> = got.difference(expected).collect();
     assert!(missing.is_empty() && extra.is_empty(), "missing {missing:?}, extra {extra:?}");
-    assert!(counts.values().all(|&c| c == 1), "every id once: {:?}", counts.iter().filter(|(_, &c)| c > 1).collect::<Vec<_>>());
+    assert!(
+        counts.values().all(|&c| c == 1),
+        "every id once: {:?}",
+        counts.iter().filter(|(_, &c)| c > 1).collect::<Vec<_>>()
+    );
     b
 }
 
@@ -526,7 +572,12 @@ fn damaged_records_and_entries_lose_exactly_their_events() {
     let mut bytes = std::fs::read(&victim.segment).unwrap();
     bytes[at] ^= 0x5A;
     std::fs::write(&victim.segment, bytes).unwrap();
-    eprintln!("flipped a byte of record id {} in the entry at {} of {}", victim.ids[which], victim.pos, victim.segment.display());
+    eprintln!(
+        "flipped a byte of record id {} in the entry at {} of {}",
+        victim.ids[which],
+        victim.pos,
+        victim.segment.display()
+    );
     lost.insert(victim.ids[which]);
 
     // Length field: plausible but wrong; the header CRC gives it away, and the next entry
@@ -537,15 +588,24 @@ fn damaged_records_and_entries_lose_exactly_their_events() {
     let wrong = u32_at(&bytes, len_at) + 7;
     bytes[len_at..len_at + 4].copy_from_slice(&wrong.to_le_bytes());
     std::fs::write(&victim.segment, bytes).unwrap();
-    eprintln!("changed the length of the entry at {} of {}: ids {:?}", victim.pos, victim.segment.display(), victim.ids);
+    eprintln!(
+        "changed the length of the entry at {} of {}: ids {:?}",
+        victim.pos,
+        victim.segment.display(),
+        victim.ids
+    );
     lost.extend(victim.ids.iter().copied());
     assert_eq!(lost.len() as u64, 1 + DAMAGE_BATCH);
 
-    let expected: BTreeSet<u64> = (0..DAMAGE_REQUESTS * DAMAGE_BATCH).filter(|id| !lost.contains(id)).collect();
+    let expected: BTreeSet<u64> =
+        (0..DAMAGE_REQUESTS * DAMAGE_BATCH).filter(|id| !lost.contains(id)).collect();
     let mut b = restart_and_expect(b, &cfg, &expected);
     assert_eq!(b.metric(CORRUPT), lost.len() as f64, "{CORRUPT}");
     assert!(b.stderr_text().contains("buffer recovered with damage"), "a warning about the damage");
-    assert!(b.stderr_text().contains("damaged events in the buffer"), "the reader reports the damaged record");
+    assert!(
+        b.stderr_text().contains("damaged events in the buffer"),
+        "the reader reports the damaged record"
+    );
     let status = b.stop();
     assert!(status.success(), "SIGTERM exit: {status}");
 }
@@ -563,12 +623,17 @@ fn torn_tail_loses_only_the_last_entry() {
     let segs = segments(&buffer);
     assert_eq!(&last.segment, segs.last().unwrap(), "last entry in the newest segment");
     let f = std::fs::OpenOptions::new().write(true).open(&last.segment).unwrap();
-    assert_eq!(f.metadata().unwrap().len() as usize, last.pos + last.len, "the last entry ends the segment");
+    assert_eq!(
+        f.metadata().unwrap().len() as usize,
+        last.pos + last.len,
+        "the last entry ends the segment"
+    );
     f.set_len((last.pos + last.len / 2) as u64).unwrap();
     drop(f);
 
     let lost: BTreeSet<u64> = last.ids.iter().copied().collect();
-    let expected: BTreeSet<u64> = (0..DAMAGE_REQUESTS * DAMAGE_BATCH).filter(|id| !lost.contains(id)).collect();
+    let expected: BTreeSet<u64> =
+        (0..DAMAGE_REQUESTS * DAMAGE_BATCH).filter(|id| !lost.contains(id)).collect();
     let mut b = restart_and_expect(b, &cfg, &expected);
     eprintln!("torn tail: ids {:?} gone, {CORRUPT} = {}", last.ids, b.metric(CORRUPT));
     assert!(b.stderr_text().contains("truncated a torn write"), "a warning about the torn tail");
@@ -586,7 +651,11 @@ fn restart_resumes_delivery_of_the_backlog() {
     let dir = tempfile::tempdir().expect("tempdir");
     std::fs::write(dir.path().join("out"), b"blocks the sink's directory").unwrap();
     let mut b = start_in(dir, &cfg, &[]);
-    let listeners = [format!("tcp://{}", b.tcp_addr()), format!("unix://{}", b.unix_path().display()), format!("tcp://{}", b.tcp_addr())];
+    let listeners = [
+        format!("tcp://{}", b.tcp_addr()),
+        format!("unix://{}", b.unix_path().display()),
+        format!("tcp://{}", b.tcp_addr()),
+    ];
     let mut clients: Vec<Client> = listeners.iter().map(|l| Client::connect(l)).collect();
     let mut next: Vec<u64> = (0..clients.len() as u64).map(|c| c * ID_SPACE).collect();
     let mut total = 0;
@@ -597,10 +666,15 @@ fn restart_resumes_delivery_of_the_backlog() {
             next[conn] += k;
             total += k;
             let chunk = format!("c{conn}-r{n}");
-            assert!(send_acked(c, &request(n, conn as u64, ids, &chunk), &chunk), "request {n} on {conn} acked");
+            assert!(
+                send_acked(c, &request(n, conn as u64, ids, &chunk), &chunk),
+                "request {n} on {conn} acked"
+            );
         }
     }
-    wait_for(WAIT, "the blocked sink to fail a write", || (b.metric(FILES_ERRORS) >= 1.0).then_some(()));
+    wait_for(WAIT, "the blocked sink to fail a write", || {
+        (b.metric(FILES_ERRORS) >= 1.0).then_some(())
+    });
     assert_eq!(b.metric(FILES_LAG), total as f64, "{FILES_LAG} while blocked");
     drop(clients);
     let status = b.stop();
@@ -610,7 +684,9 @@ fn restart_resumes_delivery_of_the_backlog() {
 
     std::fs::remove_file(b.path().join("out")).expect("remove blocker");
     let mut b = restart(b, &cfg);
-    wait_for(WAIT, "the backlog delivered", || (delivered_count(b.path()) as u64 >= total).then_some(()));
+    wait_for(WAIT, "the backlog delivered", || {
+        (delivered_count(b.path()) as u64 >= total).then_some(())
+    });
     wait_for(WAIT, "the sink to catch up", || (b.metric(FILES_LAG) == 0.0).then_some(()));
     assert_eq!(b.metric("berth_buffer_recovered_records_total"), total as f64);
     let status = b.stop();

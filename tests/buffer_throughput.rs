@@ -7,7 +7,11 @@ use bytes::Bytes;
 use std::time::Instant;
 
 fn batch(events: usize) -> Batch {
-    let ev = Event { time: EventTime::new(1, 0), record: Bytes::from(vec![0x80u8; 200]), metadata: Bytes::new() };
+    let ev = Event {
+        time: EventTime::new(1, 0),
+        record: Bytes::from(vec![0x80u8; 200]),
+        metadata: Bytes::new(),
+    };
     Batch { tag: Tag::from_static("docker.app"), events: vec![ev; events] }
 }
 

@@ -52,10 +52,7 @@ fn server_auth(users: &[(&str, &str)]) -> ServerAuth {
     ServerAuth {
         shared_key: "s3cret".into(),
         self_hostname: "test-server".into(),
-        users: users
-            .iter()
-            .map(|(u, p)| (u.to_string(), p.to_string()))
-            .collect(),
+        users: users.iter().map(|(u, p)| (u.to_string(), p.to_string())).collect(),
     }
 }
 
@@ -76,11 +73,7 @@ async fn read_value<S: AsyncRead + Unpin>(
         let mut tmp = [0u8; 8192];
         let n = s.read(&mut tmp).await.map_err(|e| e.to_string())?;
         if n == 0 {
-            return if buf.is_empty() {
-                Ok(None)
-            } else {
-                Err("eof mid-value".into())
-            };
+            return if buf.is_empty() { Ok(None) } else { Err("eof mid-value".into()) };
         }
         buf.extend_from_slice(&tmp[..n]);
     }
@@ -105,10 +98,7 @@ fn entry(v: &Value) -> (i64, u32, bool, Value) {
 }
 
 fn option<'a>(opt: Option<&'a Value>, key: &str) -> Option<&'a Value> {
-    opt?.as_map()?
-        .iter()
-        .find(|(k, _)| k.as_str() == Some(key))
-        .map(|(_, v)| v)
+    opt?.as_map()?.iter().find(|(k, _)| k.as_str() == Some(key)).map(|(_, v)| v)
 }
 
 fn decode_request(v: &Value) -> Req {
@@ -135,11 +125,7 @@ fn decode_request(v: &Value) -> Req {
             }
             let size = option(opt, "size").and_then(|s| s.as_u64());
             assert_eq!(size, Some(events.len() as u64), "size option");
-            (
-                if compressed { "compressed" } else { "packed" },
-                events,
-                opt,
-            )
+            (if compressed { "compressed" } else { "packed" }, events, opt)
         }
         t => {
             let (s, n, et) = time_of(t);
@@ -147,12 +133,7 @@ fn decode_request(v: &Value) -> Req {
         }
     };
     let chunk = option(opt, "chunk").map(|c| c.as_str().expect("chunk is a str").to_string());
-    Req {
-        tag,
-        mode,
-        events,
-        chunk,
-    }
+    Req { tag, mode, events, chunk }
 }
 
 /// A Forward server for one connection. Every request is also sent on `seen` as it
@@ -168,9 +149,7 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
         s.write_all(&hs.helo()).await.map_err(|e| e.to_string())?;
         let (_, raw) = read_value(&mut s, &mut buf).await?.ok_or("no ping")?;
         let outcome = hs.check_ping(auth, &raw);
-        s.write_all(&outcome.pong)
-            .await
-            .map_err(|e| e.to_string())?;
+        s.write_all(&outcome.pong).await.map_err(|e| e.to_string())?;
         if let Some(e) = outcome.error {
             return Err(e.to_string());
         }
@@ -187,9 +166,7 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
             if let Some(a) = answer {
                 let mut raw = Vec::new();
                 rmpv::encode::write_value(&mut raw, &Value::from(a.as_str())).expect("encode");
-                s.write_all(&encode_ack(&raw))
-                    .await
-                    .map_err(|e| e.to_string())?;
+                s.write_all(&encode_ack(&raw)).await.map_err(|e| e.to_string())?;
             }
         }
         let _ = seen.send(req.clone());
@@ -210,17 +187,11 @@ async fn start(
     transport: Transport,
     opts: ServerOpts,
     dir: &tempfile::TempDir,
-) -> (
-    String,
-    tokio::task::JoinHandle<Result<Vec<Req>, String>>,
-    mpsc::UnboundedReceiver<Req>,
-) {
+) -> (String, tokio::task::JoinHandle<Result<Vec<Req>, String>>, mpsc::UnboundedReceiver<Req>) {
     let (tx, rx) = mpsc::unbounded_channel();
     match transport {
         Transport::Tcp => {
-            let l = tokio::net::TcpListener::bind("127.0.0.1:0")
-                .await
-                .expect("bind");
+            let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
             let addr = format!("tcp://{}", l.local_addr().expect("addr"));
             let task = tokio::spawn(async move {
                 let (s, _) = l.accept().await.map_err(|e| e.to_string())?;
@@ -282,10 +253,7 @@ async fn run_case(
     input: &str,
 ) -> (Result<CatSummary, CatError>, Result<Vec<Req>, String>) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let opts = ServerOpts {
-        auth: case.server_auth.clone(),
-        acks: case.acks,
-    };
+    let opts = ServerOpts { auth: case.server_auth.clone(), acks: case.acks };
     let (addr, server, _rx) = start(case.transport, opts, &dir).await;
     let mut argv = vec![
         "--address".to_string(),
@@ -307,12 +275,10 @@ async fn run_case(
     argv.extend(case.extra.iter().cloned());
     argv.push("test.tag".into());
     let args = parse_args(&argv);
-    let out = tokio::time::timeout(
-        Duration::from_secs(20),
-        cat::run_with_input(args, input.as_bytes()),
-    )
-    .await
-    .expect("cat finishes");
+    let out =
+        tokio::time::timeout(Duration::from_secs(20), cat::run_with_input(args, input.as_bytes()))
+            .await
+            .expect("cat finishes");
     let served = tokio::time::timeout(Duration::from_secs(20), server)
         .await
         .expect("server finishes")
@@ -345,10 +311,7 @@ async fn matrix(transport: Transport) {
                         ),
                         "{label}: {err}"
                     );
-                    assert!(
-                        err.to_string().contains("shared key mismatch"),
-                        "{label}: {err}"
-                    );
+                    assert!(err.to_string().contains("shared key mismatch"), "{label}: {err}");
                     assert_eq!(served.expect_err(&label), "shared key mismatch", "{label}");
                     continue;
                 }
@@ -358,11 +321,7 @@ async fn matrix(transport: Transport) {
                 let want_requests = if mode == "message" { N } else { N.div_ceil(2) };
                 assert_eq!(summary.events, N as u64, "{label}");
                 assert_eq!(summary.requests, want_requests as u64, "{label}");
-                assert_eq!(
-                    summary.acked,
-                    if ack { want_requests as u64 } else { 0 },
-                    "{label}"
-                );
+                assert_eq!(summary.acked, if ack { want_requests as u64 } else { 0 }, "{label}");
                 assert_eq!(reqs.len(), want_requests, "{label}");
                 let mut chunks = std::collections::HashSet::new();
                 for r in &reqs {
@@ -411,12 +370,7 @@ async fn wrong_ack_names_chunk_and_lines() {
     let err = out.expect_err("wrong ack");
     let msg = err.to_string();
     match &err {
-        CatError::AckMismatch {
-            chunk,
-            first_line,
-            last_line,
-            got,
-        } => {
+        CatError::AckMismatch { chunk, first_line, last_line, got } => {
             assert_eq!((*first_line, *last_line), (1, 2));
             assert!(msg.contains(chunk.as_str()), "{msg}");
             assert!(got.contains(&format!("{chunk}x")), "{got}");
@@ -433,20 +387,11 @@ async fn missing_ack_times_out_naming_chunk_and_lines() {
     case.extra = vec!["--timeout".into(), "200ms".into()];
     let (out, served) = run_case(&case, &input_lines(3)).await;
     match out.expect_err("no ack") {
-        CatError::AckTimeout {
-            chunk,
-            first_line,
-            last_line,
-            timeout,
-        } => {
+        CatError::AckTimeout { chunk, first_line, last_line, timeout } => {
             assert_eq!((first_line, last_line), (1, 1));
             assert_eq!(timeout, Duration::from_millis(200));
             let reqs = served.expect("server");
-            assert_eq!(
-                reqs.len(),
-                1,
-                "nothing is sent after an unacknowledged request"
-            );
+            assert_eq!(reqs.len(), 1, "nothing is sent after an unacknowledged request");
             assert_eq!(reqs[0].chunk.as_deref(), Some(chunk.as_str()));
         }
         other => panic!("unexpected {other}"),
@@ -460,22 +405,12 @@ async fn users_right_and_wrong() {
     case.key = Some("s3cret");
     case.server_auth = Some(auth);
     case.ack = true;
-    case.extra = vec![
-        "--username".into(),
-        "alice".into(),
-        "--password".into(),
-        "pw".into(),
-    ];
+    case.extra = vec!["--username".into(), "alice".into(), "--password".into(), "pw".into()];
     let (out, served) = run_case(&case, &input_lines(3)).await;
     assert_eq!(out.expect("right user").acked, 2);
     assert_eq!(served.expect("server").len(), 2);
 
-    case.extra = vec![
-        "--username".into(),
-        "alice".into(),
-        "--password".into(),
-        "no".into(),
-    ];
+    case.extra = vec!["--username".into(), "alice".into(), "--password".into(), "no".into()];
     let (out, served) = run_case(&case, &input_lines(3)).await;
     let msg = out.expect_err("wrong password").to_string();
     assert!(msg.contains("username/password mismatch"), "{msg}");
@@ -515,28 +450,20 @@ async fn time_key_sets_the_event_time_and_stays_in_the_record() {
     let ev = &reqs[0].events;
     assert_eq!((ev[0].0, ev[0].1), (1_700_000_000, 250_000_000));
     assert_eq!((ev[1].0, ev[1].1), (1_704_067_200, 500_000_000));
-    assert_eq!(
-        ev[1].3,
-        Value::Map(vec![("ts".into(), "2024-01-01T00:00:00.5Z".into())])
-    );
+    assert_eq!(ev[1].3, Value::Map(vec![("ts".into(), "2024-01-01T00:00:00.5Z".into())]));
 }
 
 /// A request leaves as soon as stdin pauses, before stdin ends: `cat` streams.
 #[tokio::test]
 async fn sends_before_stdin_ends() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let opts = ServerOpts {
-        auth: None,
-        acks: Acks::Right,
-    };
+    let opts = ServerOpts { auth: None, acks: Acks::Right };
     let (addr, server, mut seen) = start(Transport::Tcp, opts, &dir).await;
     let (mut feed, stdin) = tokio::io::duplex(64 * 1024);
     // Batch 100, but only 3 lines so far.
     let args = parse_args(&["--address".into(), addr, "--ack".into(), "test.tag".into()]);
     let cat = tokio::spawn(cat::run_with_input(args, tokio::io::BufReader::new(stdin)));
-    feed.write_all(input_lines(3).as_bytes())
-        .await
-        .expect("feed");
+    feed.write_all(input_lines(3).as_bytes()).await.expect("feed");
     let first = tokio::time::timeout(Duration::from_secs(10), seen.recv())
         .await
         .expect("a request before stdin ends")
@@ -549,14 +476,7 @@ async fn sends_before_stdin_ends() {
         .expect("cat finishes")
         .expect("task")
         .expect("cat");
-    assert_eq!(
-        summary,
-        CatSummary {
-            events: 4,
-            requests: 2,
-            acked: 2
-        }
-    );
+    assert_eq!(summary, CatSummary { events: 4, requests: 2, acked: 2 });
     assert_eq!(server.await.expect("server").expect("served").len(), 2);
 }
 

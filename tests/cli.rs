@@ -37,7 +37,11 @@ fn check_config_prints_redacted_effective_config() {
 fn check_config_error_names_file_key_and_line() {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("bad.toml");
-    std::fs::write(&p, "[input.forward]\nlisten = [\"tcp://127.0.0.1:24224\"]\nmax_message_size = \"16XB\"\n").unwrap();
+    std::fs::write(
+        &p,
+        "[input.forward]\nlisten = [\"tcp://127.0.0.1:24224\"]\nmax_message_size = \"16XB\"\n",
+    )
+    .unwrap();
     let out = berth(&["check-config", "--config", p.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);

@@ -46,7 +46,9 @@ fn cat(address: &str, args: &[&str], tag: &str, input: &str) -> std::process::Ou
 }
 
 fn lines(n: usize, label: &str) -> String {
-    (0..n).map(|i| format!("{{\"i\":{i},\"label\":\"{label}\",\"nested\":{{\"ok\":true}}}}\n")).collect()
+    (0..n)
+        .map(|i| format!("{{\"i\":{i},\"label\":\"{label}\",\"nested\":{{\"ok\":true}}}}\n"))
+        .collect()
 }
 
 /// Every mode × ack × listener kind, with the handshake on: all events arrive, in order.
@@ -95,7 +97,8 @@ fn berth_cat_wrong_key_is_refused_and_counted() {
     });
     // No key at all: the client cannot send before the handshake; berth sends HELO and the
     // PING never comes. The right key still works afterwards.
-    let out = cat(&b.listeners[0], &["--shared-key", "s3cret", "--ack"], "cat.good", &lines(3, "y"));
+    let out =
+        cat(&b.listeners[0], &["--shared-key", "s3cret", "--ack"], "cat.good", &lines(3, "y"));
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(!b.path().join("out/cat.bad.ndjson").exists());
 }
@@ -103,11 +106,22 @@ fn berth_cat_wrong_key_is_refused_and_counted() {
 /// `[[input.forward.user]]`: the handshake also checks a username and password.
 #[test]
 fn handshake_with_users() {
-    let cfg = config("k3y") + "\n[[input.forward.user]]\nusername = \"docker\"\npassword = \"pw\"\n";
+    let cfg =
+        config("k3y") + "\n[[input.forward.user]]\nusername = \"docker\"\npassword = \"pw\"\n";
     let b = start(&cfg);
-    let ok = cat(&b.listeners[0], &["--shared-key", "k3y", "--username", "docker", "--password", "pw", "--ack"], "cat.user", &lines(2, "u"));
+    let ok = cat(
+        &b.listeners[0],
+        &["--shared-key", "k3y", "--username", "docker", "--password", "pw", "--ack"],
+        "cat.user",
+        &lines(2, "u"),
+    );
     assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
-    let bad = cat(&b.listeners[0], &["--shared-key", "k3y", "--username", "docker", "--password", "nope", "--ack"], "cat.user", &lines(2, "u"));
+    let bad = cat(
+        &b.listeners[0],
+        &["--shared-key", "k3y", "--username", "docker", "--password", "nope", "--ack"],
+        "cat.user",
+        &lines(2, "u"),
+    );
     assert!(!bad.status.success());
     wait_for(WAIT, "auth_failed", || {
         (b.metric("berth_input_errors_total{reason=\"auth_failed\"}") >= 1.0).then_some(())
@@ -123,7 +137,12 @@ fn handshake_with_users() {
 fn berth_cat_without_handshake_and_time_key() {
     let b = start(&config(""));
     let input = "{\"ts\": 1763769600.5, \"msg\": \"a\"}\n\n{\"ts\": \"2025-11-22T00:00:01.25Z\", \"msg\": \"b\"}\n";
-    let out = cat(&b.listeners[0], &["--time-key", "ts", "--ack", "--mode", "message"], "cat.time", input);
+    let out = cat(
+        &b.listeners[0],
+        &["--time-key", "ts", "--ack", "--mode", "message"],
+        "cat.time",
+        input,
+    );
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let path = b.path().join("out/cat.time.ndjson");
     let got = wait_for(WAIT, "2 events", || {
@@ -201,7 +220,8 @@ u.close()
             assert!(v["record"]["n"].is_null());
         }
         // nanosecond_precision=True sends EventTime: the sub-second part survives.
-        let subsec = conn.iter().filter(|v| parse_rfc3339(v["time"].as_str().unwrap()).1 != 0).count();
+        let subsec =
+            conn.iter().filter(|v| parse_rfc3339(v["time"].as_str().unwrap()).1 != 0).count();
         assert_eq!(subsec > 0, ns, "EventTime carries nanoseconds, integer time does not");
     }
     let unix = wait_for(WAIT, "10 unix events", || {

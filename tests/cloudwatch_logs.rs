@@ -65,20 +65,35 @@ fn send(b: &Berth, tag: &str, entries: &[(i64, rmpv::Value)], per: usize) {
     let mut c = Client::connect(&format!("tcp://{}", b.tcp_addr()));
     c.set_read_timeout(WAIT);
     for (i, part) in entries.chunks(per).enumerate() {
-        let list = part.iter().map(|(t, r)| rmpv::Value::Array(vec![rmpv::Value::from(*t), r.clone()])).collect();
+        let list = part
+            .iter()
+            .map(|(t, r)| rmpv::Value::Array(vec![rmpv::Value::from(*t), r.clone()]))
+            .collect();
         let chunk = format!("{tag}-{i}-{}", entries.len());
-        let req = mp(&rmpv::Value::Array(vec![s(tag), rmpv::Value::Array(list), rmpv::Value::Map(vec![(s("chunk"), s(&chunk))])]));
+        let req = mp(&rmpv::Value::Array(vec![
+            s(tag),
+            rmpv::Value::Array(list),
+            rmpv::Value::Map(vec![(s("chunk"), s(&chunk))]),
+        ]));
         c.send(&req, usize::MAX).unwrap();
-        assert_eq!(c.read_exact_n(ack_bytes(&chunk).len()), ack_bytes(&chunk), "ack for request {i}");
+        assert_eq!(
+            c.read_exact_n(ack_bytes(&chunk).len()),
+            ack_bytes(&chunk),
+            "ack for request {i}"
+        );
     }
 }
 
 fn wait_acknowledged(b: &Berth) {
-    wait_for(LONG, "everything acknowledged", || (b.metric("berth_sink_lag_records{sink=\"cw\"}") == 0.0).then_some(()));
+    wait_for(LONG, "everything acknowledged", || {
+        (b.metric("berth_sink_lag_records{sink=\"cw\"}") == 0.0).then_some(())
+    });
 }
 
 fn wait_stored(url: &str, n: usize) -> Stored {
-    wait_for(LONG, &format!("{n} events stored"), || Some(Stored::read(url, None)).filter(|s| s.total() >= n))
+    wait_for(LONG, &format!("{n} events stored"), || {
+        Some(Stored::read(url, None)).filter(|s| s.total() >= n)
+    })
 }
 
 /// Every PutLogEvents within the documented limits.
@@ -95,7 +110,10 @@ fn assert_limits(calls: &[PutCall]) {
 #[test]
 fn records_arrive_in_order_message_by_message_with_fallbacks() {
     let moto = Moto::start(&[]);
-    let b = start_cw(&config(&moto.url(), "retention_days = 7\nlog_group_class = \"INFREQUENT_ACCESS\""));
+    let b = start_cw(&config(
+        &moto.url(),
+        "retention_days = 7\nlog_group_class = \"INFREQUENT_ACCESS\"",
+    ));
     let t0 = now_secs() - 600;
     let mut entries = Vec::new();
     let mut want: BTreeMap<(String, String), Vec<String>> = BTreeMap::new();
@@ -103,18 +121,27 @@ fn records_arrive_in_order_message_by_message_with_fallbacks() {
         for (task, container) in [("t1", "web"), ("t1", "worker"), ("t2", "web")] {
             let line = format!("{task}/{container} line {i} ünïcode");
             entries.push((t0 + i, ecs(task, container, &line)));
-            want.entry(("/ecs/prod/app".into(), format!("{task}/{container}"))).or_default().push(line);
+            want.entry(("/ecs/prod/app".into(), format!("{task}/{container}")))
+                .or_default()
+                .push(line);
         }
     }
     send(&b, "docker.app", &entries, 40);
     // No ECS fields: the stream falls back to the container id, the group to `unknown`.
-    let plain: Vec<_> = (0..10).map(|i| (t0 + i, rec(&[("log", &format!("plain {i}")), ("container_id", "c0ffee")]))).collect();
+    let plain: Vec<_> = (0..10)
+        .map(|i| (t0 + i, rec(&[("log", &format!("plain {i}")), ("container_id", "c0ffee")])))
+        .collect();
     send(&b, "docker.plain", &plain, 10);
-    want.insert(("/ecs/unknown/unknown".into(), "c0ffee".into()), (0..10).map(|i| format!("plain {i}")).collect());
+    want.insert(
+        ("/ecs/unknown/unknown".into(), "c0ffee".into()),
+        (0..10).map(|i| format!("plain {i}")).collect(),
+    );
     // Neither: the stream is the tag, and without a `log` field the message is the JSON.
     let bare: Vec<_> = (0..5).map(|i| (t0 + i, rec(&[("msg", &format!("m{i}"))]))).collect();
     send(&b, "app.bare", &bare, 5);
-    want.entry(("/ecs/unknown/unknown".into(), "app.bare".into())).or_default().extend((0..5).map(|i| format!("{{\"msg\":\"m{i}\"}}")));
+    want.entry(("/ecs/unknown/unknown".into(), "app.bare".into()))
+        .or_default()
+        .extend((0..5).map(|i| format!("{{\"msg\":\"m{i}\"}}")));
 
     wait_stored(&moto.url(), 165);
     wait_acknowledged(&b);
@@ -125,7 +152,10 @@ fn records_arrive_in_order_message_by_message_with_fallbacks() {
     let mut got = BTreeMap::new();
     for (g, group) in &stored.groups {
         for (st, evs) in &group.streams {
-            got.insert((g.clone(), st.clone()), evs.iter().map(|(_, m)| m.clone()).collect::<Vec<_>>());
+            got.insert(
+                (g.clone(), st.clone()),
+                evs.iter().map(|(_, m)| m.clone()).collect::<Vec<_>>(),
+            );
         }
     }
     assert_eq!(got, want);
@@ -149,14 +179,17 @@ fn batch_limits_split_and_dead_letter_exactly() {
     let now = now_secs();
     // 10,001 small events in one stream, in one request: one delivery, so one group of
     // deliveries holds them all whatever the timing, and the cut is the sink's alone.
-    let count: Vec<_> = (0..10_001).map(|i| (now - 100, ecs("limits", "count", &format!("c{i}")))).collect();
+    let count: Vec<_> =
+        (0..10_001).map(|i| (now - 100, ecs("limits", "count", &format!("c{i}")))).collect();
     send(&b, "docker.count", &count, 10_001);
     // 2 MiB in 4 KiB events.
     let filler = "s".repeat(4096 - 8);
-    let size: Vec<_> = (0..512).map(|i| (now - 90, ecs("limits", "size", &format!("{i:07} {filler}")))).collect();
+    let size: Vec<_> =
+        (0..512).map(|i| (now - 90, ecs("limits", "size", &format!("{i:07} {filler}")))).collect();
     send(&b, "docker.size", &size, 64);
     // 31 events an hour apart: 30 hours.
-    let span: Vec<_> = (0..=30).rev().map(|h| (now - h * 3600, ecs("limits", "span", &format!("h{h}")))).collect();
+    let span: Vec<_> =
+        (0..=30).rev().map(|h| (now - h * 3600, ecs("limits", "span", &format!("h{h}")))).collect();
     send(&b, "docker.span", &span, 31);
     // One 3 MiB event.
     let big: String = (0..3 << 20).map(|i| char::from(b'a' + (i % 26) as u8)).collect();
@@ -173,9 +206,19 @@ fn batch_limits_split_and_dead_letter_exactly() {
     let calls = proxy.calls();
     assert_limits(&calls);
     // Accepted calls only: the first call to a new stream is answered ResourceNotFound.
-    let of = |s: &str| calls.iter().filter(|c| c.stream == format!("limits/{s}") && c.accepted()).cloned().collect::<Vec<_>>();
+    let of = |s: &str| {
+        calls
+            .iter()
+            .filter(|c| c.stream == format!("limits/{s}") && c.accepted())
+            .cloned()
+            .collect::<Vec<_>>()
+    };
     let c = of("count");
-    assert_eq!(c.iter().map(|c| c.events).collect::<Vec<_>>(), vec![10_000, 1], "10,001 events: one full batch and one");
+    assert_eq!(
+        c.iter().map(|c| c.events).collect::<Vec<_>>(),
+        vec![10_000, 1],
+        "10,001 events: one full batch and one"
+    );
     let sz = of("size");
     assert_eq!(sz.iter().map(|c| c.events).sum::<usize>(), 512);
     assert_eq!(sz.iter().map(|c| c.bytes).sum::<usize>(), 512 * (4096 + 26));
@@ -185,9 +228,20 @@ fn batch_limits_split_and_dead_letter_exactly() {
 
     let stored = Stored::read(&moto.url(), None);
     let g = "/ecs/prod/app";
-    assert_eq!(stored.messages(g, "limits/count"), (0..10_001).map(|i| format!("c{i}")).collect::<Vec<_>>());
-    assert_eq!(stored.messages(g, "limits/size"), size.iter().map(|(_, r)| r.as_map().unwrap()[0].1.as_str().unwrap().to_string()).collect::<Vec<_>>());
-    assert_eq!(stored.messages(g, "limits/span"), (0..=30).rev().map(|h| format!("h{h}")).collect::<Vec<_>>());
+    assert_eq!(
+        stored.messages(g, "limits/count"),
+        (0..10_001).map(|i| format!("c{i}")).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        stored.messages(g, "limits/size"),
+        size.iter()
+            .map(|(_, r)| r.as_map().unwrap()[0].1.as_str().unwrap().to_string())
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(
+        stored.messages(g, "limits/span"),
+        (0..=30).rev().map(|h| format!("h{h}")).collect::<Vec<_>>()
+    );
     // The 3 MiB event: marked parts that join to the original, in order.
     let parts = stored.messages(g, "limits/big");
     let n = parts.len();
@@ -205,19 +259,31 @@ fn batch_limits_split_and_dead_letter_exactly() {
     // Outside the window: dead letters with the reason, counted; never sent.
     assert_eq!(stored.messages(g, "limits/window"), vec!["fine"]);
     let dl = read_ndjson(&b.path().join("dead/cw.ndjson"));
-    let mut kinds: Vec<(String, String)> = dl.iter().map(|l| (l["error_type"].as_str().unwrap().into(), l["record"]["log"].as_str().unwrap().into())).collect();
+    let mut kinds: Vec<(String, String)> = dl
+        .iter()
+        .map(|l| {
+            (l["error_type"].as_str().unwrap().into(), l["record"]["log"].as_str().unwrap().into())
+        })
+        .collect();
     kinds.sort();
-    assert_eq!(kinds, vec![("too_new".into(), "too new".into()), ("too_old".into(), "too old".into())]);
+    assert_eq!(
+        kinds,
+        vec![("too_new".into(), "too new".into()), ("too_old".into(), "too old".into())]
+    );
     b.wait_metric("berth_dead_letter_records_total{sink=\"cw\",reason=\"too_old\"}", 1.0);
     b.wait_metric("berth_dead_letter_records_total{sink=\"cw\",reason=\"too_new\"}", 1.0);
-    assert!(calls.iter().all(|c| c.fate == "forwarded" && (c.status == 200 || c.status == 400)), "{calls:?}");
+    assert!(
+        calls.iter().all(|c| c.fate == "forwarded" && (c.status == 200 || c.status == 400)),
+        "{calls:?}"
+    );
     b.wait_metric("berth_output_records_total{sink=\"cw\"}", (10_001 + 512 + 31 + 1 + 1) as f64);
 }
 
 #[test]
 fn events_the_server_rejects_are_dead_lettered_with_its_reason() {
     let moto = Moto::start(&[]);
-    let proxy = FaultProxy::start(&moto.addr, Faults { age_first_event: true, ..Faults::default() });
+    let proxy =
+        FaultProxy::start(&moto.addr, Faults { age_first_event: true, ..Faults::default() });
     let b = start_cw(&config(&proxy.url(), "flush_interval = \"50ms\""));
     let t0 = now_secs() - 500;
     let entries: Vec<_> = (0..60).map(|i| (t0 + i, ecs("rej", "web", &format!("r{i}")))).collect();
@@ -235,8 +301,15 @@ fn events_the_server_rejects_are_dead_lettered_with_its_reason() {
         all.push(l["record"]["log"].as_str().unwrap().to_string());
     }
     all.sort_by_key(|m| m[1..].parse::<u32>().unwrap());
-    assert_eq!(all, (0..60).map(|i| format!("r{i}")).collect::<Vec<_>>(), "each record stored or dead-lettered, once");
-    b.wait_metric("berth_dead_letter_records_total{sink=\"cw\",reason=\"too_old\"}", dl.len() as f64);
+    assert_eq!(
+        all,
+        (0..60).map(|i| format!("r{i}")).collect::<Vec<_>>(),
+        "each record stored or dead-lettered, once"
+    );
+    b.wait_metric(
+        "berth_dead_letter_records_total{sink=\"cw\",reason=\"too_old\"}",
+        dl.len() as f64,
+    );
     b.wait_metric("berth_output_records_total{sink=\"cw\"}", stored.len() as f64);
 }
 
@@ -245,14 +318,24 @@ fn a_group_berth_may_not_create_holds_events_until_it_exists() {
     let moto = Moto::start(&[]);
     let b = start_cw(&config(&moto.url(), "create_missing_group = false"));
     let t0 = now_secs() - 100;
-    send(&b, "docker.nogroup", &(0..10).map(|i| (t0 + i, ecs("ng", "web", &format!("n{i}")))).collect::<Vec<_>>(), 5);
-    wait_for(LONG, "the error", || b.stderr_text().contains("create_missing_group = false").then_some(()));
+    send(
+        &b,
+        "docker.nogroup",
+        &(0..10).map(|i| (t0 + i, ecs("ng", "web", &format!("n{i}")))).collect::<Vec<_>>(),
+        5,
+    );
+    wait_for(LONG, "the error", || {
+        b.stderr_text().contains("create_missing_group = false").then_some(())
+    });
     assert!(b.metric("berth_sink_lag_records{sink=\"cw\"}") > 0.0, "nothing acknowledged");
     assert_eq!(Stored::read(&moto.url(), None).total(), 0, "no group created");
     cw_tool(&moto.url(), &["create-group", "/ecs/prod/app"], None);
     wait_acknowledged(&b);
     let stored = Stored::read(&moto.url(), None);
-    assert_eq!(stored.messages("/ecs/prod/app", "ng/web"), (0..10).map(|i| format!("n{i}")).collect::<Vec<_>>());
+    assert_eq!(
+        stored.messages("/ecs/prod/app", "ng/web"),
+        (0..10).map(|i| format!("n{i}")).collect::<Vec<_>>()
+    );
     assert_eq!(stored.groups["/ecs/prod/app"].retention, None);
 }
 
@@ -261,20 +344,32 @@ fn role_arn_assumes_a_role_and_aws_endpoint_url_is_honoured() {
     // No endpoint_url in the config: AWS_ENDPOINT_URL sends STS (AssumeRole) and CloudWatch
     // Logs alike to moto.
     let moto = Moto::start(&[]);
-    let cfg = config("", "role_arn = \"arn:aws:iam::123456789012:role/berth-logs\"").replace("endpoint_url = \"\"\n", "");
+    let cfg = config("", "role_arn = \"arn:aws:iam::123456789012:role/berth-logs\"")
+        .replace("endpoint_url = \"\"\n", "");
     let mut env: Vec<(&str, &str)> = CREDS.to_vec();
     let url = moto.url();
     env.push(("AWS_ENDPOINT_URL", &url));
     let b = start_in(tempfile::tempdir().unwrap(), &cfg, &env);
     let t0 = now_secs() - 100;
-    send(&b, "docker.role", &(0..5).map(|i| (t0 + i, ecs("role", "web", &format!("r{i}")))).collect::<Vec<_>>(), 5);
+    send(
+        &b,
+        "docker.role",
+        &(0..5).map(|i| (t0 + i, ecs("role", "web", &format!("r{i}")))).collect::<Vec<_>>(),
+        5,
+    );
     wait_acknowledged(&b);
-    assert_eq!(Stored::read(&moto.url(), None).messages("/ecs/prod/app", "role/web"), (0..5).map(|i| format!("r{i}")).collect::<Vec<_>>());
+    assert_eq!(
+        Stored::read(&moto.url(), None).messages("/ecs/prod/app", "role/web"),
+        (0..5).map(|i| format!("r{i}")).collect::<Vec<_>>()
+    );
     // The SDK logs (at debug level) its calls and the provider of the identity it signs
     // with: STS AssumeRole was called, and the logs calls were signed with its credentials.
     let err = b.stderr_text();
     assert!(err.contains(r#""rpc.method":"AssumeRole""#), "STS AssumeRole called");
-    assert!(err.contains(r#"provider_name: \"AssumeRoleProvider\""#), "signed with the assumed role's credentials");
+    assert!(
+        err.contains(r#"provider_name: \"AssumeRoleProvider\""#),
+        "signed with the assumed role's credentials"
+    );
 }
 
 /// Messages of `stream` in first-occurrence order, and how many extra copies were stored.
@@ -293,7 +388,10 @@ fn dedup(msgs: &[String]) -> (Vec<String>, usize) {
 #[test]
 fn throttling_5xx_and_lost_responses_lose_nothing_and_bound_duplicates() {
     let moto = Moto::start(&[]);
-    let proxy = FaultProxy::start(&moto.addr, Faults { throttle_every: 3, unavailable_every: 5, lose_every: 7, ..Faults::default() });
+    let proxy = FaultProxy::start(
+        &moto.addr,
+        Faults { throttle_every: 3, unavailable_every: 5, lose_every: 7, ..Faults::default() },
+    );
     let b = start_cw(&config(&proxy.url(), "flush_interval = \"50ms\"\nconcurrency = 2"));
     let t0 = now_secs() - 3000;
     let streams = ["a", "b", "c", "d"];
@@ -310,15 +408,24 @@ fn throttling_5xx_and_lost_responses_lose_nothing_and_bound_duplicates() {
     }
     let calls = proxy.calls();
     assert_limits(&calls);
-    let lost: usize = calls.iter().filter(|c| c.fate == "lost" && c.status == 200).map(|c| c.events).sum();
-    assert!(calls.iter().any(|c| c.fate == "throttled") && calls.iter().any(|c| c.fate == "unavailable") && lost > 0, "faults injected");
+    let lost: usize =
+        calls.iter().filter(|c| c.fate == "lost" && c.status == 200).map(|c| c.events).sum();
+    assert!(
+        calls.iter().any(|c| c.fate == "throttled")
+            && calls.iter().any(|c| c.fate == "unavailable")
+            && lost > 0,
+        "faults injected"
+    );
     let stored = Stored::read(&moto.url(), None);
     let mut dups = 0;
     for st in streams {
         let msgs = stored.messages("/ecs/prod/app", &format!("faults/{st}"));
         let (unique, d) = dedup(&msgs);
         dups += d;
-        let want: Vec<String> = (0..2000).filter(|i| streams[(i % 4) as usize] == st).map(|i| format!("{st} {i}")).collect();
+        let want: Vec<String> = (0..2000)
+            .filter(|i| streams[(i % 4) as usize] == st)
+            .map(|i| format!("{st} {i}"))
+            .collect();
         assert_eq!(unique, want, "stream {st}: every record, in order");
     }
     // Duplicates only from batches whose response was lost, at most one copy each.
@@ -369,8 +476,10 @@ fn sigv4_and_iam_checked_by_moto_wrong_secret_is_a_clear_error_and_loses_nothing
     // The first 3 calls (the IAM setup) are not authenticated; every later one has its
     // SigV4 signature recomputed and its IAM policy evaluated by moto.
     let moto = Moto::start(&[("INITIAL_NO_AUTH_ACTION_COUNT", "3")]);
-    let keys: serde_json::Value = serde_json::from_str(&cw_tool(&moto.url(), &["iam-setup"], None)).unwrap();
-    let (key, secret) = (keys["key"].as_str().unwrap().to_string(), keys["secret"].as_str().unwrap().to_string());
+    let keys: serde_json::Value =
+        serde_json::from_str(&cw_tool(&moto.url(), &["iam-setup"], None)).unwrap();
+    let (key, secret) =
+        (keys["key"].as_str().unwrap().to_string(), keys["secret"].as_str().unwrap().to_string());
     let cfg = config(&moto.url(), "");
     let env = |secret: &str| -> Vec<(String, String)> {
         vec![
@@ -380,14 +489,18 @@ fn sigv4_and_iam_checked_by_moto_wrong_secret_is_a_clear_error_and_loses_nothing
             ("AWS_CONFIG_FILE".into(), "/dev/null".into()),
         ]
     };
-    let as_refs = |v: &[(String, String)]| v.iter().map(|(a, b)| (a.clone(), b.clone())).collect::<Vec<_>>();
+    let as_refs =
+        |v: &[(String, String)]| v.iter().map(|(a, b)| (a.clone(), b.clone())).collect::<Vec<_>>();
     let wrong = as_refs(&env("not-the-secret"));
     let wrong: Vec<(&str, &str)> = wrong.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
     let mut b = start_in(tempfile::tempdir().unwrap(), &cfg, &wrong);
     let t0 = now_secs() - 100;
     let entries: Vec<_> = (0..20).map(|i| (t0 + i, ecs("iam", "web", &format!("i{i}")))).collect();
     send(&b, "docker.iam", &entries, 5);
-    wait_for(LONG, "unauthorized retries", || (b.metric("berth_output_retries_total{sink=\"cw\",reason=\"unauthorized\"}") >= 2.0).then_some(()));
+    wait_for(LONG, "unauthorized retries", || {
+        (b.metric("berth_output_retries_total{sink=\"cw\",reason=\"unauthorized\"}") >= 2.0)
+            .then_some(())
+    });
     let err = b.stderr_text();
     assert!(err.contains("refused as unauthorized"), "a clear error in the log:\n{err}");
     assert_eq!(Stored::read(&moto.url(), Some((&key, &secret))).total(), 0);
@@ -401,5 +514,8 @@ fn sigv4_and_iam_checked_by_moto_wrong_secret_is_a_clear_error_and_loses_nothing
     let b = start_in(dir, &cfg, &right);
     wait_acknowledged(&b);
     let stored = Stored::read(&moto.url(), Some((&key, &secret)));
-    assert_eq!(stored.messages("/ecs/prod/app", "iam/web"), (0..20).map(|i| format!("i{i}")).collect::<Vec<_>>());
+    assert_eq!(
+        stored.messages("/ecs/prod/app", "iam/web"),
+        (0..20).map(|i| format!("i{i}")).collect::<Vec<_>>()
+    );
 }

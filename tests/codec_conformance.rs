@@ -20,9 +20,7 @@ use std::io::Write;
 use std::path::PathBuf;
 
 const MAX: usize = 16 * 1024 * 1024;
-const LIMITS: Limits = Limits {
-    max_message_size: MAX,
-};
+const LIMITS: Limits = Limits { max_message_size: MAX };
 
 // ---------------------------------------------------------------------------------------
 // A per-thread allocation meter, so the gzip-bomb test can prove the bomb is never held in
@@ -109,21 +107,13 @@ fn drive<'a>(writes: impl IntoIterator<Item = &'a [u8]>) -> Result<Decoded, Deco
                     }
                 }
                 FrameStatus::Incomplete { at_least } => {
-                    assert!(
-                        at_least > buf.len(),
-                        "at_least {at_least} <= buffered {}",
-                        buf.len()
-                    );
+                    assert!(at_least > buf.len(), "at_least {at_least} <= buffered {}", buf.len());
                     need = at_least;
                 }
             }
         }
     }
-    assert!(
-        buf.is_empty(),
-        "{} bytes left undecoded at end of stream",
-        buf.len()
-    );
+    assert!(buf.is_empty(), "{} bytes left undecoded at end of stream", buf.len());
     Ok(out)
 }
 
@@ -142,11 +132,7 @@ fn fixtures() -> Vec<(String, Vec<u8>, Json)> {
         .map(|bin| {
             let name = bin.file_stem().unwrap().to_string_lossy().into_owned();
             let manifest = std::fs::read(bin.with_extension("json")).unwrap();
-            (
-                name,
-                std::fs::read(&bin).unwrap(),
-                serde_json::from_slice(&manifest).unwrap(),
-            )
+            (name, std::fs::read(&bin).unwrap(), serde_json::from_slice(&manifest).unwrap())
         })
         .collect()
 }
@@ -190,16 +176,9 @@ fn base64(b: &[u8]) -> String {
     const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut s = String::new();
     for c in b.chunks(3) {
-        let n = c
-            .iter()
-            .enumerate()
-            .fold(0u32, |n, (i, &x)| n | u32::from(x) << (16 - 8 * i));
+        let n = c.iter().enumerate().fold(0u32, |n, (i, &x)| n | u32::from(x) << (16 - 8 * i));
         for i in 0..4 {
-            s.push(if i <= c.len() {
-                A[(n >> (18 - 6 * i) & 63) as usize] as char
-            } else {
-                '='
-            });
+            s.push(if i <= c.len() { A[(n >> (18 - 6 * i) & 63) as usize] as char } else { '=' });
         }
     }
     s
@@ -219,29 +198,13 @@ fn check_manifest(name: &str, got: &Decoded, manifest: &Json) {
     assert_eq!(got.events.len(), want.len(), "{name}: event count");
     for (i, ((tag, ev), w)) in got.events.iter().zip(want).enumerate() {
         assert_eq!(json!(tag), w["tag"], "{name} event {i}: tag");
-        assert_eq!(
-            json!([ev.time.secs, ev.time.nanos]),
-            w["time"],
-            "{name} event {i}: time"
-        );
-        assert_eq!(
-            to_json(&read_value(&ev.record)),
-            w["record"],
-            "{name} event {i}: record"
-        );
+        assert_eq!(json!([ev.time.secs, ev.time.nanos]), w["time"], "{name} event {i}: time");
+        assert_eq!(to_json(&read_value(&ev.record)), w["record"], "{name} event {i}: record");
         let meta = (!ev.metadata.is_empty()).then(|| to_json(&read_value(&ev.metadata)));
-        assert_eq!(
-            meta.as_ref(),
-            w.get("metadata"),
-            "{name} event {i}: metadata"
-        );
+        assert_eq!(meta.as_ref(), w.get("metadata"), "{name} event {i}: metadata");
     }
-    let acks: Vec<Vec<u8>> = manifest["acks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(expected_ack)
-        .collect();
+    let acks: Vec<Vec<u8>> =
+        manifest["acks"].as_array().unwrap().iter().map(expected_ack).collect();
     assert_eq!(got.acks, acks, "{name}: acks");
 }
 
@@ -269,10 +232,7 @@ fn fixtures_decode_the_same_one_byte_at_a_time() {
     for (name, bin, _) in fixtures() {
         let whole = drive([&bin[..]]).unwrap();
         let bytewise = drive(bin.chunks(1)).unwrap();
-        assert!(
-            bytewise == whole,
-            "{name}: byte-at-a-time decodes differently"
-        );
+        assert!(bytewise == whole, "{name}: byte-at-a-time decodes differently");
     }
 }
 
@@ -283,9 +243,7 @@ fn fixture_modes_are_the_documented_ones() {
         let mut modes = Vec::new();
         let mut rest = Bytes::from(bin);
         while !rest.is_empty() {
-            let Ok(FrameStatus::Complete(n)) = frame_len(&rest, MAX) else {
-                panic!("{name}")
-            };
+            let Ok(FrameStatus::Complete(n)) = frame_len(&rest, MAX) else { panic!("{name}") };
             if let Ok(Frame::Request(r)) = decode_frame(rest.split_to(n), &LIMITS) {
                 modes.push(r.mode);
             }
@@ -295,20 +253,25 @@ fn fixture_modes_are_the_documented_ones() {
     };
     assert_eq!(mode_of("pylogger-message"), [Mode::Message]);
     assert_eq!(mode_of("pylogger-eventtime"), [Mode::Message]);
-    for docker in ["docker-plain", "docker-subsecond", "docker-request-ack", "docker-partial", "docker-async", "docker-labels-env"] {
-        assert_eq!(mode_of(docker), [Mode::Message], "{docker}: Docker's driver sends Message mode");
+    for docker in [
+        "docker-plain",
+        "docker-subsecond",
+        "docker-request-ack",
+        "docker-partial",
+        "docker-async",
+        "docker-labels-env",
+    ] {
+        assert_eq!(
+            mode_of(docker),
+            [Mode::Message],
+            "{docker}: Docker's driver sends Message mode"
+        );
     }
     assert_eq!(mode_of("fluentbit-forward"), [Mode::Forward]);
     assert_eq!(mode_of("fluentbit-gzip"), [Mode::CompressedPackedForward]);
     assert_eq!(mode_of("generated-packed-str"), [Mode::PackedForward]);
-    assert_eq!(
-        mode_of("generated-gzip-two-members-ext8"),
-        [Mode::CompressedPackedForward]
-    );
-    assert_eq!(
-        mode_of("generated-float-nil-empty"),
-        [Mode::Message, Mode::Forward, Mode::Message]
-    );
+    assert_eq!(mode_of("generated-gzip-two-members-ext8"), [Mode::CompressedPackedForward]);
+    assert_eq!(mode_of("generated-float-nil-empty"), [Mode::Message, Mode::Forward, Mode::Message]);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -450,27 +413,14 @@ fn truncated_frames_stay_incomplete() {
         };
         3
     ];
-    let opts = EncodeOptions {
-        chunk: Some("c".into()),
-        event_time: true,
-    };
-    for mode in [
-        Mode::Message,
-        Mode::Forward,
-        Mode::PackedForward,
-        Mode::CompressedPackedForward,
-    ] {
+    let opts = EncodeOptions { chunk: Some("c".into()), event_time: true };
+    for mode in [Mode::Message, Mode::Forward, Mode::PackedForward, Mode::CompressedPackedForward] {
         let b = encode_request(mode, "t", &events, &opts);
-        let Ok(FrameStatus::Complete(first)) = frame_len(&b, MAX) else {
-            panic!("{mode:?}")
-        };
+        let Ok(FrameStatus::Complete(first)) = frame_len(&b, MAX) else { panic!("{mode:?}") };
         for cut in 0..first {
             match frame_len(&b[..cut], MAX) {
                 Ok(FrameStatus::Incomplete { at_least }) => {
-                    assert!(
-                        at_least > cut && at_least <= first,
-                        "{mode:?} cut {cut}: {at_least}"
-                    )
+                    assert!(at_least > cut && at_least <= first, "{mode:?} cut {cut}: {at_least}")
                 }
                 other => panic!("{mode:?} cut {cut}: {other:?}"),
             }
@@ -480,21 +430,16 @@ fn truncated_frames_stay_incomplete() {
 
 #[test]
 fn four_billion_element_array_fails_fast() {
-    for header in [
-        &b"\xdd\xff\xff\xff\xff"[..],
-        b"\x92\xa1t\xdd\xff\xff\xff\xff",
-        b"\xdf\xff\xff\xff\xff",
-    ] {
+    for header in
+        [&b"\xdd\xff\xff\xff\xff"[..], b"\x92\xa1t\xdd\xff\xff\xff\xff", b"\xdf\xff\xff\xff\xff"]
+    {
         let (res, peak) = peak_during(|| frame_len(header, MAX));
         let err = res.expect_err("must fail on the header alone");
         assert_eq!(err.reason(), "frame_too_large");
         assert_eq!(peak, 0, "frame_len allocated");
     }
     let err = frame_len(b"\xc6\x40\x00\x00\x00", MAX).unwrap_err();
-    assert_eq!(
-        err.to_string(),
-        "frame of 1073741829 bytes exceeds max_message_size 16777216"
-    );
+    assert_eq!(err.to_string(), "frame of 1073741829 bytes exceeds max_message_size 16777216");
 }
 
 #[test]
@@ -504,26 +449,15 @@ fn gzip_bomb_fails_without_inflating_it() {
     let one = gzip(&hundred_mib);
     drop(hundred_mib);
     let member = gzip(&vec![0u8; 1 << 20]);
-    let many: Vec<u8> = member
-        .iter()
-        .copied()
-        .cycle()
-        .take(member.len() * 100)
-        .collect();
+    let many: Vec<u8> = member.iter().copied().cycle().take(member.len() * 100).collect();
     for bomb in [one, many] {
         let frame = Bytes::from(packed_gzip(&bomb));
         assert!(frame.len() < 1 << 20, "bomb is {} bytes", frame.len());
         let (res, peak) = peak_during(|| decode_frame(frame, &LIMITS));
         let err = res.expect_err("bomb must fail");
         assert_eq!(err.reason(), "decompressed_too_large");
-        assert_eq!(
-            err.to_string(),
-            "gzip payload inflates past max_message_size (16777216 bytes)"
-        );
-        assert!(
-            peak < 2 * MAX + (1 << 20),
-            "decoding the bomb peaked at {peak} bytes"
-        );
+        assert_eq!(err.to_string(), "gzip payload inflates past max_message_size (16777216 bytes)");
+        assert!(peak < 2 * MAX + (1 << 20), "decoding the bomb peaked at {peak} bytes");
     }
 }
 
@@ -537,18 +471,9 @@ fn broken_requests_fail_with_their_reason() {
         (b"\x93\xa1t\x01\xa1x", "non_map_record"),
         (b"\x93\xa1t\x01\x91\x01", "non_map_record"),
         (b"\x92\xa1t\x91\x92\xc3\x80", "bad_time"),
-        (
-            b"\x93\xa1t\xd7\x01\x00\x00\x00\x01\x00\x00\x00\x00\x80",
-            "bad_time",
-        ),
-        (
-            b"\x93\xa1t\xc4\x04\x1f\x8b\x00\x00\x81\xaacompressed\xa4gzip",
-            "bad_compression",
-        ),
-        (
-            b"\x93\xa1t\xc4\x03abc\x81\xaacompressed\xa4gzip",
-            "bad_compression",
-        ),
+        (b"\x93\xa1t\xd7\x01\x00\x00\x00\x01\x00\x00\x00\x00\x80", "bad_time"),
+        (b"\x93\xa1t\xc4\x04\x1f\x8b\x00\x00\x81\xaacompressed\xa4gzip", "bad_compression"),
+        (b"\x93\xa1t\xc4\x03abc\x81\xaacompressed\xa4gzip", "bad_compression"),
         (b"\x93\xa1t\x01\xc1", "malformed"),
     ];
     for (b, reason) in cases {

@@ -25,7 +25,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-
 /// Labels the ECS agent puts on every task container.
 const ECS_LABELS: &[&str] = &[
     "com.amazonaws.ecs.cluster=c1",
@@ -69,11 +68,7 @@ fn docker_ready(test: &str) -> bool {
 }
 
 fn docker(args: &[&str]) -> Output {
-    Command::new("docker")
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run docker")
+    Command::new("docker").args(args).stdin(Stdio::null()).output().expect("run docker")
 }
 
 /// Run docker, assert success, return stdout trimmed.
@@ -170,12 +165,8 @@ static SEQ: AtomicUsize = AtomicUsize::new(0);
 /// `docker run -d` with the fluentd driver pointed at `address` (`tcp://…`, `unix://…`),
 /// tag `docker.{{.Name}}`.
 fn run(address: &str, r: Run) -> Container {
-    let name = format!(
-        "berth-{}-{}-{}",
-        r.test,
-        std::process::id(),
-        SEQ.fetch_add(1, Ordering::Relaxed)
-    );
+    let name =
+        format!("berth-{}-{}-{}", r.test, std::process::id(), SEQ.fetch_add(1, Ordering::Relaxed));
     let mut args: Vec<String> = vec!["run".into(), "-d".into(), "--name".into(), name.clone()];
     args.extend(["--log-driver".into(), "fluentd".into()]);
     args.extend(["--log-opt".into(), format!("fluentd-address={address}")]);
@@ -184,24 +175,12 @@ fn run(address: &str, r: Run) -> Container {
         args.extend(["--log-opt".into(), o.clone()]);
     }
     args.extend(r.args.iter().cloned());
-    args.extend([
-        image().to_string(),
-        "sh".into(),
-        "-c".into(),
-        r.script.clone(),
-    ]);
+    args.extend([image().to_string(), "sh".into(), "-c".into(), r.script.clone()]);
     let argv: Vec<&str> = args.iter().map(String::as_str).collect();
     let out = docker(&argv);
     // Registered before checking, so a container created but not started is removed too.
-    let c = Container {
-        name,
-        id: String::from_utf8_lossy(&out.stdout).trim().to_string(),
-    };
-    assert!(
-        out.status.success(),
-        "docker run failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let c = Container { name, id: String::from_utf8_lossy(&out.stdout).trim().to_string() };
+    assert!(out.status.success(), "docker run failed: {}", String::from_utf8_lossy(&out.stderr));
     c
 }
 
@@ -214,18 +193,12 @@ impl Container {
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn docker wait");
-        let status = wait_for(
-            Duration::from_secs(60),
-            &format!("container {} to exit", self.name),
-            || child.try_wait().ok().flatten(),
-        );
+        let status =
+            wait_for(Duration::from_secs(60), &format!("container {} to exit", self.name), || {
+                child.try_wait().ok().flatten()
+            });
         let mut out = String::new();
-        child
-            .stdout
-            .take()
-            .expect("stdout")
-            .read_to_string(&mut out)
-            .expect("read docker wait");
+        child.stdout.take().expect("stdout").read_to_string(&mut out).expect("read docker wait");
         assert!(status.success(), "docker wait {} failed", self.name);
         out.trim().parse().expect("exit code from docker wait")
     }
@@ -275,26 +248,14 @@ fn check_numbered(c: &Container, got: &[Value], n: usize, m: usize) {
         // Docker's driver writes "/name"; enrichment replaces it with the current name.
         assert_eq!(r["container_name"], c.name.as_str(), "{e}");
         assert_eq!(r["image"], IMAGE, "{e}");
-        let source = r["source"]
-            .as_str()
-            .unwrap_or_else(|| panic!("no source: {e}"))
-            .to_string();
-        per.entry(source).or_default().push(
-            r["log"]
-                .as_str()
-                .unwrap_or_else(|| panic!("no log: {e}"))
-                .to_string(),
-        );
+        let source = r["source"].as_str().unwrap_or_else(|| panic!("no source: {e}")).to_string();
+        per.entry(source)
+            .or_default()
+            .push(r["log"].as_str().unwrap_or_else(|| panic!("no log: {e}")).to_string());
     }
     let want = |p: &str, k: usize| (1..=k).map(|i| format!("{p} {i}")).collect::<Vec<_>>();
-    assert_eq!(
-        per.get("stdout").cloned().unwrap_or_default(),
-        want("out", n)
-    );
-    assert_eq!(
-        per.get("stderr").cloned().unwrap_or_default(),
-        want("err", m)
-    );
+    assert_eq!(per.get("stdout").cloned().unwrap_or_default(), want("out", n));
+    assert_eq!(per.get("stderr").cloned().unwrap_or_default(), want("err", m));
 }
 
 fn nanos(e: &Value) -> u32 {
@@ -340,10 +301,11 @@ fn numbered_case(case: Case) -> Option<Vec<Value>> {
     assert_eq!(c.wait(), 0, "container exit code");
     // A bound, not a pace: with request-ack every line waits for its own fsync, which a loaded
     // 2-core machine can stretch past the usual 20 s for 300 lines.
-    let got = wait_for(Duration::from_secs(90), &format!("{} events for {}", n + m, c.tag()), || {
-        let got = delivered(b.path(), &c.tag());
-        (got.len() >= n + m).then_some(got)
-    });
+    let got =
+        wait_for(Duration::from_secs(90), &format!("{} events for {}", n + m, c.tag()), || {
+            let got = delivered(b.path(), &c.tag());
+            (got.len() >= n + m).then_some(got)
+        });
     check_numbered(&c, &got, n, m);
     if case.labels {
         for e in &got {
@@ -356,10 +318,7 @@ fn numbered_case(case: Case) -> Option<Vec<Value>> {
     } else {
         assert!(got.iter().all(|e| e["record"].get("ecs_cluster").is_none()));
     }
-    assert_eq!(
-        b.metric("berth_input_errors_total{reason=\"malformed\"}"),
-        0.0
-    );
+    assert_eq!(b.metric("berth_input_errors_total{reason=\"malformed\"}"), 0.0);
     Some(got)
 }
 
@@ -377,10 +336,7 @@ fn tcp_every_line_in_order_per_stream() {
     }) else {
         return;
     };
-    assert!(
-        got.iter().all(|e| nanos(e) == 0),
-        "integer seconds without sub-second precision"
-    );
+    assert!(got.iter().all(|e| nanos(e) == 0), "integer seconds without sub-second precision");
 }
 
 #[test]
@@ -417,10 +373,7 @@ fn sub_second_precision_times_have_nanoseconds() {
         return;
     };
     // 250 lines all on a whole second would be a one-in-10^2000 accident.
-    assert!(
-        got.iter().any(|e| nanos(e) != 0),
-        "sub-second times arrive with nanoseconds"
-    );
+    assert!(got.iter().any(|e| nanos(e) != 0), "sub-second times arrive with nanoseconds");
 }
 
 #[test]
@@ -444,13 +397,7 @@ fn request_ack_every_line_acked_and_delivered() {
 
 #[test]
 fn ecs_labelled_container_is_delivered() {
-    numbered_case(Case {
-        test: "ecs",
-        lines: (200, 50),
-        unix: true,
-        log_opts: &[],
-        labels: true,
-    });
+    numbered_case(Case { test: "ecs", lines: (200, 50), unix: true, log_opts: &[], labels: true });
 }
 
 /// `text` as one line of exactly that many bytes on stdout (built by doubling, so a
@@ -472,28 +419,51 @@ fn long_lines_arrive_whole() {
     }
     let b = start_docker(FILE_SINK);
     let sizes = [100 * 1024, 1024 * 1024];
-    let script = format!("{}; echo short; {}; echo done", print_line(sizes[0], ""), print_line(sizes[1], ""));
-    let c = run(&format!("tcp://{}", b.tcp_addr()), Run { test: "long", log_opts: vec![], args: vec![], script });
+    let script = format!(
+        "{}; echo short; {}; echo done",
+        print_line(sizes[0], ""),
+        print_line(sizes[1], "")
+    );
+    let c = run(
+        &format!("tcp://{}", b.tcp_addr()),
+        Run { test: "long", log_opts: vec![], args: vec![], script },
+    );
     assert_eq!(c.wait(), 0);
     let got = wait_for(WAIT, "the line after the long ones", || {
         let got = delivered(b.path(), &c.tag());
         got.iter().any(|e| e["record"]["log"] == "done").then_some(got)
     });
     let logs: Vec<&str> = got.iter().map(|e| e["record"]["log"].as_str().expect("log")).collect();
-    assert_eq!(logs.len(), 4, "one record per line: {:?}", logs.iter().map(|l| l.len()).collect::<Vec<_>>());
+    assert_eq!(
+        logs.len(),
+        4,
+        "one record per line: {:?}",
+        logs.iter().map(|l| l.len()).collect::<Vec<_>>()
+    );
     assert!(logs[0] == long_text(sizes[0]), "the 100 KiB line, whole");
     assert_eq!(logs[1], "short");
     assert!(logs[2] == long_text(sizes[1]), "the 1 MiB line, whole ({} bytes)", logs[2].len());
     assert_eq!(logs[3], "done");
     for e in &got {
         let r = &e["record"];
-        for k in ["partial_message", "partial_id", "partial_ordinal", "partial_last", "partial_incomplete"] {
+        for k in [
+            "partial_message",
+            "partial_id",
+            "partial_ordinal",
+            "partial_last",
+            "partial_incomplete",
+        ] {
             assert!(r.get(k).is_none(), "{k} in a whole line");
         }
         assert_eq!(r["container_id"], c.id.as_str());
         assert_eq!(r["source"], "stdout");
     }
-    assert_eq!(b.metric("berth_reassembled_records_total{sink=\"files\",kind=\"partial\",outcome=\"complete\"}"), 2.0);
+    assert_eq!(
+        b.metric(
+            "berth_reassembled_records_total{sink=\"files\",kind=\"partial\",outcome=\"complete\"}"
+        ),
+        2.0
+    );
 }
 
 /// Two containers write long lines at the same time over one berth: every line arrives
@@ -507,7 +477,12 @@ fn interleaved_long_lines_of_two_containers_are_not_mixed() {
     let addr = format!("unix://{}", b.unix_path().display());
     let lines = 6;
     let len = 50 * 1024;
-    let script = |who: &str| format!("i=1; while [ $i -le {lines} ]; do {}; i=$((i+1)); done", print_line(len, &format!("{who}$i:")));
+    let script = |who: &str| {
+        format!(
+            "i=1; while [ $i -le {lines} ]; do {}; i=$((i+1)); done",
+            print_line(len, &format!("{who}$i:"))
+        )
+    };
     let a = run(&addr, Run { test: "mix-a", log_opts: vec![], args: vec![], script: script("A") });
     let z = run(&addr, Run { test: "mix-z", log_opts: vec![], args: vec![], script: script("Z") });
     assert_eq!(a.wait(), 0);
@@ -517,7 +492,11 @@ fn interleaved_long_lines_of_two_containers_are_not_mixed() {
         assert_eq!(got.len(), lines, "{who}: one record per line");
         for (i, e) in got.iter().enumerate() {
             let want = format!("{who}{}:{}", i + 1, long_text(len));
-            assert!(e["record"]["log"].as_str() == Some(want.as_str()), "{who} line {} is whole and its own", i + 1);
+            assert!(
+                e["record"]["log"].as_str() == Some(want.as_str()),
+                "{who} line {} is whole and its own",
+                i + 1
+            );
         }
     }
 }
@@ -536,9 +515,14 @@ fn container_killed_mid_line_loses_nothing_it_wrote() {
     let script = format!(
         "s=0123456789; while [ ${{#s}} -lt {len} ]; do s=$s$s; done; printf '%s' \"${{s:0:{len}}}\"; sleep 600"
     );
-    let c = run(&format!("tcp://{}", b.tcp_addr()), Run { test: "killed", log_opts: vec![], args: vec![], script });
+    let c = run(
+        &format!("tcp://{}", b.tcp_addr()),
+        Run { test: "killed", log_opts: vec![], args: vec![], script },
+    );
     // Docker has sent the first two 16 KiB parts once they are in berth's buffer.
-    wait_for(WAIT, "the first parts in the buffer", || (b.metric("berth_input_records_total") >= 2.0).then_some(()));
+    wait_for(WAIT, "the first parts in the buffer", || {
+        (b.metric("berth_input_records_total") >= 2.0).then_some(())
+    });
     docker_ok(&["kill", &c.name]);
     let got = wait_delivered(b.path(), &c.tag(), 1);
     assert_eq!(got.len(), 1, "one record");
@@ -547,7 +531,12 @@ fn container_killed_mid_line_loses_nothing_it_wrote() {
     // Docker never marks the last piece of a line cut short: the join times out.
     assert_eq!(r["partial_incomplete"], true, "marked incomplete");
     assert!(r["partial_id"].is_string(), "with its partial_id");
-    assert_eq!(b.metric("berth_reassembled_records_total{sink=\"files\",kind=\"partial\",outcome=\"timeout\"}"), 1.0);
+    assert_eq!(
+        b.metric(
+            "berth_reassembled_records_total{sink=\"files\",kind=\"partial\",outcome=\"timeout\"}"
+        ),
+        1.0
+    );
 }
 
 /// berth stops (SIGTERM) and starts again on the same socket and buffer while a container
@@ -576,10 +565,7 @@ fn berth_restart_while_container_logs_async() {
         &format!("unix://{}", sock.display()),
         Run {
             test: "restart",
-            log_opts: vec![
-                "fluentd-async=true".into(),
-                "fluentd-retry-wait=100ms".into(),
-            ],
+            log_opts: vec!["fluentd-async=true".into(), "fluentd-retry-wait=100ms".into()],
             args: vec!["-v".into(), format!("{}:/ctl", ctl.path().display())],
             script: script.into(),
         },
@@ -589,11 +575,7 @@ fn berth_restart_while_container_logs_async() {
     let stopping = std::time::Instant::now();
     let status = b1.stop();
     let stop_took = stopping.elapsed();
-    assert!(
-        status.success(),
-        "berth exit status {status}:\n{}",
-        b1.stderr_text()
-    );
+    assert!(status.success(), "berth exit status {status}:\n{}", b1.stderr_text());
     let before = delivered(shared.path(), &tag).len();
     drop(b1);
 
@@ -603,9 +585,7 @@ fn berth_restart_while_container_logs_async() {
     std::fs::write(ctl.path().join("go"), b"").expect("create /ctl/go");
     let got = wait_for(WAIT, "after 20", || {
         let got = delivered(shared.path(), &tag);
-        got.iter()
-            .any(|e| e["record"]["log"] == "after 20")
-            .then_some(got)
+        got.iter().any(|e| e["record"]["log"] == "after 20").then_some(got)
     });
     let took = back.elapsed();
     std::fs::write(ctl.path().join("stop"), b"").expect("create /ctl/stop");
@@ -621,13 +601,7 @@ fn berth_restart_while_container_logs_async() {
     // them for the record rather than assert on them.
     let ticks: Vec<u64> = got
         .iter()
-        .filter_map(|e| {
-            e["record"]["log"]
-                .as_str()?
-                .strip_prefix("tick ")?
-                .parse()
-                .ok()
-        })
+        .filter_map(|e| e["record"]["log"].as_str()?.strip_prefix("tick ")?.parse().ok())
         .collect();
     let max = ticks.iter().copied().max().unwrap_or(0);
     eprintln!(
@@ -773,21 +747,17 @@ fn describe(frames: &[Vec<u8>]) -> Capture {
         let (secs, ns) = time_of(&arr[1]);
         let record = to_json(&arr[2]);
         assert!(record.is_object(), "record is a map: {v}");
-        let keys = arr.get(3).and_then(|o| o.as_map()).map(|m| {
-            m.iter()
-                .filter_map(|(k, _)| k.as_str().map(str::to_string))
-                .collect()
-        });
+        let keys = arr
+            .get(3)
+            .and_then(|o| o.as_map())
+            .map(|m| m.iter().filter_map(|(k, _)| k.as_str().map(str::to_string)).collect());
         shapes.push((time_marker, keys));
         events.push(json!({"tag": tag, "time": [secs, ns], "record": record}));
         if let Some(c) = chunk_of(&v) {
             acks.push(json!(c));
         }
     }
-    Capture {
-        manifest: json!({"events": events, "acks": acks}),
-        shapes,
-    }
+    Capture { manifest: json!({"events": events, "acks": acks}), shapes }
 }
 
 fn write_fixture(name: &str, frames: &[Vec<u8>], manifest: &Value) {
@@ -810,7 +780,11 @@ fn driver_bytes_are_captured() {
         return;
     }
     let update = std::env::var("BERTH_UPDATE_FIXTURES").as_deref() == Ok("1");
-    let labelled: Vec<String> = ECS_LABELS.iter().flat_map(|l| ["--label".to_string(), l.to_string()]).chain(["-e".into(), "APP_ENV=prod".into()]).collect();
+    let labelled: Vec<String> = ECS_LABELS
+        .iter()
+        .flat_map(|l| ["--label".to_string(), l.to_string()])
+        .chain(["-e".into(), "APP_ENV=prod".into()])
+        .collect();
     // (fixture name, --log-opt values, script, requests expected, docker run arguments)
     type CaptureCase = (&'static str, &'static [&'static str], String, usize, Vec<String>);
     let cases: [CaptureCase; 6] = [
@@ -821,11 +795,20 @@ fn driver_bytes_are_captured() {
         ("docker-partial", &[], format!("{}; echo done", print_line(40 * 1024, "")), 4, vec![]),
         // Async: the container stays up until its lines are sent (Docker drops what the
         // async driver still holds at exit).
-        ("docker-async", &["fluentd-async=true"], format!("{}; sleep 1", numbered(3, 2)), 5, vec![]),
+        (
+            "docker-async",
+            &["fluentd-async=true"],
+            format!("{}; sleep 1", numbered(3, 2)),
+            5,
+            vec![],
+        ),
         // The driver's own `labels` / `env` options copy those values into every record.
         (
             "docker-labels-env",
-            &["labels=com.amazonaws.ecs.cluster,com.amazonaws.ecs.task-definition-family", "env=APP_ENV"],
+            &[
+                "labels=com.amazonaws.ecs.cluster,com.amazonaws.ecs.task-definition-family",
+                "env=APP_ENV",
+            ],
             numbered(2, 0),
             2,
             labelled,
@@ -854,16 +837,9 @@ fn driver_bytes_are_captured() {
             if name == "docker-subsecond" {
                 assert_eq!(*marker, 0xd7, "{name}: EventTime as fixext8");
             } else {
-                assert!(
-                    *marker <= 0x7f || (0xcc..=0xd3).contains(marker),
-                    "{name}: integer time"
-                );
+                assert!(*marker <= 0x7f || (0xcc..=0xd3).contains(marker), "{name}: integer time");
             }
-            let want: &[&str] = if name == "docker-request-ack" {
-                &["chunk"]
-            } else {
-                &[]
-            };
+            let want: &[&str] = if name == "docker-request-ack" { &["chunk"] } else { &[] };
             assert_eq!(
                 keys.as_deref(),
                 Some(&want.iter().map(|k| k.to_string()).collect::<Vec<_>>()[..]),
@@ -902,11 +878,19 @@ fn driver_bytes_are_captured() {
 // Enrichment from the engine: the metadata cache, its events and its failures.
 
 /// ECS agent labels for a task `task` of `cluster` running container `container`.
-fn ecs_labels(cluster: &str, container: &str, task: &str, family: &str, revision: u32) -> Vec<String> {
+fn ecs_labels(
+    cluster: &str,
+    container: &str,
+    task: &str,
+    family: &str,
+    revision: u32,
+) -> Vec<String> {
     [
         format!("com.amazonaws.ecs.cluster={cluster}"),
         format!("com.amazonaws.ecs.container-name={container}"),
-        format!("com.amazonaws.ecs.task-arn=arn:aws:ecs:eu-west-1:123456789012:task/{cluster}/{task}"),
+        format!(
+            "com.amazonaws.ecs.task-arn=arn:aws:ecs:eu-west-1:123456789012:task/{cluster}/{task}"
+        ),
         format!("com.amazonaws.ecs.task-definition-family={family}"),
         format!("com.amazonaws.ecs.task-definition-version={revision}"),
     ]
@@ -926,23 +910,48 @@ fn every_line_carries_its_own_containers_ecs_fields() {
     if !docker_ready("ecs_fields") {
         return;
     }
-    let cfg = format!("{FILE_SINK}\n[enrich.docker]\nlabels = [\"team=owner\"]\nenv = [\"APP_VERSION\"]\n");
+    let cfg = format!(
+        "{FILE_SINK}\n[enrich.docker]\nlabels = [\"team=owner\"]\nenv = [\"APP_VERSION\"]\n"
+    );
     let b = start_docker(&cfg);
     let addr = format!("unix://{}", b.unix_path().display());
     let mut a_args = ecs_labels("prod", "web", "aaaa1111", "shop", 7);
-    a_args.extend(["--label".into(), "team=payments".into(), "-e".into(), "APP_VERSION=1.2.3".into()]);
-    let a = run(&addr, Run { test: "ecs-a", log_opts: vec![], args: a_args, script: numbered(100, 20) });
-    let w = run(&addr, Run { test: "ecs-b", log_opts: vec![], args: ecs_labels("batch", "worker", "bbbb2222", "jobs", 2), script: numbered(100, 20) });
+    a_args.extend([
+        "--label".into(),
+        "team=payments".into(),
+        "-e".into(),
+        "APP_VERSION=1.2.3".into(),
+    ]);
+    let a = run(
+        &addr,
+        Run { test: "ecs-a", log_opts: vec![], args: a_args, script: numbered(100, 20) },
+    );
+    let w = run(
+        &addr,
+        Run {
+            test: "ecs-b",
+            log_opts: vec![],
+            args: ecs_labels("batch", "worker", "bbbb2222", "jobs", 2),
+            script: numbered(100, 20),
+        },
+    );
     assert_eq!(a.wait(), 0);
     assert_eq!(w.wait(), 0);
-    for (c, cluster, name, task, family, rev) in [(&a, "prod", "web", "aaaa1111", "shop", "7"), (&w, "batch", "worker", "bbbb2222", "jobs", "2")] {
+    for (c, cluster, name, task, family, rev) in [
+        (&a, "prod", "web", "aaaa1111", "shop", "7"),
+        (&w, "batch", "worker", "bbbb2222", "jobs", "2"),
+    ] {
         let got = wait_delivered(b.path(), &c.tag(), 120);
         check_numbered(c, &got, 100, 20);
         for e in &got {
             let r = &e["record"];
             assert_eq!(r["ecs_cluster"], cluster, "{e}");
             assert_eq!(r["ecs_container_name"], name, "{e}");
-            assert_eq!(r["ecs_task_arn"], format!("arn:aws:ecs:eu-west-1:123456789012:task/{cluster}/{task}"), "{e}");
+            assert_eq!(
+                r["ecs_task_arn"],
+                format!("arn:aws:ecs:eu-west-1:123456789012:task/{cluster}/{task}"),
+                "{e}"
+            );
             assert_eq!(r["ecs_task_id"], task, "{e}");
             assert_eq!(r["ecs_task_definition_family"], family, "{e}");
             assert_eq!(r["ecs_task_definition_revision"], rev, "{e}");
@@ -962,7 +971,9 @@ fn every_line_carries_its_own_containers_ecs_fields() {
 
 /// Copies each way between `a` and `b` on threads of their own until either side ends.
 fn splice(a: std::os::unix::net::UnixStream, b: std::os::unix::net::UnixStream) {
-    for (mut from, mut to) in [(a.try_clone().expect("clone"), b.try_clone().expect("clone")), (b, a)] {
+    for (mut from, mut to) in
+        [(a.try_clone().expect("clone"), b.try_clone().expect("clone")), (b, a)]
+    {
         std::thread::spawn(move || {
             let _ = std::io::copy(&mut from, &mut to);
             let _ = to.shutdown(std::net::Shutdown::Write);
@@ -1025,7 +1036,10 @@ fn container_that_exited_before_berth_read_it_is_enriched() {
     args.extend(["-v".into(), format!("{}:/ctl", ctl.path().display())]);
     // More than the pipes hold: the driver is blocked on the gate when the job exits.
     let script = format!("{}; touch /ctl/done", numbered(3000, 0));
-    let c = run(&format!("unix://{}", gate.path.display()), Run { test: "exited", log_opts: vec![], args, script });
+    let c = run(
+        &format!("unix://{}", gate.path.display()),
+        Run { test: "exited", log_opts: vec![], args, script },
+    );
     wait_for(WAIT, "the job to finish writing", || ctl.path().join("done").exists().then_some(()));
     // Exit handling (which takes the container's lock) starts right after; give it a moment.
     std::thread::sleep(Duration::from_millis(500));
@@ -1054,7 +1068,12 @@ fn renamed_container_later_lines_carry_the_new_name() {
     let script = "i=0; while [ ! -e /ctl/stop ]; do i=$((i+1)); echo \"tick $i\"; sleep 0.02; done";
     let mut c = run(
         &format!("unix://{}", b.unix_path().display()),
-        Run { test: "rename", log_opts: vec![], args: vec!["-v".into(), format!("{}:/ctl", ctl.path().display())], script: script.into() },
+        Run {
+            test: "rename",
+            log_opts: vec![],
+            args: vec!["-v".into(), format!("{}:/ctl", ctl.path().display())],
+            script: script.into(),
+        },
     );
     let tag = c.tag();
     let old = c.name.clone();
@@ -1072,9 +1091,13 @@ fn renamed_container_later_lines_carry_the_new_name() {
     std::fs::write(ctl.path().join("stop"), b"").expect("create /ctl/stop");
     assert_eq!(c.wait(), 0);
     let got = delivered(b.path(), &tag);
-    let names: Vec<&str> = got.iter().map(|e| e["record"]["container_name"].as_str().unwrap_or("?")).collect();
+    let names: Vec<&str> =
+        got.iter().map(|e| e["record"]["container_name"].as_str().unwrap_or("?")).collect();
     let first_new = names.iter().position(|n| *n == new).expect("new name");
-    assert!(names[..first_new].iter().all(|n| *n == old), "before the rename: the old name, without the slash: {names:?}");
+    assert!(
+        names[..first_new].iter().all(|n| *n == old),
+        "before the rename: the old name, without the slash: {names:?}"
+    );
     assert!(names[first_new..].iter().all(|n| *n == new), "after it, only the new name: {names:?}");
     assert!(got.iter().all(|e| e["record"]["image"] == IMAGE));
 }
@@ -1093,7 +1116,12 @@ fn removed_container_is_enriched_during_the_grace_period_then_expires() {
     let b = start_docker(&cfg);
     let c = run(
         &format!("tcp://{}", b.tcp_addr()),
-        Run { test: "removed", log_opts: vec![], args: ecs_labels("c1", "app", "cccc3333", "fam", 1), script: numbered(3, 0) },
+        Run {
+            test: "removed",
+            log_opts: vec![],
+            args: ecs_labels("c1", "app", "cccc3333", "fam", 1),
+            script: numbered(3, 0),
+        },
     );
     assert_eq!(c.wait(), 0);
     let got = wait_delivered(b.path(), &c.tag(), 3);
@@ -1109,7 +1137,12 @@ fn removed_container_is_enriched_during_the_grace_period_then_expires() {
 
     // A last line of the removed container, sent the way the driver does.
     let late = |log: &str| {
-        let r = rec(&[("container_id", &c.id), ("container_name", &format!("/{}", c.name)), ("source", "stdout"), ("log", log)]);
+        let r = rec(&[
+            ("container_id", &c.id),
+            ("container_name", &format!("/{}", c.name)),
+            ("source", "stdout"),
+            ("log", log),
+        ]);
         let mut cl = Client::connect(&format!("tcp://{}", b.tcp_addr()));
         cl.send(&message(&c.tag(), 1, r, Some("k")), usize::MAX).unwrap();
         assert_eq!(cl.read_exact_n(ack_bytes("k").len()), ack_bytes("k"));
@@ -1124,20 +1157,27 @@ fn removed_container_is_enriched_during_the_grace_period_then_expires() {
     // caches the containers other tests start on the same engine meanwhile. So: late lines,
     // paced, until one arrives without metadata, and none enriched after that.
     let mut sent = 4;
-    let r = wait_for(Duration::from_secs(60), "a late line without metadata (the entry expired)", || {
-        sent += 1;
-        late(&format!("late {sent}"));
-        let got = wait_delivered(b.path(), &c.tag(), sent);
-        let r = got[sent - 1]["record"].clone();
-        if r.get("ecs_task_id").is_some() {
-            std::thread::sleep(Duration::from_millis(500)); // the pace of the late lines
-            return None;
-        }
-        Some(r)
-    });
+    let r = wait_for(
+        Duration::from_secs(60),
+        "a late line without metadata (the entry expired)",
+        || {
+            sent += 1;
+            late(&format!("late {sent}"));
+            let got = wait_delivered(b.path(), &c.tag(), sent);
+            let r = got[sent - 1]["record"].clone();
+            if r.get("ecs_task_id").is_some() {
+                std::thread::sleep(Duration::from_millis(500)); // the pace of the late lines
+                return None;
+            }
+            Some(r)
+        },
+    );
     assert_eq!(r["container_name"], format!("/{}", c.name), "Docker's field as sent");
     let got = delivered(b.path(), &c.tag());
-    let first_bare = got.iter().position(|e| e["record"].get("ecs_task_id").is_none()).expect("one without metadata");
+    let first_bare = got
+        .iter()
+        .position(|e| e["record"].get("ecs_task_id").is_none())
+        .expect("one without metadata");
     assert_eq!(first_bare, got.len() - 1, "once expired, no line is enriched again");
     assert_eq!(b.metric("berth_enrich_records_total{result=\"no_metadata\"}"), 1.0);
 }
@@ -1149,9 +1189,18 @@ fn docker_unreachable_records_pass_through_with_one_warning() {
     if !docker_ready("unreachable") {
         return;
     }
-    let cfg = format!("{FILE_SINK}\n[enrich.docker]\nsocket = \"unix:///nonexistent/docker.sock\"\n");
+    let cfg =
+        format!("{FILE_SINK}\n[enrich.docker]\nsocket = \"unix:///nonexistent/docker.sock\"\n");
     let b = start_docker(&cfg);
-    let c = run(&format!("tcp://{}", b.tcp_addr()), Run { test: "unreachable", log_opts: vec![], args: ecs_labels("c1", "app", "dddd", "f", 1), script: numbered(50, 0) });
+    let c = run(
+        &format!("tcp://{}", b.tcp_addr()),
+        Run {
+            test: "unreachable",
+            log_opts: vec![],
+            args: ecs_labels("c1", "app", "dddd", "f", 1),
+            script: numbered(50, 0),
+        },
+    );
     assert_eq!(c.wait(), 0);
     let got = wait_delivered(b.path(), &c.tag(), 50);
     for e in &got {
@@ -1166,7 +1215,8 @@ fn docker_unreachable_records_pass_through_with_one_warning() {
         assert_eq!(st["enrich"]["docker"]["connected"], false, "{st}");
         (st["enrich"]["docker"]["failed_connects"].as_u64().unwrap_or(0) >= 3).then_some(())
     });
-    let warnings = b.stderr_text().lines().filter(|l| l.contains("docker engine unreachable")).count();
+    let warnings =
+        b.stderr_text().lines().filter(|l| l.contains("docker engine unreachable")).count();
     assert_eq!(warnings, 1, "{}", b.stderr_text());
 }
 
@@ -1204,8 +1254,14 @@ impl EngineLink {
                     continue;
                 };
                 c.set_nonblocking(false).expect("blocking");
-                let Ok(engine) = std::os::unix::net::UnixStream::connect("/var/run/docker.sock") else { continue };
-                conns.lock().unwrap().extend([c.try_clone().expect("clone"), engine.try_clone().expect("clone")]);
+                let Ok(engine) = std::os::unix::net::UnixStream::connect("/var/run/docker.sock")
+                else {
+                    continue;
+                };
+                conns
+                    .lock()
+                    .unwrap()
+                    .extend([c.try_clone().expect("clone"), engine.try_clone().expect("clone")]);
                 splice(c, engine);
             }
         });
@@ -1232,17 +1288,25 @@ fn engine_back_after_an_outage_is_caught_up_with_one_list() {
         return;
     }
     let link = EngineLink::new();
-    let cfg = format!("{FILE_SINK}\n[enrich.docker]\nsocket = \"unix://{}\"\n", link.path.display());
+    let cfg =
+        format!("{FILE_SINK}\n[enrich.docker]\nsocket = \"unix://{}\"\n", link.path.display());
     let b = start_docker(&cfg);
     let addr = format!("unix://{}", b.unix_path().display());
-    wait_for(WAIT, "berth connected to the engine", || (status(&b)["enrich"]["docker"]["connected"] == true).then_some(()));
+    wait_for(WAIT, "berth connected to the engine", || {
+        (status(&b)["enrich"]["docker"]["connected"] == true).then_some(())
+    });
     // Seen before the outage, removed during it.
-    let gone = run(&addr, Run { test: "outage-gone", log_opts: vec![], args: vec![], script: numbered(1, 0) });
+    let gone = run(
+        &addr,
+        Run { test: "outage-gone", log_opts: vec![], args: vec![], script: numbered(1, 0) },
+    );
     assert_eq!(gone.wait(), 0);
     assert_eq!(wait_delivered(b.path(), &gone.tag(), 1)[0]["record"]["image"], IMAGE);
 
     link.stop();
-    wait_for(WAIT, "berth to notice the outage", || (status(&b)["enrich"]["docker"]["connected"] == false).then_some(()));
+    wait_for(WAIT, "berth to notice the outage", || {
+        (status(&b)["enrich"]["docker"]["connected"] == false).then_some(())
+    });
     docker_ok(&["rm", &gone.name]);
     let ctl = tempfile::tempdir().expect("tempdir");
     let mut args = ecs_labels("c1", "svc", "ffff6666", "web", 2);
@@ -1254,20 +1318,31 @@ fn engine_back_after_an_outage_is_caught_up_with_one_list() {
 
     link.start();
     wait_for(WAIT, "a line of the new container with its task's fields", || {
-        delivered(b.path(), &c.tag()).iter().any(|e| e["record"]["ecs_task_id"] == "ffff6666").then_some(())
+        delivered(b.path(), &c.tag())
+            .iter()
+            .any(|e| e["record"]["ecs_task_id"] == "ffff6666")
+            .then_some(())
     });
     std::fs::write(ctl.path().join("stop"), b"").expect("create /ctl/stop");
     assert_eq!(c.wait(), 0);
     let log = b.stderr_text();
     assert!(log.contains("docker engine reachable again"), "{log}");
     assert!(
-        log.lines().any(|l| l.contains("container removed: its entry is kept") && l.contains(&gone.id)),
+        log.lines()
+            .any(|l| l.contains("container removed: its entry is kept") && l.contains(&gone.id)),
         "the container removed during the outage is marked removed by the list"
     );
     // Once enriched, every later line is.
     let got = delivered(b.path(), &c.tag());
-    let first = got.iter().position(|e| e["record"]["ecs_task_id"] == "ffff6666").expect("an enriched line");
-    assert!(got[first..].iter().all(|e| e["record"]["ecs_task_id"] == "ffff6666"), "{:?}", &got[first..]);
+    let first = got
+        .iter()
+        .position(|e| e["record"]["ecs_task_id"] == "ffff6666")
+        .expect("an enriched line");
+    assert!(
+        got[first..].iter().all(|e| e["record"]["ecs_task_id"] == "ffff6666"),
+        "{:?}",
+        &got[first..]
+    );
 }
 
 /// A container labelled `berth.multiline.start` has its stack traces grouped: each line
@@ -1293,7 +1368,11 @@ fn multiline_label_groups_a_containers_stack_traces() {
     let logs: Vec<&str> = got.iter().map(|e| e["record"]["log"].as_str().expect("log")).collect();
     assert_eq!(
         logs,
-        vec!["Exception in thread main\n  at a.B.c(B.java:1)\n  at d.E.f(E.java:2)", "next event\n  detail", "last event"]
+        vec![
+            "Exception in thread main\n  at a.B.c(B.java:1)\n  at d.E.f(E.java:2)",
+            "next event\n  detail",
+            "last event"
+        ]
     );
     for e in &got {
         assert_eq!(e["record"]["ecs_task_id"], "cccc3333", "{e}");
@@ -1301,5 +1380,8 @@ fn multiline_label_groups_a_containers_stack_traces() {
     }
     let lines = wait_delivered(b.path(), &plain.tag(), 6);
     assert_eq!(lines.len(), 6, "the unlabelled container's lines stay apart");
-    b.wait_metric("berth_reassembled_records_total{sink=\"files\",kind=\"multiline\",outcome=\"complete\"}", 3.0);
+    b.wait_metric(
+        "berth_reassembled_records_total{sink=\"files\",kind=\"multiline\",outcome=\"complete\"}",
+        3.0,
+    );
 }

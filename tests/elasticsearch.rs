@@ -14,7 +14,6 @@ fn config(endpoint: &str, extra: &str) -> String {
     config_endpoints(&[endpoint], extra)
 }
 
-
 /// Send `records` as acked Message-mode requests (one per record) and wait for each ack:
 /// once acked they are durable in berth's buffer.
 fn send_acked(b: &Berth, tag: &str, records: &[rmpv::Value]) {
@@ -23,7 +22,11 @@ fn send_acked(b: &Berth, tag: &str, records: &[rmpv::Value]) {
     for (i, r) in records.iter().enumerate() {
         let chunk = format!("c{i}-{}", records.len());
         c.send(&message(tag, BASE_TIME + i as i64, r.clone(), Some(&chunk)), usize::MAX).unwrap();
-        assert_eq!(c.read_exact_n(ack_bytes(&chunk).len()), ack_bytes(&chunk), "ack for record {i}");
+        assert_eq!(
+            c.read_exact_n(ack_bytes(&chunk).len()),
+            ack_bytes(&chunk),
+            "ack for record {i}"
+        );
     }
 }
 
@@ -38,7 +41,11 @@ fn ids(os: &Osmem, index: &str) -> (BTreeMap<String, usize>, Vec<u64>) {
     for h in os.search_all(index) {
         *counts.entry(h["_id"].as_str().unwrap().to_string()).or_insert(0) += 1;
         let n = &h["_source"]["n"];
-        ns.push(n.as_u64().or_else(|| n.as_str().and_then(|s| s.parse().ok())).unwrap_or_else(|| panic!("n in {h}")));
+        ns.push(
+            n.as_u64()
+                .or_else(|| n.as_str().and_then(|s| s.parse().ok()))
+                .unwrap_or_else(|| panic!("n in {h}")),
+        );
     }
     ns.sort_unstable();
     (counts, ns)
@@ -79,7 +86,10 @@ fn records_arrive_field_by_field_with_stable_ids_and_timestamp() {
             assert_eq!(src["n"], n.to_string());
             assert_eq!(src["log"], format!("line {n}"));
             assert_eq!(src["tag"], "app.web");
-            assert_eq!(parse_rfc3339(src["@timestamp"].as_str().unwrap()), (BASE_TIME + n as i64, 0));
+            assert_eq!(
+                parse_rfc3339(src["@timestamp"].as_str().unwrap()),
+                (BASE_TIME + n as i64, 0)
+            );
             assert_eq!(src.as_object().unwrap().len(), 5, "no other fields: {src}");
             // `_id` = `{instance_id:016x}-{offset:x}`: one instance, offsets in send order.
             let id = h["_id"].as_str().unwrap();
@@ -97,11 +107,22 @@ fn records_arrive_field_by_field_with_stable_ids_and_timestamp() {
         let (_, m) = http_get(&admin, "/metrics");
         assert!(metric_value(&m, "berth_output_bytes_total{sink=\"search\"}") > 0.0);
         // One observation per `_bulk` request, in buckets from 1 ms to 30 s.
-        let requests = metric_value(&m, "berth_output_request_duration_seconds_count{sink=\"search\"}");
+        let requests =
+            metric_value(&m, "berth_output_request_duration_seconds_count{sink=\"search\"}");
         assert!(requests >= 1.0, "{m}");
-        assert!(metric_value(&m, "berth_output_request_duration_seconds_sum{sink=\"search\"}") > 0.0, "{m}");
-        assert!(m.contains("berth_output_request_duration_seconds_bucket{le=\"30.0\",sink=\"search\"}"), "{m}");
-        assert_eq!(metric_value(&m, "berth_sink_lag_records{sink=\"search\"}"), 0.0, "everything acknowledged");
+        assert!(
+            metric_value(&m, "berth_output_request_duration_seconds_sum{sink=\"search\"}") > 0.0,
+            "{m}"
+        );
+        assert!(
+            m.contains("berth_output_request_duration_seconds_bucket{le=\"30.0\",sink=\"search\"}"),
+            "{m}"
+        );
+        assert_eq!(
+            metric_value(&m, "berth_sink_lag_records{sink=\"search\"}"),
+            0.0,
+            "everything acknowledged"
+        );
     }
 }
 
@@ -121,7 +142,11 @@ fn mapping_conflict_sends_exactly_the_bad_records_to_the_dead_letter_file() {
                 (s("i"), rmpv::Value::from(i as u64)),
             ])
         } else {
-            rmpv::Value::Map(vec![(s("app"), s("map")), (s("n"), rmpv::Value::from(i as u64)), (s("i"), rmpv::Value::from(i as u64))])
+            rmpv::Value::Map(vec![
+                (s("app"), s("map")),
+                (s("n"), rmpv::Value::from(i as u64)),
+                (s("i"), rmpv::Value::from(i as u64)),
+            ])
         };
         records.push(v);
     }
@@ -135,7 +160,8 @@ fn mapping_conflict_sends_exactly_the_bad_records_to_the_dead_letter_file() {
         (l.len() >= bad.len()).then_some(l)
     });
     wait_count(&os, "logs-map-2026.11.22", (30 - bad.len()) as u64, "good documents");
-    let mut got: Vec<usize> = lines.iter().map(|l| l["record"]["i"].as_u64().unwrap() as usize).collect();
+    let mut got: Vec<usize> =
+        lines.iter().map(|l| l["record"]["i"].as_u64().unwrap() as usize).collect();
     got.sort_unstable();
     assert_eq!(got, bad, "exactly the bad records: {lines:?}");
     for l in &lines {
@@ -145,7 +171,10 @@ fn mapping_conflict_sends_exactly_the_bad_records_to_the_dead_letter_file() {
         assert_eq!(l["tag"], "app.map");
         assert_eq!(l["record"]["n"]["nested"], "object");
     }
-    b.wait_metric("berth_dead_letter_records_total{sink=\"search\",reason=\"rejected\"}", bad.len() as f64);
+    b.wait_metric(
+        "berth_dead_letter_records_total{sink=\"search\",reason=\"rejected\"}",
+        bad.len() as f64,
+    );
     let (_, good) = ids(&os, "logs-map-2026.11.22");
     let want: Vec<u64> = (0..30u64).filter(|i| !bad.contains(&(*i as usize))).collect();
     assert_eq!(good, want);
@@ -164,7 +193,9 @@ fn server_outage_then_everything_arrives_exactly_once() {
     let admin = b.admin.clone().unwrap();
     wait_for(WAIT, "berth to notice the outage", || {
         let (_, m) = http_get(&admin, "/metrics");
-        (metric_value(&m, "berth_output_retries_total{sink=\"search\",reason=\"connection\"}") >= 2.0).then_some(())
+        (metric_value(&m, "berth_output_retries_total{sink=\"search\",reason=\"connection\"}")
+            >= 2.0)
+            .then_some(())
     });
     assert_eq!(os.count(index), 50, "nothing got through while down");
     proxy.set_down(false);
@@ -188,7 +219,9 @@ fn berth_sigkilled_mid_stream_and_restarted_delivers_exactly_once() {
     // a request whose items are stored and not acknowledged when it is killed.
     proxy.set_lose_responses(true);
     send_acked(&b, "app.k", &(40..200).map(|n| rec_n("kill", n)).collect::<Vec<_>>());
-    wait_for(std::time::Duration::from_secs(30), "a request stored without an answer", || (os.count(index) > 40).then_some(()));
+    wait_for(std::time::Duration::from_secs(30), "a request stored without an answer", || {
+        (os.count(index) > 40).then_some(())
+    });
     b.signal(9);
     wait_exit(&mut b.child, WAIT);
     let in_flight = os.count(index) - 40;
@@ -225,12 +258,21 @@ fn endpoints_fail_over_in_order() {
     send_acked(&b, "app.f", &(0..10).map(|n| rec_n("failover", n)).collect::<Vec<_>>());
     wait_count(&os, "logs-failover-2026.11.22", 10, "10 documents through the second endpoint");
     let (_, m) = http_get(b.admin.as_ref().unwrap(), "/metrics");
-    assert!(metric_value(&m, "berth_output_retries_total{sink=\"search\",reason=\"connection\"}") >= 1.0, "{m}");
+    assert!(
+        metric_value(&m, "berth_output_retries_total{sink=\"search\",reason=\"connection\"}")
+            >= 1.0,
+        "{m}"
+    );
 }
 
 /// berth sending to `faults` (sink keys `extra`): 120 records reach the index
 /// `logs-<name>-2026.11.22` exactly once each.
-fn exactly_once_through(os: &Osmem, faults: &FaultServer, extra: &str, name: &str) -> (Berth, FaultStats) {
+fn exactly_once_through(
+    os: &Osmem,
+    faults: &FaultServer,
+    extra: &str,
+    name: &str,
+) -> (Berth, FaultStats) {
     let b = start(&config(&faults.url(), extra));
     let index = format!("logs-{name}-2026.11.22");
     send_acked(&b, "app.x", &(0..120).map(|n| rec_n(name, n)).collect::<Vec<_>>());
@@ -246,9 +288,20 @@ fn exactly_once_through(os: &Osmem, faults: &FaultServer, extra: &str, name: &st
 #[test]
 fn faults_413_503_and_item_429_end_with_every_record_exactly_once() {
     let os = Osmem::start();
-    let faults = FaultServer::start(&os.addr, Faults { max_body: 1500, unavailable_every: 3, item_429_every: 4, gate: 0, retry_after: 0 });
-    let (b, st) = exactly_once_through(&os, &faults, "compression = \"none\"\nbatch_max_records = 50", "faults");
-    assert!(st.too_large > 0 && st.unavailable > 0 && st.items_429 > 0, "every fault happened: {st:?}");
+    let faults = FaultServer::start(
+        &os.addr,
+        Faults { max_body: 1500, unavailable_every: 3, item_429_every: 4, gate: 0, retry_after: 0 },
+    );
+    let (b, st) = exactly_once_through(
+        &os,
+        &faults,
+        "compression = \"none\"\nbatch_max_records = 50",
+        "faults",
+    );
+    assert!(
+        st.too_large > 0 && st.unavailable > 0 && st.items_429 > 0,
+        "every fault happened: {st:?}"
+    );
     let admin = b.admin.clone().unwrap();
     wait_for(WAIT, "everything acknowledged", || {
         let (_, m) = http_get(&admin, "/metrics");
@@ -256,7 +309,13 @@ fn faults_413_503_and_item_429_end_with_every_record_exactly_once() {
     });
     let (_, m) = http_get(&admin, "/metrics");
     for reason in ["split", "http_status", "item"] {
-        assert!(metric_value(&m, &format!("berth_output_retries_total{{sink=\"search\",reason=\"{reason}\"}}")) > 0.0, "{reason}: {m}");
+        assert!(
+            metric_value(
+                &m,
+                &format!("berth_output_retries_total{{sink=\"search\",reason=\"{reason}\"}}")
+            ) > 0.0,
+            "{reason}: {m}"
+        );
     }
     assert!(read_ndjson(&b.path().join("dead/search.ndjson")).is_empty(), "no dead letters");
 }
@@ -266,16 +325,27 @@ fn faults_413_503_and_item_429_end_with_every_record_exactly_once() {
 #[test]
 fn gzip_bodies_split_on_413_and_retry_after_is_honoured() {
     let os = Osmem::start();
-    let faults = FaultServer::start(&os.addr, Faults { max_body: 700, unavailable_every: 2, item_429_every: 0, gate: 0, retry_after: 1 });
-    let (_b, st) = exactly_once_through(&os, &faults, "batch_max_records = 50\nconcurrency = 1", "gzfaults");
+    let faults = FaultServer::start(
+        &os.addr,
+        Faults { max_body: 700, unavailable_every: 2, item_429_every: 0, gate: 0, retry_after: 1 },
+    );
+    let (_b, st) =
+        exactly_once_through(&os, &faults, "batch_max_records = 50\nconcurrency = 1", "gzfaults");
     assert!(st.too_large > 0 && st.unavailable > 0, "both faults happened: {st:?}");
-    assert_eq!(st.gzipped + st.too_large + st.unavailable, st.requests, "every forwarded body was gzip: {st:?}");
+    assert_eq!(
+        st.gzipped + st.too_large + st.unavailable,
+        st.requests,
+        "every forwarded body was gzip: {st:?}"
+    );
     // One request in flight: the request after a 503 is its retry, and it waits for the
     // Retry-After (a lower bound only, which load cannot break).
     for t in &st.unavailable_at {
         if let Some(next) = st.arrived.iter().find(|a| *a > t) {
             let waited = next.duration_since(*t);
-            assert!(waited >= std::time::Duration::from_millis(950), "retried {waited:?} after a 503 with Retry-After: 1");
+            assert!(
+                waited >= std::time::Duration::from_millis(950),
+                "retried {waited:?} after a 503 with Retry-After: 1"
+            );
         }
     }
 }
@@ -283,7 +353,8 @@ fn gzip_bodies_split_on_413_and_retry_after_is_honoured() {
 /// Dead letters of `path` whose `error_type` is `retry_expired`, once there are `n`.
 fn wait_expired(path: &std::path::Path, n: usize) -> Vec<serde_json::Value> {
     wait_for(std::time::Duration::from_secs(60), "retry_expired dead letters", || {
-        let l: Vec<_> = read_ndjson(path).into_iter().filter(|l| l["error_type"] == "retry_expired").collect();
+        let l: Vec<_> =
+            read_ndjson(path).into_iter().filter(|l| l["error_type"] == "retry_expired").collect();
         (l.len() >= n).then_some(l)
     })
 }
@@ -292,13 +363,17 @@ fn wait_expired(path: &std::path::Path, n: usize) -> Vec<serde_json::Value> {
 fn max_retry_duration_dead_letters_a_batch_then_later_records_flow() {
     let os = Osmem::start();
     let proxy = Proxy::start(&os.addr);
-    let b = start(&config(&proxy.url(), "batch_max_records = 10\ntimeout = \"1s\"\nmax_retry_duration = \"2s\""));
+    let b = start(&config(
+        &proxy.url(),
+        "batch_max_records = 10\ntimeout = \"1s\"\nmax_retry_duration = \"2s\"",
+    ));
     let index = "logs-expire-2026.11.22";
     proxy.set_down(true);
     send_acked(&b, "app.e", &(0..20).map(|n| rec_n("expire", n)).collect::<Vec<_>>());
     let dl = b.path().join("dead/search.ndjson");
     let lines = wait_expired(&dl, 20);
-    let mut got: Vec<u64> = lines.iter().map(|l| l["record"]["n"].as_str().unwrap().parse().unwrap()).collect();
+    let mut got: Vec<u64> =
+        lines.iter().map(|l| l["record"]["n"].as_str().unwrap().parse().unwrap()).collect();
     got.sort_unstable();
     assert_eq!(got, (0..20).collect::<Vec<u64>>(), "each record once: {lines:?}");
     for l in &lines {
@@ -307,7 +382,10 @@ fn max_retry_duration_dead_letters_a_batch_then_later_records_flow() {
         assert_eq!(l["tag"], "app.e");
     }
     let admin = b.admin.clone().unwrap();
-    b.wait_metric("berth_dead_letter_records_total{sink=\"search\",reason=\"retry_expired\"}", 20.0);
+    b.wait_metric(
+        "berth_dead_letter_records_total{sink=\"search\",reason=\"retry_expired\"}",
+        20.0,
+    );
     assert_eq!(os.count(index), 0);
 
     // The server is back: later records are delivered, none of the expired ones again.
@@ -327,8 +405,20 @@ fn max_retry_duration_dead_letters_a_batch_then_later_records_flow() {
 #[test]
 fn max_retry_duration_dead_letters_a_batch_answered_503_forever() {
     let os = Osmem::start();
-    let faults = FaultServer::start(&os.addr, Faults { max_body: usize::MAX, unavailable_every: 1, item_429_every: 0, gate: 0, retry_after: 0 });
-    let b = start(&config(&faults.url(), "compression = \"none\"\ntimeout = \"1s\"\nmax_retry_duration = \"1s\""));
+    let faults = FaultServer::start(
+        &os.addr,
+        Faults {
+            max_body: usize::MAX,
+            unavailable_every: 1,
+            item_429_every: 0,
+            gate: 0,
+            retry_after: 0,
+        },
+    );
+    let b = start(&config(
+        &faults.url(),
+        "compression = \"none\"\ntimeout = \"1s\"\nmax_retry_duration = \"1s\"",
+    ));
     send_acked(&b, "app.u", &(0..5).map(|n| rec_n("unavailable", n)).collect::<Vec<_>>());
     let lines = wait_expired(&b.path().join("dead/search.ndjson"), 5);
     assert_eq!(lines.len(), 5, "{lines:?}");
@@ -354,12 +444,25 @@ fn send_forward_acked(b: &Berth, tag: &str, records: &[rmpv::Value], per: usize)
         let entries = part
             .iter()
             .enumerate()
-            .map(|(j, r)| rmpv::Value::Array(vec![rmpv::Value::from(BASE_TIME + (i * per + j) as i64), r.clone()]))
+            .map(|(j, r)| {
+                rmpv::Value::Array(vec![
+                    rmpv::Value::from(BASE_TIME + (i * per + j) as i64),
+                    r.clone(),
+                ])
+            })
             .collect();
         let chunk = format!("f{i}");
-        let req = mp(&rmpv::Value::Array(vec![s(tag), rmpv::Value::Array(entries), rmpv::Value::Map(vec![(s("chunk"), s(&chunk))])]));
+        let req = mp(&rmpv::Value::Array(vec![
+            s(tag),
+            rmpv::Value::Array(entries),
+            rmpv::Value::Map(vec![(s("chunk"), s(&chunk))]),
+        ]));
         c.send(&req, usize::MAX).unwrap();
-        assert_eq!(c.read_exact_n(ack_bytes(&chunk).len()), ack_bytes(&chunk), "ack for request {i}");
+        assert_eq!(
+            c.read_exact_n(ack_bytes(&chunk).len()),
+            ack_bytes(&chunk),
+            "ack for request {i}"
+        );
     }
 }
 
@@ -390,10 +493,21 @@ fn concurrency_4_indexes_every_record_exactly_once_and_acknowledges_all() {
 fn concurrency_4_through_413_503_and_item_429_ends_with_every_record_exactly_once() {
     let os = Osmem::start();
     // The gate holds the first 4 requests until all 4 are in flight at once.
-    let faults = FaultServer::start(&os.addr, Faults { max_body: 1500, unavailable_every: 3, item_429_every: 4, gate: 4, retry_after: 0 });
-    let b = start(&config(&faults.url(), "compression = \"none\"\nconcurrency = 4\nbatch_max_records = 10"));
+    let faults = FaultServer::start(
+        &os.addr,
+        Faults { max_body: 1500, unavailable_every: 3, item_429_every: 4, gate: 4, retry_after: 0 },
+    );
+    let b = start(&config(
+        &faults.url(),
+        "compression = \"none\"\nconcurrency = 4\nbatch_max_records = 10",
+    ));
     let index = "logs-concfaults-2026.11.22";
-    send_forward_acked(&b, "app.x", &(0..200).map(|n| rec_n("concfaults", n)).collect::<Vec<_>>(), 100);
+    send_forward_acked(
+        &b,
+        "app.x",
+        &(0..200).map(|n| rec_n("concfaults", n)).collect::<Vec<_>>(),
+        100,
+    );
     wait_count(&os, index, 200, "200 documents through the faults, 4 requests in flight");
     let (counts, ns) = ids(&os, index);
     assert_eq!(counts.len(), 200, "distinct ids");
@@ -401,7 +515,10 @@ fn concurrency_4_through_413_503_and_item_429_ends_with_every_record_exactly_onc
     assert_eq!(ns, (0..200).collect::<Vec<u64>>());
     let st = faults.stats.lock().unwrap().clone();
     assert_eq!(st.gate_peak, 4, "4 requests in flight at once: {st:?}");
-    assert!(st.too_large > 0 && st.unavailable > 0 && st.items_429 > 0, "every fault happened: {st:?}");
+    assert!(
+        st.too_large > 0 && st.unavailable > 0 && st.items_429 > 0,
+        "every fault happened: {st:?}"
+    );
     wait_acknowledged(&b);
     assert!(read_ndjson(&b.path().join("dead/search.ndjson")).is_empty(), "no dead letters");
 }

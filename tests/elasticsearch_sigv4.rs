@@ -31,17 +31,39 @@ impl SigProxy {
     }
 
     /// `extra`: more arguments of the script (`--assume-role` …).
-    fn start_with(target: &str, service: &str, token: Option<&str>, clock_offset_secs: i64, extra: &[&str]) -> SigProxy {
+    fn start_with(
+        target: &str,
+        service: &str,
+        token: Option<&str>,
+        clock_offset_secs: i64,
+        extra: &[&str],
+    ) -> SigProxy {
         let script = common::package_file("tests/fixtures/sigv4_proxy.py");
         let target = target.trim_start_matches("http://");
         let mut cmd = Command::new(test_python());
-        cmd.arg(script).args(["--target", target, "--region", REGION, "--service", service, "--access-key", AK, "--secret-key", SK]);
+        cmd.arg(script).args([
+            "--target",
+            target,
+            "--region",
+            REGION,
+            "--service",
+            service,
+            "--access-key",
+            AK,
+            "--secret-key",
+            SK,
+        ]);
         cmd.args(["--clock-offset", &clock_offset_secs.to_string()]);
         if let Some(t) = token {
             cmd.args(["--session-token", t]);
         }
         cmd.args(extra);
-        let mut child = cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().expect("spawn sigv4_proxy.py");
+        let mut child = cmd
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn sigv4_proxy.py");
         let stdin = child.stdin.take();
         let stdout = child.stdout.take().expect("stdout");
         let url: Arc<Mutex<Option<String>>> = Arc::default();
@@ -57,12 +79,16 @@ impl SigProxy {
             }
         });
         let mut p = SigProxy { child, _stdin: stdin, url: String::new() };
-        p.url = wait_for(WAIT, "sigv4_proxy.py to print its url (is botocore in the venv? run scripts/test-deps)", || {
-            if let Ok(Some(status)) = p.child.try_wait() {
-                panic!("sigv4_proxy.py exited during start with {status}");
-            }
-            url.lock().unwrap().clone()
-        });
+        p.url = wait_for(
+            WAIT,
+            "sigv4_proxy.py to print its url (is botocore in the venv? run scripts/test-deps)",
+            || {
+                if let Ok(Some(status)) = p.child.try_wait() {
+                    panic!("sigv4_proxy.py exited during start with {status}");
+                }
+                url.lock().unwrap().clone()
+            },
+        );
         p
     }
 
@@ -81,11 +107,18 @@ impl Drop for SigProxy {
 }
 
 fn config(endpoint: &str, compression: &str, auth: &str) -> String {
-    config_endpoints(&[endpoint], &format!("compression = \"{compression}\"\n[sink.auth]\ntype = \"aws_sigv4\"\n{auth}"))
+    config_endpoints(
+        &[endpoint],
+        &format!("compression = \"{compression}\"\n[sink.auth]\ntype = \"aws_sigv4\"\n{auth}"),
+    )
 }
 
 /// The environment of `berth run`: static credentials, and no IMDS, no profile files.
-fn env<'a>(dir: &'a std::path::Path, secret: &'a str, token: Option<&'a str>) -> Vec<(&'static str, String)> {
+fn env<'a>(
+    dir: &'a std::path::Path,
+    secret: &'a str,
+    token: Option<&'a str>,
+) -> Vec<(&'static str, String)> {
     let none = dir.join("no-such-aws-file").display().to_string();
     let mut e = vec![
         ("AWS_ACCESS_KEY_ID", AK.to_string()),
@@ -105,7 +138,13 @@ fn start_signed(dir: tempfile::TempDir, cfg: &str, secret: &str, token: Option<&
     start_signed_env(dir, cfg, secret, token, &[])
 }
 
-fn start_signed_env(dir: tempfile::TempDir, cfg: &str, secret: &str, token: Option<&str>, extra: &[(&str, &str)]) -> Berth {
+fn start_signed_env(
+    dir: tempfile::TempDir,
+    cfg: &str,
+    secret: &str,
+    token: Option<&str>,
+    extra: &[(&str, &str)],
+) -> Berth {
     let e = env(dir.path(), secret, token);
     let mut e: Vec<(&str, &str)> = e.iter().map(|(k, v)| (*k, v.as_str())).collect();
     e.extend_from_slice(extra);
@@ -119,7 +158,11 @@ fn send_acked(b: &Berth, app: &str, n: usize) {
         let chunk = format!("c{i}-{app}");
         let r = rec(&[("app", app), ("n", &i.to_string())]);
         c.send(&message("app.web", BASE_TIME + i as i64, r, Some(&chunk)), usize::MAX).unwrap();
-        assert_eq!(c.read_exact_n(ack_bytes(&chunk).len()), ack_bytes(&chunk), "ack for record {i}");
+        assert_eq!(
+            c.read_exact_n(ack_bytes(&chunk).len()),
+            ack_bytes(&chunk),
+            "ack for record {i}"
+        );
     }
 }
 
@@ -132,7 +175,8 @@ fn wait_count(os: &Osmem, index: &str, n: u64, what: &str) {
 fn assert_exactly_once(os: &Osmem, index: &str, n: usize) {
     let hits = os.search_all(index);
     let ids: BTreeSet<_> = hits.iter().map(|h| h["_id"].as_str().unwrap().to_string()).collect();
-    let ns: BTreeSet<u64> = hits.iter().map(|h| h["_source"]["n"].as_str().unwrap().parse().unwrap()).collect();
+    let ns: BTreeSet<u64> =
+        hits.iter().map(|h| h["_source"]["n"].as_str().unwrap().parse().unwrap()).collect();
     assert_eq!((hits.len(), ids.len()), (n, n), "each document once");
     assert_eq!(ns, (0..n as u64).collect::<BTreeSet<_>>());
 }
@@ -144,7 +188,9 @@ fn logged(b: &Berth, level: &str, what: &str) -> Vec<serde_json::Value> {
         .unwrap()
         .iter()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|v| v["level"] == level && v["fields"]["message"].as_str().is_some_and(|m| m.contains(what)))
+        .filter(|v| {
+            v["level"] == level && v["fields"]["message"].as_str().is_some_and(|m| m.contains(what))
+        })
         .collect()
 }
 
@@ -153,7 +199,12 @@ fn signed_requests_pass_botocore_for_es_and_aoss_with_and_without_gzip_and_sessi
     let os = Osmem::start();
     let cases = [
         ("es", "gzip", None, ""),
-        ("es", "none", Some("FwoGZXIvYXdzEJr//session+token=="), "region = \"eu-west-1\"\nservice = \"es\""),
+        (
+            "es",
+            "none",
+            Some("FwoGZXIvYXdzEJr//session+token=="),
+            "region = \"eu-west-1\"\nservice = \"es\"",
+        ),
         ("aoss", "gzip", Some("FwoGZXIvYXdzEJr//session+token=="), "service = \"aoss\""),
         ("aoss", "none", None, "region = \"eu-west-1\"\nservice = \"aoss\""),
     ];
@@ -191,11 +242,24 @@ fn wrong_secret_key_is_refused_logged_and_nothing_is_lost() {
         (!e.is_empty()).then_some(e)
     });
     let f = &errors[0]["fields"];
-    assert_eq!((f["sink"].as_str(), f["endpoint"].as_str(), f["status"].as_u64()), (Some("search"), Some(proxy.url.as_str()), Some(403)), "{f}");
-    assert!(f["reason"].as_str().unwrap().contains("signature we calculated does not match"), "{f}");
-    assert!(!logged(&b, "INFO", "loading the aws credentials again").is_empty(), "credentials refreshed once before the error");
+    assert_eq!(
+        (f["sink"].as_str(), f["endpoint"].as_str(), f["status"].as_u64()),
+        (Some("search"), Some(proxy.url.as_str()), Some(403)),
+        "{f}"
+    );
+    assert!(
+        f["reason"].as_str().unwrap().contains("signature we calculated does not match"),
+        "{f}"
+    );
+    assert!(
+        !logged(&b, "INFO", "loading the aws credentials again").is_empty(),
+        "credentials refreshed once before the error"
+    );
     let st = proxy.stats();
-    assert!(st["rejected"].as_u64().unwrap() >= 2, "the request and its retry after the refresh: {st}");
+    assert!(
+        st["rejected"].as_u64().unwrap() >= 2,
+        "the request and its retry after the refresh: {st}"
+    );
     assert_eq!(st["accepted"], 0, "{st}");
     assert_eq!(os.count("logs-wrongkey-*"), 0);
     assert!(!b.stderr_text().contains(wrong), "the secret key is never logged");
@@ -213,16 +277,32 @@ fn expired_signature_is_refused_logged_and_nothing_is_lost() {
     let os = Osmem::start();
     // A proxy whose clock is 15 minutes ahead: berth's fresh signatures look expired to it.
     let late = SigProxy::start(&os.url(), "aoss", None, 900);
-    let mut b = start_signed(tempfile::tempdir().expect("tempdir"), &config(&late.url, "none", "service = \"aoss\""), SK, None);
+    let mut b = start_signed(
+        tempfile::tempdir().expect("tempdir"),
+        &config(&late.url, "none", "service = \"aoss\""),
+        SK,
+        None,
+    );
     send_acked(&b, "expired", 10);
     let errors = wait_for(Duration::from_secs(30), "an error log for the 403", || {
         let e = logged(&b, "ERROR", "refused as unauthorized");
         (!e.is_empty()).then_some(e)
     });
-    assert!(errors[0]["fields"]["reason"].as_str().unwrap().contains("Signature expired"), "{}", errors[0]);
+    assert!(
+        errors[0]["fields"]["reason"].as_str().unwrap().contains("Signature expired"),
+        "{}",
+        errors[0]
+    );
     let st = late.stats();
     assert_eq!(st["accepted"], 0, "{st}");
-    assert!(st["reasons"].as_array().unwrap().iter().all(|r| r.as_str().unwrap().starts_with("Signature expired")), "{st}");
+    assert!(
+        st["reasons"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r.as_str().unwrap().starts_with("Signature expired")),
+        "{st}"
+    );
     assert_eq!(os.count("logs-expired-*"), 0);
 
     let on_time = SigProxy::start(&os.url(), "aoss", None, 0);
@@ -273,7 +353,13 @@ fn role_arn_assumes_the_role_with_the_external_id_and_signs_with_its_credentials
     assert_exactly_once(&os, "logs-assumed-2026.11.22", 25);
     let st = proxy.stats();
     assert_eq!(st["rejected"], 0, "{st}");
-    assert_eq!(st["assume_role"], 1, "the assumed credentials are kept until they near expiry: {st}");
+    assert_eq!(
+        st["assume_role"], 1,
+        "the assumed credentials are kept until they near expiry: {st}"
+    );
     let text = b.stderr_text();
-    assert!(!text.contains(assumed_secret) && !text.contains(assumed_token) && !text.contains(SK), "no credentials in the log");
+    assert!(
+        !text.contains(assumed_secret) && !text.contains(assumed_token) && !text.contains(SK),
+        "no credentials in the log"
+    );
 }

@@ -31,12 +31,22 @@ fn imds_host_fields_are_added_to_every_record() {
     let b = start_in(
         tempfile::tempdir().unwrap(),
         FILE_SINK,
-        &[("AWS_EC2_METADATA_DISABLED", "false"), ("AWS_EC2_METADATA_SERVICE_ENDPOINT", &fake.endpoint), NO_DOCKER],
+        &[
+            ("AWS_EC2_METADATA_DISABLED", "false"),
+            ("AWS_EC2_METADATA_SERVICE_ENDPOINT", &fake.endpoint),
+            NO_DOCKER,
+        ],
     );
     let mut c = Client::connect(&format!("tcp://{}", b.tcp_addr()));
     c.send(&message("app.plain", 1, rec(&[("msg", "hi")]), None), usize::MAX).unwrap();
-    c.send(&message("app.plain", 2, rec(&[("msg", "mine"), ("region", "kept")]), None), usize::MAX).unwrap();
-    let docker_like = rec(&[("container_id", "0123"), ("container_name", "/x"), ("source", "stdout"), ("log", "l")]);
+    c.send(&message("app.plain", 2, rec(&[("msg", "mine"), ("region", "kept")]), None), usize::MAX)
+        .unwrap();
+    let docker_like = rec(&[
+        ("container_id", "0123"),
+        ("container_name", "/x"),
+        ("source", "stdout"),
+        ("log", "l"),
+    ]);
     c.send(&message("docker.x", 3, docker_like, Some("c1")), usize::MAX).unwrap();
     assert_eq!(c.read_exact_n(ack_bytes("c1").len()), ack_bytes("c1"), "acked once stored");
 
@@ -60,12 +70,18 @@ fn imds_host_fields_are_added_to_every_record() {
     assert_eq!(puts[0].ttl.as_deref(), Some("21600"));
     let gets: Vec<_> = reqs.iter().filter(|r| r.method == "GET").collect();
     assert_eq!(gets.len(), 4, "fetched once, cached: {reqs:?}");
-    assert!(gets.iter().all(|r| r.token.as_deref() == Some("fake-token-1") && r.status == 200), "{reqs:?}");
+    assert!(
+        gets.iter().all(|r| r.token.as_deref() == Some("fake-token-1") && r.status == 200),
+        "{reqs:?}"
+    );
 
     let st = status(&b);
     assert_eq!(st["enrich"]["ec2"]["state"], "available", "{st}");
     assert_eq!(st["enrich"]["ec2"]["fields"]["region"], imds::REGION);
-    assert!(st["enrich"]["docker"].is_null(), "docker enrichment disabled by the environment: {st}");
+    assert!(
+        st["enrich"]["docker"].is_null(),
+        "docker enrichment disabled by the environment: {st}"
+    );
     assert_eq!(b.metric("berth_enrich_records_total{result=\"not_docker\"}"), 2.0);
 }
 
@@ -78,7 +94,11 @@ fn without_imds_records_flow_without_host_fields_and_one_warning() {
     let b = start_in(
         tempfile::tempdir().unwrap(),
         FILE_SINK,
-        &[("AWS_EC2_METADATA_DISABLED", "false"), ("AWS_EC2_METADATA_SERVICE_ENDPOINT", &endpoint), NO_DOCKER],
+        &[
+            ("AWS_EC2_METADATA_DISABLED", "false"),
+            ("AWS_EC2_METADATA_SERVICE_ENDPOINT", &endpoint),
+            NO_DOCKER,
+        ],
     );
     let mut c = Client::connect(&format!("tcp://{}", b.tcp_addr()));
     for i in 0..20 {
@@ -91,6 +111,7 @@ fn without_imds_records_flow_without_host_fields_and_one_warning() {
     }
     let st = status(&b);
     assert_eq!(st["enrich"]["ec2"]["state"], "unavailable", "{st}");
-    let warnings = b.stderr_text().lines().filter(|l| l.contains("EC2 instance metadata unavailable")).count();
+    let warnings =
+        b.stderr_text().lines().filter(|l| l.contains("EC2 instance metadata unavailable")).count();
     assert_eq!(warnings, 1, "one warning, not one per record:\n{}", b.stderr_text());
 }

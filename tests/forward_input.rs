@@ -6,7 +6,6 @@ use common::*;
 use serde_json::Value;
 use std::collections::BTreeMap;
 
-
 fn fixtures() -> Vec<(String, Vec<u8>, Value)> {
     let dir = common::package_file("tests/fixtures/forward");
     let mut out = Vec::new();
@@ -15,7 +14,8 @@ fn fixtures() -> Vec<(String, Vec<u8>, Value)> {
         if p.extension().is_some_and(|x| x == "bin") {
             let name = p.file_stem().unwrap().to_string_lossy().to_string();
             let bin = std::fs::read(&p).unwrap();
-            let manifest: Value = serde_json::from_slice(&std::fs::read(p.with_extension("json")).unwrap()).unwrap();
+            let manifest: Value =
+                serde_json::from_slice(&std::fs::read(p.with_extension("json")).unwrap()).unwrap();
             out.push((name, bin, manifest));
         }
     }
@@ -66,7 +66,11 @@ fn conformance_fixtures_over_tcp_and_unix() {
                 let mut c = Client::connect(&listener);
                 c.send(&bin, step).unwrap();
                 if !acks.is_empty() {
-                    assert_eq!(c.read_exact_n(acks.len()), acks, "{name}: acks via {listener} step {step}");
+                    assert_eq!(
+                        c.read_exact_n(acks.len()),
+                        acks,
+                        "{name}: acks via {listener} step {step}"
+                    );
                 }
                 c.shutdown_write();
                 assert!(c.closed_by_server(), "{name}: no bytes beyond the acks may be sent");
@@ -130,7 +134,11 @@ fn bad_cases() -> Vec<Bad> {
         Bad { name: "non-array request", bytes: mp(&rec(&[("a", "b")])), reason: "not_array" },
         Bad {
             name: "integer tag",
-            bytes: mp(&rmpv::Value::Array(vec![rmpv::Value::from(7), rmpv::Value::from(1), rec(&[])])),
+            bytes: mp(&rmpv::Value::Array(vec![
+                rmpv::Value::from(7),
+                rmpv::Value::from(1),
+                rec(&[]),
+            ])),
             reason: "bad_tag",
         },
         Bad {
@@ -144,7 +152,11 @@ fn bad_cases() -> Vec<Bad> {
             bytes: vec![0x93, 0xa1, b't', 0xc6, 0x00, 0x20, 0x00, 0x00],
             reason: "frame_too_large",
         },
-        Bad { name: "gzip bomb", bytes: compressed("t", gzip(&bomb)), reason: "decompressed_too_large" },
+        Bad {
+            name: "gzip bomb",
+            bytes: compressed("t", gzip(&bomb)),
+            reason: "decompressed_too_large",
+        },
         Bad {
             name: "bad gzip stream",
             bytes: compressed("t", b"\x1f\x8b\x08\x00garbage that is not deflate".to_vec()),
@@ -163,7 +175,11 @@ fn bad_input_closes_only_that_connection() {
     for (i, case) in bad_cases().into_iter().enumerate() {
         let mut bad = Client::connect(&tcp);
         let chunk = format!("before-{i}");
-        bad.send(&message("bad.before", 1, rec(&[("n", &i.to_string())]), Some(&chunk)), usize::MAX).unwrap();
+        bad.send(
+            &message("bad.before", 1, rec(&[("n", &i.to_string())]), Some(&chunk)),
+            usize::MAX,
+        )
+        .unwrap();
         assert_eq!(bad.read_exact_n(ack_bytes(&chunk).len()), ack_bytes(&chunk), "{}", case.name);
         expected += 1;
         let _ = bad.send(&case.bytes, usize::MAX);
@@ -173,8 +189,17 @@ fn bad_input_closes_only_that_connection() {
 
         let mut good = Client::connect(&tcp);
         let chunk = format!("after-{i}");
-        good.send(&message("good.after", 2, rec(&[("n", &i.to_string())]), Some(&chunk)), usize::MAX).unwrap();
-        assert_eq!(good.read_exact_n(ack_bytes(&chunk).len()), ack_bytes(&chunk), "{}: good client", case.name);
+        good.send(
+            &message("good.after", 2, rec(&[("n", &i.to_string())]), Some(&chunk)),
+            usize::MAX,
+        )
+        .unwrap();
+        assert_eq!(
+            good.read_exact_n(ack_bytes(&chunk).len()),
+            ack_bytes(&chunk),
+            "{}: good client",
+            case.name
+        );
         expected += 1;
     }
     wait_for(WAIT, "all good events", || (count(&delivered(&b)) == expected).then_some(()));
@@ -206,7 +231,9 @@ fn admin_endpoint_health_metrics_status() {
     let mut c = Client::connect(&b.listeners[0]);
     c.send(&message("a.b", 1, rec(&[("log", "x")]), Some("k")), usize::MAX).unwrap();
     c.read_exact_n(ack_bytes("k").len());
-    wait_for(WAIT, "delivery", || (b.metric("berth_output_records_total{sink=\"files\"}") == 1.0).then_some(()));
+    wait_for(WAIT, "delivery", || {
+        (b.metric("berth_output_records_total{sink=\"files\"}") == 1.0).then_some(())
+    });
     let (code, body) = b.http_get("/metrics");
     assert_eq!(code, 200);
     for name in [
@@ -262,7 +289,9 @@ fn stale_unix_socket_is_replaced_and_live_one_is_not_stolen() {
     let mut c = Client::connect(&b.listeners[0]);
     c.send(&message("u.t", 1, rec(&[("a", "b")]), Some("x")), usize::MAX).unwrap();
     assert_eq!(c.read_exact_n(ack_bytes("x").len()), ack_bytes("x"));
-    let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(b.unix_path()).unwrap().permissions());
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(b.unix_path()).unwrap().permissions(),
+    );
     assert_eq!(mode & 0o777, 0o660, "default socket mode");
 
     // A second berth on the same path must refuse, naming the path.

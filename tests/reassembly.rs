@@ -51,7 +51,10 @@ fn a_line_cut_short_is_flushed_after_the_timeout_marked_incomplete() {
     assert_eq!(r["partial_incomplete"], true);
     assert_eq!(r["partial_id"], "p1");
     assert!(r.get("partial_ordinal").is_none() && r.get("partial_last").is_none(), "{r}");
-    b.wait_metric("berth_reassembled_records_total{sink=\"files\",kind=\"partial\",outcome=\"timeout\"}", 1.0);
+    b.wait_metric(
+        "berth_reassembled_records_total{sink=\"files\",kind=\"partial\",outcome=\"timeout\"}",
+        1.0,
+    );
 }
 
 #[test]
@@ -99,8 +102,16 @@ fn sigkill_between_two_parts_still_yields_the_whole_line_once() {
 fn bad_limits_are_config_errors_naming_the_key() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("berth.toml");
-    std::fs::write(&path, "[enrich.partial]\ntimeout = \"0s\"\n\n[[sink]]\nname = \"n\"\ntype = \"null\"\n").unwrap();
-    let out = std::process::Command::new(berth_bin()).args(["check-config", "--config"]).arg(&path).output().unwrap();
+    std::fs::write(
+        &path,
+        "[enrich.partial]\ntimeout = \"0s\"\n\n[[sink]]\nname = \"n\"\ntype = \"null\"\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(berth_bin())
+        .args(["check-config", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("enrich.partial.timeout") && err.contains("berth.toml"), "{err}");

@@ -27,14 +27,22 @@ fn batch(tag: &str, from: u64, n: u64) -> Batch {
             ]);
             let mut b = Vec::new();
             rmpv::encode::write_value(&mut b, &v).unwrap();
-            Event { time: EventTime::new(1_795_330_805, i as u32), record: Bytes::from(b), metadata: Bytes::new() }
+            Event {
+                time: EventTime::new(1_795_330_805, i as u32),
+                record: Bytes::from(b),
+                metadata: Bytes::new(),
+            }
         })
         .collect();
     Batch { tag: Tag::from(tag.to_string()), events }
 }
 
 fn lines(path: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(path).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
 }
 
 fn numbers(path: &Path) -> Vec<u64> {
@@ -64,8 +72,14 @@ async fn json_lines_per_tag() {
     sink.await.unwrap().unwrap();
     let even = numbers(&dir.path().join("even/out.log"));
     let odd = numbers(&dir.path().join("odd/out.log"));
-    assert_eq!(even, (0..20).filter(|i| i % 2 == 0).flat_map(|i| i * 10..i * 10 + 10).collect::<Vec<_>>());
-    assert_eq!(odd, (0..20).filter(|i| i % 2 == 1).flat_map(|i| i * 10..i * 10 + 10).collect::<Vec<_>>());
+    assert_eq!(
+        even,
+        (0..20).filter(|i| i % 2 == 0).flat_map(|i| i * 10..i * 10 + 10).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        odd,
+        (0..20).filter(|i| i % 2 == 1).flat_map(|i| i * 10..i * 10 + 10).collect::<Vec<_>>()
+    );
     let first = &lines(&dir.path().join("even/out.log"))[0];
     assert_eq!(first["tag"], "even");
     assert_eq!(first["time"], "2026-11-22T07:00:05.000000000Z");

@@ -29,7 +29,11 @@ async fn child_writes_events() {
                 let v = rmpv::Value::Map(vec![(rmpv::Value::from("n"), rmpv::Value::from(i))]);
                 let mut buf = Vec::new();
                 rmpv::encode::write_value(&mut buf, &v).unwrap();
-                Event { time: EventTime::new(0, 0), record: Bytes::from(buf), metadata: Bytes::new() }
+                Event {
+                    time: EventTime::new(0, 0),
+                    record: Bytes::from(buf),
+                    metadata: Bytes::new(),
+                }
             })
             .collect();
         p.submit(&Batch { tag: Tag::from_static("t"), events }).await.unwrap();
@@ -56,7 +60,9 @@ fn stdout_sink_writes_json_lines_to_fd_1() {
     let ns: Vec<u64> = text
         .lines()
         .filter_map(|l| l.find("{\"tag\"").map(|i| &l[i..]))
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["record"]["n"].as_u64().unwrap())
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["record"]["n"].as_u64().unwrap()
+        })
         .collect();
     assert_eq!(ns, (0..100).collect::<Vec<_>>());
 }

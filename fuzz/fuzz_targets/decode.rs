@@ -9,9 +9,7 @@ use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
 
 /// Small, so size limits and gzip bombs are reachable by the fuzzer.
-const LIMITS: Limits = Limits {
-    max_message_size: 64 * 1024,
-};
+const LIMITS: Limits = Limits { max_message_size: 64 * 1024 };
 
 fn check(frame: Bytes) {
     if let Ok(Frame::Request(req)) = decode_frame(frame, &LIMITS) {
@@ -31,10 +29,7 @@ fn check(frame: Bytes) {
             assert!(ev.time.nanos < 1_000_000_000);
         }
         if let Some(chunk) = &req.options.chunk {
-            assert_eq!(
-                frame_len(chunk, usize::MAX).ok(),
-                Some(FrameStatus::Complete(chunk.len()))
-            );
+            assert_eq!(frame_len(chunk, usize::MAX).ok(), Some(FrameStatus::Complete(chunk.len())));
         }
     }
 }

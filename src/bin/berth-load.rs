@@ -169,7 +169,10 @@ fn serve_null(c: TcpStream, cloudwatch: bool) {
             reply.extend_from_slice(b"{\"create\":{\"status\":201,\"result\":\"created\"}}");
         }
         reply.extend_from_slice(b"]}");
-        let head = format!("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n", reply.len());
+        let head = format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            reply.len()
+        );
         if w.write_all(head.as_bytes()).and_then(|_| w.write_all(&reply)).is_err() {
             return;
         }
@@ -203,7 +206,13 @@ type Started = std::io::Result<(std::process::Child, String)>;
 
 /// The URL to send to: `explicit`, else a server started from `bin` with `start` (its child
 /// returned, to be killed at the end), else a null endpoint in this process. Exits on failure.
-fn endpoint_for(explicit: Option<&String>, bin: Option<&std::path::Path>, start: fn(&std::path::Path) -> Started, what: &str, cloudwatch: bool) -> (String, Option<std::process::Child>) {
+fn endpoint_for(
+    explicit: Option<&String>,
+    bin: Option<&std::path::Path>,
+    start: fn(&std::path::Path) -> Started,
+    what: &str,
+    cloudwatch: bool,
+) -> (String, Option<std::process::Child>) {
     let started = match (explicit, bin) {
         (Some(e), _) => return (e.clone(), None),
         (None, Some(bin)) => start(bin).map(|(child, url)| (url, Some(child))),
@@ -219,7 +228,11 @@ fn endpoint_for(explicit: Option<&String>, bin: Option<&std::path::Path>, start:
 /// moto_server on a free loopback port; returns once it accepts connections.
 fn start_moto(bin: &std::path::Path) -> Started {
     let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-    let child = Command::new(bin).args(["-H", "127.0.0.1", "-p", &port.to_string()]).stdout(Stdio::null()).stderr(Stdio::null()).spawn()?;
+    let child = Command::new(bin)
+        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
     let addr = format!("127.0.0.1:{port}");
     let until = Instant::now() + Duration::from_secs(30);
     while TcpStream::connect(&addr).is_err() {
@@ -282,7 +295,11 @@ fn proc_stat(pid: u32) -> (f64, u64) {
 fn unsafe_sysconf_clk_tck() -> f64 {
     // SAFETY: sysconf has no preconditions.
     let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    if t > 0 { t as f64 } else { 100.0 }
+    if t > 0 {
+        t as f64
+    } else {
+        100.0
+    }
 }
 
 fn metric(admin: &str, name: &str) -> f64 {
@@ -309,7 +326,10 @@ fn main() {
     };
     let batch = if mode == Mode::Message { 1 } else { args.batch.max(1) };
     let berth = args.berth.clone().unwrap_or_else(|| {
-        std::env::current_exe().ok().and_then(|p| p.parent().map(|d| d.join("berth"))).unwrap_or_else(|| "berth".into())
+        std::env::current_exe()
+            .ok()
+            .and_then(|p| p.parent().map(|d| d.join("berth")))
+            .unwrap_or_else(|| "berth".into())
     });
     let dir = std::env::temp_dir().join(format!("berth-load-{}", std::process::id()));
     let _ = std::fs::create_dir_all(&dir);
@@ -317,7 +337,13 @@ fn main() {
     let (sink_name, sink_cfg, endpoint) = match args.sink.as_str() {
         "null" => ("null", "type = \"null\"\n".to_string(), String::new()),
         "es" => {
-            let (endpoint, child) = endpoint_for(args.es_endpoint.as_ref(), args.osmem.as_deref(), start_osmem, "osmem-server", false);
+            let (endpoint, child) = endpoint_for(
+                args.es_endpoint.as_ref(),
+                args.osmem.as_deref(),
+                start_osmem,
+                "osmem-server",
+                false,
+            );
             server = child;
             let compression = match args.gzip.as_str() {
                 "on" => "gzip",
@@ -335,7 +361,13 @@ fn main() {
             ("es", cfg, endpoint)
         }
         "cw" => {
-            let (endpoint, child) = endpoint_for(args.cw_endpoint.as_ref(), args.moto.as_deref(), start_moto, "moto_server", true);
+            let (endpoint, child) = endpoint_for(
+                args.cw_endpoint.as_ref(),
+                args.moto.as_deref(),
+                start_moto,
+                "moto_server",
+                true,
+            );
             server = child;
             let cfg = format!(
                 "type = \"cloudwatch_logs\"\nregion = \"us-east-1\"\nendpoint_url = {endpoint:?}\nflush_interval = \"200ms\"\ndead_letter_path = {:?}\n",
@@ -366,7 +398,9 @@ fn main() {
     }
     let mut cmd = Command::new(&berth);
     if sink_name == "cw" && std::env::var_os("AWS_ACCESS_KEY_ID").is_none() {
-        cmd.env("AWS_ACCESS_KEY_ID", "testing").env("AWS_SECRET_ACCESS_KEY", "testing").env("AWS_EC2_METADATA_DISABLED", "true");
+        cmd.env("AWS_ACCESS_KEY_ID", "testing")
+            .env("AWS_SECRET_ACCESS_KEY", "testing")
+            .env("AWS_EC2_METADATA_DISABLED", "true");
     }
     let mut child = match cmd
         .args(["--log-format", "json", "run", "--config"])
@@ -397,7 +431,8 @@ fn main() {
             admin = f["address"].as_str().map(str::to_string);
         }
         if f["message"] == "berth is running" {
-            let ls: Vec<String> = serde_json::from_str(f["listeners"].as_str().unwrap_or("[]")).unwrap_or_default();
+            let ls: Vec<String> =
+                serde_json::from_str(f["listeners"].as_str().unwrap_or("[]")).unwrap_or_default();
             tcp = ls.iter().find_map(|l| l.strip_prefix("tcp://").map(str::to_string));
         }
     }
@@ -405,9 +440,14 @@ fn main() {
     let (tcp, admin) = (tcp.unwrap_or_default(), admin.unwrap_or_default());
 
     // CloudWatch takes only the last 14 days: times just before now for it.
-    let base = if sink_name == "cw" { EventTime::now().secs - batch as i64 - 60 } else { 1_763_769_600 };
+    let base =
+        if sink_name == "cw" { EventTime::now().secs - batch as i64 - 60 } else { 1_763_769_600 };
     let events: Vec<Event> = (0..batch)
-        .map(|i| Event { time: EventTime::new(base + i as i64, 123_456_789), record: record(i), metadata: Bytes::new() })
+        .map(|i| Event {
+            time: EventTime::new(base + i as i64, 123_456_789),
+            record: record(i),
+            metadata: Bytes::new(),
+        })
         .collect();
     let record_bytes: usize = events.iter().map(|e| e.record.len()).sum();
     let requests = args.records.div_ceil(batch as u64);
@@ -417,17 +457,28 @@ fn main() {
     let start = Instant::now();
     let threads: Vec<_> = (0..args.connections)
         .map(|c| {
-            let (tcp, events, sent, ack) = (tcp.clone(), events.clone(), Arc::clone(&sent), args.ack);
+            let (tcp, events, sent, ack) =
+                (tcp.clone(), events.clone(), Arc::clone(&sent), args.ack);
             std::thread::spawn(move || {
                 let mut latencies = Vec::new();
                 let mut s = TcpStream::connect(&tcp).expect("connect");
                 let _ = s.set_nodelay(true);
-                let plain = encode_request(mode, "load.test", &events, &EncodeOptions { chunk: None, event_time: true });
+                let plain = encode_request(
+                    mode,
+                    "load.test",
+                    &events,
+                    &EncodeOptions { chunk: None, event_time: true },
+                );
                 let mut ackbuf = [0u8; 256];
                 for r in 0..per_conn {
                     if ack {
                         let chunk = format!("c{c:04}-{r:012}");
-                        let req = encode_request(mode, "load.test", &events, &EncodeOptions { chunk: Some(chunk), event_time: true });
+                        let req = encode_request(
+                            mode,
+                            "load.test",
+                            &events,
+                            &EncodeOptions { chunk: Some(chunk), event_time: true },
+                        );
                         let t0 = Instant::now();
                         s.write_all(&req).expect("write");
                         let n = s.read(&mut ackbuf).expect("read ack");
@@ -447,7 +498,12 @@ fn main() {
         latencies.extend(t.join().unwrap_or_default());
     }
     latencies.sort_unstable();
-    let pct = |p: f64| latencies.get(((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1))).copied().unwrap_or(0);
+    let pct = |p: f64| {
+        latencies
+            .get(((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(0)
+    };
     let total = sent.load(Ordering::Relaxed);
     let sent_at = start.elapsed();
     let deadline = Instant::now() + Duration::from_secs(args.deadline);
@@ -455,18 +511,28 @@ fn main() {
     while metric(&admin, &delivered) < total as f64 && Instant::now() < deadline {
         // Each poll is a scrape berth pays for: often for short runs (the end time matters),
         // at most every 1% of the run so far for long ones (a slow server).
-        std::thread::sleep((start.elapsed() / 100).clamp(Duration::from_millis(5), Duration::from_millis(500)));
+        std::thread::sleep(
+            (start.elapsed() / 100).clamp(Duration::from_millis(5), Duration::from_millis(500)),
+        );
     }
     let elapsed = start.elapsed();
     let (cpu1, hwm) = proc_stat(pid);
     let fsyncs = metric(&admin, "berth_buffer_fsyncs");
     let backlog = metric(&admin, "berth_buffer_bytes");
     let wire = metric(&admin, &format!("berth_output_bytes_total{{sink=\"{sink_name}\"}}"));
-    let requests = metric(&admin, &format!("berth_output_request_duration_seconds_count{{sink=\"{sink_name}\"}}"));
+    let requests = metric(
+        &admin,
+        &format!("berth_output_request_duration_seconds_count{{sink=\"{sink_name}\"}}"),
+    );
     let delivered_n = metric(&admin, &delivered);
     let dead: f64 = ["too_old", "too_new", "expired", "rejected", "retry_expired"]
         .iter()
-        .map(|r| metric(&admin, &format!("berth_dead_letter_records_total{{sink=\"{sink_name}\",reason=\"{r}\"}}")))
+        .map(|r| {
+            metric(
+                &admin,
+                &format!("berth_dead_letter_records_total{{sink=\"{sink_name}\",reason=\"{r}\"}}"),
+            )
+        })
         .sum();
     let complete = delivered_n >= total as f64;
     // Rates over what was delivered: all of it, unless the deadline passed.
@@ -503,7 +569,13 @@ fn main() {
     if sink_name == "cw" {
         println!(
             "sink=cw endpoint={} delivered={} put_log_events={} message_MB={:.1} dead_letters={}",
-            if args.cw_endpoint.is_some() { endpoint.as_str() } else if args.moto.is_some() { "moto_server" } else { "null-cloudwatch" },
+            if args.cw_endpoint.is_some() {
+                endpoint.as_str()
+            } else if args.moto.is_some() {
+                "moto_server"
+            } else {
+                "null-cloudwatch"
+            },
             delivered_n,
             requests,
             wire / 1e6,

@@ -124,7 +124,12 @@ impl SinkCursor {
             tmp: dir.join(format!("{name}.tmp")),
             dir: dir.to_owned(),
             storage,
-            state: Mutex::new(State { acks: AckSet::new(committed), written: 0, synced: 0, in_flight: BTreeMap::new() }),
+            state: Mutex::new(State {
+                acks: AckSet::new(committed),
+                written: 0,
+                synced: 0,
+                in_flight: BTreeMap::new(),
+            }),
             committed: AtomicU64::new(committed),
             attached: AtomicBool::new(false),
         }
@@ -155,7 +160,13 @@ impl SinkCursor {
         st.written += 1;
         self.storage
             .overwrite(&self.path, &encode(c))
-            .or_else(|e| if e.kind() == std::io::ErrorKind::NotFound { self.write_file(c, false) } else { Err(e) })
+            .or_else(|e| {
+                if e.kind() == std::io::ErrorKind::NotFound {
+                    self.write_file(c, false)
+                } else {
+                    Err(e)
+                }
+            })
             .map_err(|source| BufferError::WriteCursor { path: self.path.clone(), source })?;
         Ok(Some(c))
     }
@@ -170,12 +181,15 @@ impl SinkCursor {
     }
 
     fn write(&self, offset: u64, sync: bool) -> Result<(), BufferError> {
-        self.write_file(offset, sync).map_err(|source| BufferError::WriteCursor { path: self.path.clone(), source })
+        self.write_file(offset, sync)
+            .map_err(|source| BufferError::WriteCursor { path: self.path.clone(), source })
     }
 
     /// Replaces the file whole: temp file, then rename.
     fn write_file(&self, offset: u64, sync: bool) -> std::io::Result<()> {
-        self.storage.write_file(&self.tmp, &encode(offset), sync).and_then(|_| self.storage.rename(&self.tmp, &self.path))
+        self.storage
+            .write_file(&self.tmp, &encode(offset), sync)
+            .and_then(|_| self.storage.rename(&self.tmp, &self.path))
     }
 
     /// fsyncs the file and the directory if it changed since the last call.

@@ -151,8 +151,12 @@ pub fn inspect(path: &Path) -> Result<Inspection, InspectError> {
         move |source| InspectError::Read { path: p, source }
     };
 
-    let mut names: Vec<u64> =
-        storage.list_dir(&segdir).map_err(read_err(&segdir))?.iter().filter_map(|p| parse_segment_name(p)).collect();
+    let mut names: Vec<u64> = storage
+        .list_dir(&segdir)
+        .map_err(read_err(&segdir))?
+        .iter()
+        .filter_map(|p| parse_segment_name(p))
+        .collect();
     names.sort_unstable();
     let instance_id = read_instance_id(&storage, path)?;
     let oldest_name = names.first().copied().unwrap_or(0);
@@ -172,7 +176,12 @@ pub fn inspect(path: &Path) -> Result<Inspection, InspectError> {
             Err(e) => return Err(read_err(&p)(e)),
         };
         damaged_cursors += usize::from(committed.is_none());
-        sinks.push(SinkReport { name: name.to_owned(), committed, lag_events: 0, oldest_undelivered: None });
+        sinks.push(SinkReport {
+            name: name.to_owned(),
+            committed,
+            lag_events: 0,
+            oldest_undelivered: None,
+        });
     }
     sinks.sort_by(|a, b| a.name.cmp(&b.name));
 
@@ -187,7 +196,9 @@ pub fn inspect(path: &Path) -> Result<Inspection, InspectError> {
         // One decode per sink over the whole scan (more only if a body is malformed): entries
         // come in offset order, so the first entry ending past a sink's start holds its
         // oldest undelivered event.
-        let Ok(record::Decoded { batch, .. }) = record::decode_body(&e.body, e.version) else { return };
+        let Ok(record::Decoded { batch, .. }) = record::decode_body(&e.body, e.version) else {
+            return;
+        };
         for (&s, t) in starts.iter().zip(times.iter_mut()) {
             if t.is_none() && s < end {
                 let i = s.saturating_sub(e.first_offset) as usize;
@@ -201,14 +212,26 @@ pub fn inspect(path: &Path) -> Result<Inspection, InspectError> {
     let mut expected = None;
     for (i, &first) in names.iter().enumerate() {
         let p = segment_path(&segdir, first);
-        let scan = match scan_segment(&storage, &p, first, expected, names.get(i + 1).copied(), &mut on_entry) {
+        let scan = match scan_segment(
+            &storage,
+            &p,
+            first,
+            expected,
+            names.get(i + 1).copied(),
+            &mut on_entry,
+        ) {
             Ok(s) => s,
             // Deleted by the running berth's GC since the listing: every sink had delivered
             // it, and GC deletes oldest first, so skipping it leaves no false gap.
-            Err(BufferError::OpenSegment { source, .. }) if source.kind() == io::ErrorKind::NotFound => continue,
-            Err(BufferError::OpenSegment { path, source } | BufferError::ReadSegment { path, source }) => {
-                return Err(InspectError::Read { path, source })
+            Err(BufferError::OpenSegment { source, .. })
+                if source.kind() == io::ErrorKind::NotFound =>
+            {
+                continue
             }
+            Err(
+                BufferError::OpenSegment { path, source }
+                | BufferError::ReadSegment { path, source },
+            ) => return Err(InspectError::Read { path, source }),
             Err(e) => return Err(InspectError::Read { path: p, source: io::Error::other(e) }),
         };
         expected = Some(scan.next);
@@ -276,7 +299,11 @@ fn probe_lock(path: &Path) -> LockState {
     let f = match File::open(path) {
         Ok(f) => f,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return LockState::Absent,
-        Err(e) => return LockState::Unknown { error: format!("cannot open {}: {}", path.display(), io_message(&e)) },
+        Err(e) => {
+            return LockState::Unknown {
+                error: format!("cannot open {}: {}", path.display(), io_message(&e)),
+            }
+        }
     };
     // SAFETY: flock on a descriptor owned by `f`, which outlives both calls.
     let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) };
@@ -341,7 +368,11 @@ impl Inspection {
                 writeln!(out)?;
             }
             if s.torn_tail_bytes > 0 {
-                let why = if self.running() { "an append in progress, or a torn write" } else { "a torn write" };
+                let why = if self.running() {
+                    "an append in progress, or a torn write"
+                } else {
+                    "a torn write"
+                };
                 writeln!(
                     out,
                     "  torn tail: {} bytes after the last valid entry ({why}; not repaired here)",
@@ -358,8 +389,16 @@ impl Inspection {
         }
         let t = &self.totals;
         writeln!(out)?;
-        writeln!(out, "total: {} segments, {} entries, {} events, {} bytes", t.segments, t.entries, t.events, t.bytes)?;
-        if t.damaged_bytes > 0 || t.lost_events > 0 || t.torn_tail_bytes > 0 || t.damaged_cursors > 0 {
+        writeln!(
+            out,
+            "total: {} segments, {} entries, {} events, {} bytes",
+            t.segments, t.entries, t.events, t.bytes
+        )?;
+        if t.damaged_bytes > 0
+            || t.lost_events > 0
+            || t.torn_tail_bytes > 0
+            || t.damaged_cursors > 0
+        {
             writeln!(
                 out,
                 "damage: {} bytes, {} events lost ({} damaged events in valid entries), {} torn tail bytes, {} damaged cursors",
@@ -481,8 +520,13 @@ mod tests {
         assert_eq!(t.bytes, i.segments.iter().map(|s| s.bytes).sum::<u64>());
 
         let stats = buf.stats();
-        let got: Vec<_> = i.sinks.iter().map(|s| (s.name.as_str(), s.committed, s.lag_events)).collect();
-        let want: Vec<_> = stats.sinks.iter().map(|s| (s.name.as_str(), Some(s.committed), s.lag_events)).collect();
+        let got: Vec<_> =
+            i.sinks.iter().map(|s| (s.name.as_str(), s.committed, s.lag_events)).collect();
+        let want: Vec<_> = stats
+            .sinks
+            .iter()
+            .map(|s| (s.name.as_str(), Some(s.committed), s.lag_events))
+            .collect();
         assert_eq!(got, want);
         assert_eq!(got, vec![("cw", Some(0), 200), ("es", Some(13), 187)]);
         assert_eq!(i.sinks[0].oldest_undelivered, Some(EventTime::new(1_700_000_000, 5)));
@@ -562,11 +606,26 @@ mod tests {
         );
         assert_eq!(first.events, first.entries * 10 - 1);
         let newest = i.segments.last().unwrap();
-        assert_eq!((newest.damaged_bytes, newest.lost_events, newest.damaged_events, newest.torn_tail_bytes), (0, 0, 0, torn_len));
+        assert_eq!(
+            (
+                newest.damaged_bytes,
+                newest.lost_events,
+                newest.damaged_events,
+                newest.torn_tail_bytes
+            ),
+            (0, 0, 0, torn_len)
+        );
         assert_eq!(newest.bytes, std::fs::metadata(last).unwrap().len());
         let t = &i.totals;
         assert_eq!(
-            (t.entries, t.events, t.damaged_bytes, t.lost_events, t.damaged_events, t.torn_tail_bytes),
+            (
+                t.entries,
+                t.events,
+                t.damaged_bytes,
+                t.lost_events,
+                t.damaged_events,
+                t.torn_tail_bytes
+            ),
             (19, 189, len2, 11, 1, torn_len)
         );
         assert_eq!(i.head, 200);
@@ -578,7 +637,9 @@ mod tests {
             "{txt}"
         );
         assert!(
-            txt.contains(&format!("  torn tail: {torn_len} bytes after the last valid entry (a torn write;")),
+            txt.contains(&format!(
+                "  torn tail: {torn_len} bytes after the last valid entry (a torn write;"
+            )),
             "{txt}"
         );
         let j = json(&i);
@@ -589,8 +650,22 @@ mod tests {
         // Recovery, which shares the scan, finds the same and only then repairs.
         let (_buf, report) = Buffer::open(o).unwrap();
         assert_eq!(
-            (report.entries, report.events, report.corrupt_bytes, report.lost_events, report.damaged_events, report.truncated_bytes),
-            (t.entries, t.events, t.damaged_bytes, t.lost_events, t.damaged_events, t.torn_tail_bytes)
+            (
+                report.entries,
+                report.events,
+                report.corrupt_bytes,
+                report.lost_events,
+                report.damaged_events,
+                report.truncated_bytes
+            ),
+            (
+                t.entries,
+                t.events,
+                t.damaged_bytes,
+                t.lost_events,
+                t.damaged_events,
+                t.torn_tail_bytes
+            )
         );
         assert_eq!(report.segments, t.segments);
     }
@@ -613,7 +688,8 @@ mod tests {
         std::fs::write(o.path.join("cursors/es.tmp"), cursor::encode(7)).unwrap();
         std::fs::write(o.path.join("cursors/es"), cursor::encode(200)).unwrap();
         let i = inspect(&o.path).unwrap();
-        let got: Vec<_> = i.sinks.iter().map(|s| (s.name.as_str(), s.committed, s.lag_events)).collect();
+        let got: Vec<_> =
+            i.sinks.iter().map(|s| (s.name.as_str(), s.committed, s.lag_events)).collect();
         assert_eq!(got, vec![("bad", None, 200), ("es", Some(200), 0)]);
         assert_eq!(i.sinks[0].oldest_undelivered, Some(EventTime::new(1_700_000_000, 5)));
         assert_eq!(i.sinks[1].oldest_undelivered, None);
@@ -639,10 +715,16 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("nope");
         let e = inspect(&p).unwrap_err();
-        assert_eq!(e.to_string(), format!("cannot read {}/segments: No such file or directory", p.display()));
+        assert_eq!(
+            e.to_string(),
+            format!("cannot read {}/segments: No such file or directory", p.display())
+        );
         assert!(!p.exists(), "inspect created the directory");
         std::fs::create_dir_all(p.join("segments")).unwrap();
         let e = inspect(&p).unwrap_err();
-        assert_eq!(e.to_string(), format!("cannot read {}/cursors: No such file or directory", p.display()));
+        assert_eq!(
+            e.to_string(),
+            format!("cannot read {}/cursors: No such file or directory", p.display())
+        );
     }
 }

@@ -66,10 +66,10 @@ pub mod inspect;
 mod reader;
 pub mod record;
 mod recover;
-#[cfg(test)]
-mod tests;
 pub mod segment;
 pub mod storage;
+#[cfg(test)]
+mod tests;
 mod writer;
 
 pub use reader::{Acker, ReadBatch, Reader};
@@ -261,10 +261,17 @@ impl Appending {
 impl std::future::Future for Appending {
     type Output = Result<Range<u64>, BufferError>;
 
-    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Self::Output> {
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
         match self.get_mut() {
-            Appending::Done(r) => std::task::Poll::Ready(r.take().unwrap_or(Err(BufferError::Closed))),
-            Appending::Pending(rx) => std::pin::Pin::new(rx).poll(cx).map(|r| r.unwrap_or(Err(BufferError::Closed))),
+            Appending::Done(r) => {
+                std::task::Poll::Ready(r.take().unwrap_or(Err(BufferError::Closed)))
+            }
+            Appending::Pending(rx) => {
+                std::pin::Pin::new(rx).poll(cx).map(|r| r.unwrap_or(Err(BufferError::Closed)))
+            }
         }
     }
 }
@@ -344,7 +351,9 @@ impl Shared {
     fn try_reserve(&self, bytes: u64) -> bool {
         let max = self.opts.max_size;
         self.used
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |u| (u + bytes <= max).then_some(u + bytes))
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |u| {
+                (u + bytes <= max).then_some(u + bytes)
+            })
             .is_ok()
     }
 
@@ -396,7 +405,9 @@ impl Buffer {
         if opts.segment_size == 0 || opts.segment_size > opts.max_size / 2 {
             // A full buffer frees space only by deleting sealed segments; with two or more
             // segments' room the active one can always be sealed and passed.
-            return Err(BufferError::InvalidOptions("segment_size must be > 0 and at most max_size / 2"));
+            return Err(BufferError::InvalidOptions(
+                "segment_size must be > 0 and at most max_size / 2",
+            ));
         }
         if opts.sync_interval.is_zero() {
             return Err(BufferError::InvalidOptions("sync_interval must be > 0"));
@@ -409,23 +420,34 @@ impl Buffer {
             // A new buffer directory must itself survive a host crash, or everything
             // acknowledged into it could vanish with its directory entry.
             if let Some(parent) = opts.path.parent().filter(|p| !p.as_os_str().is_empty()) {
-                storage
-                    .sync_dir(parent)
-                    .map_err(|source| BufferError::SyncDir { path: parent.to_path_buf(), source })?;
+                storage.sync_dir(parent).map_err(|source| BufferError::SyncDir {
+                    path: parent.to_path_buf(),
+                    source,
+                })?;
             }
         }
         let lock_path = opts.path.join("lock");
-        let lock = storage.lock(&lock_path).map_err(|source| BufferError::Locked { path: lock_path, source })?;
+        let lock = storage
+            .lock(&lock_path)
+            .map_err(|source| BufferError::Locked { path: lock_path, source })?;
         let rec = recover::recover(&opts, storage.as_ref())?;
         let (tx, rx) = mpsc::channel();
-        let durable = Durable { head: rec.head, active_first: rec.active_first, active_len: rec.active_len, closed: false };
+        let durable = Durable {
+            head: rec.head,
+            active_first: rec.active_first,
+            active_len: rec.active_len,
+            closed: false,
+        };
         let (durable_tx, _) = watch::channel(durable);
         let cursors_dir = opts.path.join("cursors");
         let cursors = rec
             .cursors
             .iter()
             .map(|(name, off)| {
-                (name.clone(), Arc::new(SinkCursor::new(&cursors_dir, name, *off, Arc::clone(&storage))))
+                (
+                    name.clone(),
+                    Arc::new(SinkCursor::new(&cursors_dir, name, *off, Arc::clone(&storage))),
+                )
             })
             .collect();
         let shared = Arc::new(Shared {
@@ -450,7 +472,11 @@ impl Buffer {
             recovery: rec.report.clone(),
         });
         let thread = writer::spawn(Arc::clone(&shared), rx, rec.active_file)?;
-        let handle = Arc::new(WriterHandle { shared: Arc::clone(&shared), thread: Mutex::new(Some(thread)), _lock: lock });
+        let handle = Arc::new(WriterHandle {
+            shared: Arc::clone(&shared),
+            thread: Mutex::new(Some(thread)),
+            _lock: lock,
+        });
         Ok((Buffer { shared, _handle: handle }, rec.report))
     }
 
@@ -521,7 +547,12 @@ impl Buffer {
             match map.get(name) {
                 Some(c) => Arc::clone(c),
                 None => {
-                    let c = Arc::new(SinkCursor::new(&sh.cursors_dir, name, sh.oldest(), Arc::clone(&sh.storage)));
+                    let c = Arc::new(SinkCursor::new(
+                        &sh.cursors_dir,
+                        name,
+                        sh.oldest(),
+                        Arc::clone(&sh.storage),
+                    ));
                     c.create()?;
                     map.insert(name.to_owned(), Arc::clone(&c));
                     c

@@ -123,16 +123,29 @@ impl Reader {
     /// The next events: at most `max_events` (≥ 1) and, past the first event, at most
     /// `max_bytes` of records and metadata, from one entry. Waits for new appends; `None`
     /// once the buffer is closed and everything durable has been read. Cancel-safe.
-    pub async fn next(&mut self, max_events: usize, max_bytes: usize) -> Result<Option<ReadBatch>, BufferError> {
+    pub async fn next(
+        &mut self,
+        max_events: usize,
+        max_bytes: usize,
+    ) -> Result<Option<ReadBatch>, BufferError> {
         self.read(max_events, max_bytes, true).await
     }
 
     /// Like `next` but returns `None` at once when nothing durable is left to read.
-    pub async fn try_next(&mut self, max_events: usize, max_bytes: usize) -> Result<Option<ReadBatch>, BufferError> {
+    pub async fn try_next(
+        &mut self,
+        max_events: usize,
+        max_bytes: usize,
+    ) -> Result<Option<ReadBatch>, BufferError> {
         self.read(max_events, max_bytes, false).await
     }
 
-    async fn read(&mut self, max_events: usize, max_bytes: usize, wait: bool) -> Result<Option<ReadBatch>, BufferError> {
+    async fn read(
+        &mut self,
+        max_events: usize,
+        max_bytes: usize,
+        wait: bool,
+    ) -> Result<Option<ReadBatch>, BufferError> {
         loop {
             if let Some(rb) = self.take_pending(max_events.max(1), max_bytes) {
                 return Ok(Some(rb));
@@ -202,7 +215,12 @@ impl Reader {
             return;
         }
         self.damage_logged = Some(now);
-        let first_damaged = d.batch.events.iter().position(|e| e.is_tombstone()).map_or(d.first, |i| d.first + i as u64);
+        let first_damaged = d
+            .batch
+            .events
+            .iter()
+            .position(|e| e.is_tombstone())
+            .map_or(d.first, |i| d.first + i as u64);
         tracing::error!(
             sink = self.sink(),
             entry_offsets = %format_args!("{}..{}", d.first, d.first + d.batch.len() as u64),
@@ -224,8 +242,12 @@ impl Reader {
             Ok(Ok(())) => {}
             // Not fatal: the cursor was written in place, only a host crash could lose it
             // (the events are then delivered again).
-            Ok(Err(e)) => tracing::warn!(sink = self.sink(), error = %e, "cannot fsync the sink cursor at shutdown"),
-            Err(e) => tracing::warn!(sink = self.sink(), error = %e, "cannot fsync the sink cursor at shutdown"),
+            Ok(Err(e)) => {
+                tracing::warn!(sink = self.sink(), error = %e, "cannot fsync the sink cursor at shutdown")
+            }
+            Err(e) => {
+                tracing::warn!(sink = self.sink(), error = %e, "cannot fsync the sink cursor at shutdown")
+            }
         }
     }
 
@@ -233,7 +255,12 @@ impl Reader {
     fn skip_to(&mut self, to: u64) -> Result<(), BufferError> {
         if to > self.next_offset {
             let n = to - self.next_offset;
-            tracing::debug!(sink = self.sink(), from = self.next_offset, events = n, "skipping offsets not in the buffer");
+            tracing::debug!(
+                sink = self.sink(),
+                from = self.next_offset,
+                events = n,
+                "skipping offsets not in the buffer"
+            );
             self.acker.ack(self.next_offset, n)?;
             self.next_offset = to;
         }
@@ -260,7 +287,8 @@ impl Reader {
         let batch = if start == 0 && n == batch.len() {
             self.pending.take().map(|p| p.1)?
         } else {
-            let b = Batch { tag: batch.tag.clone(), events: batch.events[start..start + n].to_vec() };
+            let b =
+                Batch { tag: batch.tag.clone(), events: batch.events[start..start + n].to_vec() };
             if start + n == batch.len() {
                 self.pending = None;
             }
@@ -276,10 +304,7 @@ impl Reader {
 
     fn locate(&self) -> Option<u64> {
         let segs = self.sh.segments();
-        segs.range(..=self.next_offset)
-            .next_back()
-            .or_else(|| segs.iter().next())
-            .map(|(k, _)| *k)
+        segs.range(..=self.next_offset).next_back().or_else(|| segs.iter().next()).map(|(k, _)| *k)
     }
 
     async fn read_entry(&mut self, d: &Durable) -> Result<Step, BufferError> {
@@ -295,7 +320,9 @@ impl Reader {
         let (path, limit) = {
             let segs = self.sh.segments();
             match segs.get(&seg) {
-                Some(info) => (info.path.clone(), if seg == d.active_first { d.active_len } else { info.len }),
+                Some(info) => {
+                    (info.path.clone(), if seg == d.active_first { d.active_len } else { info.len })
+                }
                 None => {
                     drop(segs);
                     // Deleted: everything in it was delivered by every sink, this one too.
@@ -318,7 +345,8 @@ impl Reader {
                     Err(source) => return (None, Err(BufferError::OpenSegment { path, source })),
                 },
             };
-            let r = sc.next_entry(limit).map_err(|source| BufferError::ReadSegment { path, source });
+            let r =
+                sc.next_entry(limit).map_err(|source| BufferError::ReadSegment { path, source });
             (Some(sc), r)
         })
         .await;
@@ -332,7 +360,6 @@ impl Reader {
             None => Ok(Step::EndOfSegment),
         }
     }
-
 }
 
 impl Drop for Reader {

@@ -209,7 +209,11 @@ pub fn damaged_events(body: &Bytes, version: Version) -> Result<u32, RecordError
 }
 
 /// Decodes the head of `body` and hands every event (or its tombstone) to `push`, in order.
-fn walk(body: &Bytes, version: Version, mut push: impl FnMut(Event)) -> Result<(u64, Tag, u32), RecordError> {
+fn walk(
+    body: &Bytes,
+    version: Version,
+    mut push: impl FnMut(Event),
+) -> Result<(u64, Tag, u32), RecordError> {
     let b = &body[..];
     if b.len() < MIN_BODY_LEN {
         return Err(RecordError::Malformed(0));
@@ -241,7 +245,12 @@ fn walk(body: &Bytes, version: Version, mut push: impl FnMut(Event)) -> Result<(
     Ok((first, tag, lost))
 }
 
-fn walk_v1(body: &Bytes, mut pos: usize, count: u32, push: &mut dyn FnMut(Event)) -> Result<(), RecordError> {
+fn walk_v1(
+    body: &Bytes,
+    mut pos: usize,
+    count: u32,
+    push: &mut dyn FnMut(Event),
+) -> Result<(), RecordError> {
     let b = &body[..];
     for _ in 0..count {
         let Some((rec, meta, end)) = event_span(b, pos + 16 - 4) else {
@@ -260,7 +269,10 @@ fn walk_v1(body: &Bytes, mut pos: usize, count: u32, push: &mut dyn FnMut(Event)
 
 /// Where `record` and `metadata` of the event whose `record_len` is at `len_at` lie, and
 /// where the event ends; `None` when that runs out of `b`.
-fn event_span(b: &[u8], len_at: usize) -> Option<(std::ops::Range<usize>, std::ops::Range<usize>, usize)> {
+fn event_span(
+    b: &[u8],
+    len_at: usize,
+) -> Option<(std::ops::Range<usize>, std::ops::Range<usize>, usize)> {
     if b.len().checked_sub(len_at)? < 4 {
         return None;
     }
@@ -277,7 +289,12 @@ fn event_span(b: &[u8], len_at: usize) -> Option<(std::ops::Range<usize>, std::o
     Some((rstart..rend, mstart..mend, mend))
 }
 
-fn event(body: &Bytes, time: EventTime, rec: std::ops::Range<usize>, meta: std::ops::Range<usize>) -> Event {
+fn event(
+    body: &Bytes,
+    time: EventTime,
+    rec: std::ops::Range<usize>,
+    meta: std::ops::Range<usize>,
+) -> Event {
     let metadata = if meta.is_empty() { Bytes::new() } else { body.slice(meta) };
     Event { time, record: body.slice(rec), metadata }
 }
@@ -306,7 +323,8 @@ fn walk_v2(body: &Bytes, mut pos: usize, count: u32, push: &mut dyn FnMut(Event)
     let mut leading = 0u32;
     for i in 0..count {
         let span = event_span(b, pos + 16);
-        let good = span.as_ref().is_some_and(|(_, _, end)| event_crc(&b[pos + 4..*end]) == u32_at(b, pos));
+        let good =
+            span.as_ref().is_some_and(|(_, _, end)| event_crc(&b[pos + 4..*end]) == u32_at(b, pos));
         match span {
             Some((rec, meta, end)) if good => {
                 let time = EventTime::new(u64_at(b, pos + 4) as i64, u32_at(b, pos + 12));
@@ -319,7 +337,9 @@ fn walk_v2(body: &Bytes, mut pos: usize, count: u32, push: &mut dyn FnMut(Event)
                 push(event(body, time, rec, meta));
                 pos = end;
             }
-            Some((_, _, end)) if *trusted.get_or_insert_with(|| chains_to_end(b, pos, count - i)) => {
+            Some((_, _, end))
+                if *trusted.get_or_insert_with(|| chains_to_end(b, pos, count - i)) =>
+            {
                 lost += 1;
                 match last_time {
                     Some(t) => push(Event::tombstone(t)),
@@ -369,7 +389,10 @@ unsafe fn crc32c_sse42_short(data: &[u8]) -> u32 {
     let mut crc = u64::from(!0u32);
     let mut chunks = data.chunks_exact(8);
     for c in &mut chunks {
-        crc = _mm_crc32_u64(crc, u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]));
+        crc = _mm_crc32_u64(
+            crc,
+            u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]),
+        );
     }
     let mut crc = crc as u32;
     let mut rest = chunks.remainder();
@@ -428,15 +451,27 @@ mod tests {
     use super::*;
 
     fn ev(secs: i64, record: &'static [u8], metadata: &'static [u8]) -> Event {
-        Event { time: EventTime::new(secs, 7), record: Bytes::from_static(record), metadata: Bytes::from_static(metadata) }
+        Event {
+            time: EventTime::new(secs, 7),
+            record: Bytes::from_static(record),
+            metadata: Bytes::from_static(metadata),
+        }
     }
 
     fn batch() -> Batch {
         Batch {
             tag: Tag::from_static("app.web"),
             events: vec![
-                Event { time: EventTime::new(-5, 7), record: Bytes::from_static(&[0x81, 0xa1, b'a', 1]), metadata: Bytes::new() },
-                Event { time: EventTime::new(1_700_000_000, 999_999_999), record: Bytes::from_static(&[0x80]), metadata: Bytes::from_static(&[0x80]) },
+                Event {
+                    time: EventTime::new(-5, 7),
+                    record: Bytes::from_static(&[0x81, 0xa1, b'a', 1]),
+                    metadata: Bytes::new(),
+                },
+                Event {
+                    time: EventTime::new(1_700_000_000, 999_999_999),
+                    record: Bytes::from_static(&[0x80]),
+                    metadata: Bytes::from_static(&[0x80]),
+                },
             ],
         }
     }
@@ -520,7 +555,8 @@ mod tests {
                 let d = decode(&bad).unwrap();
                 assert_eq!(d.first, 100);
                 assert_eq!(d.batch.len(), 5, "offsets stay dense");
-                let lengths = (at - event_pos(&e, victim)) >= 16 && (at - event_pos(&e, victim)) < 20;
+                let lengths =
+                    (at - event_pos(&e, victim)) >= 16 && (at - event_pos(&e, victim)) < 20;
                 if lengths {
                     // A damaged length: the events before are good, the rest tombstones
                     // (unless the damage still chained to the end, which it cannot here).
@@ -540,7 +576,8 @@ mod tests {
                 for (i, got) in d.batch.events.iter().enumerate() {
                     if i == victim {
                         assert!(got.is_tombstone());
-                        let t = if victim == 0 { b.events[1].time } else { b.events[victim - 1].time };
+                        let t =
+                            if victim == 0 { b.events[1].time } else { b.events[victim - 1].time };
                         assert_eq!(got.time, t, "a tombstone takes a neighbour's time");
                     } else {
                         assert_eq!(got, &b.events[i], "byte {at}, event {i}");
@@ -635,7 +672,8 @@ mod tests {
 
     #[test]
     fn event_crc_is_crc32c_at_every_length_and_alignment() {
-        let bytes: Vec<u8> = (0..4000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+        let bytes: Vec<u8> =
+            (0..4000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
         for len in (0..40).chain([63, 64, 65, 211, 500, 767, 768, 769, 1000, 3000]) {
             for off in 0..9 {
                 let s = &bytes[off..off + len];

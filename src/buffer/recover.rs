@@ -24,7 +24,9 @@ pub(super) struct Recovered {
 }
 
 fn mkdir(storage: &dyn Storage, path: &Path) -> Result<(), BufferError> {
-    storage.create_dir_all(path).map_err(|source| BufferError::CreateDir { path: path.to_owned(), source })
+    storage
+        .create_dir_all(path)
+        .map_err(|source| BufferError::CreateDir { path: path.to_owned(), source })
 }
 
 fn list(storage: &dyn Storage, path: &Path) -> Result<Vec<std::path::PathBuf>, BufferError> {
@@ -54,7 +56,9 @@ fn instance_id(storage: &dyn Storage, dir: &Path) -> Result<u64, BufferError> {
     let tmp = dir.join("instance-id.tmp");
     storage.write_file(&tmp, format!("{id:016x}\n").as_bytes(), true).map_err(err)?;
     storage.rename(&tmp, &path).map_err(err)?;
-    storage.sync_dir(dir).map_err(|source| BufferError::SyncDir { path: dir.to_owned(), source })?;
+    storage
+        .sync_dir(dir)
+        .map_err(|source| BufferError::SyncDir { path: dir.to_owned(), source })?;
     Ok(id)
 }
 
@@ -111,8 +115,11 @@ pub(super) fn scan_segment(
     before: Option<u64>,
     on_entry: &mut dyn FnMut(&RawEntry),
 ) -> Result<SegmentScan, BufferError> {
-    let file = storage.open_read(path).map_err(|source| BufferError::OpenSegment { path: path.to_owned(), source })?;
-    let len = file.size().map_err(|source| BufferError::ReadSegment { path: path.to_owned(), source })?;
+    let file = storage
+        .open_read(path)
+        .map_err(|source| BufferError::OpenSegment { path: path.to_owned(), source })?;
+    let len =
+        file.size().map_err(|source| BufferError::ReadSegment { path: path.to_owned(), source })?;
     let mut lost_events = 0;
     if let Some(e) = expected {
         if first > e {
@@ -120,12 +127,14 @@ pub(super) fn scan_segment(
         }
     }
     let mut next = expected.map_or(first, |e| e.max(first));
-    let (mut entries, mut events, mut damaged_events, mut stale_bytes, mut end) = (0, 0, 0, 0, None);
+    let (mut entries, mut events, mut damaged_events, mut stale_bytes, mut end) =
+        (0, 0, 0, 0, None);
     let mut sc = Scanner::new(file);
     // Where junk starts: the rest of the file is not read by anyone.
     let mut junk_from = None;
-    while let Some(entry) =
-        sc.next_entry(len).map_err(|source| BufferError::ReadSegment { path: path.to_owned(), source })?
+    while let Some(entry) = sc
+        .next_entry(len)
+        .map_err(|source| BufferError::ReadSegment { path: path.to_owned(), source })?
     {
         if before.is_some_and(|b| entry.end_offset() > b) {
             // The next segment starts at `b`, so this entry was never acknowledged: a group
@@ -145,7 +154,8 @@ pub(super) fn scan_segment(
         entries += 1;
         // The header checked out; the events are checked one by one. A body whose head
         // does not parse although its CRC matched (a writer bug) loses all its events.
-        let damaged = u64::from(record::damaged_events(&entry.body, entry.version).unwrap_or(entry.count));
+        let damaged =
+            u64::from(record::damaged_events(&entry.body, entry.version).unwrap_or(entry.count));
         damaged_events += damaged;
         lost_events += damaged;
         events += u64::from(entry.count) - damaged;
@@ -171,7 +181,10 @@ pub(super) fn scan_segment(
     })
 }
 
-pub(super) fn recover(opts: &BufferOptions, storage: &dyn Storage) -> Result<Recovered, BufferError> {
+pub(super) fn recover(
+    opts: &BufferOptions,
+    storage: &dyn Storage,
+) -> Result<Recovered, BufferError> {
     let segdir = opts.path.join("segments");
     let curdir = opts.path.join("cursors");
     mkdir(storage, &opts.path)?;
@@ -180,7 +193,8 @@ pub(super) fn recover(opts: &BufferOptions, storage: &dyn Storage) -> Result<Rec
     let instance_id = instance_id(storage, &opts.path)?;
     let mut report = RecoveryReport::default();
 
-    let mut names: Vec<u64> = list(storage, &segdir)?.iter().filter_map(|p| parse_segment_name(p)).collect();
+    let mut names: Vec<u64> =
+        list(storage, &segdir)?.iter().filter_map(|p| parse_segment_name(p)).collect();
     names.sort_unstable();
     report.segments = names.len();
 
@@ -191,7 +205,8 @@ pub(super) fn recover(opts: &BufferOptions, storage: &dyn Storage) -> Result<Rec
     for (i, &first) in names.iter().enumerate() {
         let path = segment_path(&segdir, first);
         let last = i + 1 == names.len();
-        let scan = scan_segment(storage, &path, first, expected, names.get(i + 1).copied(), &mut |_| {})?;
+        let scan =
+            scan_segment(storage, &path, first, expected, names.get(i + 1).copied(), &mut |_| {})?;
         expected = Some(scan.next);
         report.entries += scan.entries;
         report.events += scan.events;
@@ -204,8 +219,9 @@ pub(super) fn recover(opts: &BufferOptions, storage: &dyn Storage) -> Result<Rec
             // Bytes after the newest valid entry of the newest segment: a write that never
             // completed, so never acknowledged.
             report.truncated_bytes += tail;
-            let mut f =
-                storage.open_append(&path).map_err(|source| BufferError::OpenSegment { path: path.clone(), source })?;
+            let mut f = storage
+                .open_append(&path)
+                .map_err(|source| BufferError::OpenSegment { path: path.clone(), source })?;
             f.truncate(scan.valid_end)
                 .and_then(|_| f.sync())
                 .map_err(|source| BufferError::TruncateSegment { path: path.clone(), source })?;
@@ -245,14 +261,19 @@ pub(super) fn recover(opts: &BufferOptions, storage: &dyn Storage) -> Result<Rec
     let (active_first, active_file, active_len) = match names.last() {
         Some(&first) => {
             let path = segment_path(&segdir, first);
-            let f = storage.open_append(&path).map_err(|source| BufferError::OpenSegment { path, source })?;
+            let f = storage
+                .open_append(&path)
+                .map_err(|source| BufferError::OpenSegment { path, source })?;
             (first, f, active_len)
         }
         None => {
             let path = segment_path(&segdir, head);
-            let f =
-                storage.open_append(&path).map_err(|source| BufferError::OpenSegment { path: path.clone(), source })?;
-            storage.sync_dir(&segdir).map_err(|source| BufferError::SyncDir { path: segdir.clone(), source })?;
+            let f = storage
+                .open_append(&path)
+                .map_err(|source| BufferError::OpenSegment { path: path.clone(), source })?;
+            storage
+                .sync_dir(&segdir)
+                .map_err(|source| BufferError::SyncDir { path: segdir.clone(), source })?;
             segments.insert(head, SegmentInfo { path, len: 0 });
             (head, f, 0)
         }

@@ -170,8 +170,13 @@ mod tests {
     use crate::event::{Batch, Event, EventTime, Tag};
 
     fn entry(first: u64, n: usize, size: usize) -> Vec<u8> {
-        let ev = Event { time: EventTime::new(1, 2), record: Bytes::from(vec![0xa5; size]), metadata: Bytes::new() };
-        let mut e = record::encode(&Batch { tag: Tag::from_static("t"), events: vec![ev; n] }).unwrap();
+        let ev = Event {
+            time: EventTime::new(1, 2),
+            record: Bytes::from(vec![0xa5; size]),
+            metadata: Bytes::new(),
+        };
+        let mut e =
+            record::encode(&Batch { tag: Tag::from_static("t"), events: vec![ev; n] }).unwrap();
         record::seal(&mut e, first);
         e
     }
@@ -211,7 +216,7 @@ mod tests {
         bytes.extend(entry(6, 2, 10));
         let good_end = bytes.len();
         bytes.extend(&entry(8, 1, 10)[..20]); // torn
-        // Inside the second entry's first record: that event is lost, not its entry.
+                                              // Inside the second entry's first record: that event is lost, not its entry.
         bytes[second + 40] ^= 0xff;
         // The third entry's offset: its header CRC fails, it is stepped over.
         bytes[third + HEADER_LEN + 2] ^= 0x01;
@@ -238,7 +243,11 @@ mod tests {
 
     #[test]
     fn version_1_entries_are_read_before_and_among_version_2_ones() {
-        let ev = Event { time: EventTime::new(1, 2), record: Bytes::from(vec![0xa5; 30]), metadata: Bytes::new() };
+        let ev = Event {
+            time: EventTime::new(1, 2),
+            record: Bytes::from(vec![0xa5; 30]),
+            metadata: Bytes::new(),
+        };
         let b = |n| Batch { tag: Tag::from_static("old"), events: vec![ev.clone(); n] };
         let mut bytes = record::encode_v1(&b(2), 0);
         let second = bytes.len();

@@ -61,7 +61,10 @@ async fn appends_come_back_in_order_with_their_offsets() {
     assert_eq!(buf.append(&b2).await.unwrap(), 3..5);
     assert_eq!(buf.append(&batch("c", 0, 0)).await.unwrap(), 5..5);
     let got = read_all(&mut r).await;
-    assert_eq!(got, vec![ReadBatch { first_offset: 0, batch: b1 }, ReadBatch { first_offset: 3, batch: b2 }]);
+    assert_eq!(
+        got,
+        vec![ReadBatch { first_offset: 0, batch: b1 }, ReadBatch { first_offset: 3, batch: b2 }]
+    );
     assert_eq!(buf.stats().sinks[0].lag_events, 5);
     r.ack(3, 2).unwrap();
     assert_eq!(r.committed(), 0);
@@ -128,7 +131,7 @@ async fn reopen_resumes_at_the_cursor_and_keeps_the_instance_id() {
     let first = r.try_next(usize::MAX, usize::MAX).await.unwrap().unwrap();
     r.ack(first.first_offset, 10).unwrap();
     r.ack(15, 5).unwrap(); // from the second entry, out of order: does not move the cursor
-    // No close: the writer stops as if killed (cursor was renamed, not fsynced).
+                           // No close: the writer stops as if killed (cursor was renamed, not fsynced).
     drop(r);
     drop(buf);
     let (buf, report) = Buffer::open(o).unwrap();
@@ -395,7 +398,11 @@ async fn sync_never_completes_after_write_and_fsyncs_at_close() {
     // delivered, and so cannot hand its offsets to new events.
     assert!(r.try_next(usize::MAX, usize::MAX).await.unwrap().is_none(), "nothing fsynced yet");
     buf.close().await.unwrap();
-    assert_eq!(read_all(&mut r).await.iter().map(|b| b.batch.len()).sum::<usize>(), 5, "readable once fsynced");
+    assert_eq!(
+        read_all(&mut r).await.iter().map(|b| b.batch.len()).sum::<usize>(),
+        5,
+        "readable once fsynced"
+    );
     assert_eq!(fs.faults.segment_syncs.load(Ordering::SeqCst), 1);
     drop(buf);
     let (_b, report) = Buffer::open(o).unwrap();
@@ -578,9 +585,16 @@ async fn whole_entries_left_by_a_failed_fsync_do_not_shadow_later_appends_after_
     assert_eq!(report.events, 4, "{report:?}");
     assert!(report.corrupt_bytes > 0, "the failed group counts as damage: {report:?}");
     let mut r = buf.reader("s").unwrap();
-    let got: Vec<(u64, u8)> =
-        read_all(&mut r).await.iter().map(|b| (b.first_offset, b.batch.events[0].record[0])).collect();
-    assert_eq!(got, vec![(0, 1), (acked.start, 3)], "the acknowledged batch was shadowed by the failed one");
+    let got: Vec<(u64, u8)> = read_all(&mut r)
+        .await
+        .iter()
+        .map(|b| (b.first_offset, b.batch.events[0].record[0]))
+        .collect();
+    assert_eq!(
+        got,
+        vec![(0, 1), (acked.start, 3)],
+        "the acknowledged batch was shadowed by the failed one"
+    );
 }
 
 /// At shutdown the buffer is closed first and the sinks then deliver what is left: their
@@ -598,7 +612,11 @@ async fn acks_after_close_are_fsynced_when_the_reader_ends() {
     let rb = r.next(usize::MAX, usize::MAX).await.unwrap().unwrap();
     r.ack(rb.first_offset, rb.batch.len() as u64).unwrap();
     assert!(r.next(usize::MAX, usize::MAX).await.unwrap().is_none());
-    assert_eq!(fs.faults.file_syncs.load(Ordering::SeqCst), syncs + 1, "the last acknowledgement was not fsynced");
+    assert_eq!(
+        fs.faults.file_syncs.load(Ordering::SeqCst),
+        syncs + 1,
+        "the last acknowledgement was not fsynced"
+    );
     // Nothing changed since: no second fsync.
     assert!(r.next(usize::MAX, usize::MAX).await.unwrap().is_none());
     assert_eq!(fs.faults.file_syncs.load(Ordering::SeqCst), syncs + 1);
@@ -622,7 +640,11 @@ async fn sync_cursors_makes_acks_after_close_durable() {
     buf.sync_cursors().unwrap();
     assert_eq!(fs.faults.file_syncs.load(Ordering::SeqCst), syncs + 1);
     buf.sync_cursors().unwrap();
-    assert_eq!(fs.faults.file_syncs.load(Ordering::SeqCst), syncs + 1, "nothing changed: no second fsync");
+    assert_eq!(
+        fs.faults.file_syncs.load(Ordering::SeqCst),
+        syncs + 1,
+        "nothing changed: no second fsync"
+    );
 }
 
 /// A buffer written by berth before per-event CRCs (version 1 entries) is read whole after
@@ -641,7 +663,10 @@ async fn version_1_entries_survive_an_upgrade() {
     std::fs::write(&seg, &bytes).unwrap();
 
     let (buf, report) = Buffer::open(o.clone()).unwrap();
-    assert_eq!((report.entries, report.events, report.lost_events, report.corrupt_bytes), (2, 5, 0, 0));
+    assert_eq!(
+        (report.entries, report.events, report.lost_events, report.corrupt_bytes),
+        (2, 5, 0, 0)
+    );
     assert_eq!(buf.head(), 5);
     let b2 = batch("new", 2, 3);
     assert_eq!(buf.append(&b2).await.unwrap(), 5..7);
@@ -658,7 +683,10 @@ async fn version_1_entries_survive_an_upgrade() {
     assert_eq!(segment_files(&o), vec![seg.clone()], "the new entry went on in the old segment");
 
     let (buf, report) = Buffer::open(o).unwrap();
-    assert_eq!((report.entries, report.events, report.lost_events, report.corrupt_bytes), (3, 7, 0, 0));
+    assert_eq!(
+        (report.entries, report.events, report.lost_events, report.corrupt_bytes),
+        (3, 7, 0, 0)
+    );
     let mut r = buf.reader("s").unwrap();
     assert_eq!(read_all(&mut r).await, want[1..]);
 }

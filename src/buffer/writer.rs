@@ -71,12 +71,18 @@ fn dup(e: &BufferError) -> BufferError {
         }
     }
     match e {
-        BufferError::Write { path, source } => BufferError::Write { path: path.clone(), source: io_dup(source) },
-        BufferError::Sync { path, source } => BufferError::Sync { path: path.clone(), source: io_dup(source) },
+        BufferError::Write { path, source } => {
+            BufferError::Write { path: path.clone(), source: io_dup(source) }
+        }
+        BufferError::Sync { path, source } => {
+            BufferError::Sync { path: path.clone(), source: io_dup(source) }
+        }
         BufferError::OpenSegment { path, source } => {
             BufferError::OpenSegment { path: path.clone(), source: io_dup(source) }
         }
-        BufferError::SyncDir { path, source } => BufferError::SyncDir { path: path.clone(), source: io_dup(source) },
+        BufferError::SyncDir { path, source } => {
+            BufferError::SyncDir { path: path.clone(), source: io_dup(source) }
+        }
         _ => BufferError::Closed,
     }
 }
@@ -139,9 +145,9 @@ impl Writer {
             let len = a.entry.len() as u64;
             let fill = self.active_len + run_bytes;
             if self.poisoned || (fill > 0 && fill + len > seg_size) {
-                let res = self.commit(std::mem::take(&mut run), run_bytes).and_then(|_| {
-                    self.roll(next).inspect_err(|e| self.note_failure(e))
-                });
+                let res = self
+                    .commit(std::mem::take(&mut run), run_bytes)
+                    .and_then(|_| self.roll(next).inspect_err(|e| self.note_failure(e)));
                 run_bytes = 0;
                 if let Err(e) = res {
                     self.fail(std::iter::once(a).chain(iter), &e);
@@ -180,14 +186,19 @@ impl Writer {
         let sh = Arc::clone(&self.sh);
         let bufs: Vec<&[u8]> = run.iter().map(|a| &a.entry[..]).collect();
         let path = &self.active_path;
-        let mut res =
-            self.active.write_all_vectored(&bufs).map_err(|source| BufferError::Write { path: path.clone(), source });
+        let mut res = self
+            .active
+            .write_all_vectored(&bufs)
+            .map_err(|source| BufferError::Write { path: path.clone(), source });
         if res.is_ok() {
             if sh.opts.sync == SyncMode::Never {
                 self.unsynced = true;
             } else {
                 sh.segment_fsyncs.fetch_add(1, Ordering::Relaxed);
-                res = self.active.sync().map_err(|source| BufferError::Sync { path: path.clone(), source });
+                res = self
+                    .active
+                    .sync()
+                    .map_err(|source| BufferError::Sync { path: path.clone(), source });
                 self.last_sync = Instant::now();
             }
         }
@@ -263,7 +274,8 @@ impl Writer {
             .map_err(|source| BufferError::OpenSegment { path: path.clone(), source })?;
         if first == self.active_first {
             // Only reached when the poisoned active segment holds no entry at all.
-            file.truncate(0).map_err(|source| BufferError::TruncateSegment { path: path.clone(), source })?;
+            file.truncate(0)
+                .map_err(|source| BufferError::TruncateSegment { path: path.clone(), source })?;
         }
         if let Err(source) = self.sh.storage.sync_dir(dir) {
             let _ = self.sh.storage.remove_file(&path);

@@ -3,11 +3,11 @@
 //! Single values are read by serde in `raw`; here the keys are checked together and turned
 //! into what the sink runs with, every error naming the line of the value at fault.
 
-use super::raw::{Dur, LimitDur, RawSink, Size, NETWORK_SINK_KEYS};
 use super::network::{is_http_url, network_keys, NetworkKeys};
+use super::raw::{Dur, LimitDur, RawSink, Size, NETWORK_SINK_KEYS};
 use super::{ConfigError, Ctx};
 use crate::sink::cloudwatch::encode::MAX_EVENT_BYTES;
-use crate::sink::template::{Naming, NameTemplate};
+use crate::sink::template::{NameTemplate, Naming};
 use std::path::PathBuf;
 use std::time::Duration;
 use toml::Spanned;
@@ -16,8 +16,10 @@ pub const DEFAULT_LOG_GROUP: &str = "/ecs/{ecs_cluster}/{ecs_task_definition_fam
 pub const DEFAULT_LOG_STREAM: &str = "{ecs_task_id}/{ecs_container_name}";
 pub const DEFAULT_MESSAGE_KEY: &str = "log";
 /// The values `PutRetentionPolicy` accepts (`retentionInDays`), besides 0 = leave as is.
-pub const RETENTION_DAYS: [i64; 22] =
-    [1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 2192, 2557, 2922, 3288, 3653];
+pub const RETENTION_DAYS: [i64; 22] = [
+    1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 2192, 2557, 2922,
+    3288, 3653,
+];
 
 /// The storage class of log groups the sink creates.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,14 +75,29 @@ pub(super) fn reject_keys(s: &RawSink, i: usize, ctx: &Ctx<'_>) -> Result<(), Co
     super::network::reject_foreign(s.first_cloudwatch_only(), "cloudwatch_logs", s, i, ctx)
 }
 
-pub(super) fn build(s: &RawSink, name: &str, i: usize, ctx: &Ctx<'_>) -> Result<CloudWatchConfig, ConfigError> {
+pub(super) fn build(
+    s: &RawSink,
+    name: &str,
+    i: usize,
+    ctx: &Ctx<'_>,
+) -> Result<CloudWatchConfig, ConfigError> {
     let key = |k: &str| format!("sink[{i}].{k}");
-    let invalid = |span: std::ops::Range<usize>, k: &str, message: String| ctx.error(span, key(k), message, true);
+    let invalid = |span: std::ops::Range<usize>, k: &str, message: String| {
+        ctx.error(span, key(k), message, true)
+    };
     if let Some(p) = &s.path {
-        return Err(invalid(p.span(), "path", "only sinks of type \"file\" have a path (this one is \"cloudwatch_logs\")".into()));
+        return Err(invalid(
+            p.span(),
+            "path",
+            "only sinks of type \"file\" have a path (this one is \"cloudwatch_logs\")".into(),
+        ));
     }
     if let Some(f) = &s.format {
-        return Err(invalid(f.span(), "format", "sinks of type \"cloudwatch_logs\" have no format".into()));
+        return Err(invalid(
+            f.span(),
+            "format",
+            "sinks of type \"cloudwatch_logs\" have no format".into(),
+        ));
     }
     if let Some((k, span)) = s.first_es_only() {
         return Err(invalid(
@@ -90,22 +107,40 @@ pub(super) fn build(s: &RawSink, name: &str, i: usize, ctx: &Ctx<'_>) -> Result<
         ));
     }
     // An empty string is "not set", as in the issue's example (`role_arn = ""`).
-    let opt = |v: &Option<Spanned<String>>| v.as_ref().map(|v| v.get_ref().trim().to_owned()).filter(|v| !v.is_empty());
+    let opt = |v: &Option<Spanned<String>>| {
+        v.as_ref().map(|v| v.get_ref().trim().to_owned()).filter(|v| !v.is_empty())
+    };
 
     let endpoint_url = opt(&s.endpoint_url);
     if let (Some(u), Some(raw)) = (&endpoint_url, &s.endpoint_url) {
         if !is_http_url(u) {
-            return Err(invalid(raw.span(), "endpoint_url", format!("{u:?} is not an http:// or https:// URL with a host")));
+            return Err(invalid(
+                raw.span(),
+                "endpoint_url",
+                format!("{u:?} is not an http:// or https:// URL with a host"),
+            ));
         }
     }
-    let template = |v: &Option<Spanned<String>>, k: &str, default: &str, naming: Naming| -> Result<(String, NameTemplate), ConfigError> {
+    let template = |v: &Option<Spanned<String>>,
+                    k: &str,
+                    default: &str,
+                    naming: Naming|
+     -> Result<(String, NameTemplate), ConfigError> {
         match v {
-            None => Ok((default.to_owned(), NameTemplate::parse_as(default, naming).map_err(|e| invalid(0..0, k, e))?)),
-            Some(t) => Ok((t.get_ref().clone(), NameTemplate::parse_as(t.get_ref(), naming).map_err(|e| invalid(t.span(), k, e))?)),
+            None => Ok((
+                default.to_owned(),
+                NameTemplate::parse_as(default, naming).map_err(|e| invalid(0..0, k, e))?,
+            )),
+            Some(t) => Ok((
+                t.get_ref().clone(),
+                NameTemplate::parse_as(t.get_ref(), naming).map_err(|e| invalid(t.span(), k, e))?,
+            )),
         }
     };
-    let (log_group, group_template) = template(&s.log_group, "log_group", DEFAULT_LOG_GROUP, Naming::LogGroup)?;
-    let (log_stream, stream_template) = template(&s.log_stream, "log_stream", DEFAULT_LOG_STREAM, Naming::LogStream)?;
+    let (log_group, group_template) =
+        template(&s.log_group, "log_group", DEFAULT_LOG_GROUP, Naming::LogGroup)?;
+    let (log_stream, stream_template) =
+        template(&s.log_stream, "log_stream", DEFAULT_LOG_STREAM, Naming::LogStream)?;
     let message_key = match &s.message_key {
         None => Some(DEFAULT_MESSAGE_KEY.to_owned()),
         Some(k) => Some(k.get_ref().clone()).filter(|k| !k.is_empty()),
@@ -130,15 +165,28 @@ pub(super) fn build(s: &RawSink, name: &str, i: usize, ctx: &Ctx<'_>) -> Result<
     let role_arn = opt(&s.role_arn);
     if let (Some(r), Some(raw)) = (&role_arn, &s.role_arn) {
         if !r.starts_with("arn:") {
-            return Err(invalid(raw.span(), "role_arn", format!("{r:?} is not a role ARN (arn:aws:iam::<account>:role/<name>)")));
+            return Err(invalid(
+                raw.span(),
+                "role_arn",
+                format!("{r:?} is not a role ARN (arn:aws:iam::<account>:role/<name>)"),
+            ));
         }
     }
     let max_event_size = match &s.max_event_size {
         None => MAX_EVENT_BYTES,
-        Some(v) if (1024..=MAX_EVENT_BYTES as u64).contains(&v.get_ref().0) => v.get_ref().0 as usize,
-        Some(v) => return Err(invalid(v.span(), "max_event_size", "must be between 1KiB and 1MiB (PutLogEvents' limit)".into())),
+        Some(v) if (1024..=MAX_EVENT_BYTES as u64).contains(&v.get_ref().0) => {
+            v.get_ref().0 as usize
+        }
+        Some(v) => {
+            return Err(invalid(
+                v.span(),
+                "max_event_size",
+                "must be between 1KiB and 1MiB (PutLogEvents' limit)".into(),
+            ))
+        }
     };
-    let NetworkKeys { flush_interval, concurrency, timeout, max_retry_duration, dead_letter_path } = network_keys(s, name, i, ctx)?;
+    let NetworkKeys { flush_interval, concurrency, timeout, max_retry_duration, dead_letter_path } =
+        network_keys(s, name, i, ctx)?;
     Ok(CloudWatchConfig {
         region: opt(&s.region),
         endpoint_url,

@@ -3,8 +3,8 @@
 //! Single values are read by serde in `raw`; here the keys are checked together and turned
 //! into what the sink runs with, every error naming the line of the value at fault.
 
-use super::raw::{Dur, LimitDur, RawAuth, RawSink, RawTls, Size};
 use super::network::{is_http_url, network_keys, NetworkKeys};
+use super::raw::{Dur, LimitDur, RawAuth, RawSink, RawTls, Size};
 use super::{redact, ConfigError, Ctx};
 use crate::sink::elasticsearch::encode::{BulkAction, EncodeOptions, IdMode};
 use crate::sink::template::IndexTemplate;
@@ -12,7 +12,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 use toml::Spanned;
 
-pub use super::network::{DEFAULT_CONCURRENCY, DEFAULT_FLUSH_INTERVAL, DEFAULT_TIMEOUT, MAX_CONCURRENCY};
+pub use super::network::{
+    DEFAULT_CONCURRENCY, DEFAULT_FLUSH_INTERVAL, DEFAULT_TIMEOUT, MAX_CONCURRENCY,
+};
 pub const DEFAULT_INDEX_FALLBACK: &str = "unknown";
 /// Under the 10 MiB request limit of the smallest Amazon OpenSearch Service domains.
 pub const DEFAULT_BATCH_MAX_BYTES: u64 = 5 << 20;
@@ -92,18 +94,39 @@ fn string(v: &Option<Spanned<String>>, default: &str) -> String {
     v.as_ref().map_or_else(|| default.to_string(), |v| v.get_ref().clone())
 }
 
-pub(super) fn build(s: &RawSink, name: &str, i: usize, table_span: std::ops::Range<usize>, ctx: &Ctx<'_>) -> Result<ElasticsearchConfig, ConfigError> {
+pub(super) fn build(
+    s: &RawSink,
+    name: &str,
+    i: usize,
+    table_span: std::ops::Range<usize>,
+    ctx: &Ctx<'_>,
+) -> Result<ElasticsearchConfig, ConfigError> {
     let key = |k: &str| format!("sink[{i}].{k}");
-    let invalid = |span: std::ops::Range<usize>, k: &str, message: String| ctx.error(span, key(k), message, true);
+    let invalid = |span: std::ops::Range<usize>, k: &str, message: String| {
+        ctx.error(span, key(k), message, true)
+    };
     if let Some(p) = &s.path {
-        return Err(invalid(p.span(), "path", "only sinks of type \"file\" have a path (this one is \"elasticsearch\")".into()));
+        return Err(invalid(
+            p.span(),
+            "path",
+            "only sinks of type \"file\" have a path (this one is \"elasticsearch\")".into(),
+        ));
     }
     if let Some(f) = &s.format {
-        return Err(invalid(f.span(), "format", "sinks of type \"elasticsearch\" have no format".into()));
+        return Err(invalid(
+            f.span(),
+            "format",
+            "sinks of type \"elasticsearch\" have no format".into(),
+        ));
     }
 
     let Some(eps) = &s.endpoints else {
-        return Err(invalid(table_span, "endpoints", "missing key \"endpoints\" (sinks of type \"elasticsearch\" need at least one URL)".into()));
+        return Err(invalid(
+            table_span,
+            "endpoints",
+            "missing key \"endpoints\" (sinks of type \"elasticsearch\" need at least one URL)"
+                .into(),
+        ));
     };
     if eps.get_ref().is_empty() {
         return Err(invalid(eps.span(), "endpoints", "must list at least one URL".into()));
@@ -111,19 +134,30 @@ pub(super) fn build(s: &RawSink, name: &str, i: usize, table_span: std::ops::Ran
     let mut endpoints = Vec::with_capacity(eps.get_ref().len());
     for e in eps.get_ref() {
         if !is_http_url(e) {
-            return Err(invalid(eps.span(), "endpoints", format!("{e:?} is not an http:// or https:// URL with a host")));
+            return Err(invalid(
+                eps.span(),
+                "endpoints",
+                format!("{e:?} is not an http:// or https:// URL with a host"),
+            ));
         }
-        let authority = e.split_once("://").map_or("", |(_, rest)| rest.split('/').next().unwrap_or(""));
+        let authority =
+            e.split_once("://").map_or("", |(_, rest)| rest.split('/').next().unwrap_or(""));
         if authority.contains('@') {
             // Printed by check-config and named in logs: never a place for a password.
-            let message = "a URL with a user or password: put them in [sink.auth] (type = \"basic\") instead".to_string();
+            let message =
+                "a URL with a user or password: put them in [sink.auth] (type = \"basic\") instead"
+                    .to_string();
             return Err(invalid(eps.span(), "endpoints", message));
         }
         endpoints.push(e.trim_end_matches('/').to_string());
     }
 
     let Some(index) = &s.index else {
-        return Err(invalid(table_span, "index", "missing key \"index\" (the index name template, e.g. \"logs-%Y.%m.%d\")".into()));
+        return Err(invalid(
+            table_span,
+            "index",
+            "missing key \"index\" (the index name template, e.g. \"logs-%Y.%m.%d\")".into(),
+        ));
     };
     let index_fallback = string(&s.index_fallback, DEFAULT_INDEX_FALLBACK);
     if let Some(f) = &s.index_fallback {
@@ -140,7 +174,13 @@ pub(super) fn build(s: &RawSink, name: &str, i: usize, table_span: std::ops::Ran
         Some(a) => match a.get_ref().as_str() {
             "create" => BulkAction::Create,
             "index" => BulkAction::Index,
-            other => return Err(invalid(a.span(), "action", format!("unknown action {other:?} (expected \"create\" or \"index\")"))),
+            other => {
+                return Err(invalid(
+                    a.span(),
+                    "action",
+                    format!("unknown action {other:?} (expected \"create\" or \"index\")"),
+                ))
+            }
         },
     };
     let id = match &s.id {
@@ -148,7 +188,13 @@ pub(super) fn build(s: &RawSink, name: &str, i: usize, table_span: std::ops::Ran
         Some(a) => match a.get_ref().as_str() {
             "stable" => IdMode::Stable,
             "none" => IdMode::None,
-            other => return Err(invalid(a.span(), "id", format!("unknown id mode {other:?} (expected \"stable\" or \"none\")"))),
+            other => {
+                return Err(invalid(
+                    a.span(),
+                    "id",
+                    format!("unknown id mode {other:?} (expected \"stable\" or \"none\")"),
+                ))
+            }
         },
     };
     let gzip = match &s.compression {
@@ -156,30 +202,57 @@ pub(super) fn build(s: &RawSink, name: &str, i: usize, table_span: std::ops::Ran
         Some(c) => match c.get_ref().as_str() {
             "gzip" => true,
             "none" => false,
-            other => return Err(invalid(c.span(), "compression", format!("unknown compression {other:?} (expected \"gzip\" or \"none\")"))),
+            other => {
+                return Err(invalid(
+                    c.span(),
+                    "compression",
+                    format!("unknown compression {other:?} (expected \"gzip\" or \"none\")"),
+                ))
+            }
         },
     };
     let timestamp_key = string(&s.timestamp_key, "@timestamp");
     if let Some(t) = s.timestamp_key.as_ref().filter(|t| t.get_ref().is_empty()) {
-        return Err(invalid(t.span(), "timestamp_key", "must not be empty (documents need their event time)".into()));
+        return Err(invalid(
+            t.span(),
+            "timestamp_key",
+            "must not be empty (documents need their event time)".into(),
+        ));
     }
-    let batch_max_bytes = s.batch_max_bytes.as_ref().map_or(DEFAULT_BATCH_MAX_BYTES, |b| b.get_ref().0);
+    let batch_max_bytes =
+        s.batch_max_bytes.as_ref().map_or(DEFAULT_BATCH_MAX_BYTES, |b| b.get_ref().0);
     if let Some(b) = &s.batch_max_bytes {
         if b.get_ref().0 == 0 || b.get_ref().0 > MAX_BATCH_MAX_BYTES {
-            return Err(invalid(b.span(), "batch_max_bytes", "must be more than 0 and at most 100MiB".into()));
+            return Err(invalid(
+                b.span(),
+                "batch_max_bytes",
+                "must be more than 0 and at most 100MiB".into(),
+            ));
         }
     }
     let batch_max_records = match &s.batch_max_records {
         None => DEFAULT_BATCH_MAX_RECORDS,
         Some(n) if (1..=MAX_BATCH_MAX_RECORDS).contains(n.get_ref()) => *n.get_ref() as usize,
-        Some(n) => return Err(invalid(n.span(), "batch_max_records", format!("must be from 1 to {MAX_BATCH_MAX_RECORDS}"))),
+        Some(n) => {
+            return Err(invalid(
+                n.span(),
+                "batch_max_records",
+                format!("must be from 1 to {MAX_BATCH_MAX_RECORDS}"),
+            ))
+        }
     };
-    let NetworkKeys { flush_interval, concurrency, timeout, max_retry_duration, dead_letter_path } = network_keys(s, name, i, ctx)?;
+    let NetworkKeys { flush_interval, concurrency, timeout, max_retry_duration, dead_letter_path } =
+        network_keys(s, name, i, ctx)?;
     let auth = match &s.auth {
         None => EsAuth::None,
         Some(a) => auth(a, i, ctx)?,
     };
-    let ca_file = s.tls.as_ref().map(|t| t.get_ref().ca_file.clone()).filter(|f| !f.is_empty()).map(PathBuf::from);
+    let ca_file = s
+        .tls
+        .as_ref()
+        .map(|t| t.get_ref().ca_file.clone())
+        .filter(|f| !f.is_empty())
+        .map(PathBuf::from);
 
     Ok(ElasticsearchConfig {
         endpoints,
@@ -210,12 +283,22 @@ fn auth(a: &Spanned<RawAuth>, i: usize, ctx: &Ctx<'_>) -> Result<EsAuth, ConfigE
     let r = a.get_ref();
     let key = |k: &str| format!("sink[{i}].auth.{k}");
     let kind = r.kind.get_ref().as_str();
-    let sigv4_only = [("region", &r.region), ("service", &r.service), ("role_arn", &r.role_arn), ("external_id", &r.external_id)];
+    let sigv4_only = [
+        ("region", &r.region),
+        ("service", &r.service),
+        ("role_arn", &r.role_arn),
+        ("external_id", &r.external_id),
+    ];
     let basic_only = [("username", &r.username), ("password", &r.password)];
     let reject = |keys: &[(&str, &Option<Spanned<String>>)]| -> Result<(), ConfigError> {
         for (k, v) in keys {
             if let Some(v) = v {
-                return Err(ctx.error(v.span(), key(k), format!("auth type \"{kind}\" has no {k}"), true));
+                return Err(ctx.error(
+                    v.span(),
+                    key(k),
+                    format!("auth type \"{kind}\" has no {k}"),
+                    true,
+                ));
             }
         }
         Ok(())
@@ -230,8 +313,22 @@ fn auth(a: &Spanned<RawAuth>, i: usize, ctx: &Ctx<'_>) -> Result<EsAuth, ConfigE
             reject(&sigv4_only)?;
             let username = match &r.username {
                 Some(u) if !u.get_ref().is_empty() => u.get_ref().clone(),
-                Some(u) => return Err(ctx.error(u.span(), key("username"), "must not be empty".into(), true)),
-                None => return Err(ctx.error(a.span(), key("username"), "missing key \"username\" (auth type \"basic\" needs one)".into(), true)),
+                Some(u) => {
+                    return Err(ctx.error(
+                        u.span(),
+                        key("username"),
+                        "must not be empty".into(),
+                        true,
+                    ))
+                }
+                None => {
+                    return Err(ctx.error(
+                        a.span(),
+                        key("username"),
+                        "missing key \"username\" (auth type \"basic\" needs one)".into(),
+                        true,
+                    ))
+                }
             };
             let password = r.password.as_ref().map(|p| p.get_ref().clone()).unwrap_or_default();
             Ok(EsAuth::Basic { username, password })
@@ -239,14 +336,21 @@ fn auth(a: &Spanned<RawAuth>, i: usize, ctx: &Ctx<'_>) -> Result<EsAuth, ConfigE
         "aws_sigv4" => {
             reject(&basic_only)?;
             // An empty string is "not set", as in the example (`role_arn = ""`).
-            let opt = |v: &Option<Spanned<String>>| v.as_ref().map(|v| v.get_ref().trim().to_owned()).filter(|v| !v.is_empty());
+            let opt = |v: &Option<Spanned<String>>| {
+                v.as_ref().map(|v| v.get_ref().trim().to_owned()).filter(|v| !v.is_empty())
+            };
             let service = match &r.service {
                 None => SigV4Service::Es,
                 Some(v) => match v.get_ref().as_str() {
                     "es" => SigV4Service::Es,
                     "aoss" => SigV4Service::Aoss,
                     other => {
-                        return Err(ctx.error(v.span(), key("service"), format!("unknown service {other:?} (expected \"es\" or \"aoss\")"), true))
+                        return Err(ctx.error(
+                            v.span(),
+                            key("service"),
+                            format!("unknown service {other:?} (expected \"es\" or \"aoss\")"),
+                            true,
+                        ))
                     }
                 },
             };
@@ -254,10 +358,20 @@ fn auth(a: &Spanned<RawAuth>, i: usize, ctx: &Ctx<'_>) -> Result<EsAuth, ConfigE
             let external_id = opt(&r.external_id);
             if let (Some(v), None) = (&r.external_id, &role_arn) {
                 if external_id.is_some() {
-                    return Err(ctx.error(v.span(), key("external_id"), "external_id needs role_arn".into(), true));
+                    return Err(ctx.error(
+                        v.span(),
+                        key("external_id"),
+                        "external_id needs role_arn".into(),
+                        true,
+                    ));
                 }
             }
-            Ok(EsAuth::AwsSigV4(SigV4Auth { region: opt(&r.region), service, role_arn, external_id }))
+            Ok(EsAuth::AwsSigV4(SigV4Auth {
+                region: opt(&r.region),
+                service,
+                role_arn,
+                external_id,
+            }))
         }
         other => Err(ctx.error(
             r.kind.span(),
@@ -359,7 +473,10 @@ mod tests {
         assert_eq!(c.endpoints, ["http://127.0.0.1:9200"]);
         assert_eq!(c.encode, EncodeOptions::default());
         assert!(c.gzip);
-        assert_eq!((c.flush_interval, c.timeout, c.concurrency), (DEFAULT_FLUSH_INTERVAL, DEFAULT_TIMEOUT, 4));
+        assert_eq!(
+            (c.flush_interval, c.timeout, c.concurrency),
+            (DEFAULT_FLUSH_INTERVAL, DEFAULT_TIMEOUT, 4)
+        );
         assert_eq!(c.dead_letter_path, PathBuf::from("/var/lib/berth/dead-letter/search.ndjson"));
         assert_eq!(c.auth, EsAuth::None);
         assert_eq!(c.ca_file, None);
@@ -370,7 +487,11 @@ mod tests {
     #[test]
     fn max_retry_duration_empty_or_zero_is_for_ever_and_at_least_the_timeout() {
         for v in ["\"\"", "\"0s\""] {
-            assert_eq!(es(&format!("{MIN}max_retry_duration = {v}\n")).max_retry_duration, None, "{v}");
+            assert_eq!(
+                es(&format!("{MIN}max_retry_duration = {v}\n")).max_retry_duration,
+                None,
+                "{v}"
+            );
         }
         let c = es(&format!("{MIN}timeout = \"5s\"\nmax_retry_duration = \"5s\"\n"));
         assert_eq!(c.max_retry_duration, Some(Duration::from_secs(5)));
@@ -379,10 +500,14 @@ mod tests {
         let got = err(&format!("{MIN}max_retry_duration = \"soon\"\n"));
         assert!(got.contains("sink[0].max_retry_duration"), "{got}");
         let got = err("[[sink]]\nname = \"s\"\ntype = \"stdout\"\nmax_retry_duration = \"1m\"\n");
-        assert!(got.contains("only sinks of type \"elasticsearch\" have max_retry_duration"), "{got}");
+        assert!(
+            got.contains("only sinks of type \"elasticsearch\" have max_retry_duration"),
+            "{got}"
+        );
         // Printed and loaded again: the limit, or "" for none, survives.
         for (v, want) in [("\"90s\"", Some(Duration::from_secs(90))), ("\"\"", None)] {
-            let printed = load(&format!("{MIN}max_retry_duration = {v}\n")).unwrap().to_redacted_toml();
+            let printed =
+                load(&format!("{MIN}max_retry_duration = {v}\n")).unwrap().to_redacted_toml();
             assert_eq!(es(&printed).max_retry_duration, want, "{printed}");
         }
     }
@@ -397,10 +522,20 @@ mod tests {
         ));
         assert_eq!(c.encode.action, BulkAction::Index);
         assert_eq!(c.encode.id, IdMode::None);
-        assert_eq!((c.encode.pipeline.as_str(), c.encode.timestamp_key.as_str(), c.encode.tag_key.as_str()), ("p", "ts", ""));
+        assert_eq!(
+            (
+                c.encode.pipeline.as_str(),
+                c.encode.timestamp_key.as_str(),
+                c.encode.tag_key.as_str()
+            ),
+            ("p", "ts", "")
+        );
         assert_eq!((c.encode.batch_max_bytes, c.encode.batch_max_records), (1 << 20, 10));
         assert!(!c.gzip);
-        assert_eq!((c.flush_interval, c.timeout), (Duration::from_millis(200), Duration::from_secs(5)));
+        assert_eq!(
+            (c.flush_interval, c.timeout),
+            (Duration::from_millis(200), Duration::from_secs(5))
+        );
         assert_eq!(c.auth, EsAuth::Basic { username: "u".into(), password: "p".into() });
         assert_eq!(c.ca_file, Some(PathBuf::from("/etc/ca.pem")));
         assert_eq!(c.dead_letter_path, PathBuf::from("/tmp/dl.ndjson"));
@@ -445,7 +580,9 @@ mod tests {
 
     #[test]
     fn printed_config_loads_again_with_the_password_redacted() {
-        let text = format!("{MIN}[sink.auth]\ntype = \"basic\"\nusername = \"u\"\npassword = \"secret\"\n");
+        let text = format!(
+            "{MIN}[sink.auth]\ntype = \"basic\"\nusername = \"u\"\npassword = \"secret\"\n"
+        );
         let printed = load(&text).unwrap().to_redacted_toml();
         assert!(!printed.contains("secret"), "{printed}");
         let again = es(&printed);
@@ -456,7 +593,15 @@ mod tests {
     #[test]
     fn aws_sigv4_loads_and_prints_again() {
         let c = es(&format!("{MIN}[sink.auth]\ntype = \"aws_sigv4\"\n"));
-        assert_eq!(c.auth, EsAuth::AwsSigV4(SigV4Auth { region: None, service: SigV4Service::Es, role_arn: None, external_id: None }));
+        assert_eq!(
+            c.auth,
+            EsAuth::AwsSigV4(SigV4Auth {
+                region: None,
+                service: SigV4Service::Es,
+                role_arn: None,
+                external_id: None
+            })
+        );
         let text = format!(
             "{MIN}[sink.auth]\ntype = \"aws_sigv4\"\nregion = \"eu-west-1\"\nservice = \"aoss\"\nrole_arn = \"arn:aws:iam::123456789012:role/logs\"\nexternal_id = \"x1\"\n"
         );
@@ -468,7 +613,17 @@ mod tests {
         });
         assert_eq!(es(&text).auth, want);
         assert_eq!(es(&load(&text).unwrap().to_redacted_toml()).auth, want);
-        let empty = es(&format!("{MIN}[sink.auth]\ntype = \"aws_sigv4\"\nrole_arn = \"\"\nregion = \"\"\n"));
-        assert_eq!(empty.auth, EsAuth::AwsSigV4(SigV4Auth { region: None, service: SigV4Service::Es, role_arn: None, external_id: None }));
+        let empty = es(&format!(
+            "{MIN}[sink.auth]\ntype = \"aws_sigv4\"\nrole_arn = \"\"\nregion = \"\"\n"
+        ));
+        assert_eq!(
+            empty.auth,
+            EsAuth::AwsSigV4(SigV4Auth {
+                region: None,
+                service: SigV4Service::Es,
+                role_arn: None,
+                external_id: None
+            })
+        );
     }
 }

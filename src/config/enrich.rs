@@ -148,7 +148,8 @@ const MAX_KEYS: usize = crate::enrich::record::MAX_PAIRS;
 pub(super) fn build(raw: RawEnrich, ctx: &Ctx<'_>) -> Result<EnrichConfig, ConfigError> {
     let d = raw.docker;
     let socket = d.socket.get_ref().trim().to_string();
-    if !socket.is_empty() && !["unix://", "tcp://", "http://"].iter().any(|p| socket.starts_with(p)) {
+    if !socket.is_empty() && !["unix://", "tcp://", "http://"].iter().any(|p| socket.starts_with(p))
+    {
         return Err(ctx.error(
             d.socket.span(),
             "enrich.docker.socket".into(),
@@ -162,10 +163,20 @@ pub(super) fn build(raw: RawEnrich, ctx: &Ctx<'_>) -> Result<EnrichConfig, Confi
         let key = format!("enrich.docker.fields[{i}]");
         let Some(field) = DockerField::parse(f.get_ref()) else {
             let known: Vec<&str> = DockerField::ALL.iter().map(|f| f.as_str()).collect();
-            return Err(ctx.error(f.span(), key, format!("unknown field {:?} (expected one of {})", f.get_ref(), known.join(", ")), true));
+            return Err(ctx.error(
+                f.span(),
+                key,
+                format!("unknown field {:?} (expected one of {})", f.get_ref(), known.join(", ")),
+                true,
+            ));
         };
         if fields.contains(&field) {
-            return Err(ctx.error(f.span(), key, format!("field {:?} is listed twice", f.get_ref()), true));
+            return Err(ctx.error(
+                f.span(),
+                key,
+                format!("field {:?} is listed twice", f.get_ref()),
+                true,
+            ));
         }
         fields.push(field);
         keys.push(field.as_str().to_string());
@@ -174,9 +185,13 @@ pub(super) fn build(raw: RawEnrich, ctx: &Ctx<'_>) -> Result<EnrichConfig, Confi
         let mut out = Vec::new();
         for (i, s) in list.iter().enumerate() {
             let key = format!("enrich.docker.{what}[{i}]");
-            let c = CopyKey::parse(s.get_ref()).map_err(|m| ctx.error(s.span(), key.clone(), m, true))?;
+            let c = CopyKey::parse(s.get_ref())
+                .map_err(|m| ctx.error(s.span(), key.clone(), m, true))?;
             if keys.contains(&c.key) {
-                let message = format!("record key {:?} is already added by another entry of fields, labels or env", c.key);
+                let message = format!(
+                    "record key {:?} is already added by another entry of fields, labels or env",
+                    c.key
+                );
                 return Err(ctx.error(s.span(), key, message, true));
             }
             keys.push(c.key.clone());
@@ -219,7 +234,10 @@ pub(super) fn to_raw(c: &EnrichConfig) -> RawEnrich {
         docker: raw::RawEnrichDocker {
             enabled: d.enabled,
             socket: spanned(d.socket.clone().unwrap_or_default()),
-            fields: Spanned::new(none.clone(), d.fields.iter().map(|f| spanned(f.as_str().to_string())).collect()),
+            fields: Spanned::new(
+                none.clone(),
+                d.fields.iter().map(|f| spanned(f.as_str().to_string())).collect(),
+            ),
             labels: d.labels.iter().map(|l| spanned(l.to_raw())).collect(),
             env: d.env.iter().map(|l| spanned(l.to_raw())).collect(),
             removed_grace_period: raw::Dur(d.removed_grace_period),
@@ -233,15 +251,29 @@ pub(super) fn to_raw(c: &EnrichConfig) -> RawEnrich {
 }
 
 /// The limits of `[enrich.partial]` or `[enrich.multiline]`, `None` when disabled.
-fn join_limits(j: &raw::RawJoin, section: &str, ctx: &Ctx<'_>) -> Result<Option<crate::reassemble::Limits>, ConfigError> {
+fn join_limits(
+    j: &raw::RawJoin,
+    section: &str,
+    ctx: &Ctx<'_>,
+) -> Result<Option<crate::reassemble::Limits>, ConfigError> {
     if !j.enabled {
         return Ok(None);
     }
     if j.max_size.get_ref().0 == 0 {
-        return Err(ctx.error(j.max_size.span(), format!("{section}.max_size"), "must be more than 0".into(), true));
+        return Err(ctx.error(
+            j.max_size.span(),
+            format!("{section}.max_size"),
+            "must be more than 0".into(),
+            true,
+        ));
     }
     if j.timeout.get_ref().0.is_zero() {
-        return Err(ctx.error(j.timeout.span(), format!("{section}.timeout"), "must be more than 0s".into(), true));
+        return Err(ctx.error(
+            j.timeout.span(),
+            format!("{section}.timeout"),
+            "must be more than 0s".into(),
+            true,
+        ));
     }
     Ok(Some(crate::reassemble::Limits {
         max_size: usize::try_from(j.max_size.get_ref().0).unwrap_or(usize::MAX),

@@ -19,8 +19,7 @@ const PREFIX: &str = "BERTH_";
 /// `BERTH_CAT_SHARED_KEY` (read by `berth cat`), test harness variables. A typo after the
 /// first `__` (`BERTH_ADMIN__LISTN`) is still an error, not silently ignored.
 pub(super) fn is_override(name: &str) -> bool {
-    name.strip_prefix(PREFIX)
-        .is_some_and(|rest| rest.contains("__"))
+    name.strip_prefix(PREFIX).is_some_and(|rest| rest.contains("__"))
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -88,11 +87,7 @@ where
                 _ => Segment::Key(seg.to_ascii_lowercase()),
             });
         }
-        out.push(Override {
-            var: name.to_string(),
-            path,
-            value: value.as_ref().to_string(),
-        });
+        out.push(Override { var: name.to_string(), path, value: value.as_ref().to_string() });
     }
     out.sort_by(|a, b| a.path.cmp(&b.path).then_with(|| a.var.cmp(&b.var)));
     Ok(out)
@@ -145,10 +140,7 @@ pub(super) fn apply<'i>(
     let wide = base..base + o.value.len() + 1;
     let value = match DeValue::parse(&o.value) {
         Ok(v) => shift(v, base),
-        Err(_) => Spanned::new(
-            span.clone(),
-            DeValue::String(Cow::Borrowed(o.value.as_str())),
-        ),
+        Err(_) => Spanned::new(span.clone(), DeValue::String(Cow::Borrowed(o.value.as_str()))),
     };
     let mut value = Some(value);
     let mut cur = root;
@@ -211,14 +203,8 @@ pub(super) fn apply<'i>(
             ))
             }
             (DeValue::Table(_), Segment::Index(n)) => {
-                let shown = if here.is_empty() {
-                    "the document".to_string()
-                } else {
-                    here
-                };
-                return Err(format!(
-                    "{shown} is a table, not an array: index {n} does not apply"
-                ));
+                let shown = if here.is_empty() { "the document".to_string() } else { here };
+                return Err(format!("{shown} is a table, not an array: index {n} does not apply"));
             }
             (other, _) => return Err(format!("{here} is a {}, not a table", other.type_str())),
         };
@@ -233,12 +219,7 @@ fn shift<'i>(v: Spanned<DeValue<'i>>, base: usize) -> Spanned<DeValue<'i>> {
         DeValue::Array(a) => DeValue::Array(a.into_iter().map(|x| shift(x, base)).collect()),
         DeValue::Table(t) => DeValue::Table(
             t.into_iter()
-                .map(|(k, x)| {
-                    (
-                        Spanned::new(add(k.span(), base), k.into_inner()),
-                        shift(x, base),
-                    )
-                })
+                .map(|(k, x)| (Spanned::new(add(k.span(), base), k.into_inner()), shift(x, base)))
                 .collect(),
         ),
         other => other,
@@ -321,10 +302,7 @@ mod tests {
         ];
         let o = collect(vars).unwrap();
         let keys: Vec<String> = o.iter().map(|o| o.key()).collect();
-        assert_eq!(
-            keys,
-            ["input.forward.shared_key", "sink[9].name", "sink[10].name"]
-        );
+        assert_eq!(keys, ["input.forward.shared_key", "sink[9].name", "sink[10].name"]);
         assert_eq!(o[0].var, "BERTH_INPUT__FORWARD__SHARED_KEY");
     }
 

@@ -21,7 +21,9 @@ mod units;
 use crate::route::TagPattern;
 pub use cloudwatch::CloudWatchConfig;
 pub use elasticsearch::{ElasticsearchConfig, EsAuth, SigV4Auth, SigV4Service};
-pub use enrich::{ApplyTo, CopyKey, DockerEnrichConfig, DockerField, Ec2EnrichConfig, EnrichConfig};
+pub use enrich::{
+    ApplyTo, CopyKey, DockerEnrichConfig, DockerField, Ec2EnrichConfig, EnrichConfig,
+};
 use raw::{RawConfig, RawSink, SinkType};
 pub use raw::{SyncMode, WhenFull};
 use serde::Deserialize;
@@ -235,33 +237,16 @@ pub enum SinkKind {
 pub enum ConfigError {
     /// The config file exists (or was named) but cannot be read.
     #[error("{}: cannot read the config file: {source}", path.display())]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Read { path: PathBuf, source: std::io::Error },
     /// TOML syntax, an unknown key, or a value of the wrong type or out of range.
     #[error("{}", place(file, Some(*line), key, message))]
-    Parse {
-        file: String,
-        line: usize,
-        key: String,
-        message: String,
-    },
+    Parse { file: String, line: usize, key: String, message: String },
     /// Values that are fine alone but not together (duplicate names, a missing `path`).
     #[error("{}", place(file, *line, key, message))]
-    Invalid {
-        file: String,
-        line: Option<usize>,
-        key: String,
-        message: String,
-    },
+    Invalid { file: String, line: Option<usize>, key: String, message: String },
     /// A `BERTH_*` variable that is malformed or whose value is invalid.
     #[error("environment variable {var}: {}", keyed(key, message))]
-    Env {
-        var: String,
-        key: String,
-        message: String,
-    },
+    Env { var: String, key: String, message: String },
 }
 
 fn pairs(env: &[(String, String)]) -> impl Iterator<Item = (&str, &str)> {
@@ -290,9 +275,7 @@ impl Config {
         let mut vars = Vec::new();
         for (name, value) in std::env::vars_os() {
             // A name that is not UTF-8 cannot be one of ours.
-            let Some(name) = name
-                .to_str()
-                .filter(|n| env::is_override(n) || *n == "BERTH_CONFIG")
+            let Some(name) = name.to_str().filter(|n| env::is_override(n) || *n == "BERTH_CONFIG")
             else {
                 continue;
             };
@@ -311,10 +294,8 @@ impl Config {
         path: Option<&Path>,
         env: &[(String, String)],
     ) -> Result<Config, ConfigError> {
-        let from_env = env
-            .iter()
-            .find(|(k, v)| k == "BERTH_CONFIG" && !v.is_empty())
-            .map(|(_, v)| v);
+        let from_env =
+            env.iter().find(|(k, v)| k == "BERTH_CONFIG" && !v.is_empty()).map(|(_, v)| v);
         let chosen = match (path, from_env) {
             (Some(p), _) => Some(p.to_path_buf()),
             (None, Some(v)) => Some(PathBuf::from(v)),
@@ -326,10 +307,8 @@ impl Config {
         };
         match chosen {
             Some(p) => {
-                let text = std::fs::read_to_string(&p).map_err(|source| ConfigError::Read {
-                    path: p.clone(),
-                    source,
-                })?;
+                let text = std::fs::read_to_string(&p)
+                    .map_err(|source| ConfigError::Read { path: p.clone(), source })?;
                 Config::from_toml_str(&text, &p.display().to_string(), pairs(env))
             }
             None => Config::from_toml_str(BUILTIN_DEFAULTS, BUILTIN_SOURCE, pairs(env)),
@@ -360,10 +339,7 @@ impl Config {
         let raw = to_raw(self);
         let mut out = format!("# berth effective configuration, from {}\n", self.source);
         if !self.overrides.is_empty() {
-            out.push_str(&format!(
-                "# with environment overrides: {}\n",
-                self.overrides.join(", ")
-            ));
+            out.push_str(&format!("# with environment overrides: {}\n", self.overrides.join(", ")));
         }
         match toml::to_string(&raw) {
             Ok(body) => out.push_str(&body),
@@ -394,23 +370,11 @@ impl Ctx<'_> {
     ) -> ConfigError {
         let file = self.file.to_string();
         match env::origin(self.text, self.overrides, &self.bases, span.start) {
-            env::Origin::Line(line) if invalid => ConfigError::Invalid {
-                file,
-                line: Some(line),
-                key,
-                message,
-            },
-            env::Origin::Line(line) => ConfigError::Parse {
-                file,
-                line,
-                key,
-                message,
-            },
-            env::Origin::Env(o) => ConfigError::Env {
-                var: o.var.clone(),
-                key,
-                message,
-            },
+            env::Origin::Line(line) if invalid => {
+                ConfigError::Invalid { file, line: Some(line), key, message }
+            }
+            env::Origin::Line(line) => ConfigError::Parse { file, line, key, message },
+            env::Origin::Env(o) => ConfigError::Env { var: o.var.clone(), key, message },
         }
     }
 
@@ -428,21 +392,16 @@ impl Ctx<'_> {
         let span = e.span().unwrap_or(0..0);
         let (mut path, on_key) = env::key_at(&self.tree, &span);
         let mut message = e.message().to_string();
-        if let Some((name, tail)) = message
-            .strip_prefix("unknown field `")
-            .and_then(|r| r.split_once('`'))
+        if let Some((name, tail)) =
+            message.strip_prefix("unknown field `").and_then(|r| r.split_once('`'))
         {
             if on_key {
                 path.pop();
             }
-            let expected = tail
-                .strip_prefix(", ")
-                .map(|t| format!(" ({t})"))
-                .unwrap_or_default();
+            let expected = tail.strip_prefix(", ").map(|t| format!(" ({t})")).unwrap_or_default();
             message = format!("unknown key \"{name}\"{expected}");
-        } else if let Some((name, _)) = message
-            .strip_prefix("missing field `")
-            .and_then(|r| r.split_once('`'))
+        } else if let Some((name, _)) =
+            message.strip_prefix("missing field `").and_then(|r| r.split_once('`'))
         {
             message = format!("missing key \"{name}\"");
         }
@@ -452,10 +411,7 @@ impl Ctx<'_> {
 }
 
 fn line_of(text: &str, at: usize) -> usize {
-    1 + text.as_bytes()[..at.min(text.len())]
-        .iter()
-        .filter(|&&b| b == b'\n')
-        .count()
+    1 + text.as_bytes()[..at.min(text.len())].iter().filter(|&&b| b == b'\n').count()
 }
 
 fn parse(text: &str, file: &str, overrides: &[env::Override]) -> Result<Config, ConfigError> {
@@ -475,13 +431,7 @@ fn parse(text: &str, file: &str, overrides: &[env::Override]) -> Result<Config, 
             message,
         })?;
     }
-    let ctx = Ctx {
-        file,
-        text,
-        overrides,
-        bases,
-        tree: root.get_ref().clone(),
-    };
+    let ctx = Ctx { file, text, overrides, bases, tree: root.get_ref().clone() };
     let DeValue::Table(table) = root.into_inner() else {
         return Err(ConfigError::Invalid {
             file: file.to_string(),
@@ -523,21 +473,13 @@ fn build(raw: RawConfig, ctx: &Ctx<'_>) -> Result<Config, ConfigError> {
         let u = u.into_inner();
         let key = format!("input.forward.user[{i}].username");
         if u.username.get_ref().is_empty() {
-            return Err(ctx.error(
-                u.username.span(),
-                key,
-                "must not be empty".to_string(),
-                true,
-            ));
+            return Err(ctx.error(u.username.span(), key, "must not be empty".to_string(), true));
         }
         if users.iter().any(|x| x.username == *u.username.get_ref()) {
             let message = format!("duplicate user name {:?}", u.username.get_ref());
             return Err(ctx.error(u.username.span(), key, message, true));
         }
-        users.push(UserConfig {
-            username: u.username.into_inner(),
-            password: u.password,
-        });
+        users.push(UserConfig { username: u.username.into_inner(), password: u.password });
     }
 
     if raw.sink.is_empty() {
@@ -605,10 +547,7 @@ fn build(raw: RawConfig, ctx: &Ctx<'_>) -> Result<Config, ConfigError> {
                         true,
                     ));
                 }
-                Some(p) => SinkKind::File {
-                    path: p.into_inner(),
-                    format,
-                },
+                Some(p) => SinkKind::File { path: p.into_inner(), format },
             },
             SinkType::Null => {
                 reject_path(&s.path, s.kind, i, ctx)?;
@@ -618,23 +557,25 @@ fn build(raw: RawConfig, ctx: &Ctx<'_>) -> Result<Config, ConfigError> {
                 }
                 SinkKind::Null
             }
-            SinkType::Elasticsearch => {
-                SinkKind::Elasticsearch(Box::new(elasticsearch::build(&s, &name, i, table_span, ctx)?))
+            SinkType::Elasticsearch => SinkKind::Elasticsearch(Box::new(elasticsearch::build(
+                &s, &name, i, table_span, ctx,
+            )?)),
+            SinkType::CloudwatchLogs => {
+                SinkKind::CloudWatchLogs(Box::new(cloudwatch::build(&s, &name, i, ctx)?))
             }
-            SinkType::CloudwatchLogs => SinkKind::CloudWatchLogs(Box::new(cloudwatch::build(&s, &name, i, ctx)?)),
         };
-        sinks.push(SinkConfig {
-            name,
-            match_: s.pattern.0,
-            kind,
-        });
+        sinks.push(SinkConfig { name, match_: s.pattern.0, kind });
     }
 
     // The buffer frees space only by deleting sealed segments: it needs room for two.
     let (seg, max) = (&raw.buffer.segment_size, &raw.buffer.max_size);
     if seg.get_ref().0 == 0 || seg.get_ref().0 > max.get_ref().0 / 2 {
         // Point at whichever of the two the file (or environment) set.
-        let (span, key) = if seg.span().is_empty() { (max.span(), "buffer.max_size") } else { (seg.span(), "buffer.segment_size") };
+        let (span, key) = if seg.span().is_empty() {
+            (max.span(), "buffer.max_size")
+        } else {
+            (seg.span(), "buffer.segment_size")
+        };
         return Err(ctx.error(
             span,
             key.into(),
@@ -676,9 +617,7 @@ fn build(raw: RawConfig, ctx: &Ctx<'_>) -> Result<Config, ConfigError> {
                 users,
             },
         },
-        admin: AdminConfig {
-            listen: raw.admin.listen.0,
-        },
+        admin: AdminConfig { listen: raw.admin.listen.0 },
         buffer: BufferConfig {
             path: raw.buffer.path,
             max_size: raw.buffer.max_size.get_ref().0,
@@ -687,9 +626,7 @@ fn build(raw: RawConfig, ctx: &Ctx<'_>) -> Result<Config, ConfigError> {
             sync_interval: raw.buffer.sync_interval.get_ref().0,
             when_full: raw.buffer.when_full,
         },
-        shutdown: ShutdownConfig {
-            grace_period: raw.shutdown.grace_period.0,
-        },
+        shutdown: ShutdownConfig { grace_period: raw.shutdown.grace_period.0 },
         sinks,
         source: ctx.file.to_string(),
         overrides: ctx.overrides.iter().map(|o| o.var.clone()).collect(),
@@ -748,9 +685,7 @@ fn to_raw(c: &Config) -> RawConfig {
                     .collect(),
             },
         },
-        admin: raw::RawAdmin {
-            listen: raw::AdminListen(c.admin.listen),
-        },
+        admin: raw::RawAdmin { listen: raw::AdminListen(c.admin.listen) },
         buffer: raw::RawBuffer {
             path: c.buffer.path.clone(),
             max_size: Spanned::new(none.clone(), raw::Size(c.buffer.max_size)),
@@ -759,9 +694,7 @@ fn to_raw(c: &Config) -> RawConfig {
             sync_interval: Spanned::new(none.clone(), raw::Dur(c.buffer.sync_interval)),
             when_full: c.buffer.when_full,
         },
-        shutdown: raw::RawShutdown {
-            grace_period: raw::Dur(c.shutdown.grace_period),
-        },
+        shutdown: raw::RawShutdown { grace_period: raw::Dur(c.shutdown.grace_period) },
         enrich: enrich::to_raw(&c.enrich),
         sink: c
             .sinks

@@ -25,34 +25,64 @@ pub(super) struct NetworkKeys {
     pub dead_letter_path: PathBuf,
 }
 
-pub(super) fn network_keys(s: &RawSink, name: &str, i: usize, ctx: &Ctx<'_>) -> Result<NetworkKeys, ConfigError> {
-    let invalid = |span: std::ops::Range<usize>, k: &str, message: String| ctx.error(span, format!("sink[{i}].{k}"), message, true);
+pub(super) fn network_keys(
+    s: &RawSink,
+    name: &str,
+    i: usize,
+    ctx: &Ctx<'_>,
+) -> Result<NetworkKeys, ConfigError> {
+    let invalid = |span: std::ops::Range<usize>, k: &str, message: String| {
+        ctx.error(span, format!("sink[{i}].{k}"), message, true)
+    };
     let concurrency = match &s.concurrency {
         None => DEFAULT_CONCURRENCY,
         Some(n) if (1..=MAX_CONCURRENCY as i64).contains(n.get_ref()) => *n.get_ref() as usize,
-        Some(n) => return Err(invalid(n.span(), "concurrency", format!("must be from 1 to {MAX_CONCURRENCY}"))),
+        Some(n) => {
+            return Err(invalid(
+                n.span(),
+                "concurrency",
+                format!("must be from 1 to {MAX_CONCURRENCY}"),
+            ))
+        }
     };
-    let flush_interval = s.flush_interval.as_ref().map_or(DEFAULT_FLUSH_INTERVAL, |d| d.get_ref().0);
+    let flush_interval =
+        s.flush_interval.as_ref().map_or(DEFAULT_FLUSH_INTERVAL, |d| d.get_ref().0);
     let timeout = s.timeout.as_ref().map_or(DEFAULT_TIMEOUT, |d| d.get_ref().0);
     if let Some(t) = s.timeout.as_ref().filter(|t| t.get_ref().0.is_zero()) {
         return Err(invalid(t.span(), "timeout", "must be more than 0s".into()));
     }
     // "" and "0s" both mean "for ever"; a limit shorter than one request could time out
     // would dead-letter a batch on the first slow answer, which is never what is meant.
-    let max_retry_duration = s.max_retry_duration.as_ref().map_or(Duration::ZERO, |d| d.get_ref().0);
-    if let Some(d) = s.max_retry_duration.as_ref().filter(|d| !d.get_ref().0.is_zero() && d.get_ref().0 < timeout) {
+    let max_retry_duration =
+        s.max_retry_duration.as_ref().map_or(Duration::ZERO, |d| d.get_ref().0);
+    if let Some(d) = s
+        .max_retry_duration
+        .as_ref()
+        .filter(|d| !d.get_ref().0.is_zero() && d.get_ref().0 < timeout)
+    {
         return Err(invalid(
             d.span(),
             "max_retry_duration",
-            format!("must be \"\" or \"0s\" (retry for ever), or at least the request timeout ({})", super::units::format_duration(timeout)),
+            format!(
+                "must be \"\" or \"0s\" (retry for ever), or at least the request timeout ({})",
+                super::units::format_duration(timeout)
+            ),
         ));
     }
     let dead_letter_path = match &s.dead_letter_path {
         None => PathBuf::from(format!("/var/lib/berth/dead-letter/{name}.ndjson")),
-        Some(p) if p.get_ref().is_empty() => return Err(invalid(p.span(), "dead_letter_path", "must not be empty".into())),
+        Some(p) if p.get_ref().is_empty() => {
+            return Err(invalid(p.span(), "dead_letter_path", "must not be empty".into()))
+        }
         Some(p) => PathBuf::from(p.get_ref()),
     };
-    Ok(NetworkKeys { flush_interval, concurrency, timeout, max_retry_duration: (!max_retry_duration.is_zero()).then_some(max_retry_duration), dead_letter_path })
+    Ok(NetworkKeys {
+        flush_interval,
+        concurrency,
+        timeout,
+        max_retry_duration: (!max_retry_duration.is_zero()).then_some(max_retry_duration),
+        dead_letter_path,
+    })
 }
 
 /// Whether `u` is an `http://` or `https://` URL with a host.
@@ -62,9 +92,20 @@ pub(super) fn is_http_url(u: &str) -> bool {
 }
 
 /// A key only sinks of type `owner` have, found on a sink of another type: an error.
-pub(super) fn reject_foreign(found: Option<(&'static str, std::ops::Range<usize>)>, owner: &str, s: &RawSink, i: usize, ctx: &Ctx<'_>) -> Result<(), ConfigError> {
+pub(super) fn reject_foreign(
+    found: Option<(&'static str, std::ops::Range<usize>)>,
+    owner: &str,
+    s: &RawSink,
+    i: usize,
+    ctx: &Ctx<'_>,
+) -> Result<(), ConfigError> {
     match found {
-        Some((key, span)) => Err(ctx.error(span, format!("sink[{i}].{key}"), format!("only sinks of type \"{owner}\" have {key} (this one is \"{}\")", s.kind), true)),
+        Some((key, span)) => Err(ctx.error(
+            span,
+            format!("sink[{i}].{key}"),
+            format!("only sinks of type \"{owner}\" have {key} (this one is \"{}\")", s.kind),
+            true,
+        )),
         None => Ok(()),
     }
 }

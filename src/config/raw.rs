@@ -69,16 +69,10 @@ pub(super) struct RawForward {
     #[serde(default)]
     pub self_hostname: String,
     /// Largest accepted frame or decompressed payload.
-    #[serde(
-        default = "default_max_message_size",
-        deserialize_with = "de_message_size"
-    )]
+    #[serde(default = "default_max_message_size", deserialize_with = "de_message_size")]
     pub max_message_size: Size,
     /// Most simultaneous client connections; further ones wait in the accept queue.
-    #[serde(
-        default = "default_max_connections",
-        deserialize_with = "de_max_connections"
-    )]
+    #[serde(default = "default_max_connections", deserialize_with = "de_max_connections")]
     pub max_connections: usize,
     /// A connection that sends nothing for this long is closed.
     #[serde(default = "default_idle_timeout", deserialize_with = "de_idle_timeout")]
@@ -124,9 +118,7 @@ pub(super) struct RawAdmin {
 
 impl Default for RawAdmin {
     fn default() -> Self {
-        RawAdmin {
-            listen: default_admin_listen(),
-        }
+        RawAdmin { listen: default_admin_listen() }
     }
 }
 
@@ -177,7 +169,9 @@ fn default_buffer_path() -> std::path::PathBuf {
 fn de_buffer_path<'de, D: Deserializer<'de>>(d: D) -> Result<std::path::PathBuf, D::Error> {
     let p = std::path::PathBuf::deserialize(d)?;
     if p.as_os_str().is_empty() {
-        return Err(de::Error::custom("must not be empty (a directory berth owns, e.g. /var/lib/berth/buffer)"));
+        return Err(de::Error::custom(
+            "must not be empty (a directory berth owns, e.g. /var/lib/berth/buffer)",
+        ));
     }
     Ok(p)
 }
@@ -202,7 +196,9 @@ impl<'de> Deserialize<'de> for SyncMode {
             "batch" => Ok(SyncMode::Batch),
             "always" => Ok(SyncMode::Always),
             "never" => Ok(SyncMode::Never),
-            other => Err(format!("unknown sync mode {other:?} (expected \"batch\", \"always\" or \"never\")")),
+            other => Err(format!(
+                "unknown sync mode {other:?} (expected \"batch\", \"always\" or \"never\")"
+            )),
         })
     }
 }
@@ -222,7 +218,9 @@ impl<'de> Deserialize<'de> for WhenFull {
         de_parsed(d, |s| match s {
             "block" => Ok(WhenFull::Block),
             "drop_newest" => Ok(WhenFull::DropNewest),
-            other => Err(format!("unknown when_full {other:?} (expected \"block\" or \"drop_newest\")")),
+            other => {
+                Err(format!("unknown when_full {other:?} (expected \"block\" or \"drop_newest\")"))
+            }
         })
     }
 }
@@ -235,7 +233,6 @@ impl Serialize for WhenFull {
         })
     }
 }
-
 
 /// `[enrich.partial]`, `[enrich.multiline]`
 #[derive(Debug, Deserialize, Serialize)]
@@ -254,7 +251,11 @@ pub(super) struct RawJoin {
 
 impl Default for RawJoin {
     fn default() -> Self {
-        RawJoin { enabled: true, max_size: default_join_max_size(), timeout: default_join_timeout() }
+        RawJoin {
+            enabled: true,
+            max_size: default_join_max_size(),
+            timeout: default_join_timeout(),
+        }
     }
 }
 
@@ -277,9 +278,7 @@ pub(super) struct RawShutdown {
 
 impl Default for RawShutdown {
     fn default() -> Self {
-        RawShutdown {
-            grace_period: default_grace_period(),
-        }
+        RawShutdown { grace_period: default_grace_period() }
     }
 }
 
@@ -397,7 +396,10 @@ fn default_true() -> bool {
 }
 
 fn default_docker_fields() -> Spanned<Vec<Spanned<String>>> {
-    let v = super::enrich::DockerField::DEFAULTS.iter().map(|f| Spanned::new(0..0, f.as_str().to_string())).collect();
+    let v = super::enrich::DockerField::DEFAULTS
+        .iter()
+        .map(|f| Spanned::new(0..0, f.as_str().to_string()))
+        .collect();
     Spanned::new(0..0, v)
 }
 
@@ -412,7 +414,9 @@ fn default_inspect_wait() -> Dur {
 fn de_inspect_wait<'de, D: Deserializer<'de>>(d: D) -> Result<Dur, D::Error> {
     let w = Dur::deserialize(d)?;
     if w.0 > Duration::from_secs(60) {
-        return Err(de::Error::custom("at most 60s: a longer wait holds up the connection's other lines too"));
+        return Err(de::Error::custom(
+            "at most 60s: a longer wait holds up the connection's other lines too",
+        ));
     }
     Ok(w)
 }
@@ -545,13 +549,17 @@ pub(super) struct RawSink {
 }
 
 /// Keys both network sinks (`elasticsearch`, `cloudwatch_logs`) have.
-pub(super) const NETWORK_SINK_KEYS: [&str; 5] = ["flush_interval", "concurrency", "timeout", "max_retry_duration", "dead_letter_path"];
+pub(super) const NETWORK_SINK_KEYS: [&str; 5] =
+    ["flush_interval", "concurrency", "timeout", "max_retry_duration", "dead_letter_path"];
 
 impl RawSink {
     /// The elasticsearch keys present, in the order they are documented, with their spans.
     /// Includes the keys shared with `cloudwatch_logs` ([`NETWORK_SINK_KEYS`]).
     fn es_keys(&self) -> impl Iterator<Item = (&'static str, std::ops::Range<usize>)> + '_ {
-        fn sp<T>(name: &'static str, v: &Option<Spanned<T>>) -> Option<(&'static str, std::ops::Range<usize>)> {
+        fn sp<T>(
+            name: &'static str,
+            v: &Option<Spanned<T>>,
+        ) -> Option<(&'static str, std::ops::Range<usize>)> {
             v.as_ref().map(|v| (name, v.span()))
         }
         [
@@ -591,7 +599,10 @@ impl RawSink {
 
     /// The first cloudwatch_logs-only key present, with its span.
     pub fn first_cloudwatch_only(&self) -> Option<(&'static str, std::ops::Range<usize>)> {
-        fn sp<T>(name: &'static str, v: &Option<Spanned<T>>) -> Option<(&'static str, std::ops::Range<usize>)> {
+        fn sp<T>(
+            name: &'static str,
+            v: &Option<Spanned<T>>,
+        ) -> Option<(&'static str, std::ops::Range<usize>)> {
             v.as_ref().map(|v| (name, v.span()))
         }
         sp("region", &self.region)
@@ -652,9 +663,7 @@ pub(super) const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:24220";
 
 fn default_listen() -> Vec<ListenAddr> {
     // A constant known to parse; `unit_tests::defaults_parse` keeps it so.
-    units::parse_listen(DEFAULT_LISTEN)
-        .map(|a| vec![a])
-        .unwrap_or_default()
+    units::parse_listen(DEFAULT_LISTEN).map(|a| vec![a]).unwrap_or_default()
 }
 
 fn default_socket_mode() -> Mode {
@@ -727,9 +736,7 @@ fn de_listen<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<ListenAddr>, D::Erro
     }
     for (i, a) in addrs.iter().enumerate() {
         if addrs[..i].contains(a) {
-            return Err(de::Error::custom(format!(
-                "listen address \"{a}\" appears twice"
-            )));
+            return Err(de::Error::custom(format!("listen address \"{a}\" appears twice")));
         }
     }
     Ok(addrs)
@@ -813,7 +820,13 @@ pub(super) struct LimitDur(pub Duration);
 
 impl<'de> Deserialize<'de> for LimitDur {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        de_parsed(d, |s| if s.is_empty() { Ok(LimitDur(Duration::ZERO)) } else { units::parse_duration(s).map(LimitDur) })
+        de_parsed(d, |s| {
+            if s.is_empty() {
+                Ok(LimitDur(Duration::ZERO))
+            } else {
+                units::parse_duration(s).map(LimitDur)
+            }
+        })
     }
 }
 
@@ -927,7 +940,8 @@ impl fmt::Display for SinkType {
 
 impl<'de> Deserialize<'de> for SinkType {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        de_parsed(d, |s| match s {
+        de_parsed(d, |s| {
+            match s {
             "stdout" => Ok(SinkType::Stdout),
             "file" => Ok(SinkType::File),
             "null" => Ok(SinkType::Null),
@@ -936,6 +950,7 @@ impl<'de> Deserialize<'de> for SinkType {
             other => Err(format!(
                 "unknown sink type {other:?} (expected \"stdout\", \"file\", \"null\", \"elasticsearch\" or \"cloudwatch_logs\")"
             )),
+        }
         })
     }
 }

@@ -52,12 +52,7 @@ fn builtin_defaults() {
     assert_eq!(c.sinks.len(), 1);
     assert_eq!(c.sinks[0].name, "console");
     assert_eq!(c.sinks[0].match_.as_str(), "**");
-    assert!(matches!(
-        c.sinks[0].kind,
-        SinkKind::Stdout {
-            format: Format::Json
-        }
-    ));
+    assert!(matches!(c.sinks[0].kind, SinkKind::Stdout { format: Format::Json }));
     assert_eq!(c.source, BUILTIN_SOURCE);
     assert!(c.overrides.is_empty());
 }
@@ -67,17 +62,10 @@ fn omitted_keys_take_their_defaults() {
     let c = load(SINK).unwrap();
     let d = Config::from_toml_str(BUILTIN_DEFAULTS, BUILTIN_SOURCE, NO_ENV).unwrap();
     assert_eq!(c.input.forward.listen, d.input.forward.listen);
-    assert_eq!(
-        c.input.forward.max_message_size,
-        d.input.forward.max_message_size
-    );
+    assert_eq!(c.input.forward.max_message_size, d.input.forward.max_message_size);
     assert_eq!(c.admin.listen, d.admin.listen);
     assert_eq!(c.shutdown.grace_period, d.shutdown.grace_period);
-    assert_eq!(
-        c.sinks[0].match_.as_str(),
-        "**",
-        "match defaults to every tag"
-    );
+    assert_eq!(c.sinks[0].match_.as_str(), "**", "match defaults to every tag");
     assert_eq!(c.source, FILE);
 }
 
@@ -93,18 +81,11 @@ fn example_files_load() {
     assert_eq!(q.admin.listen, Some("127.0.0.1:24220".parse().unwrap()));
     assert!(matches!(q.sinks[0].kind, SinkKind::Stdout { .. }));
 
-    let b = Config::from_toml_str(
-        include_str!("../../examples/berth.toml"),
-        "berth.toml",
-        NO_ENV,
-    )
-    .unwrap();
+    let b = Config::from_toml_str(include_str!("../../examples/berth.toml"), "berth.toml", NO_ENV)
+        .unwrap();
     assert_eq!(
         b.input.forward.listen,
-        [
-            tcp("127.0.0.1:24224"),
-            ListenAddr::Unix("/run/berth/forward.sock".into())
-        ]
+        [tcp("127.0.0.1:24224"), ListenAddr::Unix("/run/berth/forward.sock".into())]
     );
     let names: Vec<&str> = b.sinks.iter().map(|s| s.name.as_str()).collect();
     assert_eq!(names, ["console", "archive", "discard", "search", "cw"]);
@@ -168,10 +149,7 @@ type = "null"
     assert_eq!(f.max_connections, 8);
     assert_eq!(f.idle_timeout, Duration::from_millis(250));
     assert_eq!(f.users.len(), 2);
-    assert_eq!(
-        (f.users[0].username.as_str(), f.users[0].password.as_str()),
-        ("a", "b")
-    );
+    assert_eq!((f.users[0].username.as_str(), f.users[0].password.as_str()), ("a", "b"));
     assert_eq!(c.admin.listen, None);
     assert_eq!(c.shutdown.grace_period, Duration::from_secs(3600));
     assert!(c.sinks[0].match_.matches("app.db.x") && !c.sinks[0].match_.matches("app.x"));
@@ -184,10 +162,7 @@ type = "null"
 fn sizes_may_be_integers_and_decimal_units() {
     let c = load(&format!("[input.forward]\nmax_message_size = 2048\n{SINK}")).unwrap();
     assert_eq!(c.input.forward.max_message_size, 2048);
-    let c = load(&format!(
-        "[input.forward]\nmax_message_size = \"16MB\"\n{SINK}"
-    ))
-    .unwrap();
+    let c = load(&format!("[input.forward]\nmax_message_size = \"16MB\"\n{SINK}")).unwrap();
     assert_eq!(c.input.forward.max_message_size, 16_000_000);
 }
 
@@ -279,29 +254,18 @@ fn invalid_files_fail_with_file_line_and_key() {
             format!("{text}\n{SINK}")
         };
         let got = err(&text);
-        assert!(
-            got.contains(want),
-            "for:\n{text}\nwant: {want}\n got: {got}"
-        );
+        assert!(got.contains(want), "for:\n{text}\nwant: {want}\n got: {got}");
         assert!(got.starts_with(FILE), "{got}");
     }
 }
 
 #[test]
 fn error_variants() {
-    assert!(matches!(
-        load("[input\n"),
-        Err(ConfigError::Parse { line: 1, .. })
-    ));
+    assert!(matches!(load("[input\n"), Err(ConfigError::Parse { line: 1, .. })));
     assert!(matches!(load("x = 1\n"), Err(ConfigError::Parse { ref key, .. }) if key.is_empty()));
-    assert!(matches!(
-        load(""),
-        Err(ConfigError::Invalid { line: None, .. })
-    ));
+    assert!(matches!(load(""), Err(ConfigError::Invalid { line: None, .. })));
     match load("[[sink]]\nname = \"a\"\ntype = \"file\"\n") {
-        Err(ConfigError::Invalid {
-            line: Some(1), key, ..
-        }) => assert_eq!(key, "sink[0]"),
+        Err(ConfigError::Invalid { line: Some(1), key, .. }) => assert_eq!(key, "sink[0]"),
         other => panic!("{other:?}"),
     }
 }
@@ -315,10 +279,7 @@ fn env_overrides_scalars_arrays_and_indexed_tables() {
         file,
         &[
             ("BERTH_INPUT__FORWARD__SHARED_KEY", "s3cret"),
-            (
-                "BERTH_INPUT__FORWARD__LISTEN",
-                r#"["tcp://0.0.0.0:24224", "unix:///run/b.sock"]"#,
-            ),
+            ("BERTH_INPUT__FORWARD__LISTEN", r#"["tcp://0.0.0.0:24224", "unix:///run/b.sock"]"#),
             ("BERTH_INPUT__FORWARD__MAX_CONNECTIONS", "16"),
             ("BERTH_INPUT__FORWARD__SOCKET_MODE", "0600"),
             ("BERTH_ADMIN__LISTEN", ""),
@@ -334,15 +295,9 @@ fn env_overrides_scalars_arrays_and_indexed_tables() {
     .unwrap();
     let f = &c.input.forward;
     assert_eq!(f.shared_key, "s3cret");
-    assert_eq!(
-        f.listen,
-        [tcp("0.0.0.0:24224"), ListenAddr::Unix("/run/b.sock".into())]
-    );
+    assert_eq!(f.listen, [tcp("0.0.0.0:24224"), ListenAddr::Unix("/run/b.sock".into())]);
     assert_eq!(f.max_connections, 16);
-    assert_eq!(
-        f.socket_mode, 0o600,
-        "not a TOML integer (leading zero), so taken as a string"
-    );
+    assert_eq!(f.socket_mode, 0o600, "not a TOML integer (leading zero), so taken as a string");
     assert_eq!(c.admin.listen, None);
     assert_eq!(c.shutdown.grace_period, Duration::from_secs(10));
     assert!(matches!(&c.sinks[0].kind, SinkKind::File { path, .. } if path == "/x/{tag}.log"));
@@ -377,10 +332,7 @@ fn env_overrides_apply_to_builtin_defaults() {
     let c = Config::from_toml_str(
         BUILTIN_DEFAULTS,
         BUILTIN_SOURCE,
-        [
-            ("BERTH_SINK__0__TYPE", "null"),
-            ("BERTH_SINK__0__FORMAT", ""),
-        ],
+        [("BERTH_SINK__0__TYPE", "null"), ("BERTH_SINK__0__FORMAT", "")],
     )
     .unwrap_err()
     .to_string();
@@ -427,21 +379,12 @@ fn env_errors_name_the_variable() {
     ];
     for (var, value, want) in cases {
         let got = env_err(SINK, &[(var, value)]);
-        assert!(
-            got.starts_with(want),
-            "{var}={value}\nwant: {want}\n got: {got}"
-        );
+        assert!(got.starts_with(want), "{var}={value}\nwant: {want}\n got: {got}");
     }
     let got = env_err(BUILTIN_DEFAULTS, &[("BERTH_ADMIN__LISTEN__PORT", "1")]);
     assert_eq!(got, "environment variable BERTH_ADMIN__LISTEN__PORT: admin.listen.port: admin.listen is a string, not a table");
     // A cross-field error caused by a variable names it too, and where the first one is.
-    let got = env_err(
-        SINK,
-        &[
-            ("BERTH_SINK__1__NAME", "console"),
-            ("BERTH_SINK__1__TYPE", "null"),
-        ],
-    );
+    let got = env_err(SINK, &[("BERTH_SINK__1__NAME", "console"), ("BERTH_SINK__1__TYPE", "null")]);
     assert_eq!(
         got,
         "environment variable BERTH_SINK__1__NAME: sink[1].name: duplicate sink name \"console\" (first used on line 2)"
@@ -462,18 +405,12 @@ fn redacted_toml_hides_secrets_and_round_trips() {
     assert!(!out.contains("s3cret") && !out.contains("\"pw\""), "{out}");
     assert!(out.contains("shared_key = \"<redacted>\""), "{out}");
     assert!(out.contains("password = \"<redacted>\""), "{out}");
-    assert!(
-        out.contains("password = \"\""),
-        "an empty password stays visibly empty: {out}"
-    );
+    assert!(out.contains("password = \"\""), "an empty password stays visibly empty: {out}");
     assert!(
         out.starts_with("# berth effective configuration, from /etc/berth/berth.toml\n"),
         "{out}"
     );
-    assert!(
-        !format!("{:?}", c.input.forward.users).contains("pw"),
-        "Debug hides passwords"
-    );
+    assert!(!format!("{:?}", c.input.forward.users).contains("pw"), "Debug hides passwords");
 
     let again = Config::from_toml_str(&out, "printed", NO_ENV).unwrap();
     assert_eq!(
@@ -501,12 +438,9 @@ fn printed_defaults_round_trip() {
     assert_eq!(again.input.forward.listen, d.input.forward.listen);
     assert_eq!(again.admin.listen, d.admin.listen);
 
-    let off = Config::from_toml_str(
-        BUILTIN_DEFAULTS,
-        BUILTIN_SOURCE,
-        [("BERTH_ADMIN__LISTEN", "")],
-    )
-    .unwrap();
+    let off =
+        Config::from_toml_str(BUILTIN_DEFAULTS, BUILTIN_SOURCE, [("BERTH_ADMIN__LISTEN", "")])
+            .unwrap();
     let out = off.to_redacted_toml();
     assert!(
         out.contains("listen = \"\"")
@@ -539,18 +473,13 @@ fn load_errors_name_the_file() {
     let e = Config::load_with_env(Some(&missing), &[]).unwrap_err();
     assert!(matches!(e, ConfigError::Read { .. }));
     assert!(
-        e.to_string().starts_with(&format!(
-            "{}: cannot read the config file: ",
-            missing.display()
-        )),
+        e.to_string().starts_with(&format!("{}: cannot read the config file: ", missing.display())),
         "{e}"
     );
 
     let bad = dir.path().join("bad.toml");
     std::fs::write(&bad, "[input.forward]\n\nidle_timeout = \"forever\"\n").unwrap();
-    let e = Config::load_with_env(Some(&bad), &[])
-        .unwrap_err()
-        .to_string();
+    let e = Config::load_with_env(Some(&bad), &[]).unwrap_err().to_string();
     assert!(
         e.starts_with(&format!(
             "{}: line 3: input.forward.idle_timeout: invalid duration",
@@ -562,10 +491,7 @@ fn load_errors_name_the_file() {
 
 #[test]
 fn self_hostname_resolves_only_when_empty() {
-    let c = load(&format!(
-        "[input.forward]\nself_hostname = \"given\"\n{SINK}"
-    ))
-    .unwrap();
+    let c = load(&format!("[input.forward]\nself_hostname = \"given\"\n{SINK}")).unwrap();
     assert_eq!(c.input.forward.self_hostname, "given");
     let c = load(SINK).unwrap();
     assert_eq!(c.input.forward.self_hostname, host_name());
@@ -573,11 +499,7 @@ fn self_hostname_resolves_only_when_empty() {
 
 #[test]
 fn listen_addr_display_round_trips() {
-    for s in [
-        "tcp://127.0.0.1:24224",
-        "tcp://[::1]:1",
-        "unix:///run/berth/forward.sock",
-    ] {
+    for s in ["tcp://127.0.0.1:24224", "tcp://[::1]:1", "unix:///run/berth/forward.sock"] {
         let a: ListenAddr = s.parse().unwrap();
         assert_eq!(a.to_string(), s);
     }
@@ -686,7 +608,12 @@ fn enrich_env_overrides() {
     assert_eq!(c.enrich.docker.inspect_wait, Duration::from_secs(15));
     assert!(!c.enrich.ec2.enabled);
     let got = env_err(SINK, &[("BERTH_ENRICH__DOCKER__ENABLED", "yes")]);
-    assert!(got.starts_with("environment variable BERTH_ENRICH__DOCKER__ENABLED: enrich.docker.enabled:"), "{got}");
+    assert!(
+        got.starts_with(
+            "environment variable BERTH_ENRICH__DOCKER__ENABLED: enrich.docker.enabled:"
+        ),
+        "{got}"
+    );
 }
 
 // --- cloudwatch_logs ---------------------------------------------------------------------
@@ -716,7 +643,15 @@ dead_letter_path = "/var/lib/berth/dead-letter/cw.ndjson"
 fn cloudwatch_example_loads_with_its_defaults() {
     let c = load(CW_EXAMPLE).unwrap();
     let SinkKind::CloudWatchLogs(cw) = &c.sinks[0].kind else { panic!("{:?}", c.sinks[0].kind) };
-    assert_eq!((cw.region.as_deref(), cw.endpoint_url.as_deref(), cw.role_arn.as_deref(), cw.kms_key_id.as_deref()), (None, None, None, None));
+    assert_eq!(
+        (
+            cw.region.as_deref(),
+            cw.endpoint_url.as_deref(),
+            cw.role_arn.as_deref(),
+            cw.kms_key_id.as_deref()
+        ),
+        (None, None, None, None)
+    );
     assert_eq!(cw.retention_days, None);
     assert_eq!(cw.log_group_class, cloudwatch::LogGroupClass::Standard);
     assert_eq!(cw.message_key.as_deref(), Some("log"));
@@ -738,7 +673,10 @@ fn cloudwatch_example_loads_with_its_defaults() {
     assert_eq!(s.message_key, None, "\"\" sends every record as JSON");
     let out = set.to_redacted_toml();
     let again = Config::from_toml_str(&out, "printed", NO_ENV).unwrap();
-    assert_eq!(again.to_redacted_toml().lines().skip(1).collect::<Vec<_>>(), out.lines().skip(1).collect::<Vec<_>>());
+    assert_eq!(
+        again.to_redacted_toml().lines().skip(1).collect::<Vec<_>>(),
+        out.lines().skip(1).collect::<Vec<_>>()
+    );
 }
 
 #[test]
@@ -765,5 +703,8 @@ fn cloudwatch_errors_name_line_and_key() {
     let e = err("[[sink]]\nname = \"s\"\ntype = \"stdout\"\nlog_group = \"x\"\n");
     assert!(e.contains("line 4: sink[0].log_group: only sinks of type \"cloudwatch_logs\" have log_group (this one is \"stdout\")"), "{e}");
     let e = err("[[sink]]\nname = \"s\"\ntype = \"elasticsearch\"\nendpoints = [\"http://x\"]\nindex = \"i\"\nregion = \"x\"\n");
-    assert!(e.contains("sink[0].region: only sinks of type \"cloudwatch_logs\" have region"), "{e}");
+    assert!(
+        e.contains("sink[0].region: only sinks of type \"cloudwatch_logs\" have region"),
+        "{e}"
+    );
 }

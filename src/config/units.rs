@@ -35,17 +35,10 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     let mult = if unit.is_empty() {
         1
     } else {
-        SIZE_UNITS
-            .iter()
-            .find(|(u, _)| *u == unit)
-            .map(|(_, m)| *m)
-            .ok_or_else(bad)?
+        SIZE_UNITS.iter().find(|(u, _)| *u == unit).map(|(_, m)| *m).ok_or_else(bad)?
     };
-    let n: u64 = digits
-        .parse()
-        .map_err(|_| format!("size {s:?} is too large"))?;
-    n.checked_mul(mult)
-        .ok_or_else(|| format!("size {s:?} is too large"))
+    let n: u64 = digits.parse().map_err(|_| format!("size {s:?} is too large"))?;
+    n.checked_mul(mult).ok_or_else(|| format!("size {s:?} is too large"))
 }
 
 /// The shortest exact spelling: "16MiB", "1GiB", "1000".
@@ -74,17 +67,9 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         return Err(bad());
     }
     let unit = unit.trim_start();
-    let mult = DURATION_UNITS
-        .iter()
-        .find(|(u, _)| *u == unit)
-        .map(|(_, m)| *m)
-        .ok_or_else(bad)?;
-    let n: u64 = digits
-        .parse()
-        .map_err(|_| format!("duration {s:?} is too large"))?;
-    let ms = n
-        .checked_mul(mult)
-        .ok_or_else(|| format!("duration {s:?} is too large"))?;
+    let mult = DURATION_UNITS.iter().find(|(u, _)| *u == unit).map(|(_, m)| *m).ok_or_else(bad)?;
+    let n: u64 = digits.parse().map_err(|_| format!("duration {s:?} is too large"))?;
+    let ms = n.checked_mul(mult).ok_or_else(|| format!("duration {s:?} is too large"))?;
     Ok(Duration::from_millis(ms))
 }
 
@@ -138,9 +123,7 @@ pub fn parse_listen(s: &str) -> Result<ListenAddr, String> {
             ));
         }
         if path.ends_with('/') {
-            return Err(format!(
-                "invalid listen address {s:?}: the socket path names a directory"
-            ));
+            return Err(format!("invalid listen address {s:?}: the socket path names a directory"));
         }
         if path.len() > MAX_UNIX_PATH {
             return Err(format!(
@@ -164,10 +147,7 @@ pub fn parse_host_port(s: &str) -> Result<SocketAddr, String> {
     let ip = if host == "localhost" {
         IpAddr::V4(Ipv4Addr::LOCALHOST)
     } else if let Some(v6) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
-        IpAddr::V6(
-            v6.parse()
-                .map_err(|_| format!("invalid IPv6 address {v6:?}"))?,
-        )
+        IpAddr::V6(v6.parse().map_err(|_| format!("invalid IPv6 address {v6:?}"))?)
     } else {
         IpAddr::V4(host.parse().map_err(|_| {
             format!("invalid host {host:?} (an IP address, \"[IPv6]\" or \"localhost\"; names are not resolved)")
@@ -191,20 +171,14 @@ mod tests {
         assert_eq!(parse_size(" 16 MiB "), Ok(16 * MIB));
         assert_eq!(
             parse_size("16XB"),
-            Err(
-                "invalid size \"16XB\" (expected a number with a unit such as \"16MiB\")"
-                    .to_string()
-            )
+            Err("invalid size \"16XB\" (expected a number with a unit such as \"16MiB\")"
+                .to_string())
         );
         for bad in ["", "MiB", "16mib", "1.5MiB", "-1", "16 MiB x"] {
             assert!(parse_size(bad).is_err(), "{bad}");
         }
-        assert!(parse_size("99999999999999GiB")
-            .unwrap_err()
-            .contains("too large"));
-        assert!(parse_size("99999999999999999999999")
-            .unwrap_err()
-            .contains("too large"));
+        assert!(parse_size("99999999999999GiB").unwrap_err().contains("too large"));
+        assert!(parse_size("99999999999999999999999").unwrap_err().contains("too large"));
         for n in [1000, KIB, 16 * MIB, GIB, 3 * KIB + 1] {
             assert_eq!(parse_size(&format_size(n)), Ok(n));
         }

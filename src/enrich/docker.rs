@@ -120,7 +120,9 @@ pub fn build_container(cfg: &DockerEnrichConfig, c: &Inspected) -> Container {
             DockerField::Image => c.image.as_str(),
             DockerField::EcsCluster => label(ECS_CLUSTER),
             DockerField::EcsTaskArn => arn,
-            DockerField::EcsTaskId => arn.rsplit('/').next().filter(|_| arn.contains('/')).unwrap_or(""),
+            DockerField::EcsTaskId => {
+                arn.rsplit('/').next().filter(|_| arn.contains('/')).unwrap_or("")
+            }
             DockerField::EcsTaskDefinitionFamily => label(ECS_FAMILY),
             DockerField::EcsTaskDefinitionRevision => label(ECS_REVISION),
             DockerField::EcsContainerName => label(ECS_CONTAINER_NAME),
@@ -135,7 +137,10 @@ pub fn build_container(cfg: &DockerEnrichConfig, c: &Inspected) -> Container {
         }
     }
     for e in &cfg.env {
-        let v = c.env.iter().find_map(|kv| kv.split_once('=').filter(|(k, _)| *k == e.name).map(|(_, v)| v));
+        let v = c
+            .env
+            .iter()
+            .find_map(|kv| kv.split_once('=').filter(|(k, _)| *k == e.name).map(|(_, v)| v));
         if let Some(v) = v {
             fields.push_str(&e.key, v);
         }
@@ -299,7 +304,9 @@ impl DockerCache {
             Some(Slot::Ready { c, used, inspect, .. }) => {
                 *used = now_used;
                 match inspect {
-                    Some((rx, until)) if *until > Instant::now() && !*rx.borrow() => return Lookup::Wait(rx.clone()),
+                    Some((rx, until)) if *until > Instant::now() && !*rx.borrow() => {
+                        return Lookup::Wait(rx.clone())
+                    }
                     _ => return Lookup::Hit(Arc::clone(c)),
                 }
             }
@@ -337,7 +344,11 @@ impl DockerCache {
         let mut inner = lock(&self.inner);
         inner.clock += 1;
         let used = inner.clock;
-        self.insert(&mut inner, c.id.clone(), Slot::Ready { c: Arc::new(c), used, removed: None, inspect: None });
+        self.insert(
+            &mut inner,
+            c.id.clone(),
+            Slot::Ready { c: Arc::new(c), used, removed: None, inspect: None },
+        );
     }
 
     /// Insert, dropping the least recently used entry (never a running inspect) when full.
@@ -374,7 +385,12 @@ impl DockerCache {
     /// served from a snapshot without that lock. It lacks the environment, and names the
     /// image by id once its tag has moved: an inspect completes those when they are needed
     /// ([`Self::complete`]); lookups wait for it at most `inspect_wait`.
-    async fn fetch_into_cache(self: &Arc<Self>, client: &Docker, id: &str, name: Option<&str>) -> Option<watch::Receiver<bool>> {
+    async fn fetch_into_cache(
+        self: &Arc<Self>,
+        client: &Docker,
+        id: &str,
+        name: Option<&str>,
+    ) -> Option<watch::Receiver<bool>> {
         let limit = INSPECT_TIMEOUT.max(self.cfg.inspect_wait);
         let res = tokio::time::timeout(limit, list_one(client, id)).await;
         let res = self.answered(res, "container lookup", id);
@@ -402,7 +418,12 @@ impl DockerCache {
 
     /// Store a container found in the list, keeping what the cache knew that the list does
     /// not tell (removal, environment, image name); start the inspect when needed.
-    fn store(self: &Arc<Self>, inner: &mut Inner, client: &Docker, mut found: Inspected) -> Option<watch::Receiver<bool>> {
+    fn store(
+        self: &Arc<Self>,
+        inner: &mut Inner,
+        client: &Docker,
+        mut found: Inspected,
+    ) -> Option<watch::Receiver<bool>> {
         let (removed, mut inspect) = match inner.map.get(&found.id) {
             Some(Slot::Ready { c, removed, inspect, .. }) => {
                 if c.source.inspected {
@@ -415,7 +436,8 @@ impl DockerCache {
             _ => (None, None),
         };
         let needed = !self.cfg.env.is_empty()
-            || (self.cfg.fields.contains(&DockerField::Image) && found.image.starts_with("sha256:"));
+            || (self.cfg.fields.contains(&DockerField::Image)
+                && found.image.starts_with("sha256:"));
         if found.inspected || !needed {
             inspect = None;
         } else if inspect.is_none() {
@@ -437,7 +459,8 @@ impl DockerCache {
         let this = Arc::clone(self);
         tokio::spawn(async move {
             let permit = Arc::clone(&this.inspects).acquire_owned().await;
-            let res = tokio::time::timeout(COMPLETE_TIMEOUT, client.inspect_container(&id, None)).await;
+            let res =
+                tokio::time::timeout(COMPLETE_TIMEOUT, client.inspect_container(&id, None)).await;
             drop(permit);
             let info = this.answered(res, "inspect", &id).map(Inspected::from_inspect);
             if let Some(Slot::Ready { c, inspect, .. }) = lock(&this.inner).map.get_mut(&id) {
@@ -484,7 +507,12 @@ impl DockerCache {
     }
 
     /// The answer of a Docker call bounded by a timeout; a failure is counted and logged.
-    fn answered<T>(&self, res: Result<Result<T, bollard::errors::Error>, tokio::time::error::Elapsed>, what: &str, id: &str) -> Option<T> {
+    fn answered<T>(
+        &self,
+        res: Result<Result<T, bollard::errors::Error>, tokio::time::error::Elapsed>,
+        what: &str,
+        id: &str,
+    ) -> Option<T> {
         let why = match res {
             Ok(Ok(v)) => return Some(v),
             Ok(Err(e)) => e.to_string(),
@@ -498,7 +526,10 @@ impl DockerCache {
     fn mark_removed(&self, id: &str) {
         if let Some(Slot::Ready { removed, .. }) = lock(&self.inner).map.get_mut(id) {
             *removed = Some(Instant::now());
-            tracing::debug!(container_id = id, "container removed: its entry is kept for the grace period");
+            tracing::debug!(
+                container_id = id,
+                "container removed: its entry is kept for the grace period"
+            );
         }
     }
 
@@ -548,7 +579,8 @@ impl DockerCache {
     /// Connect, follow the events and keep the cache fresh until `shutdown`.
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
         let mut backoff = BACKOFF_INITIAL;
-        let sweep_every = (self.cfg.removed_grace_period / 4).clamp(Duration::from_millis(100), Duration::from_secs(10));
+        let sweep_every = (self.cfg.removed_grace_period / 4)
+            .clamp(Duration::from_millis(100), Duration::from_secs(10));
         let mut sweep = tokio::time::interval(sweep_every);
         sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -576,7 +608,8 @@ impl DockerCache {
                 "event".to_string(),
                 ["start", "die", "destroy", "rename"].iter().map(|s| s.to_string()).collect(),
             );
-            let mut events = client.events(Some(EventsOptions { filters: Some(filters), ..Default::default() }));
+            let mut events =
+                client.events(Some(EventsOptions { filters: Some(filters), ..Default::default() }));
             self.connected(client.clone());
             self.resync(&client).await;
             let why = loop {
@@ -614,7 +647,11 @@ impl DockerCache {
             }
             // A renamed one gets its new name.
             Some("rename") => {
-                let name = actor.attributes.as_ref().and_then(|a| a.get("name")).map(|n| format!("/{}", n.trim_start_matches('/')));
+                let name = actor
+                    .attributes
+                    .as_ref()
+                    .and_then(|a| a.get("name"))
+                    .map(|n| format!("/{}", n.trim_start_matches('/')));
                 self.fetch_into_cache(client, &id, name.as_deref()).await;
             }
             Some("destroy") => self.mark_removed(&id),
@@ -653,7 +690,10 @@ mod tests {
             enabled: true,
             socket: None,
             fields: DockerField::DEFAULTS.to_vec(),
-            labels: vec![CopyKey { name: "team".into(), key: "team".into() }, CopyKey { name: "com.example.v".into(), key: "version".into() }],
+            labels: vec![
+                CopyKey { name: "team".into(), key: "team".into() },
+                CopyKey { name: "com.example.v".into(), key: "version".into() },
+            ],
             env: vec![CopyKey { name: "APP_ENV".into(), key: "app_env".into() }],
             removed_grace_period: Duration::from_secs(60),
             inspect_wait: Duration::from_secs(2),
@@ -705,14 +745,29 @@ mod tests {
 
     #[test]
     fn a_plain_container_has_only_name_and_image() {
-        let c = build_container(&cfg(), &Inspected { id: "x".into(), name: "/db".into(), image: "pg".into(), ..Default::default() });
-        assert_eq!(c.fields.iter().collect::<Vec<_>>(), [("container_name", "db"), ("image", "pg")]);
+        let c = build_container(
+            &cfg(),
+            &Inspected {
+                id: "x".into(),
+                name: "/db".into(),
+                image: "pg".into(),
+                ..Default::default()
+            },
+        );
+        assert_eq!(
+            c.fields.iter().collect::<Vec<_>>(),
+            [("container_name", "db"), ("image", "pg")]
+        );
         assert_eq!(c.multiline_start, None);
     }
 
     /// A fake engine on a Unix socket: answers the container list after 200 ms (counting
     /// those requests) and inspect after `inspect_delay`, as Docker 20.10 answers them.
-    async fn fake_engine(dir: &std::path::Path, inspect_delay: Duration, list_image: &'static str) -> (String, Arc<AtomicU64>) {
+    async fn fake_engine(
+        dir: &std::path::Path,
+        inspect_delay: Duration,
+        list_image: &'static str,
+    ) -> (String, Arc<AtomicU64>) {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let path = dir.join("docker.sock");
         let l = tokio::net::UnixListener::bind(&path).unwrap();
@@ -730,7 +785,8 @@ mod tests {
                             Ok(k) => buf.extend_from_slice(&chunk[..k]),
                         }
                     }
-                    let line = String::from_utf8_lossy(&buf).lines().next().unwrap_or("").to_string();
+                    let line =
+                        String::from_utf8_lossy(&buf).lines().next().unwrap_or("").to_string();
                     let body = if line.contains("/containers/json") {
                         n.fetch_add(1, Ordering::SeqCst);
                         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -775,7 +831,11 @@ mod tests {
             let c = w.await.unwrap().expect("listed");
             assert_eq!(c.name, "web");
             assert_eq!(c.fields.get("ecs_cluster"), Some("c1"));
-            assert_eq!(c.fields.get("app_env"), Some("prod"), "the environment came within inspect_wait");
+            assert_eq!(
+                c.fields.get("app_env"),
+                Some("prod"),
+                "the environment came within inspect_wait"
+            );
         }
         assert_eq!(inspects.load(Ordering::SeqCst), 1, "one list for five first sights");
         assert!(matches!(cache.lookup("abc"), Lookup::Hit(_)));
@@ -804,7 +864,10 @@ mod tests {
             };
             let c = c.expect("found in the list");
             let took = t.elapsed();
-            assert!(took < Duration::from_millis(if with_env { 1500 } else { 450 }), "with env {with_env}: {took:?}");
+            assert!(
+                took < Duration::from_millis(if with_env { 1500 } else { 450 }),
+                "with env {with_env}: {took:?}"
+            );
             assert_eq!(c.fields.get("ecs_cluster"), Some("c1"));
             assert_eq!(c.fields.get("image"), Some("img:1"));
             assert_eq!(c.fields.get("app_env"), None);
@@ -812,7 +875,10 @@ mod tests {
                 assert!(took >= Duration::from_millis(450), "waited for the environment: {took:?}");
             }
             tokio::time::sleep(Duration::from_millis(300)).await;
-            assert!(matches!(cache.lookup("abc"), Lookup::Hit(_)), "past the deadline: no more waits");
+            assert!(
+                matches!(cache.lookup("abc"), Lookup::Hit(_)),
+                "past the deadline: no more waits"
+            );
         }
     }
 
@@ -821,7 +887,8 @@ mod tests {
     #[tokio::test]
     async fn image_named_by_id_in_the_list_is_completed_by_inspect() {
         let dir = tempfile::tempdir().unwrap();
-        let (socket, _) = fake_engine(dir.path(), Duration::from_millis(100), "sha256:0123abcd").await;
+        let (socket, _) =
+            fake_engine(dir.path(), Duration::from_millis(100), "sha256:0123abcd").await;
         let mut cfg = cfg();
         cfg.env.clear();
         let cache = Arc::new(DockerCache::new(cfg, Arc::new(Metrics::new())));
@@ -837,7 +904,9 @@ mod tests {
     async fn lru_bound_and_removed_entries_expire_after_the_grace_period() {
         let m = Arc::new(Metrics::new());
         let cache = Arc::new(DockerCache::new(cfg(), m));
-        let put = |id: &str| cache.put(&Inspected { id: id.into(), name: format!("/{id}"), ..Default::default() });
+        let put = |id: &str| {
+            cache.put(&Inspected { id: id.into(), name: format!("/{id}"), ..Default::default() })
+        };
         put("a");
         put("b");
         assert!(matches!(cache.lookup("a"), Lookup::Hit(_)), "a used last");

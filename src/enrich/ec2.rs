@@ -65,7 +65,10 @@ impl Imds {
         if std::env::var(DISABLED_ENV).is_ok_and(|v| v.eq_ignore_ascii_case("true")) {
             return Ok(None);
         }
-        let endpoint = std::env::var(ENDPOINT_ENV).ok().filter(|e| !e.is_empty()).unwrap_or_else(|| DEFAULT_ENDPOINT.to_string());
+        let endpoint = std::env::var(ENDPOINT_ENV)
+            .ok()
+            .filter(|e| !e.is_empty())
+            .unwrap_or_else(|| DEFAULT_ENDPOINT.to_string());
         Imds::new(&endpoint).map(Some)
     }
 
@@ -77,7 +80,11 @@ impl Imds {
             .timeout(REQUEST_TIMEOUT)
             .build()
             .map_err(ImdsError::Client)?;
-        Ok(Imds { http, endpoint: endpoint.trim_end_matches('/').to_string(), token: tokio::sync::Mutex::new(None) })
+        Ok(Imds {
+            http,
+            endpoint: endpoint.trim_end_matches('/').to_string(),
+            token: tokio::sync::Mutex::new(None),
+        })
     }
 
     pub fn endpoint(&self) -> &str {

@@ -66,11 +66,22 @@ pub struct EnrichStatus {
 impl Enricher {
     /// Does nothing to records.
     pub fn disabled() -> Enricher {
-        Enricher { docker: None, host: None, apply_to: ApplyTo::All, finder: memmem::Finder::new(CONTAINER_ID), metrics: None }
+        Enricher {
+            docker: None,
+            host: None,
+            apply_to: ApplyTo::All,
+            finder: memmem::Finder::new(CONTAINER_ID),
+            metrics: None,
+        }
     }
 
     /// An enricher from its parts (tests and benchmarks build them without I/O).
-    pub fn from_parts(docker: Option<Arc<DockerCache>>, host: Option<Arc<HostFields>>, apply_to: ApplyTo, metrics: Option<Arc<Metrics>>) -> Enricher {
+    pub fn from_parts(
+        docker: Option<Arc<DockerCache>>,
+        host: Option<Arc<HostFields>>,
+        apply_to: ApplyTo,
+        metrics: Option<Arc<Metrics>>,
+    ) -> Enricher {
         Enricher { docker, host, apply_to, finder: memmem::Finder::new(CONTAINER_ID), metrics }
     }
 
@@ -80,7 +91,10 @@ impl Enricher {
     }
 
     pub fn status(&self) -> EnrichStatus {
-        EnrichStatus { docker: self.docker.as_ref().map(|d| d.status()), ec2: self.host.as_ref().map(|h| h.status()) }
+        EnrichStatus {
+            docker: self.docker.as_ref().map(|d| d.status()),
+            ec2: self.host.as_ref().map(|h| h.status()),
+        }
     }
 
     /// Add the fields to every record of `batch` that should get them; the byte count the
@@ -159,7 +173,9 @@ impl Enricher {
 
     fn count(&self, c: Counts) {
         let Some(m) = &self.metrics else { return };
-        for (result, n) in [("enriched", c.enriched), ("no_metadata", c.no_metadata), ("not_docker", c.not_docker)] {
+        for (result, n) in
+            [("enriched", c.enriched), ("no_metadata", c.no_metadata), ("not_docker", c.not_docker)]
+        {
             if n > 0 {
                 m.enrich_records.get_or_create(&crate::metrics::ResultLabel { result }).inc_by(n);
             }
@@ -183,14 +199,23 @@ struct Work {
 impl Work {
     /// Rewrite event `i`'s record (walked into `self.scan` as `view`) with the container's
     /// and the host's fields, unless that changes nothing.
-    fn apply(&mut self, i: usize, rec: &Bytes, view: MapView, c: Option<&Container>, host: Option<&Fields>) {
+    fn apply(
+        &mut self,
+        i: usize,
+        rec: &Bytes,
+        view: MapView,
+        c: Option<&Container>,
+        host: Option<&Fields>,
+    ) {
         let scan = &self.scan;
         let keys = || scan.keys.iter().map(|r| &rec[r.clone()]);
         let mut append: [(&Fields, u64); 2] = [(&EMPTY, 0), (&EMPTY, 0)];
         let mut replace = None;
         if let Some(c) = c {
             let mut skip = c.fields.present(keys());
-            if let (Some(at), Some(k)) = (scan.container_name.clone(), c.fields.index(CONTAINER_NAME)) {
+            if let (Some(at), Some(k)) =
+                (scan.container_name.clone(), c.fields.index(CONTAINER_NAME))
+            {
                 replace = Some((at, c.fields.value_bytes(k)));
                 skip |= 1 << k;
             }
@@ -252,8 +277,16 @@ pub struct Started {
 
 /// Build the enricher and start its background tasks (Docker events, IMDS), all ending
 /// with `shutdown`.
-pub fn start(cfg: &EnrichConfig, metrics: &Arc<Metrics>, tracker: &tokio_util::task::TaskTracker, shutdown: &CancellationToken) -> Started {
-    let docker = cfg.docker.enabled.then(|| Arc::new(DockerCache::new(cfg.docker.clone(), Arc::clone(metrics))));
+pub fn start(
+    cfg: &EnrichConfig,
+    metrics: &Arc<Metrics>,
+    tracker: &tokio_util::task::TaskTracker,
+    shutdown: &CancellationToken,
+) -> Started {
+    let docker = cfg
+        .docker
+        .enabled
+        .then(|| Arc::new(DockerCache::new(cfg.docker.clone(), Arc::clone(metrics))));
     if let Some(d) = &docker {
         tracker.spawn(Arc::clone(d).run(shutdown.clone()));
     }
@@ -276,7 +309,12 @@ pub fn start(cfg: &EnrichConfig, metrics: &Arc<Metrics>, tracker: &tokio_util::t
     } else {
         None
     };
-    let enricher = Arc::new(Enricher::from_parts(docker, host.clone(), cfg.ec2.apply_to, Some(Arc::clone(metrics))));
+    let enricher = Arc::new(Enricher::from_parts(
+        docker,
+        host.clone(),
+        cfg.ec2.apply_to,
+        Some(Arc::clone(metrics)),
+    ));
     Started { enricher, host }
 }
 
@@ -298,7 +336,11 @@ mod tests {
 
     fn decoded(b: &Bytes) -> Vec<(String, String)> {
         let v = rmpv::decode::read_value(&mut &b[..]).unwrap();
-        v.as_map().unwrap().iter().map(|(k, v)| (k.as_str().unwrap().to_string(), v.as_str().unwrap_or("?").to_string())).collect()
+        v.as_map()
+            .unwrap()
+            .iter()
+            .map(|(k, v)| (k.as_str().unwrap().to_string(), v.as_str().unwrap_or("?").to_string()))
+            .collect()
     }
 
     fn enricher(apply_to: ApplyTo) -> (Enricher, Arc<Metrics>) {
@@ -314,8 +356,14 @@ mod tests {
             max_containers: 10,
         };
         let cache = Arc::new(DockerCache::new(cfg, Arc::clone(&m)));
-        let labels = [("com.amazonaws.ecs.cluster".to_string(), "c1".to_string())].into_iter().collect();
-        cache.put(&Inspected { id: "aaa".into(), name: "/web".into(), labels, ..Default::default() });
+        let labels =
+            [("com.amazonaws.ecs.cluster".to_string(), "c1".to_string())].into_iter().collect();
+        cache.put(&Inspected {
+            id: "aaa".into(),
+            name: "/web".into(),
+            labels,
+            ..Default::default()
+        });
         let host = Arc::new(HostFields::new("http://127.0.0.1:1", true));
         let mut f = Fields::new();
         f.push_str("region", "eu-west-1");
@@ -326,7 +374,10 @@ mod tests {
     fn batch(records: Vec<Bytes>) -> Batch {
         Batch {
             tag: Tag::from_static("t"),
-            events: records.into_iter().map(|record| Event { time: EventTime::new(1, 0), record, metadata: Bytes::new() }).collect(),
+            events: records
+                .into_iter()
+                .map(|record| Event { time: EventTime::new(1, 0), record, metadata: Bytes::new() })
+                .collect(),
         }
     }
 
@@ -337,7 +388,12 @@ mod tests {
         let mentions = mp(&[("log", "no container_id key here, only in the text")]);
         let mut b = batch(vec![
             mp(&[("container_id", "aaa"), ("container_name", "/web"), ("log", "1")]),
-            mp(&[("container_id", "aaa"), ("container_name", "/web"), ("ecs_cluster", "mine"), ("log", "2")]),
+            mp(&[
+                ("container_id", "aaa"),
+                ("container_name", "/web"),
+                ("ecs_cluster", "mine"),
+                ("log", "2"),
+            ]),
             mp(&[("container_id", "zzz"), ("container_name", "/gone"), ("log", "3")]),
             plain.clone(),
             mentions.clone(),
@@ -346,14 +402,44 @@ mod tests {
         let grew = e.enrich(&mut b).await;
         assert!(grew > 0);
         let r: Vec<_> = b.events.iter().map(|e| &e.record).collect();
-        let kv = |pairs: &[(&str, &str)]| pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<Vec<_>>();
-        assert_eq!(decoded(r[0]), kv(&[("container_id", "aaa"), ("container_name", "web"), ("log", "1"), ("ecs_cluster", "c1"), ("region", "eu-west-1")]));
-        assert_eq!(decoded(r[1]), kv(&[("container_id", "aaa"), ("container_name", "web"), ("ecs_cluster", "mine"), ("log", "2"), ("region", "eu-west-1")]));
-        assert_eq!(decoded(r[2]), kv(&[("container_id", "zzz"), ("container_name", "/gone"), ("log", "3"), ("region", "eu-west-1")]), "unknown container: host fields only");
+        let kv = |pairs: &[(&str, &str)]| {
+            pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<Vec<_>>()
+        };
+        assert_eq!(
+            decoded(r[0]),
+            kv(&[
+                ("container_id", "aaa"),
+                ("container_name", "web"),
+                ("log", "1"),
+                ("ecs_cluster", "c1"),
+                ("region", "eu-west-1")
+            ])
+        );
+        assert_eq!(
+            decoded(r[1]),
+            kv(&[
+                ("container_id", "aaa"),
+                ("container_name", "web"),
+                ("ecs_cluster", "mine"),
+                ("log", "2"),
+                ("region", "eu-west-1")
+            ])
+        );
+        assert_eq!(
+            decoded(r[2]),
+            kv(&[
+                ("container_id", "zzz"),
+                ("container_name", "/gone"),
+                ("log", "3"),
+                ("region", "eu-west-1")
+            ]),
+            "unknown container: host fields only"
+        );
         assert_eq!(decoded(r[3]), kv(&[("msg", "hi"), ("region", "eu-west-1")]));
         assert_eq!(decoded(r[4]).len(), 2);
         assert_eq!(&r[5][..], &[0xc0], "not a map: unchanged");
-        let count = |result| m.enrich_records.get_or_create(&crate::metrics::ResultLabel { result }).get();
+        let count =
+            |result| m.enrich_records.get_or_create(&crate::metrics::ResultLabel { result }).get();
         assert_eq!((count("enriched"), count("no_metadata"), count("not_docker")), (2, 1, 3));
     }
 
@@ -364,7 +450,10 @@ mod tests {
         let mut b = batch(vec![plain.clone()]);
         assert_eq!(e.enrich(&mut b).await, 0);
         assert_eq!(b.events[0].record.as_ptr(), plain.as_ptr(), "not even copied");
-        assert_eq!(Enricher::disabled().enrich(&mut batch(vec![mp(&[("container_id", "aaa")])])).await, 0);
+        assert_eq!(
+            Enricher::disabled().enrich(&mut batch(vec![mp(&[("container_id", "aaa")])])).await,
+            0
+        );
         assert_eq!(e.docker().unwrap().multiline_start("aaa"), None);
     }
 }

@@ -57,7 +57,11 @@ impl Fields {
         write_str_header(&mut self.bytes, value.len());
         self.bytes.extend_from_slice(value.as_bytes());
         let end = self.bytes.len();
-        self.pairs.push(Pair { key: key_start..value_start, value: value_start..end, all: start..end });
+        self.pairs.push(Pair {
+            key: key_start..value_start,
+            value: value_start..end,
+            all: start..end,
+        });
         self.key_lens |= 1 << (key.len() % 64);
     }
 
@@ -78,7 +82,9 @@ impl Fields {
 
     /// Which pair has this key.
     pub fn index(&self, key: &[u8]) -> Option<usize> {
-        self.pairs.iter().position(|p| p.key.len() == key.len() && &self.bytes[p.key.clone()] == key)
+        self.pairs
+            .iter()
+            .position(|p| p.key.len() == key.len() && &self.bytes[p.key.clone()] == key)
     }
 
     /// The encoded value of pair `i`.
@@ -339,11 +345,14 @@ mod tests {
         rec.extend_from_slice(&encode(&Value::from(1))[..]);
         let out = apply(&rec, &f).unwrap();
         assert_eq!(out[0], 0x83);
-        assert_eq!(decode(&out), Value::Map(vec![
-            (Value::from("x"), Value::from(1)),
-            (Value::from("a"), Value::from("1")),
-            (Value::from("b"), Value::from("2")),
-        ]));
+        assert_eq!(
+            decode(&out),
+            Value::Map(vec![
+                (Value::from("x"), Value::from(1)),
+                (Value::from("a"), Value::from("1")),
+                (Value::from("b"), Value::from("2")),
+            ])
+        );
     }
 
     #[test]
@@ -354,11 +363,14 @@ mod tests {
         ]));
         let f = fields(&[("image", "theirs"), ("ecs_cluster", "c1")]);
         let out = decode(&apply(&rec, &f).unwrap());
-        assert_eq!(out, Value::Map(vec![
-            (Value::from("log"), Value::from("hi")),
-            (Value::from("image"), Value::from("mine")),
-            (Value::from("ecs_cluster"), Value::from("c1")),
-        ]));
+        assert_eq!(
+            out,
+            Value::Map(vec![
+                (Value::from("log"), Value::from("hi")),
+                (Value::from("image"), Value::from("mine")),
+                (Value::from("ecs_cluster"), Value::from("c1")),
+            ])
+        );
         // Every key present: no copy at all.
         let all = encode(&Value::Map(vec![
             (Value::from("image"), Value::from("mine")),
@@ -386,11 +398,14 @@ mod tests {
         let edit = Edit { replace: Some((range.unwrap(), f.value_bytes(i))), append: &append };
         let mut out = Vec::new();
         rewrite(&rec, view, &edit, &mut out);
-        assert_eq!(decode(&out), Value::Map(vec![
-            (Value::from("container_name"), Value::from("new")),
-            (Value::from("log"), Value::from("hi")),
-            (Value::from("image"), Value::from("busybox")),
-        ]));
+        assert_eq!(
+            decode(&out),
+            Value::Map(vec![
+                (Value::from("container_name"), Value::from("new")),
+                (Value::from("log"), Value::from("hi")),
+                (Value::from("image"), Value::from("busybox")),
+            ])
+        );
     }
 
     #[test]
@@ -435,7 +450,8 @@ mod tests {
         scalar().prop_recursive(3, 16, 4, |inner| {
             prop_oneof![
                 proptest::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
-                proptest::collection::vec((".{0,8}".prop_map(Value::from), inner), 0..4).prop_map(Value::Map),
+                proptest::collection::vec((".{0,8}".prop_map(Value::from), inner), 0..4)
+                    .prop_map(Value::Map),
             ]
         })
     }

@@ -82,11 +82,7 @@ pub enum DecodeError {
     #[error("time of entry {index} is {found}, not an integer, a float or an EventTime")]
     BadTime { index: usize, found: &'static str },
     #[error("time of entry {index} is an extension of type {ext_type} and {len} bytes, not an EventTime (type 0, 8 bytes)")]
-    BadTimeExt {
-        index: usize,
-        ext_type: i8,
-        len: usize,
-    },
+    BadTimeExt { index: usize, ext_type: i8, len: usize },
     #[error("time of entry {index} is out of range")]
     TimeOutOfRange { index: usize },
     #[error("entry {index} is {what}")]
@@ -96,11 +92,7 @@ pub enum DecodeError {
     #[error("options are {found}, not a map")]
     OptionsNotMap { found: &'static str },
     #[error("option {key:?} is {found}, not {expected}")]
-    BadOption {
-        key: &'static str,
-        found: &'static str,
-        expected: &'static str,
-    },
+    BadOption { key: &'static str, found: &'static str, expected: &'static str },
     #[error("unknown compression {value:?} (expected \"gzip\" or \"text\")")]
     UnknownCompression { value: String },
     #[error("gzip payload is corrupt: {source}")]
@@ -144,19 +136,13 @@ impl DecodeError {
 pub fn decode_frame(frame: Bytes, limits: &Limits) -> Result<Frame, DecodeError> {
     let max = limits.max_message_size;
     if frame.len() > max {
-        return Err(DecodeError::FrameTooLarge {
-            size: frame.len(),
-            max,
-        });
+        return Err(DecodeError::FrameTooLarge { size: frame.len(), max });
     }
     // Not re-walked here: the connection's `frame_len` already proved the frame whole, and
     // re-walking would cost a Forward-mode request a third pass over its records. Every
     // read below is bounds-checked and values are skipped with the same walker, so
     // arbitrary bytes still fail cleanly (the fuzz target feeds them).
-    let mut r = Reader {
-        buf: &frame,
-        pos: 0,
-    };
+    let mut r = Reader { buf: &frame, pos: 0 };
     let decoded = decode_value(&frame, &mut r, max)?;
     if r.pos != frame.len() {
         return Err(DecodeError::Malformed {
@@ -174,9 +160,7 @@ fn decode_value(frame: &Bytes, r: &mut Reader<'_>, max: usize) -> Result<Frame, 
         return Ok(Frame::Heartbeat);
     }
     let Some(len) = r.array_len()? else {
-        return Err(DecodeError::NotArray {
-            found: type_name(first),
-        });
+        return Err(DecodeError::NotArray { found: type_name(first) });
     };
     if !(2..=4).contains(&len) {
         return Err(DecodeError::RequestLength { len });
@@ -187,11 +171,7 @@ fn decode_value(frame: &Bytes, r: &mut Reader<'_>, max: usize) -> Result<Frame, 
         Some((range, true)) => {
             Tag::from_bytes(frame.slice(range)).ok_or(DecodeError::TagNotUtf8)?
         }
-        _ => {
-            return Err(DecodeError::TagNotString {
-                found: type_name(tag_marker),
-            })
-        }
+        _ => return Err(DecodeError::TagNotString { found: type_name(tag_marker) }),
     };
 
     let second = r.peek()?;
@@ -199,32 +179,18 @@ fn decode_value(frame: &Bytes, r: &mut Reader<'_>, max: usize) -> Result<Frame, 
         Kind::Int | Kind::Float | Kind::Ext => {
             // Message: [tag, time, record, option?]
             if len < 3 {
-                return Err(DecodeError::ModeLength {
-                    mode: Mode::Message,
-                    len,
-                });
+                return Err(DecodeError::ModeLength { mode: Mode::Message, len });
             }
             let time = r.time(0)?;
             let record = r.record(0)?;
-            let options = if len == 4 {
-                r.options(frame)?.0
-            } else {
-                Options::default()
-            };
-            let events = vec![Event {
-                time,
-                record: frame.slice(record),
-                metadata: Bytes::new(),
-            }];
+            let options = if len == 4 { r.options(frame)?.0 } else { Options::default() };
+            let events = vec![Event { time, record: frame.slice(record), metadata: Bytes::new() }];
             Ok(request(Mode::Message, tag, events, options))
         }
         Kind::Array => {
             // Forward: [tag, [entry...], option?]
             if len > 3 {
-                return Err(DecodeError::ModeLength {
-                    mode: Mode::Forward,
-                    len,
-                });
+                return Err(DecodeError::ModeLength { mode: Mode::Forward, len });
             }
             let n = r.array_len()?.unwrap_or(0);
             // Each entry takes at least 3 bytes (`[t, {}]`), which bounds a hostile count.
@@ -232,32 +198,19 @@ fn decode_value(frame: &Bytes, r: &mut Reader<'_>, max: usize) -> Result<Frame, 
             for index in 0..n {
                 events.push(r.entry(frame, index)?);
             }
-            let options = if len == 3 {
-                r.options(frame)?.0
-            } else {
-                Options::default()
-            };
+            let options = if len == 3 { r.options(frame)?.0 } else { Options::default() };
             Ok(request(Mode::Forward, tag, events, options))
         }
         Kind::Str | Kind::Bin => {
             // PackedForward / CompressedPackedForward: [tag, entries-as-bytes, option?]
             if len > 3 {
-                return Err(DecodeError::ModeLength {
-                    mode: Mode::PackedForward,
-                    len,
-                });
+                return Err(DecodeError::ModeLength { mode: Mode::PackedForward, len });
             }
             let Some((payload, is_str)) = r.str_or_bin()? else {
-                return Err(DecodeError::Malformed {
-                    what: "packed payload",
-                    offset: r.pos,
-                });
+                return Err(DecodeError::Malformed { what: "packed payload", offset: r.pos });
             };
-            let (options, compression) = if len == 3 {
-                r.options(frame)?
-            } else {
-                (Options::default(), Compression::Text)
-            };
+            let (options, compression) =
+                if len == 3 { r.options(frame)? } else { (Options::default(), Compression::Text) };
             let (mode, payload) = match compression {
                 Compression::Text if is_str && is_transcoded(&frame[payload.clone()]) => {
                     (Mode::PackedForward, latin1_from_utf8(&frame[payload])?)
@@ -268,18 +221,14 @@ fn decode_value(frame: &Bytes, r: &mut Reader<'_>, max: usize) -> Result<Frame, 
             let events = packed_entries(&payload, options.size)?;
             Ok(request(mode, tag, events, options))
         }
-        Kind::Nil | Kind::Bool | Kind::Map | Kind::Reserved => Err(DecodeError::UnknownMode {
-            found: type_name(second),
-        }),
+        Kind::Nil | Kind::Bool | Kind::Map | Kind::Reserved => {
+            Err(DecodeError::UnknownMode { found: type_name(second) })
+        }
     }
 }
 
 fn request(mode: Mode, tag: Tag, events: Vec<Event>, options: Options) -> Frame {
-    Frame::Request(Request {
-        mode,
-        batch: Batch { tag, events },
-        options,
-    })
+    Frame::Request(Request { mode, batch: Batch { tag, events }, options })
 }
 
 /// Decodes the concatenated entries of a packed payload (a slice of the frame, or the
@@ -293,17 +242,12 @@ fn packed_entries(payload: &Bytes, size: Option<u64>) -> Result<Vec<Event>, Deco
         _ => count_entries(payload),
     };
     let mut events = Vec::with_capacity(capacity);
-    let mut r = Reader {
-        buf: payload,
-        pos: 0,
-    };
+    let mut r = Reader { buf: payload, pos: 0 };
     let mut index = 0;
     while r.remaining() > 0 {
         match r.entry(payload, index) {
             Ok(ev) => events.push(ev),
-            Err(DecodeError::Malformed {
-                what: TRUNCATED, ..
-            }) => {
+            Err(DecodeError::Malformed { what: TRUNCATED, .. }) => {
                 return Err(DecodeError::BadEntry {
                     index,
                     what: "truncated in the packed payload",
@@ -416,19 +360,15 @@ impl Reader<'_> {
     }
 
     fn truncated(&self) -> DecodeError {
-        DecodeError::Malformed {
-            what: TRUNCATED,
-            offset: self.buf.len(),
-        }
+        DecodeError::Malformed { what: TRUNCATED, offset: self.buf.len() }
     }
 
     /// The next marker byte; the reserved 0xc1 is malformed wherever it appears.
     fn peek(&self) -> Result<u8, DecodeError> {
         match self.buf.get(self.pos) {
-            Some(0xc1) => Err(DecodeError::Malformed {
-                what: "reserved marker 0xc1",
-                offset: self.pos,
-            }),
+            Some(0xc1) => {
+                Err(DecodeError::Malformed { what: "reserved marker 0xc1", offset: self.pos })
+            }
             Some(&b) => Ok(b),
             None => Err(self.truncated()),
         }
@@ -436,19 +376,13 @@ impl Reader<'_> {
 
     fn take(&mut self, n: usize) -> Result<&[u8], DecodeError> {
         let end = self.pos.checked_add(n).ok_or_else(|| self.truncated())?;
-        let s = self
-            .buf
-            .get(self.pos..end)
-            .ok_or_else(|| self.truncated())?;
+        let s = self.buf.get(self.pos..end).ok_or_else(|| self.truncated())?;
         self.pos = end;
         Ok(s)
     }
 
     fn be(&mut self, n: usize) -> Result<u64, DecodeError> {
-        Ok(self
-            .take(n)?
-            .iter()
-            .fold(0u64, |acc, &b| (acc << 8) | u64::from(b)))
+        Ok(self.take(n)?.iter().fold(0u64, |acc, &b| (acc << 8) | u64::from(b)))
     }
 
     fn len_of(&mut self, n: usize) -> Result<usize, DecodeError> {
@@ -514,11 +448,7 @@ impl Reader<'_> {
             _ => return Ok(None),
         };
         self.pos += 1;
-        let len = if hdr == 0 {
-            usize::from(m & 0x1f)
-        } else {
-            self.len_of(hdr)?
-        };
+        let len = if hdr == 0 { usize::from(m & 0x1f) } else { self.len_of(hdr)? };
         let start = self.pos;
         self.take(len)?;
         Ok(Some((start..self.pos, is_str)))
@@ -536,10 +466,9 @@ impl Reader<'_> {
             Ok(FrameStatus::Incomplete { .. }) | Err(DecodeError::FrameTooLarge { .. }) => {
                 Err(self.truncated())
             }
-            Err(DecodeError::Malformed { what, offset }) => Err(DecodeError::Malformed {
-                what,
-                offset: start + offset,
-            }),
+            Err(DecodeError::Malformed { what, offset }) => {
+                Err(DecodeError::Malformed { what, offset: start + offset })
+            }
             Err(e) => Err(e),
         }
     }
@@ -606,11 +535,7 @@ impl Reader<'_> {
                 let ext_type = self.take(1)?[0] as i8;
                 let body = self.take(len)?;
                 if ext_type != 0 || len != 8 {
-                    return Err(DecodeError::BadTimeExt {
-                        index,
-                        ext_type,
-                        len,
-                    });
+                    return Err(DecodeError::BadTimeExt { index, ext_type, len });
                 }
                 let secs = u32::from_be_bytes([body[0], body[1], body[2], body[3]]);
                 let nanos = u32::from_be_bytes([body[4], body[5], body[6], body[7]]);
@@ -619,10 +544,7 @@ impl Reader<'_> {
                 }
                 Ok(EventTime::new(i64::from(secs), nanos))
             }
-            _ => Err(DecodeError::BadTime {
-                index,
-                found: type_name(m),
-            }),
+            _ => Err(DecodeError::BadTime { index, found: type_name(m) }),
         }
     }
 
@@ -630,10 +552,7 @@ impl Reader<'_> {
     fn record(&mut self, index: usize) -> Result<Range<usize>, DecodeError> {
         let m = self.peek()?;
         if Kind::of(m) != Kind::Map {
-            return Err(DecodeError::NonMapRecord {
-                index,
-                found: type_name(m),
-            });
+            return Err(DecodeError::NonMapRecord { index, found: type_name(m) });
         }
         self.skip()
     }
@@ -648,12 +567,7 @@ impl Reader<'_> {
                     what: "an array of the wrong length, not [time, record]",
                 })
             }
-            None => {
-                return Err(DecodeError::BadEntry {
-                    index,
-                    what: "not an array",
-                })
-            }
+            None => return Err(DecodeError::BadEntry { index, what: "not an array" }),
         }
         let (time, metadata) = match self.array_len()? {
             None => (self.time(index)?, Bytes::new()),
@@ -677,11 +591,7 @@ impl Reader<'_> {
             }
         };
         let record = self.record(index)?;
-        Ok(Event {
-            time,
-            record: base.slice(record),
-            metadata,
-        })
+        Ok(Event { time, record: base.slice(record), metadata })
     }
 
     /// The option map (or nil). Returns the options and the payload compression.
@@ -694,9 +604,7 @@ impl Reader<'_> {
             return Ok((options, compression));
         }
         let Some(n) = self.map_len()? else {
-            return Err(DecodeError::OptionsNotMap {
-                found: type_name(m),
-            });
+            return Err(DecodeError::OptionsNotMap { found: type_name(m) });
         };
         for _ in 0..n {
             let key = match self.str_or_bin()? {
@@ -824,9 +732,7 @@ mod tests {
     use rmp::encode as enc;
     use std::io::Write;
 
-    const LIMITS: Limits = Limits {
-        max_message_size: 1 << 20,
-    };
+    const LIMITS: Limits = Limits { max_message_size: 1 << 20 };
     /// {"a": 1}
     const REC: &[u8] = &[0x81, 0xa1, b'a', 0x01];
     /// {"m": 2}
@@ -899,14 +805,8 @@ mod tests {
     fn message_mode_time_forms() {
         let cases: &[(&[u8], EventTime)] = &[
             (&[0x05], EventTime::new(5, 0)),
-            (
-                &[0xce, 0x69, 0x20, 0xfd, 0x00],
-                EventTime::new(1763769600, 0),
-            ),
-            (
-                &[0xcf, 0, 0, 0, 0, 0x69, 0x20, 0xfd, 0x00],
-                EventTime::new(1763769600, 0),
-            ),
+            (&[0xce, 0x69, 0x20, 0xfd, 0x00], EventTime::new(1763769600, 0)),
+            (&[0xcf, 0, 0, 0, 0, 0x69, 0x20, 0xfd, 0x00], EventTime::new(1763769600, 0)),
             (&[0xd2, 0xff, 0xff, 0xff, 0xfe], EventTime::new(-2, 0)),
             (&[0xff], EventTime::new(-1, 0)),
             // f64 1763769600.25
@@ -945,14 +845,8 @@ mod tests {
 
     #[test]
     fn float_time_rounds_to_the_nanosecond() {
-        assert_eq!(
-            float_time(1.999_999_999_9, 0).ok(),
-            Some(EventTime::new(2, 0))
-        );
-        assert_eq!(
-            float_time(-0.5, 0).ok(),
-            Some(EventTime::new(-1, 500_000_000))
-        );
+        assert_eq!(float_time(1.999_999_999_9, 0).ok(), Some(EventTime::new(2, 0)));
+        assert_eq!(float_time(-0.5, 0).ok(), Some(EventTime::new(-1, 500_000_000)));
         assert!(float_time(f64::NAN, 0).is_err());
         assert!(float_time(1e300, 0).is_err());
     }
@@ -962,17 +856,12 @@ mod tests {
         // {"chunk": "abc", "size": 1, "other": [1]}
         let opt: &[u8] = b"\x83\xa5chunk\xa3abc\xa4size\x01\xa5other\x91\x01";
         let frame = Bytes::from(message(4, b"\xa1t", &[0x01], &[opt]));
-        let Ok(Frame::Request(r)) = decode_frame(frame.clone(), &LIMITS) else {
-            panic!()
-        };
+        let Ok(Frame::Request(r)) = decode_frame(frame.clone(), &LIMITS) else { panic!() };
         assert_eq!(r.options.chunk.as_deref(), Some(&b"\xa3abc"[..]));
         assert_eq!(r.options.size, Some(1));
         let rec = &r.batch.events[0].record;
         let inside = frame.as_ptr_range();
-        assert!(
-            inside.contains(&rec.as_ptr()),
-            "record is not a slice of the frame"
-        );
+        assert!(inside.contains(&rec.as_ptr()), "record is not a slice of the frame");
     }
 
     #[test]
@@ -988,10 +877,7 @@ mod tests {
             Mode::Forward,
             "fwd",
             &events,
-            &EncodeOptions {
-                chunk: Some("c1".into()),
-                event_time: true,
-            },
+            &EncodeOptions { chunk: Some("c1".into()), event_time: true },
         );
         let r = req(&b);
         assert_eq!(r.mode, Mode::Forward);
@@ -1021,10 +907,7 @@ mod tests {
             Mode::PackedForward,
             "p",
             &events,
-            &EncodeOptions {
-                chunk: None,
-                event_time: true,
-            },
+            &EncodeOptions { chunk: None, event_time: true },
         );
         let r = req(&b);
         assert_eq!((r.mode, r.options.size), (Mode::PackedForward, Some(2)));
@@ -1060,12 +943,8 @@ mod tests {
     #[test]
     fn compressed_packed_forward_single_and_multi_member() {
         let events = [ev(1, 0, b""), ev(2, 5, META), ev(3, 0, b"")];
-        let b = encode_request(
-            Mode::CompressedPackedForward,
-            "z",
-            &events,
-            &EncodeOptions::default(),
-        );
+        let b =
+            encode_request(Mode::CompressedPackedForward, "z", &events, &EncodeOptions::default());
         let r = req(&b);
         assert_eq!(r.mode, Mode::CompressedPackedForward);
         assert_eq!(r.batch.events.len(), 3);
@@ -1083,37 +962,24 @@ mod tests {
         let b = packed("z", &gzip(&zeros), Some("gzip"));
         let e = err(&b);
         assert_eq!(e.reason(), "decompressed_too_large");
-        assert_eq!(
-            e.to_string(),
-            "gzip payload inflates past max_message_size (1048576 bytes)"
-        );
+        assert_eq!(e.to_string(), "gzip payload inflates past max_message_size (1048576 bytes)");
     }
 
     #[test]
     fn corrupt_gzip_fails_clearly() {
-        let e = err(&packed(
-            "z",
-            b"\x1f\x8bnot really gzip at all",
-            Some("gzip"),
-        ));
+        let e = err(&packed("z", b"\x1f\x8bnot really gzip at all", Some("gzip")));
         assert_eq!(e.reason(), "bad_compression");
         assert!(e.to_string().starts_with("gzip payload is corrupt"), "{e}");
         let mut truncated = gzip(b"\x92\x01\x81\xa1a\x01");
         truncated.truncate(truncated.len() - 4);
-        assert_eq!(
-            err(&packed("z", &truncated, Some("gzip"))).reason(),
-            "bad_compression"
-        );
+        assert_eq!(err(&packed("z", &truncated, Some("gzip"))).reason(), "bad_compression");
     }
 
     #[test]
     fn unknown_compression_is_rejected() {
         let e = err(&packed("z", b"", Some("zstd")));
         assert_eq!(e.reason(), "bad_compression");
-        assert_eq!(
-            e.to_string(),
-            "unknown compression \"zstd\" (expected \"gzip\" or \"text\")"
-        );
+        assert_eq!(e.to_string(), "unknown compression \"zstd\" (expected \"gzip\" or \"text\")");
     }
 
     #[test]
@@ -1158,11 +1024,7 @@ mod tests {
         ];
         for (b, reason, msg) in cases {
             let e = err(b);
-            assert_eq!(
-                (e.reason(), e.to_string().as_str()),
-                (*reason, *msg),
-                "{b:02x?}"
-            );
+            assert_eq!((e.reason(), e.to_string().as_str()), (*reason, *msg), "{b:02x?}");
         }
     }
 
@@ -1174,17 +1036,12 @@ mod tests {
 
     #[test]
     fn frame_over_the_limit() {
-        let limits = Limits {
-            max_message_size: 16,
-        };
+        let limits = Limits { max_message_size: 16 };
         let b = Bytes::from(message(3, b"\xa1t", &[0xce, 0, 0, 0, 1], &[]));
         let padded = Bytes::from([&b[..], &[0u8; 20][..]].concat());
         let e = decode_frame(padded, &limits).err().unwrap();
         assert_eq!(e.reason(), "frame_too_large");
-        assert_eq!(
-            e.to_string(),
-            "frame of 32 bytes exceeds max_message_size 16"
-        );
+        assert_eq!(e.to_string(), "frame of 32 bytes exceeds max_message_size 16");
     }
 
     #[test]
@@ -1192,9 +1049,6 @@ mod tests {
         // Forward mode claiming 4 billion entries in a 9-byte frame: the Vec is sized from
         // the bytes left, not the claim, and the first entry is found missing.
         let e = err(b"\x92\xa1t\xdd\xff\xff\xff\xff");
-        assert_eq!(
-            e.to_string(),
-            "malformed msgpack at byte 8: value truncated"
-        );
+        assert_eq!(e.to_string(), "malformed msgpack at byte 8: value truncated");
     }
 }

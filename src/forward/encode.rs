@@ -67,14 +67,7 @@ pub fn encode_request(mode: Mode, tag: &str, events: &[Event], opts: &EncodeOpti
             for ev in events {
                 write_entry(&mut entries, ev, opts.event_time);
             }
-            write_packed(
-                &mut out,
-                tag,
-                &entries,
-                events.len(),
-                opts.chunk.as_deref(),
-                false,
-            );
+            write_packed(&mut out, tag, &entries, events.len(), opts.chunk.as_deref(), false);
         }
         Mode::CompressedPackedForward => {
             let mut entries = Vec::with_capacity(estimate("", events));
@@ -82,14 +75,9 @@ pub fn encode_request(mode: Mode, tag: &str, events: &[Event], opts: &EncodeOpti
                 write_entry(&mut entries, ev, opts.event_time);
             }
             match gzip(&entries) {
-                Some(gz) => write_packed(
-                    &mut out,
-                    tag,
-                    &gz,
-                    events.len(),
-                    opts.chunk.as_deref(),
-                    true,
-                ),
+                Some(gz) => {
+                    write_packed(&mut out, tag, &gz, events.len(), opts.chunk.as_deref(), true)
+                }
                 // Unreachable in practice (see `gzip`); a plain PackedForward request
                 // carries the same events and every server accepts it.
                 None => write_packed(
@@ -192,11 +180,7 @@ fn len_u32(n: usize) -> u32 {
 
 fn estimate(tag: &str, events: &[Event]) -> usize {
     let per_event = 16 + tag.len();
-    events
-        .iter()
-        .map(|e| e.record.len() + e.metadata.len() + per_event)
-        .sum::<usize>()
-        + 32
+    events.iter().map(|e| e.record.len() + e.metadata.len() + per_event).sum::<usize>() + 32
 }
 
 #[cfg(test)]
@@ -210,11 +194,7 @@ mod tests {
     }
 
     fn ev(secs: i64, nanos: u32) -> Event {
-        Event {
-            time: EventTime::new(secs, nanos),
-            record: rec(),
-            metadata: Bytes::new(),
-        }
+        Event { time: EventTime::new(secs, nanos), record: rec(), metadata: Bytes::new() }
     }
 
     #[test]
@@ -234,10 +214,7 @@ mod tests {
 
     #[test]
     fn message_mode_event_time_and_chunk_on_each() {
-        let opts = EncodeOptions {
-            chunk: Some("c".into()),
-            event_time: true,
-        };
+        let opts = EncodeOptions { chunk: Some("c".into()), event_time: true };
         let out = encode_request(Mode::Message, "t", &[ev(1, 2), ev(3, 4)], &opts);
         let one: &[u8] = &[
             0x94, 0xa1, b't', 0xd7, 0x00, 0, 0, 0, 1, 0, 0, 0, 2, 0x81, 0xa1, b'a', 0x01, 0x81,
@@ -263,12 +240,7 @@ mod tests {
 
     #[test]
     fn packed_forward_has_bin_payload_and_size() {
-        let out = encode_request(
-            Mode::PackedForward,
-            "t",
-            &[ev(7, 0)],
-            &EncodeOptions::default(),
-        );
+        let out = encode_request(Mode::PackedForward, "t", &[ev(7, 0)], &EncodeOptions::default());
         assert_eq!(
             out,
             [

@@ -33,11 +33,7 @@ enum Shape {
     Sized { len_bytes: usize, extra: usize },
     /// An array or map header of `hdr` bytes whose element count is `n` (inline, for the
     /// fix forms) or read from the `hdr - 1` bytes after the marker; `per` values per element.
-    Container {
-        hdr: usize,
-        inline: Option<usize>,
-        per: usize,
-    },
+    Container { hdr: usize, inline: Option<usize>, per: usize },
     /// 0xc1, "never used".
     Reserved,
 }
@@ -46,72 +42,34 @@ enum Shape {
 fn shape(marker: u8) -> Shape {
     match marker {
         0x00..=0x7f | 0xe0..=0xff | 0xc0 | 0xc2 | 0xc3 => Shape::Fixed(1),
-        0x80..=0x8f => Shape::Container {
-            hdr: 1,
-            inline: Some(usize::from(marker & 0x0f)),
-            per: 2,
-        },
-        0x90..=0x9f => Shape::Container {
-            hdr: 1,
-            inline: Some(usize::from(marker & 0x0f)),
-            per: 1,
-        },
+        0x80..=0x8f => {
+            Shape::Container { hdr: 1, inline: Some(usize::from(marker & 0x0f)), per: 2 }
+        }
+        0x90..=0x9f => {
+            Shape::Container { hdr: 1, inline: Some(usize::from(marker & 0x0f)), per: 1 }
+        }
         // fixstr: the length is in the marker; model it as a fixed header plus body below.
         0xa0..=0xbf => Shape::Fixed(1 + usize::from(marker & 0x1f)),
         0xc1 => Shape::Reserved,
-        0xc4 | 0xd9 => Shape::Sized {
-            len_bytes: 1,
-            extra: 0,
-        }, // bin8, str8
-        0xc5 | 0xda => Shape::Sized {
-            len_bytes: 2,
-            extra: 0,
-        }, // bin16, str16
-        0xc6 | 0xdb => Shape::Sized {
-            len_bytes: 4,
-            extra: 0,
-        }, // bin32, str32
-        0xc7 => Shape::Sized {
-            len_bytes: 1,
-            extra: 1,
-        }, // ext8
-        0xc8 => Shape::Sized {
-            len_bytes: 2,
-            extra: 1,
-        }, // ext16
-        0xc9 => Shape::Sized {
-            len_bytes: 4,
-            extra: 1,
-        }, // ext32
-        0xca | 0xd2 | 0xce => Shape::Fixed(5), // f32, i32, u32
-        0xcb | 0xd3 | 0xcf => Shape::Fixed(9), // f64, i64, u64
-        0xcc | 0xd0 => Shape::Fixed(2),        // u8, i8
-        0xcd | 0xd1 => Shape::Fixed(3),        // u16, i16
-        0xd4 => Shape::Fixed(3),               // fixext1
-        0xd5 => Shape::Fixed(4),               // fixext2
-        0xd6 => Shape::Fixed(6),               // fixext4
-        0xd7 => Shape::Fixed(10),              // fixext8
-        0xd8 => Shape::Fixed(18),              // fixext16
-        0xdc => Shape::Container {
-            hdr: 3,
-            inline: None,
-            per: 1,
-        }, // array16
-        0xdd => Shape::Container {
-            hdr: 5,
-            inline: None,
-            per: 1,
-        }, // array32
-        0xde => Shape::Container {
-            hdr: 3,
-            inline: None,
-            per: 2,
-        }, // map16
-        0xdf => Shape::Container {
-            hdr: 5,
-            inline: None,
-            per: 2,
-        }, // map32
+        0xc4 | 0xd9 => Shape::Sized { len_bytes: 1, extra: 0 }, // bin8, str8
+        0xc5 | 0xda => Shape::Sized { len_bytes: 2, extra: 0 }, // bin16, str16
+        0xc6 | 0xdb => Shape::Sized { len_bytes: 4, extra: 0 }, // bin32, str32
+        0xc7 => Shape::Sized { len_bytes: 1, extra: 1 },        // ext8
+        0xc8 => Shape::Sized { len_bytes: 2, extra: 1 },        // ext16
+        0xc9 => Shape::Sized { len_bytes: 4, extra: 1 },        // ext32
+        0xca | 0xd2 | 0xce => Shape::Fixed(5),                  // f32, i32, u32
+        0xcb | 0xd3 | 0xcf => Shape::Fixed(9),                  // f64, i64, u64
+        0xcc | 0xd0 => Shape::Fixed(2),                         // u8, i8
+        0xcd | 0xd1 => Shape::Fixed(3),                         // u16, i16
+        0xd4 => Shape::Fixed(3),                                // fixext1
+        0xd5 => Shape::Fixed(4),                                // fixext2
+        0xd6 => Shape::Fixed(6),                                // fixext4
+        0xd7 => Shape::Fixed(10),                               // fixext8
+        0xd8 => Shape::Fixed(18),                               // fixext16
+        0xdc => Shape::Container { hdr: 3, inline: None, per: 1 }, // array16
+        0xdd => Shape::Container { hdr: 5, inline: None, per: 1 }, // array32
+        0xde => Shape::Container { hdr: 3, inline: None, per: 2 }, // map16
+        0xdf => Shape::Container { hdr: 5, inline: None, per: 2 }, // map32
     }
 }
 
@@ -134,9 +92,7 @@ pub fn frame_len(buf: &[u8], max: usize) -> Result<FrameStatus, DecodeError> {
     let mut pending = 1usize;
     while pending > 0 {
         let Some(&marker) = buf.get(pos) else {
-            return Ok(FrameStatus::Incomplete {
-                at_least: pos + pending,
-            });
+            return Ok(FrameStatus::Incomplete { at_least: pos + pending });
         };
         pending -= 1;
         let next = match shape(marker) {
@@ -160,18 +116,12 @@ pub fn frame_len(buf: &[u8], max: usize) -> Result<FrameStatus, DecodeError> {
                 pos + hdr
             }
             Shape::Reserved => {
-                return Err(DecodeError::Malformed {
-                    what: "reserved marker 0xc1",
-                    offset: pos,
-                })
+                return Err(DecodeError::Malformed { what: "reserved marker 0xc1", offset: pos })
             }
         };
         let at_least = next.saturating_add(pending);
         if at_least > max {
-            return Err(DecodeError::FrameTooLarge {
-                size: at_least,
-                max,
-            });
+            return Err(DecodeError::FrameTooLarge { size: at_least, max });
         }
         if next > buf.len() {
             return Ok(FrameStatus::Incomplete { at_least });
@@ -185,10 +135,7 @@ pub fn frame_len(buf: &[u8], max: usize) -> Result<FrameStatus, DecodeError> {
 fn incomplete(header_end: usize, pending: usize, max: usize) -> Result<FrameStatus, DecodeError> {
     let at_least = header_end.saturating_add(pending);
     if at_least > max {
-        return Err(DecodeError::FrameTooLarge {
-            size: at_least,
-            max,
-        });
+        return Err(DecodeError::FrameTooLarge { size: at_least, max });
     }
     Ok(FrameStatus::Incomplete { at_least })
 }
@@ -208,15 +155,7 @@ mod tests {
 
     #[test]
     fn scalars() {
-        for b in [
-            &[0x00][..],
-            &[0x7f],
-            &[0xe0],
-            &[0xff],
-            &[0xc0],
-            &[0xc2],
-            &[0xc3],
-        ] {
+        for b in [&[0x00][..], &[0x7f], &[0xe0], &[0xff], &[0xc0], &[0xc2], &[0xc3]] {
             assert_eq!(complete(b), 1);
         }
         assert_eq!(complete(&[0xcc, 1]), 2);
@@ -238,10 +177,7 @@ mod tests {
         assert_eq!(complete(b"\xc5\x00\x02ab"), 5);
         assert_eq!(complete(b"\xc6\x00\x00\x00\x02ab"), 7);
         assert_eq!(complete(b"\xd7\x00\x00\x00\x00\x01\x00\x00\x00\x02"), 10);
-        assert_eq!(
-            complete(b"\xc7\x08\x00\x00\x00\x00\x01\x00\x00\x00\x02"),
-            11
-        );
+        assert_eq!(complete(b"\xc7\x08\x00\x00\x00\x00\x01\x00\x00\x00\x02"), 11);
         assert_eq!(complete(b"\xc8\x00\x01\x05x"), 5);
         assert_eq!(complete(b"\xc9\x00\x00\x00\x01\x05x"), 7);
         assert_eq!(complete(b"\xd4\x01x"), 3);
@@ -273,10 +209,7 @@ mod tests {
         for cut in 0..v.len() {
             match frame_len(&v[..cut], MAX) {
                 Ok(FrameStatus::Incomplete { at_least }) => {
-                    assert!(
-                        at_least > cut && at_least <= v.len(),
-                        "cut {cut}: {at_least}"
-                    )
+                    assert!(at_least > cut && at_least <= v.len(), "cut {cut}: {at_least}")
                 }
                 other => panic!("cut {cut}: {other:?}"),
             }
@@ -287,19 +220,13 @@ mod tests {
     fn deep_nesting_does_not_recurse() {
         let mut v = vec![0x91; 1_000_000];
         v.push(0xc0);
-        assert_eq!(
-            frame_len(&v, usize::MAX).ok(),
-            Some(FrameStatus::Complete(v.len()))
-        );
+        assert_eq!(frame_len(&v, usize::MAX).ok(), Some(FrameStatus::Complete(v.len())));
     }
 
     #[test]
     fn reserved_marker_is_malformed() {
         let err = frame_len(b"\x92\x01\xc1", MAX).err();
-        assert!(
-            matches!(err, Some(DecodeError::Malformed { offset: 2, .. })),
-            "{err:?}"
-        );
+        assert!(matches!(err, Some(DecodeError::Malformed { offset: 2, .. })), "{err:?}");
     }
 
     #[test]
@@ -330,17 +257,8 @@ mod tests {
 
     #[test]
     fn incomplete_header_reports_header_end() {
-        assert_eq!(
-            frame_len(b"\xdd\x00", MAX).ok(),
-            Some(FrameStatus::Incomplete { at_least: 5 })
-        );
-        assert_eq!(
-            frame_len(b"", MAX).ok(),
-            Some(FrameStatus::Incomplete { at_least: 1 })
-        );
-        assert_eq!(
-            frame_len(b"\x92\x01", MAX).ok(),
-            Some(FrameStatus::Incomplete { at_least: 3 })
-        );
+        assert_eq!(frame_len(b"\xdd\x00", MAX).ok(), Some(FrameStatus::Incomplete { at_least: 5 }));
+        assert_eq!(frame_len(b"", MAX).ok(), Some(FrameStatus::Incomplete { at_least: 1 }));
+        assert_eq!(frame_len(b"\x92\x01", MAX).ok(), Some(FrameStatus::Incomplete { at_least: 3 }));
     }
 }

@@ -147,11 +147,7 @@ impl ServerHandshake {
     pub fn new(auth: &ServerAuth) -> ServerHandshake {
         let nonce: [u8; NONCE_LEN] = rand::random();
         let salt: [u8; NONCE_LEN] = rand::random();
-        let auth_salt = if auth.users.is_empty() {
-            Vec::new()
-        } else {
-            salt.to_vec()
-        };
+        let auth_salt = if auth.users.is_empty() { Vec::new() } else { salt.to_vec() };
         ServerHandshake { nonce, auth_salt }
     }
 
@@ -186,12 +182,8 @@ impl ServerHandshake {
             return self.refuse(HandshakeError::InvalidPing, String::new());
         };
         let client_hostname = String::from_utf8_lossy(ping.hostname).into_owned();
-        let expected = shared_key_hexdigest(
-            ping.salt,
-            ping.hostname,
-            &self.nonce,
-            auth.shared_key.as_bytes(),
-        );
+        let expected =
+            shared_key_hexdigest(ping.salt, ping.hostname, &self.nonce, auth.shared_key.as_bytes());
         if !ct_eq(expected.as_bytes(), ping.digest) {
             return self.refuse(HandshakeError::SharedKeyMismatch, client_hostname);
         }
@@ -223,13 +215,7 @@ impl ServerHandshake {
         put_str(&mut pong, b"");
         put_str(&mut pong, auth.self_hostname.as_bytes());
         put_str(&mut pong, digest.as_bytes());
-        PingOutcome {
-            accepted: true,
-            reason: String::new(),
-            pong,
-            client_hostname,
-            error: None,
-        }
+        PingOutcome { accepted: true, reason: String::new(), pong, client_hostname, error: None }
     }
 
     /// `["PONG", false, reason, "", ""]`, as fluentd and Fluent Bit answer a refused PING.
@@ -242,13 +228,7 @@ impl ServerHandshake {
         put_str(&mut pong, reason.as_bytes());
         put_str(&mut pong, b"");
         put_str(&mut pong, b"");
-        PingOutcome {
-            accepted: false,
-            reason,
-            pong,
-            client_hostname,
-            error: Some(error),
-        }
+        PingOutcome { accepted: false, reason, pong, client_hostname, error: Some(error) }
     }
 }
 
@@ -406,8 +386,7 @@ fn parse_helo(frame: &[u8]) -> Option<(Vec<u8>, Vec<u8>, bool)> {
             _ => r.skip(0)?,
         }
     }
-    r.at_end()
-        .then(|| (nonce.to_vec(), auth.to_vec(), keepalive))
+    r.at_end().then(|| (nonce.to_vec(), auth.to_vec(), keepalive))
 }
 
 /// The value of an ack `{"ack": chunk}` (`str` or `bin`), `None` for anything else.
@@ -502,11 +481,7 @@ impl<'a> Reader<'a> {
     }
 
     fn be(&mut self, n: usize) -> Option<usize> {
-        Some(
-            self.take(n)?
-                .iter()
-                .fold(0usize, |acc, b| (acc << 8) | *b as usize),
-        )
+        Some(self.take(n)?.iter().fold(0usize, |acc, b| (acc << 8) | *b as usize))
     }
 
     fn array_len(&mut self) -> Option<usize> {
@@ -597,10 +572,7 @@ mod tests {
         ServerAuth {
             shared_key: "secret".into(),
             self_hostname: "server.example".into(),
-            users: users
-                .iter()
-                .map(|(u, p)| (u.to_string(), p.to_string()))
-                .collect(),
+            users: users.iter().map(|(u, p)| (u.to_string(), p.to_string())).collect(),
         }
     }
 
@@ -662,13 +634,9 @@ mod tests {
     #[test]
     fn auth_salt_only_with_users() {
         let helo = ServerHandshake::new(&server_auth(&[])).helo();
-        assert!(!ClientHandshake::from_helo(&helo)
-            .expect("helo")
-            .user_auth_required());
+        assert!(!ClientHandshake::from_helo(&helo).expect("helo").user_auth_required());
         let helo = ServerHandshake::new(&server_auth(&[("alice", "pw")])).helo();
-        assert!(ClientHandshake::from_helo(&helo)
-            .expect("helo")
-            .user_auth_required());
+        assert!(ClientHandshake::from_helo(&helo).expect("helo").user_auth_required());
     }
 
     #[test]
@@ -683,17 +651,9 @@ mod tests {
     fn wrong_key_is_refused_with_reason() {
         let (outcome, pong) = exchange(&server_auth(&[]), &client_auth("guess", "", ""));
         assert_eq!(outcome.error, Some(HandshakeError::SharedKeyMismatch));
-        assert_eq!(
-            outcome.error.as_ref().map(|e| e.reason()),
-            Some("auth_failed")
-        );
+        assert_eq!(outcome.error.as_ref().map(|e| e.reason()), Some("auth_failed"));
         assert_eq!(outcome.client_hostname, "client.example");
-        assert_eq!(
-            pong,
-            Err(HandshakeError::Rejected {
-                reason: "shared key mismatch".into()
-            })
-        );
+        assert_eq!(pong, Err(HandshakeError::Rejected { reason: "shared key mismatch".into() }));
     }
 
     #[test]
@@ -708,9 +668,7 @@ mod tests {
             assert_eq!(outcome.error, Some(HandshakeError::UserMismatch), "{user}");
             assert_eq!(
                 pong,
-                Err(HandshakeError::Rejected {
-                    reason: "username/password mismatch".into()
-                })
+                Err(HandshakeError::Rejected { reason: "username/password mismatch".into() })
             );
         }
     }
@@ -736,16 +694,11 @@ mod tests {
         for (i, frame) in cases.iter().enumerate() {
             let outcome = hs.check_ping(&server, frame);
             assert_eq!(outcome.error, Some(HandshakeError::InvalidPing), "case {i}");
-            assert_eq!(
-                outcome.error.as_ref().map(|e| e.reason()),
-                Some("bad_handshake")
-            );
+            assert_eq!(outcome.error.as_ref().map(|e| e.reason()), Some("bad_handshake"));
             let pong = ch.check_pong(&client_auth("secret", "", ""), &outcome.pong);
             assert_eq!(
                 pong,
-                Err(HandshakeError::Rejected {
-                    reason: "invalid ping message".into()
-                })
+                Err(HandshakeError::Rejected { reason: "invalid ping message".into() })
             );
         }
     }
@@ -796,18 +749,12 @@ mod tests {
             vec![0x91, 0xa4, b'H', b'E', b'L', b'O'],
             vec![0x92, 0xa4, b'P', b'O', b'N', b'G', 0x80],
         ] {
-            assert_eq!(
-                ClientHandshake::from_helo(&helo).err(),
-                Some(HandshakeError::InvalidHelo)
-            );
+            assert_eq!(ClientHandshake::from_helo(&helo).err(), Some(HandshakeError::InvalidHelo));
         }
         let hs = ServerHandshake::from_parts([0; 16], Vec::new());
         let ch = ClientHandshake::from_helo(&hs.helo()).expect("helo");
         let auth = client_auth("secret", "", "");
-        assert_eq!(
-            ch.check_pong(&auth, &[0x90]),
-            Err(HandshakeError::InvalidPong)
-        );
+        assert_eq!(ch.check_pong(&auth, &[0x90]), Err(HandshakeError::InvalidPong));
     }
 
     #[test]
@@ -815,10 +762,7 @@ mod tests {
         // A server that accepts anyone but does not know the key (an impostor).
         let hs = ServerHandshake::from_parts([3; 16], Vec::new());
         let ch = ClientHandshake::from_helo(&hs.helo()).expect("helo");
-        let impostor = ServerAuth {
-            shared_key: "other".into(),
-            ..server_auth(&[])
-        };
+        let impostor = ServerAuth { shared_key: "other".into(), ..server_auth(&[]) };
         let mut pong = vec![0x95];
         put_str(&mut pong, b"PONG");
         put_bool(&mut pong, true);

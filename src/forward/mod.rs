@@ -15,5 +15,5 @@ pub mod frame;
 pub mod handshake;
 
 pub use decode::{decode_frame, DecodeError, Frame, Limits, Mode, Options, Request};
-pub use frame::{frame_len, FrameStatus};
 pub use encode::{encode_ack, encode_request, EncodeOptions};
+pub use frame::{frame_len, FrameStatus};

@@ -8,10 +8,10 @@ use super::InputContext;
 use crate::buffer::{Appending, BufferError};
 use crate::event::Batch;
 use crate::forward::decode::{decode_frame, Frame, Limits, Mode};
-use crate::pipeline::SubmitError;
 use crate::forward::encode::encode_ack;
 use crate::forward::frame::{frame_len, FrameStatus};
 use crate::forward::handshake::ServerHandshake;
+use crate::pipeline::SubmitError;
 use crate::ratelimit::RateLimit;
 use bytes::{Bytes, BytesMut};
 use std::collections::VecDeque;
@@ -180,7 +180,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<'_, S> {
                     return end;
                 }
             }
-            let want = need.saturating_sub(self.buf.len()).clamp(READ_CHUNK, limits.max_message_size.max(READ_CHUNK));
+            let want = need
+                .saturating_sub(self.buf.len())
+                .clamp(READ_CHUNK, limits.max_message_size.max(READ_CHUNK));
             self.buf.reserve(want);
             // Once shutdown starts, keep reading what the client already sent, and close when
             // it has been quiet for a moment (or at EOF).
@@ -217,7 +219,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<'_, S> {
                     } else {
                         // A request cut short by the client: nothing of it was acked.
                         self.ctx.metrics.input_error("truncated");
-                        self.warn("truncated", &format!("connection closed in the middle of a request ({} bytes buffered)", self.buf.len()));
+                        self.warn(
+                            "truncated",
+                            &format!(
+                                "connection closed in the middle of a request ({} bytes buffered)",
+                                self.buf.len()
+                            ),
+                        );
                         End::Dropped
                     };
                     return self.finish(&mut inflight, end).await;
@@ -265,7 +273,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<'_, S> {
 
     /// Hand a group of requests to the buffer; it joins the in-flight queue, to be acked
     /// once durable. `Some` ends the connection.
-    async fn store(&mut self, group: Option<Group>, inflight: &mut VecDeque<InFlight>) -> Option<End> {
+    async fn store(
+        &mut self,
+        group: Option<Group>,
+        inflight: &mut VecDeque<InFlight>,
+    ) -> Option<End> {
         let mut g = group?;
         // Before the buffer: what is stored (and acked) is the enriched record.
         g.bytes += self.ctx.enricher.enrich(&mut g.batch).await;
@@ -275,7 +287,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<'_, S> {
                 // when_full = "drop_newest": counted by the pipeline; not acked, so a
                 // client that asked for an ack sends it again later.
                 if let Some(suppressed) = BUFFER_WARN.check() {
-                    tracing::warn!(peer = self.peer, suppressed, "buffer full: events refused (when_full = \"drop_newest\")");
+                    tracing::warn!(
+                        peer = self.peer,
+                        suppressed,
+                        "buffer full: events refused (when_full = \"drop_newest\")"
+                    );
                 }
                 return None;
             }
@@ -285,7 +301,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<'_, S> {
             Err(SubmitError::Buffer(e)) => Appending::Done(Some(Err(e))),
         };
         self.inflight_bytes += g.bytes;
-        inflight.push_back(InFlight { batch: g.batch, chunks: g.chunks, appending, bytes: g.bytes });
+        inflight.push_back(InFlight {
+            batch: g.batch,
+            chunks: g.chunks,
+            appending,
+            bytes: g.bytes,
+        });
         None
     }
 
@@ -303,7 +324,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<'_, S> {
     /// failed write (the client waits meanwhile: TCP backpressure, nothing acked or lost).
     /// A request handed over again is stored after those that followed it and succeeded:
     /// a disk error may reorder a connection's requests, never lose them.
-    async fn complete(&mut self, inflight: &mut VecDeque<InFlight>, res: Result<std::ops::Range<u64>, BufferError>) -> Option<End> {
+    async fn complete(
+        &mut self,
+        inflight: &mut VecDeque<InFlight>,
+        res: Result<std::ops::Range<u64>, BufferError>,
+    ) -> Option<End> {
         match res {
             Ok(_) => {
                 let f = inflight.pop_front()?;
@@ -313,7 +338,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<'_, S> {
                     // A client that asks for acks but never reads them would block this
                     // write for ever (and itself, on its own writes): bounded like reads.
                     let ack = encode_ack(chunk);
-                    match tokio::time::timeout(self.ctx.idle_timeout, self.stream.write_all(&ack)).await {
+                    match tokio::time::timeout(self.ctx.idle_timeout, self.stream.write_all(&ack))
+                        .await
+                    {
                         Ok(Ok(())) => {}
                         Ok(Err(e)) => {
                             tracing::debug!(peer = self.peer, error = %e, "ack write failed");

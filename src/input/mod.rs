@@ -58,7 +58,9 @@ pub async fn bind(cfg: &ForwardConfig) -> Result<Vec<Listener>, InputError> {
     for addr in &cfg.listen {
         out.push(match addr {
             ListenAddr::Tcp(a) => Listener::Tcp(
-                TcpListener::bind(a).await.map_err(|source| InputError::BindTcp { addr: *a, source })?,
+                TcpListener::bind(a)
+                    .await
+                    .map_err(|source| InputError::BindTcp { addr: *a, source })?,
             ),
             ListenAddr::Unix(p) => bind_unix(p, cfg.socket_mode).await?,
         });
@@ -95,9 +97,8 @@ async fn bind_unix(path: &Path, mode: u32) -> Result<Listener, InputError> {
         }
     }
     let listener = UnixListener::bind(path).map_err(bind_err)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(|source| {
-        InputError::SocketMode { path: path.to_path_buf(), mode, source }
-    })?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .map_err(|source| InputError::SocketMode { path: path.to_path_buf(), mode, source })?;
     Ok(Listener::Unix { listener, path: path.to_path_buf() })
 }
 

@@ -211,7 +211,8 @@ impl Joiner {
         if self.groups.is_empty() {
             return;
         }
-        let due: Vec<Key> = self.groups.iter().filter(|(_, g)| g.deadline <= now).map(|(k, _)| k.clone()).collect();
+        let due: Vec<Key> =
+            self.groups.iter().filter(|(_, g)| g.deadline <= now).map(|(k, _)| k.clone()).collect();
         for k in due {
             self.close(&k, Outcome::Timeout);
         }
@@ -287,7 +288,16 @@ impl Joiner {
             return;
         }
         let log = line.log;
-        self.open(key, Kind::Multiline, record.clone(), (first, i), log, 0, None, now + limits.timeout);
+        self.open(
+            key,
+            Kind::Multiline,
+            record.clone(),
+            (first, i),
+            log,
+            0,
+            None,
+            now + limits.timeout,
+        );
     }
 
     /// `Some(is_start)` when the line's container has a valid start pattern.
@@ -315,7 +325,14 @@ impl Joiner {
         Some(re.as_ref()?.is_match(&line.log))
     }
 
-    fn take_part(&mut self, p: Part, record: Bytes, at: (u64, usize), limits: Limits, now: Instant) {
+    fn take_part(
+        &mut self,
+        p: Part,
+        record: Bytes,
+        at: (u64, usize),
+        limits: Limits,
+        now: Instant,
+    ) {
         // A split line ends the container's multiline group: its parts must not be
         // reordered around it.
         let ml = Key::Multiline { container: p.container.clone() };
@@ -325,7 +342,16 @@ impl Joiner {
         let key = Key::Partial { container: p.container, id: p.id };
         let Some(g) = self.groups.get_mut(&key) else {
             let last = p.last.then_some(p.ordinal);
-            self.open(key.clone(), Kind::Partial, record, at, p.log, p.ordinal, last, now + limits.timeout);
+            self.open(
+                key.clone(),
+                Kind::Partial,
+                record,
+                at,
+                p.log,
+                p.ordinal,
+                last,
+                now + limits.timeout,
+            );
             self.settle_partial(&key, limits);
             return;
         };
@@ -354,7 +380,17 @@ impl Joiner {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn open(&mut self, key: Key, kind: Kind, base: Bytes, at: (u64, usize), piece: Bytes, ordinal: u64, last: Option<u64>, deadline: Instant) {
+    fn open(
+        &mut self,
+        key: Key,
+        kind: Kind,
+        base: Bytes,
+        at: (u64, usize),
+        piece: Bytes,
+        ordinal: u64,
+        last: Option<u64>,
+        deadline: Instant,
+    ) {
         let mut pieces = BTreeMap::new();
         let bytes = piece.len();
         pieces.insert(ordinal, piece);
@@ -401,14 +437,18 @@ impl Joiner {
             }
             message.extend_from_slice(piece);
         }
-        let record = joined_record(&g.base, g.kind, &message, incomplete).map_or_else(|| g.base.clone(), Bytes::from);
+        let record = joined_record(&g.base, g.kind, &message, incomplete)
+            .map_or_else(|| g.base.clone(), Bytes::from);
         self.metrics.reassembled(&self.sink, g.kind.label(), outcome.label());
         let (first, i) = g.at;
-        let (new, old) = (record.len(), self.held_mut(first).map_or(0, |h| {
-            let ev = &mut h.batch.events[i];
-            h.open -= 1;
-            std::mem::replace(&mut ev.record, record).len()
-        }));
+        let (new, old) = (
+            record.len(),
+            self.held_mut(first).map_or(0, |h| {
+                let ev = &mut h.batch.events[i];
+                h.open -= 1;
+                std::mem::replace(&mut ev.record, record).len()
+            }),
+        );
         self.queued_bytes = (self.queued_bytes + new).saturating_sub(old);
     }
 }
@@ -434,7 +474,14 @@ impl Part {
     fn parse(record: &Bytes) -> Option<Part> {
         let [message, container, id, ordinal, last, log] = str_fields(
             record,
-            [PARTIAL_KEY, b"container_id", b"partial_id", b"partial_ordinal", b"partial_last", MESSAGE_KEY.as_bytes()],
+            [
+                PARTIAL_KEY,
+                b"container_id",
+                b"partial_id",
+                b"partial_ordinal",
+                b"partial_last",
+                MESSAGE_KEY.as_bytes(),
+            ],
         )?;
         if message? != b"true" {
             return None;
@@ -462,13 +509,19 @@ impl<'a> DockerLine<'a> {
     /// Without allocating: this runs for every Docker record once a labelled container exists.
     fn parse(record: &'a Bytes) -> Option<DockerLine<'a>> {
         let [container, log] = str_fields(record, [b"container_id", MESSAGE_KEY.as_bytes()])?;
-        Some(DockerLine { container: std::str::from_utf8(container?).ok()?, log: record.slice_ref(log?) })
+        Some(DockerLine {
+            container: std::str::from_utf8(container?).ok()?,
+            log: record.slice_ref(log?),
+        })
     }
 }
 
 /// The string values of `keys` among the top-level pairs of the map `record` (the first
 /// of duplicate keys wins); `None` when `record` is not one whole map.
-fn str_fields<'r, const N: usize>(record: &'r [u8], keys: [&[u8]; N]) -> Option<[Option<&'r [u8]>; N]> {
+fn str_fields<'r, const N: usize>(
+    record: &'r [u8],
+    keys: [&[u8]; N],
+) -> Option<[Option<&'r [u8]>; N]> {
     let mut out = [None; N];
     crate::enrich::record::walk_map(record, |k, v| {
         let key = &record[k];
@@ -493,7 +546,9 @@ fn read_map(record: &[u8]) -> Option<Vec<(rmpv::Value, rmpv::Value)>> {
 /// line is whole, and a marker when it is not.
 fn joined_record(base: &[u8], kind: Kind, message: &[u8], incomplete: bool) -> Option<Vec<u8>> {
     let mut map = read_map(base)?;
-    let is_partial_key = |k: &rmpv::Value| matches!(k.as_str(), Some("partial_message" | "partial_ordinal" | "partial_last"));
+    let is_partial_key = |k: &rmpv::Value| {
+        matches!(k.as_str(), Some("partial_message" | "partial_ordinal" | "partial_last"))
+    };
     map.retain(|(k, _)| !(is_partial_key(k) || (!incomplete && k.as_str() == Some("partial_id"))));
     let text = match String::from_utf8(message.to_vec()) {
         Ok(s) => rmpv::Value::from(s),

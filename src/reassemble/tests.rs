@@ -19,7 +19,12 @@ fn map(pairs: &[(&str, &str)]) -> Value {
 }
 
 pub(crate) fn line(container: &str, log: &str) -> Bytes {
-    encode(&map(&[("container_id", container), ("container_name", "/web"), ("source", "stdout"), ("log", log)]))
+    encode(&map(&[
+        ("container_id", container),
+        ("container_name", "/web"),
+        ("source", "stdout"),
+        ("log", log),
+    ]))
 }
 
 pub(crate) fn part(container: &str, id: &str, ordinal: u64, last: bool, log: &str) -> Bytes {
@@ -41,7 +46,11 @@ fn batch(tag: &str, records: Vec<Bytes>, secs: i64) -> Batch {
         events: records
             .into_iter()
             .enumerate()
-            .map(|(i, record)| Event { time: EventTime::new(secs, i as u32), record, metadata: Bytes::new() })
+            .map(|(i, record)| Event {
+                time: EventTime::new(secs, i as u32),
+                record,
+                metadata: Bytes::new(),
+            })
             .collect(),
     }
 }
@@ -71,12 +80,17 @@ fn drain(j: &mut Joiner) -> Vec<(u64, u64, Batch)> {
 fn logs(b: &Batch) -> Vec<Option<String>> {
     b.events
         .iter()
-        .map(|e| (!e.is_tombstone()).then(|| field(&decode(&e.record), "log").unwrap().as_str().unwrap().to_string()))
+        .map(|e| {
+            (!e.is_tombstone())
+                .then(|| field(&decode(&e.record), "log").unwrap().as_str().unwrap().to_string())
+        })
         .collect()
 }
 
 fn counter(m: &Metrics, kind: &'static str, outcome: &'static str) -> u64 {
-    m.reassembled_records.get_or_create(&crate::metrics::JoinLabel { sink: "s".into(), kind, outcome }).get()
+    m.reassembled_records
+        .get_or_create(&crate::metrics::JoinLabel { sink: "s".into(), kind, outcome })
+        .get()
 }
 
 #[test]
@@ -94,7 +108,16 @@ fn records_without_parts_pass_untouched_and_at_once() {
 #[test]
 fn parts_in_one_delivery_join_into_the_first_slot() {
     let mut j = partial_only(1 << 20);
-    let b = batch("t", vec![part("c1", "p", 1, false, "aaa"), part("c1", "p", 2, false, "bbb"), part("c1", "p", 3, true, "cc"), line("c1", "next")], 7);
+    let b = batch(
+        "t",
+        vec![
+            part("c1", "p", 1, false, "aaa"),
+            part("c1", "p", 2, false, "bbb"),
+            part("c1", "p", 3, true, "cc"),
+            line("c1", "next"),
+        ],
+        7,
+    );
     j.push(10, 14, b, Instant::now());
     let out = drain(&mut j);
     assert_eq!(out.len(), 1);
@@ -103,7 +126,9 @@ fn parts_in_one_delivery_join_into_the_first_slot() {
     assert_eq!(logs(got), vec![Some("aaabbbcc".into()), None, None, Some("next".into())]);
     let joined = decode(&got.events[0].record);
     assert_eq!(got.events[0].time, EventTime::new(7, 0), "the first part's time");
-    for k in ["partial_message", "partial_id", "partial_ordinal", "partial_last", "partial_incomplete"] {
+    for k in
+        ["partial_message", "partial_id", "partial_ordinal", "partial_last", "partial_incomplete"]
+    {
         assert!(field(&joined, k).is_none(), "{k} dropped from a whole line: {joined}");
     }
     assert_eq!(field(&joined, "container_id").unwrap().as_str(), Some("c1"));
@@ -114,7 +139,11 @@ fn parts_in_one_delivery_join_into_the_first_slot() {
 #[test]
 fn a_delivery_waits_for_the_rest_of_its_line_and_later_ones_wait_behind_it() {
     let m = Arc::new(Metrics::new());
-    let mut j = Joiner::new(JoinOptions { partial: Some(limits(1 << 20)), multiline: None }, "s", Arc::clone(&m));
+    let mut j = Joiner::new(
+        JoinOptions { partial: Some(limits(1 << 20)), multiline: None },
+        "s",
+        Arc::clone(&m),
+    );
     let now = Instant::now();
     j.push(0, 2, batch("a", vec![line("c1", "before"), part("c1", "p", 1, false, "x1")], 1), now);
     assert!(drain(&mut j).is_empty(), "held: its line is open");
@@ -165,9 +194,18 @@ fn interleaved_lines_of_two_containers_are_not_mixed() {
 #[test]
 fn a_line_whose_last_part_never_comes_is_sent_after_the_timeout_marked_incomplete() {
     let m = Arc::new(Metrics::new());
-    let mut j = Joiner::new(JoinOptions { partial: Some(limits(1 << 20)), multiline: None }, "s", Arc::clone(&m));
+    let mut j = Joiner::new(
+        JoinOptions { partial: Some(limits(1 << 20)), multiline: None },
+        "s",
+        Arc::clone(&m),
+    );
     let now = Instant::now();
-    j.push(0, 2, batch("a", vec![part("c1", "p", 1, false, "x1"), part("c1", "p", 2, false, "x2")], 1), now);
+    j.push(
+        0,
+        2,
+        batch("a", vec![part("c1", "p", 1, false, "x1"), part("c1", "p", 2, false, "x2")], 1),
+        now,
+    );
     assert_eq!(j.next_deadline(), Some(now + T));
     j.expire(now + T - Duration::from_millis(1));
     assert!(drain(&mut j).is_empty());
@@ -185,24 +223,39 @@ fn a_line_whose_last_part_never_comes_is_sent_after_the_timeout_marked_incomplet
 #[test]
 fn a_line_over_max_size_is_sent_in_pieces_marked_incomplete() {
     let m = Arc::new(Metrics::new());
-    let mut j = Joiner::new(JoinOptions { partial: Some(limits(10)), multiline: None }, "s", Arc::clone(&m));
+    let mut j = Joiner::new(
+        JoinOptions { partial: Some(limits(10)), multiline: None },
+        "s",
+        Arc::clone(&m),
+    );
     let now = Instant::now();
     let parts = (1..=5).map(|o| part("c1", "p", o, o == 5, &format!("{o}{o}{o}{o}"))).collect();
     j.push(0, 5, batch("a", parts, 1), now);
     // The rest goes on from ordinal 4 and ends with the last part: no wait for a timeout.
     let out = drain(&mut j);
-    assert_eq!(logs(&out[0].2), vec![Some("111122223333".into()), None, None, Some("44445555".into()), None]);
+    assert_eq!(
+        logs(&out[0].2),
+        vec![Some("111122223333".into()), None, None, Some("44445555".into()), None]
+    );
     let first = decode(&out[0].2.events[0].record);
     assert_eq!(field(&first, "partial_incomplete"), Some(&Value::Boolean(true)));
     let rest = decode(&out[0].2.events[3].record);
-    assert_eq!(field(&rest, "partial_incomplete"), Some(&Value::Boolean(true)), "a piece too: {rest}");
+    assert_eq!(
+        field(&rest, "partial_incomplete"),
+        Some(&Value::Boolean(true)),
+        "a piece too: {rest}"
+    );
     assert_eq!(counter(&m, "partial", "max_size"), 2);
 }
 
 #[test]
 fn too_much_held_closes_the_oldest_group() {
     let m = Arc::new(Metrics::new());
-    let mut j = Joiner::new(JoinOptions { partial: Some(limits(usize::MAX)), multiline: None }, "s", Arc::clone(&m));
+    let mut j = Joiner::new(
+        JoinOptions { partial: Some(limits(usize::MAX)), multiline: None },
+        "s",
+        Arc::clone(&m),
+    );
     let now = Instant::now();
     j.push(0, 1, batch("a", vec![part("c1", "p", 1, false, "x")], 1), now);
     let mut off = 1;
@@ -229,7 +282,8 @@ impl MultilineSource for Labels {
 fn multiline(max_size: usize) -> (Joiner, Arc<Metrics>) {
     let m = Arc::new(Metrics::new());
     let source = Arc::new(Labels(vec![("c1", r"^\S"), ("bad", "(")]));
-    let opts = JoinOptions { partial: Some(limits(1 << 20)), multiline: Some((limits(max_size), source)) };
+    let opts =
+        JoinOptions { partial: Some(limits(1 << 20)), multiline: Some((limits(max_size), source)) };
     (Joiner::new(opts, "s", Arc::clone(&m)), m)
 }
 
@@ -285,11 +339,18 @@ fn multiline_timeout_counts_from_the_last_line() {
 #[test]
 fn multiline_group_over_max_size_is_split_and_marked() {
     let (mut j, m) = multiline(12);
-    let b = batch("t", vec![line("c1", "Start"), line("c1", " 1234"), line("c1", " 5678"), line("c1", " 9")], 1);
+    let b = batch(
+        "t",
+        vec![line("c1", "Start"), line("c1", " 1234"), line("c1", " 5678"), line("c1", " 9")],
+        1,
+    );
     j.push(0, 4, b, Instant::now());
     j.expire(Instant::now() + T);
     let out = drain(&mut j);
-    assert_eq!(logs(&out[0].2), vec![Some("Start\n 1234\n 5678".into()), None, None, Some(" 9".into())]);
+    assert_eq!(
+        logs(&out[0].2),
+        vec![Some("Start\n 1234\n 5678".into()), None, None, Some(" 9".into())]
+    );
     let rec = decode(&out[0].2.events[0].record);
     assert_eq!(field(&rec, "multiline_incomplete"), Some(&Value::Boolean(true)));
     assert_eq!(counter(&m, "multiline", "max_size"), 1);
@@ -306,7 +367,16 @@ fn an_invalid_pattern_leaves_lines_ungrouped() {
 #[test]
 fn a_split_line_closes_the_containers_multiline_group_first() {
     let (mut j, _) = multiline(1 << 20);
-    let b = batch("t", vec![line("c1", "Start"), line("c1", " cont"), part("c1", "p", 1, false, "L1"), part("c1", "p", 2, true, "L2")], 1);
+    let b = batch(
+        "t",
+        vec![
+            line("c1", "Start"),
+            line("c1", " cont"),
+            part("c1", "p", 1, false, "L1"),
+            part("c1", "p", 2, true, "L2"),
+        ],
+        1,
+    );
     j.push(0, 4, b, Instant::now());
     let out = drain(&mut j);
     assert_eq!(logs(&out[0].2), vec![Some("Start\n cont".into()), None, Some("L1L2".into()), None]);

@@ -11,13 +11,13 @@
 use crate::event::{Event, Tag};
 use crate::metrics::{Metrics, SinkReasonLabel};
 use crate::pipeline::Delivery;
-use crate::sink::retry::Backoff;
-use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
 use crate::sink::json::{write_record_json, write_rfc3339};
+use crate::sink::retry::Backoff;
 use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 /// One event to write, with why.
 pub struct DeadLetter<'a> {
@@ -113,7 +113,12 @@ pub fn append_sync(path: &Path, lines: &[u8]) -> Result<(), DeadLetterError> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::DirBuilder::new().recursive(true).mode(0o750).create(dir).map_err(err)?;
     }
-    let mut f = std::fs::OpenOptions::new().append(true).create(true).mode(0o640).open(path).map_err(err)?;
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(0o640)
+        .open(path)
+        .map_err(err)?;
     f.write_all(lines).map_err(err)?;
     f.sync_data().map_err(err)
 }
@@ -134,7 +139,15 @@ impl DeadLetters {
     }
 
     /// Queue the event at `offset` of `group`; `label` is the metric's reason.
-    pub fn push(&mut self, group: &[Delivery], offset: u64, status: u16, error_type: &str, reason: &str, label: &'static str) {
+    pub fn push(
+        &mut self,
+        group: &[Delivery],
+        offset: u64,
+        status: u16,
+        error_type: &str,
+        reason: &str,
+        label: &'static str,
+    ) {
         if let Some((tag, event)) = find(group, offset) {
             self.file.push(&DeadLetter { tag, event, offset, status, error_type, reason });
             self.offsets.push((offset, label));
@@ -147,10 +160,15 @@ impl DeadLetters {
         if self.offsets.is_empty() {
             return;
         }
-        let mut backoff = Backoff::from_entropy(Duration::from_millis(100), Duration::from_secs(30));
+        let mut backoff =
+            Backoff::from_entropy(Duration::from_millis(100), Duration::from_secs(30));
         loop {
             // A copy to the blocking pool: the lines stay queued until they are on disk.
-            let (path, lines, lock) = (self.file.path().to_path_buf(), self.file.pending().to_vec(), Arc::clone(&self.lock));
+            let (path, lines, lock) = (
+                self.file.path().to_path_buf(),
+                self.file.pending().to_vec(),
+                Arc::clone(&self.lock),
+            );
             let write = move || {
                 // A writer that panicked left no half-held state behind: the file is reopened.
                 let _one_writer = lock.lock().unwrap_or_else(PoisonError::into_inner);
@@ -158,8 +176,12 @@ impl DeadLetters {
             };
             match tokio::task::spawn_blocking(write).await {
                 Ok(Ok(())) => break,
-                Ok(Err(e)) => tracing::error!(sink, error = %e, "dead letters not written; retrying"),
-                Err(e) => tracing::error!(sink, error = %e, "dead-letter writer task failed; retrying"),
+                Ok(Err(e)) => {
+                    tracing::error!(sink, error = %e, "dead letters not written; retrying")
+                }
+                Err(e) => {
+                    tracing::error!(sink, error = %e, "dead-letter writer task failed; retrying")
+                }
             }
             backoff.wait(None).await;
         }
@@ -167,7 +189,10 @@ impl DeadLetters {
         let records = self.offsets.len();
         for (offset, reason) in self.offsets.drain(..) {
             settled.push(offset);
-            metrics.dead_letter_records.get_or_create(&SinkReasonLabel { sink: sink.to_owned(), reason }).inc();
+            metrics
+                .dead_letter_records
+                .get_or_create(&SinkReasonLabel { sink: sink.to_owned(), reason })
+                .inc();
         }
         tracing::warn!(sink, records, path = %self.file.path().display(), "records written to the dead-letter file");
     }
@@ -200,17 +225,39 @@ mod tests {
         let tag = Tag::from_static("app.web");
         let map = Bytes::from_static(&[0x81, 0xa1, b'n', 0xa1, b'x']); // {"n":"x"}
         let ev = Event { time: EventTime::new(5, 7), record: map, metadata: Bytes::new() };
-        f.push(&DeadLetter { tag: &tag, event: &ev, offset: 42, status: 400, error_type: "mapper_parsing_exception", reason: "bad \"n\"" });
-        let bad = Event { time: EventTime::new(5, 7), record: Bytes::from_static(&[0xc1]), metadata: Bytes::new() };
-        f.push(&DeadLetter { tag: &tag, event: &bad, offset: 43, status: 0, error_type: "not_a_map", reason: "record is not a msgpack map" });
+        f.push(&DeadLetter {
+            tag: &tag,
+            event: &ev,
+            offset: 42,
+            status: 400,
+            error_type: "mapper_parsing_exception",
+            reason: "bad \"n\"",
+        });
+        let bad = Event {
+            time: EventTime::new(5, 7),
+            record: Bytes::from_static(&[0xc1]),
+            metadata: Bytes::new(),
+        };
+        f.push(&DeadLetter {
+            tag: &tag,
+            event: &bad,
+            offset: 43,
+            status: 0,
+            error_type: "not_a_map",
+            reason: "record is not a msgpack map",
+        });
         f.flush_blocking().unwrap();
         assert!(f.is_empty());
         let text = std::fs::read_to_string(&path).unwrap();
-        let lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        let lines: Vec<serde_json::Value> =
+            text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
         assert_eq!(lines.len(), 2);
         assert_eq!(lines[0]["record"], serde_json::json!({"n": "x"}));
         assert_eq!(lines[0]["reason"], "bad \"n\"");
-        assert_eq!((lines[0]["offset"].as_u64(), lines[0]["status"].as_u64()), (Some(42), Some(400)));
+        assert_eq!(
+            (lines[0]["offset"].as_u64(), lines[0]["status"].as_u64()),
+            (Some(42), Some(400))
+        );
         assert_eq!(lines[0]["time"], "1970-01-01T00:00:05.000000007Z");
         assert_eq!(lines[1]["record_msgpack_hex"], "c1");
         assert!(lines[1].get("record").is_none());
@@ -218,7 +265,11 @@ mod tests {
 
     #[test]
     fn find_locates_events_across_deliveries_with_gaps() {
-        let ev = |n: u8| Event { time: EventTime::new(1, 0), record: Bytes::from(vec![n]), metadata: Bytes::new() };
+        let ev = |n: u8| Event {
+            time: EventTime::new(1, 0),
+            record: Bytes::from(vec![n]),
+            metadata: Bytes::new(),
+        };
         let d = |first: u64, n: u8| Delivery {
             first,
             seq: first + u64::from(n),

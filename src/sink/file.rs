@@ -130,10 +130,9 @@ impl OpenFiles {
             self.map.insert(path.to_path_buf(), opened);
         }
         let tick = self.tick;
-        let f = self
-            .map
-            .get_mut(path)
-            .ok_or_else(|| error("open", path, io::Error::other("missing from the open-file table")))?;
+        let f = self.map.get_mut(path).ok_or_else(|| {
+            error("open", path, io::Error::other("missing from the open-file table"))
+        })?;
         f.last_used = tick;
         Ok(f)
     }
@@ -151,7 +150,11 @@ impl OpenFiles {
     }
 }
 
-fn open(path: &Path, creating: bool, dirty_dirs: &mut Vec<PathBuf>) -> Result<OpenFile, WriteError> {
+fn open(
+    path: &Path,
+    creating: bool,
+    dirty_dirs: &mut Vec<PathBuf>,
+) -> Result<OpenFile, WriteError> {
     let parent = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
     if !parent.is_dir() {
         // Every directory created here is a new entry in its own parent.
@@ -161,14 +164,23 @@ fn open(path: &Path, creating: bool, dirty_dirs: &mut Vec<PathBuf>) -> Result<Op
             missing.push(d.to_path_buf());
             d = d.parent().unwrap_or(Path::new(""));
         }
-        DirBuilder::new().recursive(true).mode(0o755).create(parent).map_err(|e| error("create directory", parent, e))?;
+        DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(parent)
+            .map_err(|e| error("create directory", parent, e))?;
         for m in missing {
             let up = m.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
             mark_dirty(dirty_dirs, up);
         }
     }
-    let file =
-        OpenOptions::new().read(true).append(true).create(true).mode(0o640).open(path).map_err(|e| error("open", path, e))?;
+    let file = OpenOptions::new()
+        .read(true)
+        .append(true)
+        .create(true)
+        .mode(0o640)
+        .open(path)
+        .map_err(|e| error("open", path, e))?;
     if creating {
         mark_dirty(dirty_dirs, parent);
     }
@@ -242,7 +254,10 @@ impl FileWriter {
     }
 
     /// Make sure the file at `p.path` holds all of `p.buf`; returns that file.
-    fn ensure_written<'a>(files: &'a mut OpenFiles, p: &mut Pending) -> Result<&'a mut OpenFile, WriteError> {
+    fn ensure_written<'a>(
+        files: &'a mut OpenFiles,
+        p: &mut Pending,
+    ) -> Result<&'a mut OpenFile, WriteError> {
         let f = files.get(&p.path)?;
         if p.target.as_ref().map(|t| t.1) != Some(f.ident) {
             // First write of this group, or the bytes written so far went to a file that
@@ -254,7 +269,8 @@ impl FileWriter {
         if p.written < p.buf.len() {
             p.synced = false;
             let mut file: &File = &f.file;
-            write_from(&mut file, &p.buf, &mut p.written).map_err(|e| error("write", &p.path, e))?;
+            write_from(&mut file, &p.buf, &mut p.written)
+                .map_err(|e| error("write", &p.path, e))?;
         }
         Ok(f)
     }
@@ -294,7 +310,9 @@ impl FileWriter {
         let dirs = &mut self.files.dirty_dirs;
         dirs.sort_by_key(|d| std::cmp::Reverse(d.components().count()));
         while let Some(dir) = dirs.first() {
-            File::open(dir).and_then(|d| d.sync_all()).map_err(|e| error("sync directory", dir, e))?;
+            File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(|e| error("sync directory", dir, e))?;
             dirs.remove(0);
         }
         Ok(())
@@ -311,7 +329,13 @@ impl GroupWriter for FileWriter {
                 Some(i) => i,
                 None => {
                     let buf = self.spare.pop().unwrap_or_default();
-                    self.pending.push(Pending { path, buf, written: 0, target: None, synced: false });
+                    self.pending.push(Pending {
+                        path,
+                        buf,
+                        written: 0,
+                        target: None,
+                        synced: false,
+                    });
                     self.pending.len() - 1
                 }
             };
@@ -373,12 +397,19 @@ mod tests {
         fs::read_to_string(path)
             .unwrap()
             .lines()
-            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["record"]["n"].as_u64().unwrap())
+            .map(|l| {
+                serde_json::from_str::<serde_json::Value>(l).unwrap()["record"]["n"]
+                    .as_u64()
+                    .unwrap()
+            })
             .collect()
     }
 
     fn counter(
-        f: &prometheus_client::metrics::family::Family<SinkLabel, prometheus_client::metrics::counter::Counter>,
+        f: &prometheus_client::metrics::family::Family<
+            SinkLabel,
+            prometheus_client::metrics::counter::Counter,
+        >,
     ) -> u64 {
         f.get_or_create(&SinkLabel { sink: "files".into() }).get()
     }
@@ -551,7 +582,7 @@ mod tests {
             let sink = tokio::spawn(drive(ctx, writer(&template), fast()));
             p.submit(&batch("t", from, 2)).await.unwrap();
             p.buffer().close().await.unwrap();
-        drop(p);
+            drop(p);
             sink.await.unwrap().unwrap();
         }
         assert_eq!(numbers(&dir.path().join("t.log")), vec![0, 1, 10, 11]);
@@ -570,12 +601,15 @@ mod tests {
         p.buffer().close().await.unwrap();
         drop(p);
         sink.await.unwrap().unwrap();
-        let mut names: Vec<String> =
-            fs::read_dir(&base).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+        let mut names: Vec<String> = fs::read_dir(&base)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
         names.sort();
         assert_eq!(names, ["_..log", "_._.._escaped.log", "_etc_passwd.log"]);
         // Nothing appeared above the template's directory.
-        let top: Vec<_> = fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        let top: Vec<_> =
+            fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
         assert_eq!(top, ["a"]);
         assert_eq!(fs::read_dir(dir.path().join("a")).unwrap().count(), 1);
     }

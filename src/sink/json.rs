@@ -570,8 +570,10 @@ fn write_ext(out: &mut Vec<u8>, r: &mut Reader<'_>, len: usize) -> Result<(), Js
     let data = r.take(len)?;
     match (ty, data) {
         (0, &[s0, s1, s2, s3, n0, n1, n2, n3]) => {
-            let t =
-                EventTime::new(i64::from(u32::from_be_bytes([s0, s1, s2, s3])), u32::from_be_bytes([n0, n1, n2, n3]));
+            let t = EventTime::new(
+                i64::from(u32::from_be_bytes([s0, s1, s2, s3])),
+                u32::from_be_bytes([n0, n1, n2, n3]),
+            );
             out.push(b'"');
             write_rfc3339(out, t);
             out.push(b'"');
@@ -636,7 +638,10 @@ mod tests {
     #[test]
     fn nested_containers() {
         let v = map(vec![
-            (Value::from("a"), Value::Array(vec![Value::from(1), Value::Array(vec![]), map(vec![])])),
+            (
+                Value::from("a"),
+                Value::Array(vec![Value::from(1), Value::Array(vec![]), map(vec![])]),
+            ),
             (Value::from("b"), map(vec![(Value::from("c"), Value::Nil)])),
         ]);
         assert_eq!(json(&encode(&v)), r#"{"a":[1,[],{}],"b":{"c":null}}"#);
@@ -729,7 +734,10 @@ mod tests {
     fn depth_limit() {
         let mut ok = vec![0x91; MAX_DEPTH - 1];
         ok.push(0x90);
-        assert_eq!(json(&ok), format!("{}[]{}", "[".repeat(MAX_DEPTH - 1), "]".repeat(MAX_DEPTH - 1)));
+        assert_eq!(
+            json(&ok),
+            format!("{}[]{}", "[".repeat(MAX_DEPTH - 1), "]".repeat(MAX_DEPTH - 1))
+        );
         let mut ok = vec![0x91; MAX_DEPTH];
         ok.push(0x01);
         assert!(write_record_json(&mut Vec::new(), &ok).is_ok());
@@ -741,7 +749,10 @@ mod tests {
         assert_eq!(out, b"keep", "output restored on error");
         // A million nested maps fail fast, without recursion.
         let huge = [0x81, 0x01].repeat(1_000_000);
-        assert!(matches!(write_record_json(&mut Vec::new(), &huge), Err(JsonError::TooDeep { .. })));
+        assert!(matches!(
+            write_record_json(&mut Vec::new(), &huge),
+            Err(JsonError::TooDeep { .. })
+        ));
     }
 
     #[test]
@@ -756,10 +767,19 @@ mod tests {
             write_record_json(&mut out, &[0xdb, 0xff, 0xff, 0xff, 0xff, b'a']),
             Err(JsonError::Truncated { .. })
         ));
-        assert!(matches!(write_record_json(&mut out, &[0x82, 0xa1, b'a']), Err(JsonError::Truncated { .. })));
+        assert!(matches!(
+            write_record_json(&mut out, &[0x82, 0xa1, b'a']),
+            Err(JsonError::Truncated { .. })
+        ));
         assert!(matches!(write_record_json(&mut out, &[]), Err(JsonError::Truncated { .. })));
-        assert_eq!(write_record_json(&mut out, &[0xc1]), Err(JsonError::ReservedMarker { offset: 0 }));
-        assert_eq!(write_record_json(&mut out, &[0x80, 0x80]), Err(JsonError::TrailingBytes { extra: 1 }));
+        assert_eq!(
+            write_record_json(&mut out, &[0xc1]),
+            Err(JsonError::ReservedMarker { offset: 0 })
+        );
+        assert_eq!(
+            write_record_json(&mut out, &[0x80, 0x80]),
+            Err(JsonError::TrailingBytes { extra: 1 })
+        );
         assert!(out.is_empty());
     }
 
@@ -770,7 +790,10 @@ mod tests {
             (Value::from("n"), Value::from(-300_000)),
             (Value::from("f"), Value::F64(1.25)),
             (Value::from("t"), Value::Ext(0, vec![1; 8])),
-            (Value::from("a"), Value::Array(vec![Value::Binary(vec![1, 2]), Value::from(u64::MAX)])),
+            (
+                Value::from("a"),
+                Value::Array(vec![Value::Binary(vec![1, 2]), Value::from(u64::MAX)]),
+            ),
         ]);
         let b = encode(&v);
         for cut in 0..b.len() {
@@ -837,7 +860,11 @@ mod tests {
     }
 
     fn event(record: Vec<u8>, metadata: Vec<u8>) -> Event {
-        Event { time: EventTime::new(1_795_330_805, 5), record: Bytes::from(record), metadata: Bytes::from(metadata) }
+        Event {
+            time: EventTime::new(1_795_330_805, 5),
+            record: Bytes::from(record),
+            metadata: Bytes::from(metadata),
+        }
     }
 
     #[test]
@@ -860,14 +887,19 @@ mod tests {
         let good = encode(&map(vec![(Value::from("n"), Value::from(1))]));
         let batch = Batch {
             tag: Tag::from_static("t"),
-            events: vec![event(good.clone(), vec![]), event(vec![0x81, 0xa1], vec![]), event(good, vec![0xc1])],
+            events: vec![
+                event(good.clone(), vec![]),
+                event(vec![0x81, 0xa1], vec![]),
+                event(good, vec![0xc1]),
+            ],
         };
         let mut out = Vec::new();
         let res = write_batch_lines(&mut out, &batch);
         assert_eq!(res.failed, 2);
         assert!(matches!(res.first_error, Some(JsonError::Truncated { .. })));
         let text = String::from_utf8(out).unwrap();
-        let lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        let lines: Vec<serde_json::Value> =
+            text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
         assert_eq!(lines.len(), 3);
         assert_eq!(lines[0]["record"]["n"], 1);
         assert!(lines[1]["record"].is_null());
@@ -912,11 +944,13 @@ mod tests {
             any::<u64>().prop_map(Value::from),
             any::<f32>().prop_map(Value::F32),
             any::<f64>().prop_map(Value::F64),
-            prop_oneof![Just(f64::NAN), Just(f64::INFINITY), Just(-0.0), Just(5e-324)].prop_map(Value::F64),
+            prop_oneof![Just(f64::NAN), Just(f64::INFINITY), Just(-0.0), Just(5e-324)]
+                .prop_map(Value::F64),
             any::<String>().prop_map(Value::from),
             proptest::collection::vec(any::<u8>(), 0..40).prop_map(raw_str),
             proptest::collection::vec(any::<u8>(), 0..40).prop_map(Value::Binary),
-            (any::<i8>(), proptest::collection::vec(any::<u8>(), 0..20)).prop_map(|(t, d)| Value::Ext(t, d)),
+            (any::<i8>(), proptest::collection::vec(any::<u8>(), 0..20))
+                .prop_map(|(t, d)| Value::Ext(t, d)),
             any::<[u8; 8]>().prop_map(|d| Value::Ext(0, d.to_vec())),
         ];
         leaf.prop_recursive(6, 96, 8, |inner| {
@@ -1004,7 +1038,9 @@ mod tests {
                     return fail();
                 }
                 for (k, val) in model {
-                    let Some(jv) = jm.get(&k) else { return Err(format!("key {k:?} missing in {j}")) };
+                    let Some(jv) = jm.get(&k) else {
+                        return Err(format!("key {k:?} missing in {j}"));
+                    };
                     check(val, jv)?;
                 }
                 true

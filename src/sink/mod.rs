@@ -26,7 +26,11 @@ pub struct SinkContext {
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
     #[error("sink {sink}: {source}")]
-    Io { sink: String, #[source] source: std::io::Error },
+    Io {
+        sink: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("a sink stopped unexpectedly")]
     Stopped,
 }
@@ -34,7 +38,11 @@ pub enum SinkError {
 /// Run a sink until its reader ends (every input stopped and everything queued delivered).
 /// `buffer_instance` is the buffer's `instance_id`: with a delivery's offsets, the stable
 /// identity of each event (the elasticsearch sink's `_id`).
-pub async fn run(config: &SinkConfig, ctx: SinkContext, buffer_instance: u64) -> Result<(), SinkError> {
+pub async fn run(
+    config: &SinkConfig,
+    ctx: SinkContext,
+    buffer_instance: u64,
+) -> Result<(), SinkError> {
     match &config.kind {
         SinkKind::Stdout { format } => stdout::run(*format, ctx).await,
         SinkKind::File { path, format } => file::run(path, *format, ctx).await,

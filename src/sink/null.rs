@@ -6,7 +6,8 @@ use crate::metrics::SinkLabel;
 const GROUP: usize = 1024;
 
 pub async fn run(mut ctx: SinkContext) -> Result<(), SinkError> {
-    let records = ctx.metrics.output_records.get_or_create(&SinkLabel { sink: ctx.name.clone() }).clone();
+    let records =
+        ctx.metrics.output_records.get_or_create(&SinkLabel { sink: ctx.name.clone() }).clone();
     while let Some(d) = ctx.reader.recv().await {
         let (mut n, mut seq) = (d.batch.live_len() as u64, d.seq);
         for _ in 1..GROUP {

@@ -129,7 +129,15 @@ fn parse_http_date(v: &str) -> Option<i64> {
             let (d, m, y) = (p.next()?, p.next()?, p.next()?);
             let y: i64 = y.parse().ok()?;
             // Two-digit years (RFC 9110: more than 50 years ahead means the past century).
-            let y = if y < 100 { if y < 70 { 2000 + y } else { 1900 + y } } else { y };
+            let y = if y < 100 {
+                if y < 70 {
+                    2000 + y
+                } else {
+                    1900 + y
+                }
+            } else {
+                y
+            };
             (d.parse().ok()?, m, y, *t)
         }
         // asctime: Sun Nov  6 08:49:37 1994
@@ -233,7 +241,13 @@ mod tests {
             ("Sun, 06 Nov 1994 24:49:37 GMT", None),
             ("Sun, 06 Nov 1994 08:49 GMT", None),
         ] {
-            let got = parse_retry_after(v, now).map(|d| if d == Duration::MAX { u64::MAX } else { d.as_secs() });
+            let got = parse_retry_after(v, now).map(|d| {
+                if d == Duration::MAX {
+                    u64::MAX
+                } else {
+                    d.as_secs()
+                }
+            });
             assert_eq!(got, want, "{v:?}");
         }
     }
@@ -259,7 +273,10 @@ mod tests {
             total += want;
             // The timer may round each deadline up to its next millisecond tick.
             let elapsed = start.elapsed();
-            assert!(elapsed >= total && elapsed <= total + (i + 1) * MS, "attempt {i}: {elapsed:?} vs {total:?}");
+            assert!(
+                elapsed >= total && elapsed <= total + (i + 1) * MS,
+                "attempt {i}: {elapsed:?} vs {total:?}"
+            );
         }
         b.reset();
         expected.reset();

@@ -21,8 +21,10 @@ pub async fn run(format: Format, ctx: SinkContext) -> Result<(), SinkError> {
     // A duplicate of fd 1, written directly: std's `Stdout` buffers by line and tokio's
     // reports a write as done before the kernel has it. We must know exactly which bytes
     // were written before acknowledging, and where to resume after an error.
-    let fd =
-        io::stdout().as_fd().try_clone_to_owned().map_err(|source| SinkError::Io { sink: ctx.name.clone(), source })?;
+    let fd = io::stdout()
+        .as_fd()
+        .try_clone_to_owned()
+        .map_err(|source| SinkError::Io { sink: ctx.name.clone(), source })?;
     let writer = StdoutWriter::new(format, std::fs::File::from(fd));
     drive(ctx, writer, Backoff::default()).await
 }
@@ -308,7 +310,11 @@ mod tests {
         std::str::from_utf8(out)
             .unwrap()
             .lines()
-            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["record"]["n"].as_u64().unwrap())
+            .map(|l| {
+                serde_json::from_str::<serde_json::Value>(l).unwrap()["record"]["n"]
+                    .as_u64()
+                    .unwrap()
+            })
             .collect()
     }
 
@@ -435,8 +441,11 @@ mod tests {
         drop(p);
         drive(ctx, StdoutWriter::new(Format::Json, out.clone()), fast()).await.unwrap();
         let data = out.data.lock().unwrap().clone();
-        let lines: Vec<serde_json::Value> =
-            std::str::from_utf8(&data).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        let lines: Vec<serde_json::Value> = std::str::from_utf8(&data)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
         assert_eq!(lines.len(), 2);
         assert!(lines[0]["record"].is_null());
         assert!(lines[0]["error"].as_str().unwrap().contains("truncated"));

@@ -150,7 +150,9 @@ impl NameTemplate {
                         chars.next();
                     }
                 }
-                '}' => return Err(format!("{what} template {s:?}: '}}' without '{{' at byte {at}")),
+                '}' => {
+                    return Err(format!("{what} template {s:?}: '}}' without '{{' at byte {at}"))
+                }
                 '%' => {
                     let part = match chars.next() {
                         Some((_, 'Y')) => Part::Year,
@@ -163,8 +165,8 @@ impl NameTemplate {
                         }
                         Some((_, other)) => {
                             return Err(format!(
-                                "{what} template {s:?}: unsupported '%{other}' (use %Y %m %d %H or %%)"
-                            ))
+                            "{what} template {s:?}: unsupported '%{other}' (use %Y %m %d %H or %%)"
+                        ))
                         }
                         None => return Err(format!("{what} template {s:?}: '%' at the end")),
                     };
@@ -179,9 +181,15 @@ impl NameTemplate {
                     if naming == Naming::Index && c.is_uppercase() {
                         return Err(format!("{what} template {s:?}: index names must be lowercase ({c:?} at byte {at})"));
                     }
-                    let bad = if c.is_ascii() { naming.clean(c as u8) != c as u8 } else { naming == Naming::LogGroup };
+                    let bad = if c.is_ascii() {
+                        naming.clean(c as u8) != c as u8
+                    } else {
+                        naming == Naming::LogGroup
+                    };
                     if bad {
-                        return Err(format!("{what} template {s:?}: {what} names cannot contain {c:?} (byte {at})"));
+                        return Err(format!(
+                            "{what} template {s:?}: {what} names cannot contain {c:?} (byte {at})"
+                        ));
                     }
                     lit.push(c)
                 }
@@ -192,7 +200,9 @@ impl NameTemplate {
         }
         if let (Naming::Index, Some(Part::Literal(first))) = (naming, parts.first()) {
             if first.starts_with(['-', '_', '+']) {
-                return Err(format!("{what} template {s:?}: index names cannot start with '-', '_' or '+'"));
+                return Err(format!(
+                    "{what} template {s:?}: index names cannot start with '-', '_' or '+'"
+                ));
             }
         }
         Ok(NameTemplate { parts, fallback: DEFAULT_FALLBACK.to_owned(), naming })
@@ -214,7 +224,13 @@ impl NameTemplate {
     /// Replace `out` with the name for one event. `record` and `metadata` are msgpack
     /// maps (either may be empty or malformed: fields then fall back). The record wins
     /// over the metadata. True when every `{field}` was found (none fell back).
-    pub fn render(&self, out: &mut Vec<u8>, record: &[u8], metadata: &[u8], time: EventTime) -> bool {
+    pub fn render(
+        &self,
+        out: &mut Vec<u8>,
+        record: &[u8],
+        metadata: &[u8],
+        time: EventTime,
+    ) -> bool {
         out.clear();
         let mut complete = true;
         let date = Date::of(time);
@@ -287,7 +303,9 @@ fn write_scalar(out: &mut Vec<u8>, s: &Scalar<'_>) {
         },
         Scalar::Int(i) => out.extend_from_slice(itoa::Buffer::new().format(i).as_bytes()),
         Scalar::UInt(u) => out.extend_from_slice(itoa::Buffer::new().format(u).as_bytes()),
-        Scalar::Float(f) if f.is_finite() => out.extend_from_slice(ryu::Buffer::new().format_finite(f).as_bytes()),
+        Scalar::Float(f) if f.is_finite() => {
+            out.extend_from_slice(ryu::Buffer::new().format_finite(f).as_bytes())
+        }
         Scalar::Float(_) => {}
     }
 }
@@ -666,7 +684,10 @@ mod tests {
     #[test]
     fn custom_fallback_and_metadata_only() {
         let tpl = IndexTemplate::parse("a-{k}").unwrap().with_fallback("None Given");
-        assert!(IndexTemplate::parse("{k}").is_ok(), "a field may start the name: cleaned when rendered");
+        assert!(
+            IndexTemplate::parse("{k}").is_ok(),
+            "a field may start the name: cleaned when rendered"
+        );
         let mut out = Vec::new();
         tpl.render(&mut out, &[], &[0xc1], EventTime::new(0, 0));
         assert_eq!(out, b"a-none_given");
@@ -720,7 +741,10 @@ mod tests {
         assert_eq!(has_keys(&r, b"ext3", b"nope"), (true, false));
         assert_eq!(has_keys(&r, b"k", b"a"), (true, true));
         // Non-string keys are skipped.
-        let odd = enc(&Value::Map(vec![(Value::from(1), Value::from(2)), (Value::from("k"), Value::from(3))]));
+        let odd = enc(&Value::Map(vec![
+            (Value::from(1), Value::from(2)),
+            (Value::from("k"), Value::from(3)),
+        ]));
         assert_eq!(field(&odd, b"k"), Some(Scalar::UInt(3)));
         for cut in 0..r.len() {
             let _ = field(&r[..cut], b"k");
@@ -756,13 +780,19 @@ mod tests {
         let g = NameTemplate::parse_as("/ecs/{ecs_cluster}/{family}", Naming::LogGroup).unwrap();
         assert!(!g.render(&mut out, &r, &[], EventTime::new(T, 0)), "a field fell back");
         assert_eq!(out, b"/ecs/Prod_Cluster_1/unknown");
-        let s = NameTemplate::parse_as("{ecs_task_id}/{ecs_container_name}", Naming::LogStream).unwrap();
+        let s = NameTemplate::parse_as("{ecs_task_id}/{ecs_container_name}", Naming::LogStream)
+            .unwrap();
         assert!(s.render(&mut out, &r, &[], EventTime::new(T, 0)));
         assert_eq!(std::str::from_utf8(&out).unwrap(), "abc_def/wéb");
         let g = NameTemplate::parse_as("/x/{ecs_container_name}", Naming::LogGroup).unwrap();
         g.render(&mut out, &r, &[], EventTime::new(T, 0));
         assert_eq!(out, b"/x/w_b", "one `_` per non-ASCII character in group names");
-        for (t, naming) in [("/ecs/a b", Naming::LogGroup), ("a:b", Naming::LogStream), ("a*", Naming::LogStream), ("/é", Naming::LogGroup)] {
+        for (t, naming) in [
+            ("/ecs/a b", Naming::LogGroup),
+            ("a:b", Naming::LogStream),
+            ("a*", Naming::LogStream),
+            ("/é", Naming::LogGroup),
+        ] {
             assert!(NameTemplate::parse_as(t, naming).is_err(), "{t}");
         }
         assert!(NameTemplate::parse_as("/ecs/Upper_Case#1", Naming::LogGroup).is_ok());

@@ -42,7 +42,8 @@ impl FakeImds {
         let l = TcpListener::bind("127.0.0.1:0").expect("bind fake imds");
         let endpoint = format!("http://{}", l.local_addr().expect("addr"));
         let requests = Arc::new(Mutex::new(Vec::new()));
-        let state = Arc::new(Mutex::new(State { tokens: Vec::new(), requests: Arc::clone(&requests) }));
+        let state =
+            Arc::new(Mutex::new(State { tokens: Vec::new(), requests: Arc::clone(&requests) }));
         // The accept thread ends with the test process.
         std::thread::spawn(move || {
             for s in l.incoming() {
@@ -68,7 +69,8 @@ fn serve(s: TcpStream, state: &Mutex<State>) {
             return;
         }
         let mut parts = line.split_whitespace();
-        let (method, path) = (parts.next().unwrap_or("").to_string(), parts.next().unwrap_or("").to_string());
+        let (method, path) =
+            (parts.next().unwrap_or("").to_string(), parts.next().unwrap_or("").to_string());
         let (mut ttl, mut token, mut len) = (None, None, 0usize);
         loop {
             let mut h = String::new();
@@ -95,21 +97,25 @@ fn serve(s: TcpStream, state: &Mutex<State>) {
         let (status, text) = {
             let mut st = state.lock().unwrap();
             let answer = match (method.as_str(), path.as_str()) {
-                ("PUT", "/latest/api/token") => match ttl.as_deref().and_then(|t| t.parse::<u32>().ok()) {
-                    Some(1..=21600) => {
-                        let t = format!("fake-token-{}", st.tokens.len() + 1);
-                        st.tokens.push(t.clone());
-                        (200, t)
+                ("PUT", "/latest/api/token") => {
+                    match ttl.as_deref().and_then(|t| t.parse::<u32>().ok()) {
+                        Some(1..=21600) => {
+                            let t = format!("fake-token-{}", st.tokens.len() + 1);
+                            st.tokens.push(t.clone());
+                            (200, t)
+                        }
+                        _ => (400, "missing or invalid ttl".to_string()),
                     }
-                    _ => (400, "missing or invalid ttl".to_string()),
-                },
+                }
                 ("GET", p) => {
                     if !token.as_ref().is_some_and(|t| st.tokens.contains(t)) {
                         (401, String::new())
                     } else {
                         match p {
                             "/latest/meta-data/instance-id" => (200, INSTANCE_ID.to_string()),
-                            "/latest/meta-data/placement/availability-zone" => (200, AZ.to_string()),
+                            "/latest/meta-data/placement/availability-zone" => {
+                                (200, AZ.to_string())
+                            }
                             "/latest/meta-data/placement/region" => (200, REGION.to_string()),
                             "/latest/meta-data/instance-type" => (200, INSTANCE_TYPE.to_string()),
                             _ => (404, String::new()),
@@ -118,7 +124,13 @@ fn serve(s: TcpStream, state: &Mutex<State>) {
                 }
                 _ => (405, String::new()),
             };
-            st.requests.lock().unwrap().push(Request { method: method.clone(), path: path.clone(), ttl: ttl.clone(), token: token.clone(), status: answer.0 });
+            st.requests.lock().unwrap().push(Request {
+                method: method.clone(),
+                path: path.clone(),
+                ttl: ttl.clone(),
+                token: token.clone(),
+                status: answer.0,
+            });
             answer
         };
         let reason = match status {
@@ -138,14 +150,23 @@ fn serve(s: TcpStream, state: &Mutex<State>) {
 /// The fake itself behaves as documented (so berth's test against it means something).
 pub fn self_check(f: &FakeImds) {
     let req = |raw: String| -> u16 {
-        let mut s = TcpStream::connect(f.endpoint.trim_start_matches("http://")).expect("connect fake imds");
+        let mut s = TcpStream::connect(f.endpoint.trim_start_matches("http://"))
+            .expect("connect fake imds");
         s.write_all(raw.as_bytes()).unwrap();
         let mut line = String::new();
         BufReader::new(s).read_line(&mut line).unwrap();
         line.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0)
     };
-    assert_eq!(req("PUT /latest/api/token HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n".into()), 400, "PUT without TTL");
-    assert_eq!(req("GET /latest/meta-data/instance-id HTTP/1.1\r\nHost: x\r\n\r\n".into()), 401, "GET without token");
+    assert_eq!(
+        req("PUT /latest/api/token HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n".into()),
+        400,
+        "PUT without TTL"
+    );
+    assert_eq!(
+        req("GET /latest/meta-data/instance-id HTTP/1.1\r\nHost: x\r\n\r\n".into()),
+        401,
+        "GET without token"
+    );
     assert_eq!(req("GET /latest/meta-data/instance-id HTTP/1.1\r\nHost: x\r\nX-aws-ec2-metadata-token: forged\r\n\r\n".into()), 401, "GET with a bad token");
     f.requests.lock().unwrap().clear();
 }

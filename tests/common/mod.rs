@@ -18,7 +18,8 @@ pub const WAIT: Duration = Duration::from_secs(20);
 /// may share one target dir, and a test binary built in a clone since removed would
 /// otherwise look there.
 pub fn package_file(rel: &str) -> PathBuf {
-    let dir = std::env::var_os("CARGO_MANIFEST_DIR").map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from);
+    let dir = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from);
     dir.join(rel)
 }
 
@@ -196,7 +197,9 @@ impl Berth {
     }
 
     pub fn unix_path(&self) -> PathBuf {
-        PathBuf::from(self.listeners.iter().find_map(|l| l.strip_prefix("unix://")).expect("a unix listener"))
+        PathBuf::from(
+            self.listeners.iter().find_map(|l| l.strip_prefix("unix://")).expect("a unix listener"),
+        )
     }
 
     pub fn stderr_text(&self) -> String {
@@ -327,12 +330,16 @@ pub fn read_ndjson(path: &Path) -> Vec<serde_json::Value> {
     let Ok(text) = std::fs::read_to_string(path) else { return vec![] };
     // A sink may be writing while a test polls: only lines that end in '\n' are complete.
     let complete = text.rfind('\n').map_or("", |end| &text[..end]);
-    complete.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad line {l:?}: {e}"))).collect()
+    complete
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad line {l:?}: {e}")))
+        .collect()
 }
 
 /// The Python interpreter of the test venv made by scripts/test-deps.
 pub fn test_python() -> PathBuf {
-    let venv = std::env::var("BERTH_TEST_VENV").unwrap_or_else(|_| "/var/tmp/berth-test-venv".to_string());
+    let venv =
+        std::env::var("BERTH_TEST_VENV").unwrap_or_else(|_| "/var/tmp/berth-test-venv".to_string());
     let py = PathBuf::from(venv).join("bin/python");
     assert!(
         py.exists(),
@@ -396,7 +403,10 @@ impl Client {
         match self.read(&mut b) {
             Ok(0) => true,
             Ok(_) => false,
-            Err(e) => matches!(e.kind(), std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe),
+            Err(e) => matches!(
+                e.kind(),
+                std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
+            ),
         }
     }
 }
@@ -462,7 +472,9 @@ pub struct HttpRequest {
 impl HttpRequest {
     /// The value of a header, trimmed (case-insensitive name).
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find_map(|h| h.split_once(':').filter(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.trim()))
+        self.headers.iter().find_map(|h| {
+            h.split_once(':').filter(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.trim())
+        })
     }
 }
 

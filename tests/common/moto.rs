@@ -23,10 +23,17 @@ impl Moto {
     pub fn start(env: &[(&str, &str)]) -> Moto {
         let py = test_python();
         let bin = py.parent().expect("venv bin").join("moto_server");
-        assert!(bin.exists(), "{} is missing: run scripts/test-deps (it installs moto[server])", bin.display());
+        assert!(
+            bin.exists(),
+            "{} is missing: run scripts/test-deps (it installs moto[server])",
+            bin.display()
+        );
         // Port 0: the OS picks, and moto (werkzeug) prints ` * Running on http://HOST:PORT`.
         let mut cmd = Command::new(bin);
-        cmd.args(["-H", "127.0.0.1", "-p", "0"]).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
+        cmd.args(["-H", "127.0.0.1", "-p", "0"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
         for (k, v) in env {
             cmd.env(k, v);
         }
@@ -40,7 +47,10 @@ impl Moto {
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
                 if let Some(rest) = line.split("Running on http://").nth(1) {
-                    let addr: String = rest.chars().take_while(|c| c.is_ascii_digit() || *c == '.' || *c == ':').collect();
+                    let addr: String = rest
+                        .chars()
+                        .take_while(|c| c.is_ascii_digit() || *c == '.' || *c == ':')
+                        .collect();
                     *f2.lock().unwrap() = Some(addr);
                 }
             }
@@ -81,7 +91,11 @@ pub fn cw_tool(url: &str, args: &[&str], creds: Option<(&str, &str)>) -> String 
         .env_remove("AWS_PROFILE")
         .output()
         .expect("run cw_tool.py");
-    assert!(out.status.success(), "cw_tool.py {args:?} failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "cw_tool.py {args:?} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8(out.stdout).expect("utf-8")
 }
 
@@ -100,12 +114,22 @@ pub struct Group {
 
 impl Stored {
     pub fn read(url: &str, creds: Option<(&str, &str)>) -> Stored {
-        let v: serde_json::Value = serde_json::from_str(&cw_tool(url, &["dump"], creds)).expect("dump json");
+        let v: serde_json::Value =
+            serde_json::from_str(&cw_tool(url, &["dump"], creds)).expect("dump json");
         let mut s = Stored::default();
         for (g, gv) in v.as_object().expect("object") {
-            let mut group = Group { retention: gv["retention"].as_u64(), class: gv["class"].as_str().map(str::to_owned), ..Group::default() };
+            let mut group = Group {
+                retention: gv["retention"].as_u64(),
+                class: gv["class"].as_str().map(str::to_owned),
+                ..Group::default()
+            };
             for (st, evs) in gv["streams"].as_object().expect("streams") {
-                let evs = evs.as_array().unwrap().iter().map(|e| (e[0].as_i64().unwrap(), e[1].as_str().unwrap().to_owned())).collect();
+                let evs = evs
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|e| (e[0].as_i64().unwrap(), e[1].as_str().unwrap().to_owned()))
+                    .collect();
                 group.streams.insert(st.clone(), evs);
             }
             s.groups.insert(g.clone(), group);
@@ -115,7 +139,11 @@ impl Stored {
 
     /// Messages of one stream, in order; empty when it does not exist.
     pub fn messages(&self, group: &str, stream: &str) -> Vec<String> {
-        self.groups.get(group).and_then(|g| g.streams.get(stream)).map(|e| e.iter().map(|(_, m)| m.clone()).collect()).unwrap_or_default()
+        self.groups
+            .get(group)
+            .and_then(|g| g.streams.get(stream))
+            .map(|e| e.iter().map(|(_, m)| m.clone()).collect())
+            .unwrap_or_default()
     }
 
     pub fn total(&self) -> usize {
@@ -205,13 +233,20 @@ fn serve(c: TcpStream, target: &str, f: Faults, calls: &Mutex<Vec<PutCall>>) {
     while let Some(req) = super::read_http_request(&mut r) {
         let amz_target = req.header("x-amz-target").unwrap_or_default().to_string();
         // Every forwarded request closes its connection to moto; the client's stays open.
-        let headers: Vec<String> = req.headers.iter().filter(|h| !h.to_ascii_lowercase().starts_with("connection:")).cloned().collect();
+        let headers: Vec<String> = req
+            .headers
+            .iter()
+            .filter(|h| !h.to_ascii_lowercase().starts_with("connection:"))
+            .cloned()
+            .collect();
         let (request_line, mut body) = (req.line, req.body);
         let mut headers = headers;
         if f.age_first_event && amz_target.ends_with(".PutLogEvents") {
-            let mut v: serde_json::Value = serde_json::from_slice(&body).expect("PutLogEvents json");
+            let mut v: serde_json::Value =
+                serde_json::from_slice(&body).expect("PutLogEvents json");
             if let Some(first) = v["logEvents"].get_mut(0) {
-                first["timestamp"] = (first["timestamp"].as_i64().unwrap() - 15 * 86_400_000).into();
+                first["timestamp"] =
+                    (first["timestamp"].as_i64().unwrap() - 15 * 86_400_000).into();
             }
             body = serde_json::to_vec(&v).unwrap();
             headers.retain(|h| !h.to_ascii_lowercase().starts_with("content-length:"));
@@ -223,7 +258,8 @@ fn serve(c: TcpStream, target: &str, f: Faults, calls: &Mutex<Vec<PutCall>>) {
             let v: serde_json::Value = serde_json::from_slice(&body).expect("PutLogEvents json");
             let evs = v["logEvents"].as_array().cloned().unwrap_or_default();
             let ts: Vec<i64> = evs.iter().map(|e| e["timestamp"].as_i64().unwrap()).collect();
-            let sizes: Vec<usize> = evs.iter().map(|e| e["message"].as_str().unwrap().len() + 26).collect();
+            let sizes: Vec<usize> =
+                evs.iter().map(|e| e["message"].as_str().unwrap().len() + 26).collect();
             let mut all = calls.lock().unwrap();
             let n = all.len() + 1;
             fate = if f.throttle_every > 0 && n % f.throttle_every == 0 {
@@ -250,8 +286,17 @@ fn serve(c: TcpStream, target: &str, f: Faults, calls: &Mutex<Vec<PutCall>>) {
             call_index = Some(all.len() - 1);
         }
         let reply = match fate {
-            "throttled" => (400, "application/x-amz-json-1.1".to_string(), br#"{"__type":"ThrottlingException","message":"Rate exceeded (injected)"}"#.to_vec()),
-            "unavailable" => (503, "application/x-amz-json-1.1".to_string(), br#"{"__type":"ServiceUnavailableException","message":"injected"}"#.to_vec()),
+            "throttled" => (
+                400,
+                "application/x-amz-json-1.1".to_string(),
+                br#"{"__type":"ThrottlingException","message":"Rate exceeded (injected)"}"#
+                    .to_vec(),
+            ),
+            "unavailable" => (
+                503,
+                "application/x-amz-json-1.1".to_string(),
+                br#"{"__type":"ServiceUnavailableException","message":"injected"}"#.to_vec(),
+            ),
             _ => match forward(target, &request_line, &headers, &body) {
                 Some(r) => r,
                 None => {
@@ -268,7 +313,10 @@ fn serve(c: TcpStream, target: &str, f: Faults, calls: &Mutex<Vec<PutCall>>) {
             return;
         }
         let (status, ctype, body) = reply;
-        let head = format!("HTTP/1.1 {status} X\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\n\r\n", body.len());
+        let head = format!(
+            "HTTP/1.1 {status} X\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        );
         if w.write_all(head.as_bytes()).and_then(|_| w.write_all(&body)).is_err() {
             return;
         }
@@ -276,7 +324,12 @@ fn serve(c: TcpStream, target: &str, f: Faults, calls: &Mutex<Vec<PutCall>>) {
 }
 
 /// One request to moto with `Connection: close`: (status, content type, body).
-fn forward(target: &str, request_line: &str, headers: &[String], body: &[u8]) -> Option<(u16, String, Vec<u8>)> {
+fn forward(
+    target: &str,
+    request_line: &str,
+    headers: &[String],
+    body: &[u8],
+) -> Option<(u16, String, Vec<u8>)> {
     let mut s = TcpStream::connect(target).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(60))).ok()?;
     let mut req = request_line.as_bytes().to_vec();
@@ -293,7 +346,11 @@ fn forward(target: &str, request_line: &str, headers: &[String], body: &[u8]) ->
     let status = head.split(' ').nth(1)?.parse().ok()?;
     let ctype = head
         .lines()
-        .find_map(|l| l.split_once(':').filter(|(k, _)| k.eq_ignore_ascii_case("content-type")).map(|(_, v)| v.trim().to_string()))
+        .find_map(|l| {
+            l.split_once(':')
+                .filter(|(k, _)| k.eq_ignore_ascii_case("content-type"))
+                .map(|(_, v)| v.trim().to_string())
+        })
         .unwrap_or_else(|| "application/x-amz-json-1.1".into());
     let mut body = resp[split + 4..].to_vec();
     if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {

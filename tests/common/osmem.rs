@@ -44,7 +44,13 @@ impl Osmem {
     /// Start on a port the server picks (`--addr 127.0.0.1:0`); returns once it answers.
     pub fn start() -> Osmem {
         let mut child = Command::new(osmem_bin())
-            .args(["--addr", "127.0.0.1:0", "--no-ja", "--parent-pid", &std::process::id().to_string()])
+            .args([
+                "--addr",
+                "127.0.0.1:0",
+                "--no-ja",
+                "--parent-pid",
+                &std::process::id().to_string(),
+            ])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -74,7 +80,9 @@ impl Osmem {
             url.lock().unwrap().clone()
         });
         s.addr = url.trim_start_matches("http://").trim_end_matches('/').to_string();
-        wait_for(WAIT, "osmem-server to answer", || (try_request(&s.addr, "GET", "/", None).map(|r| r.0) == Some(200)).then_some(()));
+        wait_for(WAIT, "osmem-server to answer", || {
+            (try_request(&s.addr, "GET", "/", None).map(|r| r.0) == Some(200)).then_some(())
+        });
         s
     }
 
@@ -83,8 +91,14 @@ impl Osmem {
     }
 
     /// A JSON request; panics on a transport error.
-    pub fn request(&self, method: &str, path: &str, body: Option<&str>) -> (u16, serde_json::Value) {
-        let (status, text) = try_request(&self.addr, method, path, body).expect("request to osmem-server");
+    pub fn request(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&str>,
+    ) -> (u16, serde_json::Value) {
+        let (status, text) =
+            try_request(&self.addr, method, path, body).expect("request to osmem-server");
         (status, serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)))
     }
 
@@ -125,7 +139,12 @@ impl Drop for Osmem {
 }
 
 /// One HTTP/1.1 request with `Connection: close`; `None` when the server cannot be reached.
-pub fn try_request(addr: &str, method: &str, path: &str, body: Option<&str>) -> Option<(u16, String)> {
+pub fn try_request(
+    addr: &str,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+) -> Option<(u16, String)> {
     let mut s = TcpStream::connect(addr).ok()?;
     s.set_read_timeout(Some(WAIT)).ok()?;
     let body = body.unwrap_or("");
@@ -165,7 +184,8 @@ impl Proxy {
         let lose2 = Arc::clone(&lose);
         let stop = Arc::new(AtomicBool::new(false));
         let conns: Arc<Mutex<Vec<TcpStream>>> = Arc::default();
-        let (d, st, cs, target) = (Arc::clone(&down), Arc::clone(&stop), Arc::clone(&conns), target.to_string());
+        let (d, st, cs, target) =
+            (Arc::clone(&down), Arc::clone(&stop), Arc::clone(&conns), target.to_string());
         std::thread::spawn(move || {
             for c in listener.incoming() {
                 if st.load(Ordering::SeqCst) {
@@ -309,7 +329,8 @@ fn serve_faults(c: TcpStream, target: &str, f: Faults, stats: &Mutex<FaultStats>
     let mut w = c.try_clone().unwrap();
     let mut r = std::io::BufReader::new(c);
     while let Some(req) = super::read_http_request(&mut r) {
-        let req_gzip = req.header("content-encoding").is_some_and(|v| v.eq_ignore_ascii_case("gzip"));
+        let req_gzip =
+            req.header("content-encoding").is_some_and(|v| v.eq_ignore_ascii_case("gzip"));
         let body = req.body;
         {
             let mut s = stats.lock().unwrap();
@@ -320,7 +341,10 @@ fn serve_faults(c: TcpStream, target: &str, f: Faults, stats: &Mutex<FaultStats>
                     gate.notify_all();
                 } else {
                     s.gate_waiting += 1;
-                    s = gate.wait_timeout_while(s, Duration::from_secs(30), |s| s.gated < f.gate).unwrap().0;
+                    s = gate
+                        .wait_timeout_while(s, Duration::from_secs(30), |s| s.gated < f.gate)
+                        .unwrap()
+                        .0;
                     s.gate_waiting -= 1;
                 }
             }
@@ -336,25 +360,32 @@ fn serve_faults(c: TcpStream, target: &str, f: Faults, stats: &Mutex<FaultStats>
             (413, String::new(), String::new())
         } else if f.unavailable_every > 0 && n % f.unavailable_every == 0 {
             stats.lock().unwrap().unavailable += 1;
-            (503, format!("Retry-After: {}\r\n", f.retry_after), "{\"error\":\"unavailable\"}".to_string())
+            (
+                503,
+                format!("Retry-After: {}\r\n", f.retry_after),
+                "{\"error\":\"unavailable\"}".to_string(),
+            )
         } else {
             let body = if req_gzip {
                 stats.lock().unwrap().gzipped += 1;
                 let mut out = Vec::new();
-                std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&body[..]), &mut out).expect("gzip body");
+                std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&body[..]), &mut out)
+                    .expect("gzip body");
                 out
             } else {
                 body
             };
             let text = String::from_utf8(body).expect("ndjson body");
-            let (status, resp) = try_request(target, "POST", "/_bulk", Some(&text)).expect("forward to osmem");
+            let (status, resp) =
+                try_request(target, "POST", "/_bulk", Some(&text)).expect("forward to osmem");
             let mut v: serde_json::Value = serde_json::from_str(&resp).expect("bulk response");
             if f.item_429_every > 0 {
                 let mut injected = 0;
                 if let Some(items) = v["items"].as_array_mut() {
                     for (i, item) in items.iter_mut().enumerate() {
                         if (i + n) % f.item_429_every == 0 {
-                            let action = item.as_object().and_then(|o| o.keys().next().cloned()).unwrap();
+                            let action =
+                                item.as_object().and_then(|o| o.keys().next().cloned()).unwrap();
                             item[&action]["status"] = 429.into();
                             item[&action]["error"] = serde_json::json!({"type": "es_rejected_execution_exception", "reason": "injected"});
                             injected += 1;

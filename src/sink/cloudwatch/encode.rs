@@ -96,8 +96,12 @@ impl DeadReason {
     pub fn describe(self) -> &'static str {
         match self {
             DeadReason::TooOld => "event is more than 14 days old: CloudWatch Logs refuses it",
-            DeadReason::BeforeRetention => "event is older than the log group's retention: CloudWatch Logs refuses it",
-            DeadReason::TooNew => "event is more than 2 hours in the future: CloudWatch Logs refuses it",
+            DeadReason::BeforeRetention => {
+                "event is older than the log group's retention: CloudWatch Logs refuses it"
+            }
+            DeadReason::TooNew => {
+                "event is more than 2 hours in the future: CloudWatch Logs refuses it"
+            }
         }
     }
 }
@@ -136,11 +140,18 @@ struct Stream {
 
 impl Encoder {
     /// `max_event_bytes`: one event at most, its overhead included (at least 1 KiB).
-    pub fn new(group: NameTemplate, stream: NameTemplate, message_key: Option<String>, retention_days: Option<i32>, max_event_bytes: usize) -> Encoder {
+    pub fn new(
+        group: NameTemplate,
+        stream: NameTemplate,
+        message_key: Option<String>,
+        retention_days: Option<i32>,
+        max_event_bytes: usize,
+    ) -> Encoder {
         Encoder {
             group,
             stream,
-            container_id: NameTemplate::parse_as("{container_id}", Naming::LogStream).unwrap_or_else(|_| unreachable!("a valid template")),
+            container_id: NameTemplate::parse_as("{container_id}", Naming::LogStream)
+                .unwrap_or_else(|_| unreachable!("a valid template")),
             message_key,
             retention_ms: retention_days.map(|d| i64::from(d) * 24 * 3600 * 1000),
             max_message: max_event_bytes.clamp(1024, MAX_EVENT_BYTES) - EVENT_OVERHEAD,
@@ -162,7 +173,11 @@ impl Encoder {
                     continue;
                 }
                 let offset = d.offset_of(i);
-                let ts = ev.time.secs.saturating_mul(1000).saturating_add(i64::from(ev.time.nanos / 1_000_000));
+                let ts = ev
+                    .time
+                    .secs
+                    .saturating_mul(1000)
+                    .saturating_add(i64::from(ev.time.nanos / 1_000_000));
                 if ts < now_ms - MAX_AGE_MS {
                     out.dead.push((offset, DeadReason::TooOld));
                     continue;
@@ -212,7 +227,13 @@ impl Encoder {
 
     /// The stream name into `stream_buf`: the template, or when one of its fields is
     /// missing the record's `container_id`, else the tag.
-    fn stream_name(&mut self, tag: &Tag, record: &[u8], metadata: &[u8], time: crate::event::EventTime) {
+    fn stream_name(
+        &mut self,
+        tag: &Tag,
+        record: &[u8],
+        metadata: &[u8],
+        time: crate::event::EventTime,
+    ) {
         if self.stream.render(&mut self.stream_buf, record, metadata, time) {
             return;
         }
@@ -295,14 +316,20 @@ fn split_into(message: &str, max: usize, ts: i64, offset: u64, out: &mut Vec<Log
 
 /// Cut one stream's sorted events into batches within the count, size and span limits.
 fn cut(s: Stream, out: &mut Vec<LogBatch>) {
-    let mut cur = LogBatch { group: s.group.clone(), stream: s.stream.clone(), events: Vec::new(), bytes: 0 };
+    let mut cur =
+        LogBatch { group: s.group.clone(), stream: s.stream.clone(), events: Vec::new(), bytes: 0 };
     for e in s.events {
         let size = e.message.len() + EVENT_OVERHEAD;
         let full = cur.events.len() >= MAX_BATCH_EVENTS
             || cur.bytes + size > MAX_BATCH_BYTES
             || cur.events.first().is_some_and(|f| e.timestamp - f.timestamp >= MAX_SPAN_MS);
         if full {
-            let next = LogBatch { group: s.group.clone(), stream: s.stream.clone(), events: Vec::new(), bytes: 0 };
+            let next = LogBatch {
+                group: s.group.clone(),
+                stream: s.stream.clone(),
+                events: Vec::new(),
+                bytes: 0,
+            };
             out.push(std::mem::replace(&mut cur, next));
         }
         cur.bytes += size;
@@ -331,18 +358,27 @@ mod tests {
     }
 
     fn ev(ms: i64, record: Bytes) -> Event {
-        Event { time: EventTime::new(ms.div_euclid(1000), (ms.rem_euclid(1000) * 1_000_000) as u32), record, metadata: Bytes::new() }
+        Event {
+            time: EventTime::new(ms.div_euclid(1000), (ms.rem_euclid(1000) * 1_000_000) as u32),
+            record,
+            metadata: Bytes::new(),
+        }
     }
 
     fn delivery(first: u64, tag: &'static str, events: Vec<Event>) -> Delivery {
         let n = events.len() as u64;
-        Delivery { first, seq: first + n, batch: Arc::new(Batch { tag: Tag::from_static(tag), events }) }
+        Delivery {
+            first,
+            seq: first + n,
+            batch: Arc::new(Batch { tag: Tag::from_static(tag), events }),
+        }
     }
 
     fn encoder() -> Encoder {
         Encoder::new(
             NameTemplate::parse_as("/ecs/{ecs_cluster}", Naming::LogGroup).unwrap(),
-            NameTemplate::parse_as("{ecs_task_id}/{ecs_container_name}", Naming::LogStream).unwrap(),
+            NameTemplate::parse_as("{ecs_task_id}/{ecs_container_name}", Naming::LogStream)
+                .unwrap(),
             Some("log".into()),
             None,
             256 * 1024,
@@ -351,15 +387,37 @@ mod tests {
 
     #[test]
     fn names_messages_and_stream_fallbacks() {
-        let full = rec(&[("log", "hello"), ("ecs_cluster", "prod"), ("ecs_task_id", "t1"), ("ecs_container_name", "web")]);
+        let full = rec(&[
+            ("log", "hello"),
+            ("ecs_cluster", "prod"),
+            ("ecs_task_id", "t1"),
+            ("ecs_container_name", "web"),
+        ]);
         let no_task = rec(&[("log", "x"), ("container_id", "abc123")]);
         let bare = rec(&[("msg", "no log field")]);
         let empty = rec(&[("log", ""), ("n", "1")]);
-        let d = delivery(10, "docker.web", vec![ev(NOW, full), ev(NOW, no_task), ev(NOW, bare), ev(NOW, empty), Event::tombstone(EventTime::new(0, 0))]);
+        let d = delivery(
+            10,
+            "docker.web",
+            vec![
+                ev(NOW, full),
+                ev(NOW, no_task),
+                ev(NOW, bare),
+                ev(NOW, empty),
+                Event::tombstone(EventTime::new(0, 0)),
+            ],
+        );
         let out = encoder().encode(&[d], NOW);
         assert!(out.dead.is_empty());
-        let got: Vec<(&str, &str, &str, u64)> =
-            out.batches.iter().flat_map(|b| b.events.iter().map(move |e| (b.group.as_str(), b.stream.as_str(), e.message.as_str(), e.offset))).collect();
+        let got: Vec<(&str, &str, &str, u64)> = out
+            .batches
+            .iter()
+            .flat_map(|b| {
+                b.events.iter().map(move |e| {
+                    (b.group.as_str(), b.stream.as_str(), e.message.as_str(), e.offset)
+                })
+            })
+            .collect();
         assert_eq!(
             got,
             vec![
@@ -381,18 +439,35 @@ mod tests {
     #[test]
     fn events_outside_the_window_are_dead_letters_not_dropped() {
         let r = rec(&[("log", "x")]);
-        let d = delivery(0, "t", vec![
-            ev(NOW - 15 * 24 * 3600 * 1000, r.clone()),
-            ev(NOW - 3 * 24 * 3600 * 1000, r.clone()),
-            ev(NOW + 3 * 3600 * 1000, r.clone()),
-            ev(NOW + 3600 * 1000, r.clone()),
-        ]);
+        let d = delivery(
+            0,
+            "t",
+            vec![
+                ev(NOW - 15 * 24 * 3600 * 1000, r.clone()),
+                ev(NOW - 3 * 24 * 3600 * 1000, r.clone()),
+                ev(NOW + 3 * 3600 * 1000, r.clone()),
+                ev(NOW + 3600 * 1000, r.clone()),
+            ],
+        );
         let out = encoder().encode(std::slice::from_ref(&d), NOW);
         assert_eq!(out.dead, vec![(0, DeadReason::TooOld), (2, DeadReason::TooNew)]);
         assert_eq!(out.batches.iter().map(|b| b.events.len()).sum::<usize>(), 2);
-        let mut short = Encoder::new(NameTemplate::parse_as("g", Naming::LogGroup).unwrap(), NameTemplate::parse_as("s", Naming::LogStream).unwrap(), None, Some(1), 256 * 1024);
+        let mut short = Encoder::new(
+            NameTemplate::parse_as("g", Naming::LogGroup).unwrap(),
+            NameTemplate::parse_as("s", Naming::LogStream).unwrap(),
+            None,
+            Some(1),
+            256 * 1024,
+        );
         let out = short.encode(&[d], NOW);
-        assert_eq!(out.dead, vec![(0, DeadReason::TooOld), (1, DeadReason::BeforeRetention), (2, DeadReason::TooNew)]);
+        assert_eq!(
+            out.dead,
+            vec![
+                (0, DeadReason::TooOld),
+                (1, DeadReason::BeforeRetention),
+                (2, DeadReason::TooNew)
+            ]
+        );
     }
 
     #[test]
@@ -410,12 +485,19 @@ mod tests {
         assert_eq!(out.batches.len(), 3);
         for b in &out.batches {
             assert!(b.bytes <= MAX_BATCH_BYTES);
-            assert_eq!(b.bytes, b.events.iter().map(|e| e.message.len() + EVENT_OVERHEAD).sum::<usize>());
+            assert_eq!(
+                b.bytes,
+                b.events.iter().map(|e| e.message.len() + EVENT_OVERHEAD).sum::<usize>()
+            );
         }
         assert_eq!(out.batches[0].events.len(), MAX_BATCH_BYTES / (1024 + EVENT_OVERHEAD));
         // 30 hours, out of order: sorted, and cut where the span would reach 24 h.
         let hour = 3600 * 1000;
-        let d = delivery(0, "t", (0..31).rev().map(|h| ev(NOW - h * hour, rec(&[("log", &h.to_string())]))).collect());
+        let d = delivery(
+            0,
+            "t",
+            (0..31).rev().map(|h| ev(NOW - h * hour, rec(&[("log", &h.to_string())]))).collect(),
+        );
         let out = encoder().encode(&[d], NOW);
         for b in &out.batches {
             assert!(b.events.windows(2).all(|w| w[0].timestamp <= w[1].timestamp));
@@ -423,9 +505,13 @@ mod tests {
         }
         assert_eq!(out.batches.iter().map(|b| b.events.len()).collect::<Vec<_>>(), vec![24, 7]);
         // Stable: equal timestamps keep their order.
-        let d = delivery(0, "t", (0..5).map(|i| ev(NOW, rec(&[("log", &i.to_string())]))).collect());
+        let d =
+            delivery(0, "t", (0..5).map(|i| ev(NOW, rec(&[("log", &i.to_string())]))).collect());
         let out = encoder().encode(&[d], NOW);
-        assert_eq!(out.batches[0].events.iter().map(|e| e.message.as_str()).collect::<Vec<_>>(), vec!["0", "1", "2", "3", "4"]);
+        assert_eq!(
+            out.batches[0].events.iter().map(|e| e.message.as_str()).collect::<Vec<_>>(),
+            vec!["0", "1", "2", "3", "4"]
+        );
     }
 
     #[test]
@@ -451,7 +537,11 @@ mod tests {
         let record = rec(&[("log", &big)]);
         let mut again = encoder();
         for p in &parts {
-            assert!(again.message_again(&record, p.part) == p.message, "part {} rebuilt the same", p.part);
+            assert!(
+                again.message_again(&record, p.part) == p.message,
+                "part {} rebuilt the same",
+                p.part
+            );
         }
         assert_eq!(again.message_again(&rec(&[("log", "small")]), 0), "small");
         for b in &out.batches {

@@ -72,10 +72,15 @@ pub fn classify(code: Option<&str>, status: Option<u16>) -> Failure {
     match code {
         Some("ResourceNotFoundException") => return Failure::NotFound,
         Some("ResourceAlreadyExistsException") => return Failure::AlreadyExists,
-        Some("ThrottlingException" | "Throttling" | "TooManyRequestsException" | "LimitExceededException") => {
-            return Failure::Retry { reason: "throttled" }
+        Some(
+            "ThrottlingException"
+            | "Throttling"
+            | "TooManyRequestsException"
+            | "LimitExceededException",
+        ) => return Failure::Retry { reason: "throttled" },
+        Some("ServiceUnavailableException" | "InternalFailure" | "ServiceUnavailable") => {
+            return Failure::Retry { reason: "unavailable" }
         }
-        Some("ServiceUnavailableException" | "InternalFailure" | "ServiceUnavailable") => return Failure::Retry { reason: "unavailable" },
         Some(
             "UnrecognizedClientException"
             | "AccessDeniedException"
@@ -122,7 +127,11 @@ mod tests {
             (Some("ResourceNotFoundException"), Some(400), Failure::NotFound),
             (Some("ResourceAlreadyExistsException"), Some(400), Failure::AlreadyExists),
             (Some("ThrottlingException"), Some(400), Failure::Retry { reason: "throttled" }),
-            (Some("ServiceUnavailableException"), Some(503), Failure::Retry { reason: "unavailable" }),
+            (
+                Some("ServiceUnavailableException"),
+                Some(503),
+                Failure::Retry { reason: "unavailable" },
+            ),
             (None, Some(503), Failure::Retry { reason: "unavailable" }),
             (None, Some(429), Failure::Retry { reason: "throttled" }),
             (None, None, Failure::Retry { reason: "connection" }),

@@ -36,12 +36,20 @@ const BACKOFF: (Duration, Duration) = (Duration::from_millis(100), Duration::fro
 /// Run until the pipeline ends (every input stopped and everything read was settled).
 /// An encoder for this sink's names, messages and limits.
 fn new_encoder(cfg: &CloudWatchConfig) -> Encoder {
-    Encoder::new(cfg.group_template.clone(), cfg.stream_template.clone(), cfg.message_key.clone(), cfg.retention_days, cfg.max_event_size)
+    Encoder::new(
+        cfg.group_template.clone(),
+        cfg.stream_template.clone(),
+        cfg.message_key.clone(),
+        cfg.retention_days,
+        cfg.max_event_size,
+    )
 }
 
 pub async fn run(cfg: &CloudWatchConfig, mut ctx: SinkContext) -> Result<(), SinkError> {
     let name = ctx.name.clone();
-    let client = client(cfg).await.map_err(|e| SinkError::Io { sink: name.clone(), source: std::io::Error::other(e) })?;
+    let client = client(cfg)
+        .await
+        .map_err(|e| SinkError::Io { sink: name.clone(), source: std::io::Error::other(e) })?;
     let label = SinkLabel { sink: name.clone() };
     let shared = Arc::new(Shared {
         client,
@@ -68,7 +76,9 @@ pub async fn run(cfg: &CloudWatchConfig, mut ctx: SinkContext) -> Result<(), Sin
     while let Some(group) = gather(&mut ctx.reader, cfg).await {
         let seq = group.last().map_or(0, |d| d.seq);
         let group: Arc<[Delivery]> = group.into();
-        let now_ms = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
+        let now_ms = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
         let encoded = encoder.encode(&group, now_ms);
         split.inc_by(encoded.split);
         if !encoded.dead.is_empty() {
@@ -83,10 +93,13 @@ pub async fn run(cfg: &CloudWatchConfig, mut ctx: SinkContext) -> Result<(), Sin
         let mut batches = encoded.batches.into_iter().peekable();
         while let Some(first) = batches.next() {
             let mut mine = vec![first];
-            while let Some(b) = batches.next_if(|b| b.group == mine[0].group && b.stream == mine[0].stream) {
+            while let Some(b) =
+                batches.next_if(|b| b.group == mine[0].group && b.stream == mine[0].stream)
+            {
                 mine.push(b);
             }
-            let (shared, group, permits) = (Arc::clone(&shared), Arc::clone(&group), Arc::clone(&streams_at_once));
+            let (shared, group, permits) =
+                (Arc::clone(&shared), Arc::clone(&group), Arc::clone(&streams_at_once));
             let mut again = new_encoder(cfg);
             tasks.spawn(async move {
                 // The semaphore is never closed.
@@ -98,7 +111,10 @@ pub async fn run(cfg: &CloudWatchConfig, mut ctx: SinkContext) -> Result<(), Sin
         }
         while let Some(joined) = tasks.join_next().await {
             // A panic is a bug; its batch's fate is unknown: stop rather than acknowledge it.
-            joined.map_err(|e| SinkError::Io { sink: name.clone(), source: std::io::Error::other(format!("cloudwatch_logs sink task failed: {e}")) })?;
+            joined.map_err(|e| SinkError::Io {
+                sink: name.clone(),
+                source: std::io::Error::other(format!("cloudwatch_logs sink task failed: {e}")),
+            })?;
         }
         ctx.reader.ack(seq);
     }
@@ -110,7 +126,8 @@ pub async fn run(cfg: &CloudWatchConfig, mut ctx: SinkContext) -> Result<(), Sin
 async fn gather(reader: &mut SinkReader, cfg: &CloudWatchConfig) -> Option<Vec<Delivery>> {
     let first = reader.recv().await?;
     let deadline = Instant::now() + cfg.flush_interval;
-    let (max_events, max_bytes) = (MAX_BATCH_EVENTS * cfg.concurrency, MAX_BATCH_BYTES * cfg.concurrency);
+    let (max_events, max_bytes) =
+        (MAX_BATCH_EVENTS * cfg.concurrency, MAX_BATCH_BYTES * cfg.concurrency);
     let (mut events, mut bytes) = (first.batch.len(), first.batch.record_bytes());
     let mut group = vec![first];
     while events < max_events && bytes < max_bytes {
@@ -137,16 +154,24 @@ async fn client(cfg: &CloudWatchConfig) -> Result<cwl::Client, String> {
     }
     let sdk = loader.load().await;
     if sdk.region().is_none() {
-        return Err("no AWS region: set `region` in the sink, AWS_REGION, or run where IMDS answers".into());
+        return Err(
+            "no AWS region: set `region` in the sink, AWS_REGION, or run where IMDS answers".into(),
+        );
     }
     let mut b = cwl::config::Builder::from(&sdk)
         .retry_config(cwl::config::retry::RetryConfig::disabled())
-        .timeout_config(cwl::config::timeout::TimeoutConfig::builder().operation_timeout(cfg.timeout).build());
+        .timeout_config(
+            cwl::config::timeout::TimeoutConfig::builder().operation_timeout(cfg.timeout).build(),
+        );
     if let Some(u) = &cfg.endpoint_url {
         b = b.endpoint_url(u.clone());
     }
     if let Some(arn) = &cfg.role_arn {
-        let p = aws_config::sts::AssumeRoleProvider::builder(arn.clone()).configure(&sdk).session_name("berth").build().await;
+        let p = aws_config::sts::AssumeRoleProvider::builder(arn.clone())
+            .configure(&sdk)
+            .session_name("berth")
+            .build()
+            .await;
         b = b.credentials_provider(p);
     }
     Ok(cwl::Client::from_conf(b.build()))
@@ -163,7 +188,11 @@ struct Sent {
 
 /// An SDK event (both required fields are set: `build` cannot fail).
 fn log_event(timestamp: i64, message: String) -> InputLogEvent {
-    InputLogEvent::builder().timestamp(timestamp).message(message).build().unwrap_or_else(|_| unreachable!("timestamp and message are set"))
+    InputLogEvent::builder()
+        .timestamp(timestamp)
+        .message(message)
+        .build()
+        .unwrap_or_else(|_| unreachable!("timestamp and message are set"))
 }
 
 /// What every stream task of the sink shares.
@@ -181,7 +210,9 @@ struct Shared {
 
 /// The text of an error from any CloudWatch Logs call: `Code: message`, or the whole chain
 /// when there was no answer.
-fn describe<E: ProvideErrorMetadata + std::error::Error + 'static, R: std::fmt::Debug>(e: &SdkError<E, R>) -> String {
+fn describe<E: ProvideErrorMetadata + std::error::Error + 'static, R: std::fmt::Debug>(
+    e: &SdkError<E, R>,
+) -> String {
     match (e.code(), e.message()) {
         (Some(c), Some(m)) => format!("{c}: {m}"),
         (Some(c), None) => c.to_owned(),
@@ -199,7 +230,10 @@ impl Shared {
     }
 
     fn retried(&self, reason: &'static str) {
-        self.metrics.output_retries.get_or_create(&SinkReasonLabel { sink: self.name.clone(), reason }).inc();
+        self.metrics
+            .output_retries
+            .get_or_create(&SinkReasonLabel { sink: self.name.clone(), reason })
+            .inc();
     }
 
     /// Send one batch until each of its records is delivered or dead-lettered. The first
@@ -209,20 +243,38 @@ impl Shared {
         let since = Instant::now();
         let mut backoff = Backoff::from_entropy(BACKOFF.0, BACKOFF.1);
         let LogBatch { group: log_group, stream, events, bytes } = batch;
-        let ids: Vec<Sent> = events.iter().map(|e| Sent { offset: e.offset, part: e.part, timestamp: e.timestamp, len: e.message.len() }).collect();
-        let mut first = Some(events.into_iter().map(|e| log_event(e.timestamp, e.message)).collect::<Vec<_>>());
+        let ids: Vec<Sent> = events
+            .iter()
+            .map(|e| Sent {
+                offset: e.offset,
+                part: e.part,
+                timestamp: e.timestamp,
+                len: e.message.len(),
+            })
+            .collect();
+        let mut first =
+            Some(events.into_iter().map(|e| log_event(e.timestamp, e.message)).collect::<Vec<_>>());
         let mut created = false;
         loop {
             let input = first.take().unwrap_or_else(|| {
                 ids.iter()
                     .map(|s| {
-                        let message = find(group, s.offset).map(|(_, ev)| again.message_again(&ev.record, s.part)).unwrap_or_default();
+                        let message = find(group, s.offset)
+                            .map(|(_, ev)| again.message_again(&ev.record, s.part))
+                            .unwrap_or_default();
                         log_event(s.timestamp, message)
                     })
                     .collect()
             });
             let sent_at = Instant::now();
-            let reply = self.client.put_log_events().log_group_name(&log_group).log_stream_name(&stream).set_log_events(Some(input)).send().await;
+            let reply = self
+                .client
+                .put_log_events()
+                .log_group_name(&log_group)
+                .log_stream_name(&stream)
+                .set_log_events(Some(input))
+                .send()
+                .await;
             self.request_duration.observe(sent_at.elapsed().as_secs_f64());
             let err = match reply {
                 Ok(out) => {
@@ -231,7 +283,8 @@ impl Shared {
                 }
                 Err(e) => e,
             };
-            let (code, status, text) = (err.code().map(str::to_owned), status_of(&err), describe(&err));
+            let (code, status, text) =
+                (err.code().map(str::to_owned), status_of(&err), describe(&err));
             let failure = classify(code.as_deref(), status);
             match failure {
                 // Just created (or found existing) and still not found: the service may not
@@ -264,7 +317,14 @@ impl Shared {
                     let mut last = None;
                     for s in &ids {
                         if last != Some(s.offset) {
-                            dead.push(group, s.offset, status.unwrap_or(0), code.as_deref().unwrap_or("rejected"), &reason, "rejected");
+                            dead.push(
+                                group,
+                                s.offset,
+                                status.unwrap_or(0),
+                                code.as_deref().unwrap_or("rejected"),
+                                &reason,
+                                "rejected",
+                            );
                             last = Some(s.offset);
                         }
                     }
@@ -304,7 +364,13 @@ impl Shared {
     }
 
     /// A PutLogEvents answered 200: records are delivered except those the answer rejects.
-    async fn accepted(&self, group: &[Delivery], ids: &[Sent], bytes: usize, info: Option<&cwl::types::RejectedLogEventsInfo>) {
+    async fn accepted(
+        &self,
+        group: &[Delivery],
+        ids: &[Sent],
+        bytes: usize,
+        info: Option<&cwl::types::RejectedLogEventsInfo>,
+    ) {
         let idx = |v: Option<i32>| v.and_then(|i| usize::try_from(i).ok());
         let rejected = RejectedInfo {
             too_new_start: info.and_then(|i| idx(i.too_new_log_event_start_index())),
@@ -318,7 +384,10 @@ impl Shared {
                 Some(why) => {
                     sent_bytes -= s.len + super::encode::EVENT_OVERHEAD;
                     if last_dead != Some(s.offset) {
-                        let reason = format!("rejected by CloudWatch Logs (rejectedLogEventsInfo): {}", why.describe());
+                        let reason = format!(
+                            "rejected by CloudWatch Logs (rejectedLogEventsInfo): {}",
+                            why.describe()
+                        );
                         dead.push(group, s.offset, 200, why.label(), &reason, why.label());
                         last_dead = Some(s.offset);
                     }
@@ -334,7 +403,10 @@ impl Shared {
     /// Retried past `max_retry_duration`: the batch's records to the dead-letter file.
     async fn expire(&self, group: &[Delivery], ids: &[Sent], last: &str) {
         let max = self.cfg.max_retry_duration.unwrap_or_default();
-        let reason = format!("not delivered after retrying for max_retry_duration ({}); last error: {last}", crate::config::format_duration(max));
+        let reason = format!(
+            "not delivered after retrying for max_retry_duration ({}); last error: {last}",
+            crate::config::format_duration(max)
+        );
         let mut dead = self.dead_letters();
         let mut prev = None;
         for s in ids {
@@ -358,14 +430,25 @@ impl Shared {
             Err(other) => return Err(format!("CreateLogStream failed: {other:?}")),
         }
         if !self.cfg.create_missing_group {
-            return Err(format!("log group {group:?} does not exist and create_missing_group = false"));
+            return Err(format!(
+                "log group {group:?} does not exist and create_missing_group = false"
+            ));
         }
         self.create_group(group).await?;
-        self.create_stream(group, stream).await.map_err(|f| format!("CreateLogStream failed: {f:?}"))
+        self.create_stream(group, stream)
+            .await
+            .map_err(|f| format!("CreateLogStream failed: {f:?}"))
     }
 
     async fn create_stream(&self, group: &str, stream: &str) -> Result<(), Failure> {
-        match self.client.create_log_stream().log_group_name(group).log_stream_name(stream).send().await {
+        match self
+            .client
+            .create_log_stream()
+            .log_group_name(group)
+            .log_stream_name(stream)
+            .send()
+            .await
+        {
             Ok(_) => {
                 tracing::info!(sink = %self.name, log_group = group, log_stream = stream, "log stream created");
                 Ok(())
@@ -385,9 +468,18 @@ impl Shared {
 
     async fn create_group(&self, group: &str) -> Result<(), String> {
         let class = cwl::types::LogGroupClass::from(self.cfg.log_group_class.as_str());
-        let created = self.client.create_log_group().log_group_name(group).log_group_class(class).set_kms_key_id(self.cfg.kms_key_id.clone()).send().await;
+        let created = self
+            .client
+            .create_log_group()
+            .log_group_name(group)
+            .log_group_class(class)
+            .set_kms_key_id(self.cfg.kms_key_id.clone())
+            .send()
+            .await;
         match created {
-            Ok(_) => tracing::info!(sink = %self.name, log_group = group, class = self.cfg.log_group_class.as_str(), "log group created"),
+            Ok(_) => {
+                tracing::info!(sink = %self.name, log_group = group, class = self.cfg.log_group_class.as_str(), "log group created")
+            }
             Err(e) => {
                 let status = status_of(&e);
                 return match classify(e.code(), status) {
@@ -398,7 +490,14 @@ impl Shared {
             }
         }
         if let Some(days) = self.cfg.retention_days {
-            if let Err(e) = self.client.put_retention_policy().log_group_name(group).retention_in_days(days).send().await {
+            if let Err(e) = self
+                .client
+                .put_retention_policy()
+                .log_group_name(group)
+                .retention_in_days(days)
+                .send()
+                .await
+            {
                 // The group exists and takes events: a warning, not a reason to hold them.
                 tracing::warn!(sink = %self.name, log_group = group, retention_days = days, error = %DisplayErrorContext(&e), "cannot set the retention of a created log group");
             }

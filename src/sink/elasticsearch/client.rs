@@ -5,8 +5,8 @@
 //! endpoints. Never decides what a response means
 //! (that is `response::classify`) and never sleeps (the run loop does).
 
-use crate::config::elasticsearch::{ElasticsearchConfig, EsAuth};
 use super::sigv4::{SigV4Error, Signer};
+use crate::config::elasticsearch::{ElasticsearchConfig, EsAuth};
 use crate::sink::retry::parse_retry_after;
 use bytes::Bytes;
 use std::time::{Duration, SystemTime};
@@ -14,7 +14,11 @@ use std::time::{Duration, SystemTime};
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     #[error("cannot read tls.ca_file {path}: {source}")]
-    ReadCaFile { path: String, #[source] source: std::io::Error },
+    ReadCaFile {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("tls.ca_file {path} holds no usable PEM certificate: {message}")]
     ParseCaFile { path: String, message: String },
     #[error("cannot build the http client: {0}")]
@@ -58,11 +62,16 @@ impl BulkClient {
             .user_agent(concat!("berth/", env!("CARGO_PKG_VERSION")));
         if let Some(path) = &cfg.ca_file {
             let p = path.display().to_string();
-            let pem = std::fs::read(path).map_err(|source| ClientError::ReadCaFile { path: p.clone(), source })?;
-            let certs = reqwest::Certificate::from_pem_bundle(&pem)
-                .map_err(|e| ClientError::ParseCaFile { path: p.clone(), message: e.to_string() })?;
+            let pem = std::fs::read(path)
+                .map_err(|source| ClientError::ReadCaFile { path: p.clone(), source })?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
+                ClientError::ParseCaFile { path: p.clone(), message: e.to_string() }
+            })?;
             if certs.is_empty() {
-                return Err(ClientError::ParseCaFile { path: p, message: "no certificate in the file".into() });
+                return Err(ClientError::ParseCaFile {
+                    path: p,
+                    message: "no certificate in the file".into(),
+                });
             }
             b = b.tls_certs_merge(certs);
         }
@@ -107,7 +116,8 @@ impl BulkClient {
     /// is known about the items.
     pub async fn send(&mut self, body: bytes::Bytes, gzipped: bool) -> Result<Reply, SendError> {
         let url = self.urls.get(self.current).map_or("", String::as_str);
-        let mut req = self.http.post(url).header(reqwest::header::CONTENT_TYPE, "application/x-ndjson");
+        let mut req =
+            self.http.post(url).header(reqwest::header::CONTENT_TYPE, "application/x-ndjson");
         if gzipped {
             req = req.header(reqwest::header::CONTENT_ENCODING, "gzip");
         }

@@ -18,9 +18,9 @@
 //! - a record that is not a msgpack map, or cannot be transcoded, is a dead letter and is
 //!   not sent (`bad_records_become_dead_letters`): Elasticsearch documents are JSON objects.
 
-use crate::sink::template::{has_keys, IndexTemplate};
 use crate::pipeline::Delivery;
 use crate::sink::json::{write_record_json, write_rfc3339, JsonError};
+use crate::sink::template::{has_keys, IndexTemplate};
 use std::ops::Range;
 
 /// The bulk action of every item.
@@ -218,7 +218,15 @@ impl BulkEncoder {
             v.extend_from_slice(&json_str(&opts.pipeline));
             v
         };
-        BulkEncoder { opts, template, instance_id, ts_key, tag_key, pipeline, index: Vec::with_capacity(64) }
+        BulkEncoder {
+            opts,
+            template,
+            instance_id,
+            ts_key,
+            tag_key,
+            pipeline,
+            index: Vec::with_capacity(64),
+        }
     }
 
     pub fn options(&self) -> &EncodeOptions {
@@ -232,7 +240,12 @@ impl BulkEncoder {
     /// A returned position is always at an event: empty deliveries are passed over.
     /// Positions index `deliveries`: pass the same slice (or one with the same front) to
     /// the next call.
-    pub fn encode(&mut self, deliveries: &[Delivery], from: Position, out: &mut BulkBody) -> Option<Position> {
+    pub fn encode(
+        &mut self,
+        deliveries: &[Delivery],
+        from: Position,
+        out: &mut BulkBody,
+    ) -> Option<Position> {
         let mut pos = from;
         loop {
             let d = deliveries.get(pos.delivery)?;
@@ -270,7 +283,13 @@ impl BulkEncoder {
     }
 
     /// Both lines of one event. On error `body` may hold a partial item; the caller cuts it.
-    fn write_item(&mut self, body: &mut Vec<u8>, tag: &str, ev: &crate::event::Event, offset: u64) -> Result<(), DeadReason> {
+    fn write_item(
+        &mut self,
+        body: &mut Vec<u8>,
+        tag: &str,
+        ev: &crate::event::Event,
+        offset: u64,
+    ) -> Result<(), DeadReason> {
         if !is_map(&ev.record) {
             return Err(DeadReason::NotAMap);
         }
@@ -295,7 +314,8 @@ impl BulkEncoder {
         // Document line: the record, then the added keys before its closing brace.
         let doc = body.len();
         write_record_json(body, &ev.record).map_err(DeadReason::Transcode)?;
-        let (has_ts, has_tag) = has_keys(&ev.record, self.opts.timestamp_key.as_bytes(), self.opts.tag_key.as_bytes());
+        let (has_ts, has_tag) =
+            has_keys(&ev.record, self.opts.timestamp_key.as_bytes(), self.opts.tag_key.as_bytes());
         let add_ts = !has_ts;
         let add_tag = !self.tag_key.is_empty() && !has_tag;
         if add_ts || add_tag {
@@ -382,7 +402,8 @@ mod tests {
 
     fn delivery(first: u64, tag: &'static str, records: Vec<Bytes>) -> Delivery {
         let n = records.len() as u64;
-        let batch = Batch { tag: Tag::from_static(tag), events: records.into_iter().map(ev).collect() };
+        let batch =
+            Batch { tag: Tag::from_static(tag), events: records.into_iter().map(ev).collect() };
         Delivery { first, seq: first + n, batch: Arc::new(batch) }
     }
 
@@ -429,7 +450,8 @@ mod tests {
 
     #[test]
     fn empty_record_and_stable_id_of_offset_zero() {
-        let mut enc = BulkEncoder::new(EncodeOptions::default(), IndexTemplate::parse("i").unwrap(), 0);
+        let mut enc =
+            BulkEncoder::new(EncodeOptions::default(), IndexTemplate::parse("i").unwrap(), 0);
         let mut out = BulkBody::default();
         enc.encode(&[delivery(0, "t", vec![rec(&[])])], Position::default(), &mut out);
         assert_eq!(
@@ -457,9 +479,9 @@ mod tests {
         let good = rec(&[("app", Value::from("a"))]);
         let recs = vec![
             good.clone(),
-            Bytes::from_static(&[0x81, 0xa1]),   // truncated map
+            Bytes::from_static(&[0x81, 0xa1]), // truncated map
             Bytes::from_static(&[0x92, 0x01, 0x02]), // an array
-            Bytes::new(),                            // a tombstone: skipped, not dead
+            Bytes::new(),                      // a tombstone: skipped, not dead
             good,
         ];
         let mut enc = encoder(EncodeOptions::default());
@@ -469,23 +491,37 @@ mod tests {
         assert_eq!(
             out.dead,
             vec![
-                DeadItem { offset: 11, reason: DeadReason::Transcode(JsonError::Truncated { offset: 2 }) },
+                DeadItem {
+                    offset: 11,
+                    reason: DeadReason::Transcode(JsonError::Truncated { offset: 2 })
+                },
                 DeadItem { offset: 12, reason: DeadReason::NotAMap },
             ]
         );
         assert_eq!(out.skipped, vec![13]);
         assert_eq!(text(&out).lines().count(), 4, "no trace of the dead items in the body");
-        assert_eq!(out.dead[0].reason.to_string(), "record cannot be transcoded to json: msgpack value truncated at byte 2");
+        assert_eq!(
+            out.dead[0].reason.to_string(),
+            "record cannot be transcoded to json: msgpack value truncated at byte 2"
+        );
     }
 
     #[test]
     fn cuts_at_max_records_and_max_bytes_across_deliveries() {
         let r = rec(&[("app", Value::from("a"))]);
-        let ds = [delivery(0, "t", vec![r.clone(); 3]), delivery(3, "t", vec![]), delivery(3, "t", vec![r.clone(); 4])];
+        let ds = [
+            delivery(0, "t", vec![r.clone(); 3]),
+            delivery(3, "t", vec![]),
+            delivery(3, "t", vec![r.clone(); 4]),
+        ];
         let mut enc = encoder(EncodeOptions { batch_max_records: 3, ..Default::default() });
         let mut out = BulkBody::default();
         let next = enc.encode(&ds, Position::default(), &mut out);
-        assert_eq!(next, Some(Position { delivery: 2, event: 0 }), "the empty delivery is passed over");
+        assert_eq!(
+            next,
+            Some(Position { delivery: 2, event: 0 }),
+            "the empty delivery is passed over"
+        );
         out.clear();
         let next = enc.encode(&ds, next.unwrap(), &mut out);
         assert_eq!(next, Some(Position { delivery: 2, event: 3 }));
@@ -497,15 +533,22 @@ mod tests {
             encoder(EncodeOptions::default()).encode(&ds[..1], Position::default(), &mut o);
             o.items[0].range.len()
         };
-        let mut enc = encoder(EncodeOptions { batch_max_bytes: 2 * one + one / 2, ..Default::default() });
+        let mut enc =
+            encoder(EncodeOptions { batch_max_bytes: 2 * one + one / 2, ..Default::default() });
         let mut out = BulkBody::default();
-        assert_eq!(enc.encode(&ds, Position::default(), &mut out), Some(Position { delivery: 0, event: 2 }));
+        assert_eq!(
+            enc.encode(&ds, Position::default(), &mut out),
+            Some(Position { delivery: 0, event: 2 })
+        );
         assert_eq!(out.len(), 2);
         assert_eq!(out.body.len(), 2 * one);
         // An item larger than the limit is still sent, alone.
         let mut enc = encoder(EncodeOptions { batch_max_bytes: 1, ..Default::default() });
         let mut out = BulkBody::default();
-        assert_eq!(enc.encode(&ds, Position { delivery: 0, event: 2 }, &mut out), Some(Position { delivery: 2, event: 0 }));
+        assert_eq!(
+            enc.encode(&ds, Position { delivery: 0, event: 2 }, &mut out),
+            Some(Position { delivery: 2, event: 0 })
+        );
         assert_eq!(out.len(), 1);
         // Past the end: nothing to do.
         out.clear();
@@ -555,7 +598,9 @@ mod tests {
     fn conflict_means_delivered_only_for_create_with_stable_ids() {
         let o = EncodeOptions::default();
         assert!(o.conflict_means_delivered());
-        assert!(!EncodeOptions { action: BulkAction::Index, ..o.clone() }.conflict_means_delivered());
+        assert!(
+            !EncodeOptions { action: BulkAction::Index, ..o.clone() }.conflict_means_delivered()
+        );
         assert!(!EncodeOptions { id: IdMode::None, ..o }.conflict_means_delivered());
     }
 }

@@ -80,14 +80,17 @@ pub fn settle(sent: &BulkBody, verdict: BulkVerdict, out: &mut Settlement) -> Ne
         BulkVerdict::Items(outcomes) => {
             for (i, (item, outcome)) in sent.items.iter().zip(outcomes).enumerate() {
                 match outcome {
-                    ItemOutcome::Delivered | ItemOutcome::AlreadyDelivered => out.delivered.push(item.offset),
+                    ItemOutcome::Delivered | ItemOutcome::AlreadyDelivered => {
+                        out.delivered.push(item.offset)
+                    }
                     ItemOutcome::Retry { status, error_type } => {
                         out.retry.push(i);
-                        out.retry_reason.get_or_insert_with(|| format!("item status {status} {error_type}"));
+                        out.retry_reason
+                            .get_or_insert_with(|| format!("item status {status} {error_type}"));
                     }
-                    ItemOutcome::Reject { status, error_type, reason } => {
-                        out.rejected.push(Rejected { offset: item.offset, status, error_type, reason })
-                    }
+                    ItemOutcome::Reject { status, error_type, reason } => out
+                        .rejected
+                        .push(Rejected { offset: item.offset, status, error_type, reason }),
                 }
             }
             // `classify` answers one outcome per item sent; should it ever answer fewer,
@@ -105,21 +108,28 @@ pub fn settle(sent: &BulkBody, verdict: BulkVerdict, out: &mut Settlement) -> Ne
                 offset: i.offset,
                 status: 413,
                 error_type: "request_too_large".into(),
-                reason: format!("a _bulk request with only this record ({} bytes) is too large", i.range.len()),
+                reason: format!(
+                    "a _bulk request with only this record ({} bytes) is too large",
+                    i.range.len()
+                ),
             }));
             Next::Settled
         }
-        BulkVerdict::Backoff { status, retry_after } => {
-            Next::ResendAll { retry_after, refresh_credentials: false, reason: format!("http status {status}") }
-        }
+        BulkVerdict::Backoff { status, retry_after } => Next::ResendAll {
+            retry_after,
+            refresh_credentials: false,
+            reason: format!("http status {status}"),
+        },
         BulkVerdict::Unauthorized { status, message } => Next::ResendAll {
             retry_after: None,
             refresh_credentials: true,
             reason: format!("http status {status}: {message}"),
         },
-        BulkVerdict::Fail { status, message } => {
-            Next::ResendAll { retry_after: None, refresh_credentials: false, reason: format!("http status {status}: {message}") }
-        }
+        BulkVerdict::Fail { status, message } => Next::ResendAll {
+            retry_after: None,
+            refresh_credentials: false,
+            reason: format!("http status {status}: {message}"),
+        },
     }
 }
 
@@ -162,7 +172,12 @@ impl AckWindow {
     /// Track a delivery. Deliveries must be pushed in the order they were read.
     pub fn push(&mut self, d: &Delivery) {
         let n = d.seq.saturating_sub(d.first);
-        self.open.push_back(Open { first: d.first, seq: d.seq, left: n, done: vec![0; n.div_ceil(64) as usize] });
+        self.open.push_back(Open {
+            first: d.first,
+            seq: d.seq,
+            left: n,
+            done: vec![0; n.div_ceil(64) as usize],
+        });
     }
 
     /// Mark one event settled (delivered, or written to the dead-letter file).
@@ -210,9 +225,9 @@ impl AckWindow {
 mod tests {
     use super::encode::{BulkEncoder, EncodeOptions, Item, Position};
     use super::response::{classify, RequestInfo};
-    use crate::sink::template::IndexTemplate;
     use super::*;
     use crate::event::{Batch, Event, EventTime, Tag};
+    use crate::sink::template::IndexTemplate;
     use bytes::Bytes;
     use proptest::prelude::*;
     use std::collections::{BTreeMap, BTreeSet};
@@ -229,8 +244,15 @@ mod tests {
 
     fn delivery(first: u64, records: Vec<Bytes>) -> Delivery {
         let n = records.len() as u64;
-        let events = records.into_iter().map(|record| Event { time: EventTime::new(1, 0), record, metadata: Bytes::new() }).collect();
-        Delivery { first, seq: first + n, batch: Arc::new(Batch { tag: Tag::from_static("t"), events }) }
+        let events = records
+            .into_iter()
+            .map(|record| Event { time: EventTime::new(1, 0), record, metadata: Bytes::new() })
+            .collect();
+        Delivery {
+            first,
+            seq: first + n,
+            batch: Arc::new(Batch { tag: Tag::from_static("t"), events }),
+        }
     }
 
     #[test]
@@ -242,14 +264,32 @@ mod tests {
 
         let outcomes = vec![
             ItemOutcome::Delivered,
-            ItemOutcome::Retry { status: 429, error_type: "es_rejected_execution_exception".into() },
-            ItemOutcome::Reject { status: 400, error_type: "mapper_parsing_exception".into(), reason: "r".into() },
+            ItemOutcome::Retry {
+                status: 429,
+                error_type: "es_rejected_execution_exception".into(),
+            },
+            ItemOutcome::Reject {
+                status: 400,
+                error_type: "mapper_parsing_exception".into(),
+                reason: "r".into(),
+            },
         ];
         assert_eq!(settle(&sent, BulkVerdict::Items(outcomes), &mut st), Next::Settled);
         assert_eq!(st.delivered, vec![10]);
         assert_eq!(st.retry, vec![1, 3], "the item without an outcome is retried");
-        assert_eq!(st.retry_reason.as_deref(), Some("item status 429 es_rejected_execution_exception"));
-        assert_eq!(st.rejected, vec![Rejected { offset: 12, status: 400, error_type: "mapper_parsing_exception".into(), reason: "r".into() }]);
+        assert_eq!(
+            st.retry_reason.as_deref(),
+            Some("item status 429 es_rejected_execution_exception")
+        );
+        assert_eq!(
+            st.rejected,
+            vec![Rejected {
+                offset: 12,
+                status: 400,
+                error_type: "mapper_parsing_exception".into(),
+                reason: "r".into()
+            }]
+        );
 
         assert_eq!(settle(&sent, BulkVerdict::Split, &mut st), Next::Split);
         assert!(st.delivered.is_empty() && st.retry.is_empty(), "cleared");
@@ -257,16 +297,31 @@ mod tests {
             assert_eq!(settle(&body_of(&[7]), v, &mut st), Next::Settled);
             assert_eq!(st.rejected.len(), 1);
             assert_eq!((st.rejected[0].offset, st.rejected[0].status), (7, 413));
-            assert_eq!(st.rejected[0].reason, "a _bulk request with only this record (10 bytes) is too large");
+            assert_eq!(
+                st.rejected[0].reason,
+                "a _bulk request with only this record (10 bytes) is too large"
+            );
         }
         let ra = Some(Duration::from_secs(2));
         assert_eq!(
             settle(&sent, BulkVerdict::Backoff { status: 503, retry_after: ra }, &mut st),
-            Next::ResendAll { retry_after: ra, refresh_credentials: false, reason: "http status 503".into() }
+            Next::ResendAll {
+                retry_after: ra,
+                refresh_credentials: false,
+                reason: "http status 503".into()
+            }
         );
         assert_eq!(
-            settle(&sent, BulkVerdict::Unauthorized { status: 403, message: "expired".into() }, &mut st),
-            Next::ResendAll { retry_after: None, refresh_credentials: true, reason: "http status 403: expired".into() }
+            settle(
+                &sent,
+                BulkVerdict::Unauthorized { status: 403, message: "expired".into() },
+                &mut st
+            ),
+            Next::ResendAll {
+                retry_after: None,
+                refresh_credentials: true,
+                reason: "http status 403: expired".into()
+            }
         );
         assert!(matches!(
             settle(&sent, BulkVerdict::Fail { status: 500, message: "x".into() }, &mut st),
@@ -386,10 +441,16 @@ mod tests {
 
         fn handle(&mut self, body: &[u8]) -> (u16, String) {
             let text = std::str::from_utf8(body).unwrap();
-            let lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+            let lines: Vec<serde_json::Value> =
+                text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
             let pairs: Vec<(String, u8)> = lines
                 .chunks(2)
-                .map(|p| (p[0]["create"]["_id"].as_str().unwrap().to_owned(), p[1]["kind"].as_u64().unwrap() as u8))
+                .map(|p| {
+                    (
+                        p[0]["create"]["_id"].as_str().unwrap().to_owned(),
+                        p[1]["kind"].as_u64().unwrap() as u8,
+                    )
+                })
                 .collect();
             if pairs.len() > self.max_items || pairs.iter().any(|(_, k)| *k == HUGE) {
                 return (413, String::new());

@@ -63,7 +63,12 @@ pub struct RequestInfo {
 
 /// Classify one `_bulk` response. `retry_after` is the parsed `Retry-After` header (see
 /// `sink::retry::parse_retry_after`).
-pub fn classify(status: u16, retry_after: Option<Duration>, body: &[u8], req: RequestInfo) -> BulkVerdict {
+pub fn classify(
+    status: u16,
+    retry_after: Option<Duration>,
+    body: &[u8],
+    req: RequestInfo,
+) -> BulkVerdict {
     match status {
         200..=299 => classify_items(status, body, req),
         413 if req.items > 1 => BulkVerdict::Split,
@@ -75,12 +80,21 @@ pub fn classify(status: u16, retry_after: Option<Duration>, body: &[u8], req: Re
 }
 
 /// Classify one item's status (exposed for the sink's metrics and tests).
-pub fn classify_item(status: u16, error_type: &str, reason: &str, conflict_means_delivered: bool) -> ItemOutcome {
+pub fn classify_item(
+    status: u16,
+    error_type: &str,
+    reason: &str,
+    conflict_means_delivered: bool,
+) -> ItemOutcome {
     match status {
         200..=299 => ItemOutcome::Delivered,
         409 if conflict_means_delivered => ItemOutcome::AlreadyDelivered,
         429 | 500..=599 => ItemOutcome::Retry { status, error_type: error_type.to_owned() },
-        _ => ItemOutcome::Reject { status, error_type: error_type.to_owned(), reason: reason.to_owned() },
+        _ => ItemOutcome::Reject {
+            status,
+            error_type: error_type.to_owned(),
+            reason: reason.to_owned(),
+        },
     }
 }
 
@@ -93,26 +107,35 @@ fn classify_items(status: u16, body: &[u8], req: RequestInfo) -> BulkVerdict {
     match serde_json::from_slice::<Head>(body) {
         Ok(Head { errors: Some(false) }) => return BulkVerdict::AllDelivered,
         Ok(_) => {}
-        Err(e) => return BulkVerdict::Fail { status, message: format!("unreadable _bulk response: {e}") },
+        Err(e) => {
+            return BulkVerdict::Fail { status, message: format!("unreadable _bulk response: {e}") }
+        }
     }
     let parsed: Full = match serde_json::from_slice(body) {
         Ok(f) => f,
-        Err(e) => return BulkVerdict::Fail { status, message: format!("unreadable _bulk response: {e}") },
+        Err(e) => {
+            return BulkVerdict::Fail { status, message: format!("unreadable _bulk response: {e}") }
+        }
     };
     let Some(items) = parsed.items else {
-        return BulkVerdict::Fail { status, message: "_bulk response has neither errors: false nor items".into() };
+        return BulkVerdict::Fail {
+            status,
+            message: "_bulk response has neither errors: false nor items".into(),
+        };
     };
     let mut out = Vec::with_capacity(req.items);
     for i in 0..req.items {
         let outcome = match items.get(i).and_then(item_result) {
             None => ItemOutcome::Retry { status: 0, error_type: "missing_item".into() },
-            Some(r) => match r.get("status").and_then(|s| s.as_u64()).and_then(|s| u16::try_from(s).ok()) {
-                None => ItemOutcome::Retry { status: 0, error_type: "missing_status".into() },
-                Some(s) => {
-                    let (ty, reason) = describe(r.get("error"));
-                    classify_item(s, &ty, &reason, req.conflict_means_delivered)
+            Some(r) => {
+                match r.get("status").and_then(|s| s.as_u64()).and_then(|s| u16::try_from(s).ok()) {
+                    None => ItemOutcome::Retry { status: 0, error_type: "missing_status".into() },
+                    Some(s) => {
+                        let (ty, reason) = describe(r.get("error"));
+                        classify_item(s, &ty, &reason, req.conflict_means_delivered)
+                    }
                 }
-            },
+            }
         };
         out.push(outcome);
     }
@@ -139,7 +162,8 @@ fn describe(error: Option<&serde_json::Value>) -> (String, String) {
     if let Some(s) = e.as_str() {
         return (String::new(), s.to_owned());
     }
-    let text = |v: &serde_json::Value, k: &str| v.get(k).and_then(|x| x.as_str()).unwrap_or("").to_owned();
+    let text =
+        |v: &serde_json::Value, k: &str| v.get(k).and_then(|x| x.as_str()).unwrap_or("").to_owned();
     let ty = text(e, "type");
     let mut reason = text(e, "reason");
     if let Some(c) = e.get("caused_by") {
@@ -211,10 +235,23 @@ mod tests {
                 reason: "failed to parse field [status] of type [long] in document with id '00c0ffee00c0ffee-2'. Preview of field's value: 'ok' (caused by illegal_argument_exception: For input string: \"ok\")".into(),
             }
         );
-        assert_eq!(got[3], ItemOutcome::Retry { status: 429, error_type: "es_rejected_execution_exception".into() });
+        assert_eq!(
+            got[3],
+            ItemOutcome::Retry {
+                status: 429,
+                error_type: "es_rejected_execution_exception".into()
+            }
+        );
         // Without stable ids a 409 is a real conflict: dead-letter it, never loop on it.
-        let got = items(classify(200, None, MIXED.as_bytes(), RequestInfo { conflict_means_delivered: false, ..STABLE }));
-        assert!(matches!(&got[1], ItemOutcome::Reject { status: 409, error_type, .. } if error_type == "version_conflict_engine_exception"));
+        let got = items(classify(
+            200,
+            None,
+            MIXED.as_bytes(),
+            RequestInfo { conflict_means_delivered: false, ..STABLE },
+        ));
+        assert!(
+            matches!(&got[1], ItemOutcome::Reject { status: 409, error_type, .. } if error_type == "version_conflict_engine_exception")
+        );
     }
 
     #[test]
@@ -255,13 +292,27 @@ mod tests {
         assert_eq!(classify(413, None, b"", STABLE), BulkVerdict::Split);
         assert_eq!(classify(413, None, b"", one), BulkVerdict::TooLarge);
         for s in [408, 429, 502, 503, 504] {
-            assert_eq!(classify(s, ra, es_429, STABLE), BulkVerdict::Backoff { status: s, retry_after: ra });
+            assert_eq!(
+                classify(s, ra, es_429, STABLE),
+                BulkVerdict::Backoff { status: s, retry_after: ra }
+            );
         }
         assert_eq!(
-            classify(403, None, br#"{"message":"The security token included in the request is expired"}"#, STABLE),
-            BulkVerdict::Unauthorized { status: 403, message: "The security token included in the request is expired".into() }
+            classify(
+                403,
+                None,
+                br#"{"message":"The security token included in the request is expired"}"#,
+                STABLE
+            ),
+            BulkVerdict::Unauthorized {
+                status: 403,
+                message: "The security token included in the request is expired".into()
+            }
         );
-        assert!(matches!(classify(401, None, b"", STABLE), BulkVerdict::Unauthorized { status: 401, .. }));
+        assert!(matches!(
+            classify(401, None, b"", STABLE),
+            BulkVerdict::Unauthorized { status: 401, .. }
+        ));
         assert_eq!(
             classify(400, None, br#"{"error":{"root_cause":[],"type":"illegal_argument_exception","reason":"The bulk request must be terminated by a newline [\\n]"},"status":400}"#, STABLE),
             BulkVerdict::Fail { status: 400, message: "illegal_argument_exception: The bulk request must be terminated by a newline [\\n]".into() }
@@ -280,25 +331,61 @@ mod tests {
             {"index":{"status":400}},
             {"create":{"status":400,"error":"MapperParsingException[failed to parse]"}},
             null, "junk", {}, {"index":{"status":"200"}}]}"#;
-        let got = items(classify(200, None, body, RequestInfo { items: 10, conflict_means_delivered: true }));
+        let got = items(classify(
+            200,
+            None,
+            body,
+            RequestInfo { items: 10, conflict_means_delivered: true },
+        ));
         assert_eq!(got.len(), 10);
         assert_eq!(got[0], ItemOutcome::Delivered);
         assert_eq!(got[1], ItemOutcome::Retry { status: 0, error_type: "missing_status".into() });
-        assert_eq!(got[2], ItemOutcome::Reject { status: 400, error_type: String::new(), reason: String::new() });
-        assert_eq!(got[3], ItemOutcome::Reject { status: 400, error_type: String::new(), reason: "MapperParsingException[failed to parse]".into() });
+        assert_eq!(
+            got[2],
+            ItemOutcome::Reject { status: 400, error_type: String::new(), reason: String::new() }
+        );
+        assert_eq!(
+            got[3],
+            ItemOutcome::Reject {
+                status: 400,
+                error_type: String::new(),
+                reason: "MapperParsingException[failed to parse]".into()
+            }
+        );
         for g in &got[4..] {
             assert!(matches!(g, ItemOutcome::Retry { status: 0, .. }), "{g:?}");
         }
         // More items than sent: the extra ones are ignored.
-        assert_eq!(items(classify(200, None, MIXED.as_bytes(), RequestInfo { items: 1, ..STABLE })), vec![ItemOutcome::Delivered]);
+        assert_eq!(
+            items(classify(200, None, MIXED.as_bytes(), RequestInfo { items: 1, ..STABLE })),
+            vec![ItemOutcome::Delivered]
+        );
         // errors missing but items present: read the items.
-        assert_eq!(items(classify(200, None, br#"{"items":[{"index":{"status":200}}]}"#, RequestInfo { items: 1, ..STABLE })), vec![ItemOutcome::Delivered]);
+        assert_eq!(
+            items(classify(
+                200,
+                None,
+                br#"{"items":[{"index":{"status":200}}]}"#,
+                RequestInfo { items: 1, ..STABLE }
+            )),
+            vec![ItemOutcome::Delivered]
+        );
     }
 
     #[test]
     fn unreadable_2xx_bodies_fail_the_request_not_the_items() {
-        for body in [&b""[..], b"not json", br#"{"errors":true}"#, br#"{"errors":true,"items":"x"}"#, b"[1,2]"] {
-            assert!(matches!(classify(200, None, body, STABLE), BulkVerdict::Fail { status: 200, .. }), "{:?}", String::from_utf8_lossy(body));
+        for body in [
+            &b""[..],
+            b"not json",
+            br#"{"errors":true}"#,
+            br#"{"errors":true,"items":"x"}"#,
+            b"[1,2]",
+        ] {
+            assert!(
+                matches!(classify(200, None, body, STABLE), BulkVerdict::Fail { status: 200, .. }),
+                "{:?}",
+                String::from_utf8_lossy(body)
+            );
         }
     }
 }

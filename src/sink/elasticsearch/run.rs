@@ -53,7 +53,11 @@ const ITEM_BACKOFF: (Duration, Duration) = (Duration::from_millis(50), Duration:
 const MAX_OPEN_DELIVERIES: usize = 1 << 16;
 
 /// Run until the pipeline ends (every input stopped and everything read was settled).
-pub async fn run(cfg: &ElasticsearchConfig, instance_id: u64, mut ctx: SinkContext) -> Result<(), SinkError> {
+pub async fn run(
+    cfg: &ElasticsearchConfig,
+    instance_id: u64,
+    mut ctx: SinkContext,
+) -> Result<(), SinkError> {
     let name = ctx.name.clone();
     if let EsAuth::AwsSigV4(SigV4Auth { service: SigV4Service::Aoss, .. }) = &cfg.auth {
         if cfg.encode.id == IdMode::Stable {
@@ -71,7 +75,9 @@ pub async fn run(cfg: &ElasticsearchConfig, instance_id: u64, mut ctx: SinkConte
     let conflict_means_delivered = cfg.encode.conflict_means_delivered();
     let mut idle = Vec::with_capacity(cfg.concurrency);
     for _ in 0..cfg.concurrency {
-        let client = BulkClient::new(cfg).await.map_err(|e| SinkError::Io { sink: name.clone(), source: std::io::Error::other(e) })?;
+        let client = BulkClient::new(cfg)
+            .await
+            .map_err(|e| SinkError::Io { sink: name.clone(), source: std::io::Error::other(e) })?;
         idle.push(Worker {
             client,
             dead: DeadLetters::new(&cfg.dead_letter_path, &dead_file_lock),
@@ -82,9 +88,21 @@ pub async fn run(cfg: &ElasticsearchConfig, instance_id: u64, mut ctx: SinkConte
             request_backoff: Backoff::from_entropy(REQUEST_BACKOFF.0, REQUEST_BACKOFF.1),
             item_backoff: Backoff::from_entropy(ITEM_BACKOFF.0, ITEM_BACKOFF.1),
             settlement: Settlement::default(),
-            records: ctx.metrics.output_records.get_or_create(&SinkLabel { sink: name.clone() }).clone(),
-            bytes: ctx.metrics.output_bytes.get_or_create(&SinkLabel { sink: name.clone() }).clone(),
-            request_duration: ctx.metrics.output_request_duration.get_or_create(&SinkLabel { sink: name.clone() }).clone(),
+            records: ctx
+                .metrics
+                .output_records
+                .get_or_create(&SinkLabel { sink: name.clone() })
+                .clone(),
+            bytes: ctx
+                .metrics
+                .output_bytes
+                .get_or_create(&SinkLabel { sink: name.clone() })
+                .clone(),
+            request_duration: ctx
+                .metrics
+                .output_request_duration
+                .get_or_create(&SinkLabel { sink: name.clone() })
+                .clone(),
             max_retry: cfg.max_retry_duration,
             metrics: Arc::clone(&ctx.metrics),
             name: name.clone(),
@@ -206,7 +224,12 @@ struct Owner {
 impl Owner {
     /// Track `group` in the window and queue its bodies; events that cannot be encoded go
     /// to the dead-letter file at once.
-    async fn encode(&mut self, ctx: &mut SinkContext, group: Vec<Delivery>, pending: &mut VecDeque<Job>) {
+    async fn encode(
+        &mut self,
+        ctx: &mut SinkContext,
+        group: Vec<Delivery>,
+        pending: &mut VecDeque<Job>,
+    ) {
         for d in &group {
             self.window.push(d);
         }
@@ -301,7 +324,10 @@ impl Worker {
     }
 
     fn retried(&self, reason: &'static str, n: u64) {
-        self.metrics.output_retries.get_or_create(&SinkReasonLabel { sink: self.name.clone(), reason }).inc_by(n);
+        self.metrics
+            .output_retries
+            .get_or_create(&SinkReasonLabel { sink: self.name.clone(), reason })
+            .inc_by(n);
     }
 
     /// True when items first sent at `since` have been retried past `max_retry_duration`.
@@ -322,9 +348,19 @@ impl Worker {
 
     /// Items `which` of `body` were retried past `max_retry_duration`: to the dead-letter
     /// file, with the last failure as the reason.
-    async fn expire(&mut self, group: &[Delivery], body: &BulkBody, which: &[usize], status: u16, last: &str) {
+    async fn expire(
+        &mut self,
+        group: &[Delivery],
+        body: &BulkBody,
+        which: &[usize],
+        status: u16,
+        last: &str,
+    ) {
         let max = self.max_retry.unwrap_or_default();
-        let reason = format!("not delivered after retrying for max_retry_duration ({}); last error: {last}", crate::config::format_duration(max));
+        let reason = format!(
+            "not delivered after retrying for max_retry_duration ({}); last error: {last}",
+            crate::config::format_duration(max)
+        );
         for i in which {
             let Some(item) = body.items.get(*i) else { continue };
             self.dead.push(group, item.offset, status, "retry_expired", &reason, "retry_expired");
@@ -340,15 +376,26 @@ impl Worker {
             match gzip(body, &mut out) {
                 Ok(()) => return (out.into(), true),
                 // In memory: cannot fail short of allocation failure; send it plain.
-                Err(e) => tracing::warn!(sink = %self.name, error = %e, "gzip failed; sending uncompressed"),
+                Err(e) => {
+                    tracing::warn!(sink = %self.name, error = %e, "gzip failed; sending uncompressed")
+                }
             }
         }
         (bytes::Bytes::copy_from_slice(body), false)
     }
 
     /// Send one body until every item in it is settled or queued again (retries, halves).
-    async fn send_body(&mut self, group: &[Delivery], body: BulkBody, since: Instant, queue: &mut VecDeque<Queued>) {
-        let info = RequestInfo { items: body.len(), conflict_means_delivered: self.conflict_means_delivered };
+    async fn send_body(
+        &mut self,
+        group: &[Delivery],
+        body: BulkBody,
+        since: Instant,
+        queue: &mut VecDeque<Queued>,
+    ) {
+        let info = RequestInfo {
+            items: body.len(),
+            conflict_means_delivered: self.conflict_means_delivered,
+        };
         // A 401/403 has made the client load its credentials again and retry at once.
         let mut refreshed = false;
         // Compressed once: every attempt at this body sends the same bytes.

@@ -13,7 +13,9 @@ use crate::config::elasticsearch::{SigV4Auth, SigV4Service};
 use aws_config::BehaviorVersion;
 use aws_credential_types::provider::{ProvideCredentials, SharedCredentialsProvider};
 use aws_credential_types::Credentials;
-use aws_sigv4::http_request::{sign, PayloadChecksumKind, SignableBody, SignableRequest, SigningSettings};
+use aws_sigv4::http_request::{
+    sign, PayloadChecksumKind, SignableBody, SignableRequest, SigningSettings,
+};
 use aws_smithy_runtime_api::client::identity::Identity;
 use std::time::{Duration, SystemTime};
 
@@ -44,7 +46,10 @@ pub struct Signer {
 
 impl std::fmt::Debug for Signer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Signer").field("region", &self.region).field("service", &self.service.name()).finish_non_exhaustive()
+        f.debug_struct("Signer")
+            .field("region", &self.region)
+            .field("service", &self.service.name())
+            .finish_non_exhaustive()
     }
 }
 
@@ -61,7 +66,9 @@ impl Signer {
         let provider = match &auth.role_arn {
             None => sdk.credentials_provider().ok_or(SigV4Error::NoProvider)?,
             Some(arn) => {
-                let mut b = aws_config::sts::AssumeRoleProvider::builder(arn.clone()).configure(&sdk).session_name("berth");
+                let mut b = aws_config::sts::AssumeRoleProvider::builder(arn.clone())
+                    .configure(&sdk)
+                    .session_name("berth");
                 if let Some(id) = &auth.external_id {
                     b = b.external_id(id.clone());
                 }
@@ -72,7 +79,11 @@ impl Signer {
     }
 
     /// A signer with a fixed provider (tests).
-    pub fn with_provider(provider: SharedCredentialsProvider, region: &str, service: SigV4Service) -> Signer {
+    pub fn with_provider(
+        provider: SharedCredentialsProvider,
+        region: &str,
+        service: SigV4Service,
+    ) -> Signer {
         Signer { provider, region: region.to_owned(), service, current: None }
     }
 
@@ -112,7 +123,13 @@ impl Signer {
     }
 
     /// The headers to add to a `POST url` with `headers` and exactly `body` as sent.
-    pub async fn sign(&mut self, method: &str, url: &str, headers: &[(&str, &str)], body: &[u8]) -> Result<Vec<(&'static str, String)>, SigV4Error> {
+    pub async fn sign(
+        &mut self,
+        method: &str,
+        url: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> Result<Vec<(&'static str, String)>, SigV4Error> {
         let now = SystemTime::now();
         let creds = self.credentials(now).await?;
         sign_headers(&creds, &self.region, self.service, now, method, url, headers, body)
@@ -164,7 +181,8 @@ pub fn sign_headers(
         .into();
     let req = SignableRequest::new(method, url, headers.iter().copied(), SignableBody::Bytes(body))
         .map_err(|e| SigV4Error::Sign(e.to_string()))?;
-    let (instructions, _signature) = sign(req, &params).map_err(|e| SigV4Error::Sign(e.to_string()))?.into_parts();
+    let (instructions, _signature) =
+        sign(req, &params).map_err(|e| SigV4Error::Sign(e.to_string()))?.into_parts();
     let (out, _params) = instructions.into_parts();
     Ok(out.into_iter().map(|h| (h.name(), h.value().to_owned())).collect())
 }
@@ -176,7 +194,13 @@ mod tests {
     use std::sync::Arc;
 
     fn creds(token: Option<&str>, expiry: Option<SystemTime>) -> Credentials {
-        Credentials::new("AKIDEXAMPLE", "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY", token.map(str::to_owned), expiry, "test")
+        Credentials::new(
+            "AKIDEXAMPLE",
+            "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY",
+            token.map(str::to_owned),
+            expiry,
+            "test",
+        )
     }
 
     fn header<'a>(h: &'a [(&'static str, String)], name: &str) -> Option<&'a str> {
@@ -203,12 +227,27 @@ mod tests {
         let sha = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(body));
         assert_eq!(header(&h, "x-amz-content-sha256"), Some(sha.as_str()));
         let auth = header(&h, "authorization").unwrap();
-        assert!(auth.starts_with("AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/20150830/us-east-1/es/aws4_request, "), "{auth}");
+        assert!(
+            auth.starts_with(
+                "AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/20150830/us-east-1/es/aws4_request, "
+            ),
+            "{auth}"
+        );
         assert!(auth.contains("SignedHeaders=content-type;host;x-amz-content-sha256;x-amz-date;x-amz-security-token,"), "{auth}");
         assert!(!auth.contains("EXAMPLEKEY"));
 
         // Another service, another body, another signature.
-        let h2 = sign_headers(&creds(None, None), "us-east-1", SigV4Service::Aoss, t, "POST", "http://127.0.0.1:9200/_bulk", &[], b"x").unwrap();
+        let h2 = sign_headers(
+            &creds(None, None),
+            "us-east-1",
+            SigV4Service::Aoss,
+            t,
+            "POST",
+            "http://127.0.0.1:9200/_bulk",
+            &[],
+            b"x",
+        )
+        .unwrap();
         let auth2 = header(&h2, "authorization").unwrap();
         assert!(auth2.contains("/us-east-1/aoss/aws4_request"), "{auth2}");
         assert!(header(&h2, "x-amz-security-token").is_none());
@@ -221,12 +260,17 @@ mod tests {
     }
 
     impl ProvideCredentials for Counting {
-        fn provide_credentials<'a>(&'a self) -> aws_credential_types::provider::future::ProvideCredentials<'a>
+        fn provide_credentials<'a>(
+            &'a self,
+        ) -> aws_credential_types::provider::future::ProvideCredentials<'a>
         where
             Self: 'a,
         {
             self.calls.fetch_add(1, Ordering::SeqCst);
-            aws_credential_types::provider::future::ProvideCredentials::ready(Ok(creds(None, self.expiry)))
+            aws_credential_types::provider::future::ProvideCredentials::ready(Ok(creds(
+                None,
+                self.expiry,
+            )))
         }
     }
 
@@ -235,7 +279,8 @@ mod tests {
         let now = SystemTime::now();
         let calls = Arc::new(AtomicUsize::new(0));
         let p = Counting { calls: calls.clone(), expiry: Some(now + Duration::from_secs(3600)) };
-        let mut s = Signer::with_provider(SharedCredentialsProvider::new(p), "eu-west-1", SigV4Service::Es);
+        let mut s =
+            Signer::with_provider(SharedCredentialsProvider::new(p), "eu-west-1", SigV4Service::Es);
         s.credentials(now).await.unwrap();
         s.credentials(now + Duration::from_secs(60)).await.unwrap();
         assert_eq!(calls.load(Ordering::SeqCst), 1, "kept");
@@ -246,7 +291,11 @@ mod tests {
         assert_eq!(calls.load(Ordering::SeqCst), 3, "loaded again after invalidate");
 
         let calls = Arc::new(AtomicUsize::new(0));
-        let mut s = Signer::with_provider(SharedCredentialsProvider::new(Counting { calls: calls.clone(), expiry: None }), "r", SigV4Service::Es);
+        let mut s = Signer::with_provider(
+            SharedCredentialsProvider::new(Counting { calls: calls.clone(), expiry: None }),
+            "r",
+            SigV4Service::Es,
+        );
         for _ in 0..3 {
             s.credentials(now).await.unwrap();
         }
