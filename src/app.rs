@@ -9,9 +9,11 @@
 //! time stays in the buffer and is delivered after the next start.
 
 use crate::admin::{self, AdminState, SinkInfo};
+use crate::aws::Aws;
 use crate::buffer::{Buffer, BufferError};
 use crate::config::{Config, SinkKind};
 use crate::enrich;
+use crate::imds::Imds;
 use crate::input::{self, InputContext};
 use crate::metrics::{Metrics, SinkLabel};
 use crate::pipeline::{Pipeline, SinkRoute};
@@ -104,7 +106,14 @@ pub async fn run(config: Config) -> Result<(), AppError> {
     // fails there asks nothing of Docker or IMDS.
     let stop_enrich = CancellationToken::new();
     let enrich_tasks = TaskTracker::new();
-    let enrich = enrich::start(&config.enrich, &metrics, &enrich_tasks, &stop_enrich);
+    // One IMDS client and one AWS loader for the process: host fields, every AWS client's
+    // region and credentials, and (next) capacity and drain share them.
+    let imds = Imds::from_env().unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "EC2 instance metadata client unavailable");
+        Imds::disabled()
+    });
+    let aws = Arc::new(Aws::new(imds.clone()));
+    let enrich = enrich::start(&config.enrich, &metrics, &imds, &enrich_tasks, &stop_enrich);
     enrich_tasks.close();
 
     // Multiline start patterns come from container labels, through the Docker cache.
@@ -128,7 +137,12 @@ pub async fn run(config: Config) -> Result<(), AppError> {
         let _ = metrics.output_records.get_or_create(&label);
         let _ = metrics.output_errors.get_or_create(&label);
         let _ = metrics.output_bytes.get_or_create(&label);
-        let ctx = SinkContext { name: cfg.name.clone(), reader, metrics: Arc::clone(&metrics) };
+        let ctx = SinkContext {
+            name: cfg.name.clone(),
+            reader,
+            metrics: Arc::clone(&metrics),
+            aws: Arc::clone(&aws),
+        };
         let instance_id = buffer.instance_id();
         sinks.spawn(async move { sink::run(&cfg, ctx, instance_id).await });
     }

@@ -23,13 +23,16 @@
 
 pub mod admin;
 pub mod app;
+pub mod aws;
 pub mod buffer;
 pub mod cat;
 pub mod cli;
 pub mod config;
 pub mod enrich;
+pub mod error;
 pub mod event;
 pub mod forward;
+pub mod imds;
 pub mod input;
 pub mod metrics;
 pub mod pipeline;

@@ -14,7 +14,12 @@ fn setup() -> (Pipeline, SinkContext, Arc<Metrics>, tempfile::TempDir) {
     let metrics = Arc::new(Metrics::new());
     let dir = tempfile::tempdir().unwrap();
     let (p, reader) = Pipeline::with_one_sink(dir.path(), "s", Arc::clone(&metrics)).unwrap();
-    let ctx = SinkContext { name: "file".into(), reader, metrics: Arc::clone(&metrics) };
+    let ctx = SinkContext {
+        name: "file".into(),
+        reader,
+        metrics: Arc::clone(&metrics),
+        aws: Arc::new(berth::aws::Aws::new(berth::imds::Imds::disabled())),
+    };
     (p, ctx, metrics, dir)
 }
 

@@ -21,7 +21,12 @@ async fn child_writes_events() {
     let metrics = Arc::new(Metrics::new());
     let dir = tempfile::tempdir().unwrap();
     let (p, reader) = Pipeline::with_one_sink(dir.path(), "s", Arc::clone(&metrics)).unwrap();
-    let ctx = SinkContext { name: "stdout".into(), reader, metrics };
+    let ctx = SinkContext {
+        name: "stdout".into(),
+        reader,
+        metrics,
+        aws: Arc::new(berth::aws::Aws::new(berth::imds::Imds::disabled())),
+    };
     let sink = tokio::spawn(stdout::run(Format::Json, ctx));
     for b in 0..10u64 {
         let events = (b * 10..b * 10 + 10)

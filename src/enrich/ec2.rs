@@ -1,155 +1,34 @@
-//! Host fields from the EC2 instance metadata service, IMDSv2 only: a session token from
-//! `PUT /latest/api/token` (with `X-aws-ec2-metadata-token-ttl-seconds`), then GETs that
-//! carry it in `X-aws-ec2-metadata-token`. The token is kept and fetched again before its
-//! TTL runs out; a 401 drops it and the GET is tried once more with a new one.
+//! Host fields from the EC2 instance metadata service: instance id, zone, region and type,
+//! read once through the process's IMDS client ([`crate::imds`]) and added to records.
 //!
-//! The endpoint is `$AWS_EC2_METADATA_SERVICE_ENDPOINT` (as the AWS SDKs read it), else
-//! `http://169.254.169.254`; `AWS_EC2_METADATA_DISABLED=true` turns IMDS off, as for the
-//! SDKs. Timeouts are short: off EC2 nothing answers (or the address is unroutable), and
-//! that must cost a start no more than a second or two. Off EC2 the host fields are simply
-//! absent; one warning says so, and attempts continue rarely in the background.
-//!
-//! Docs: <https://docs.aws.amazon.com/AWSEC2/latest/UserGuide/configuring-instance-metadata-service.html>.
+//! Off EC2 the host fields are simply absent; one warning says so, and attempts continue
+//! rarely in the background.
 
 use super::record::Fields;
+use crate::imds::{path, Imds, ImdsError};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
-use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-pub const DEFAULT_ENDPOINT: &str = "http://169.254.169.254";
-pub const ENDPOINT_ENV: &str = "AWS_EC2_METADATA_SERVICE_ENDPOINT";
-pub const DISABLED_ENV: &str = "AWS_EC2_METADATA_DISABLED";
-/// The token TTL asked for (the maximum is 6 hours).
-pub const TOKEN_TTL: Duration = Duration::from_secs(21_600);
-/// A token this close to its end is replaced before use.
-pub const TOKEN_REFRESH_MARGIN: Duration = Duration::from_secs(300);
-const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(1);
 const RETRY_INITIAL: Duration = Duration::from_secs(5);
 const RETRY_MAX: Duration = Duration::from_secs(600);
 
 /// Record key → metadata path.
 pub const HOST_FIELDS: [(&str, &str); 4] = [
-    ("ec2_instance_id", "/latest/meta-data/instance-id"),
-    ("availability_zone", "/latest/meta-data/placement/availability-zone"),
-    ("region", "/latest/meta-data/placement/region"),
-    ("instance_type", "/latest/meta-data/instance-type"),
+    ("ec2_instance_id", path::INSTANCE_ID),
+    ("availability_zone", path::AVAILABILITY_ZONE),
+    ("region", path::REGION),
+    ("instance_type", path::INSTANCE_TYPE),
 ];
 
-#[derive(Debug, thiserror::Error)]
-pub enum ImdsError {
-    #[error("cannot build the HTTP client: {0}")]
-    Client(reqwest::Error),
-    #[error("{path}: {source}")]
-    Request { path: String, source: reqwest::Error },
-    #[error("{path}: HTTP {status}")]
-    Status { path: String, status: u16 },
-}
-
-/// Whether a token obtained at `got` must be replaced at `now`.
-pub fn token_stale(got: Instant, now: Instant) -> bool {
-    now.saturating_duration_since(got) + TOKEN_REFRESH_MARGIN >= TOKEN_TTL
-}
-
-/// An IMDSv2 client.
-pub struct Imds {
-    http: reqwest::Client,
-    endpoint: String,
-    token: tokio::sync::Mutex<Option<(String, Instant)>>,
-}
-
-impl Imds {
-    /// From the SDKs' environment variables; `None` when IMDS is disabled there.
-    pub fn from_env() -> Result<Option<Imds>, ImdsError> {
-        if std::env::var(DISABLED_ENV).is_ok_and(|v| v.eq_ignore_ascii_case("true")) {
-            return Ok(None);
-        }
-        let endpoint = std::env::var(ENDPOINT_ENV)
-            .ok()
-            .filter(|e| !e.is_empty())
-            .unwrap_or_else(|| DEFAULT_ENDPOINT.to_string());
-        Imds::new(&endpoint).map(Some)
+/// The four host fields.
+pub async fn host_fields(imds: &Imds) -> Result<Fields, ImdsError> {
+    let mut f = Fields::new();
+    for (key, path) in HOST_FIELDS {
+        let v = imds.require(path).await?;
+        f.push_str(key, v.trim());
     }
-
-    pub fn new(endpoint: &str) -> Result<Imds, ImdsError> {
-        let http = reqwest::Client::builder()
-            // IMDS is link-local: never through an HTTP proxy.
-            .no_proxy()
-            .connect_timeout(CONNECT_TIMEOUT)
-            .timeout(REQUEST_TIMEOUT)
-            .build()
-            .map_err(ImdsError::Client)?;
-        Ok(Imds {
-            http,
-            endpoint: endpoint.trim_end_matches('/').to_string(),
-            token: tokio::sync::Mutex::new(None),
-        })
-    }
-
-    pub fn endpoint(&self) -> &str {
-        &self.endpoint
-    }
-
-    async fn token(&self) -> Result<String, ImdsError> {
-        let mut t = self.token.lock().await;
-        if let Some((tok, got)) = t.as_ref() {
-            if !token_stale(*got, Instant::now()) {
-                return Ok(tok.clone());
-            }
-        }
-        let path = "/latest/api/token";
-        let got = Instant::now();
-        let resp = self
-            .http
-            .put(format!("{}{path}", self.endpoint))
-            .header("X-aws-ec2-metadata-token-ttl-seconds", TOKEN_TTL.as_secs().to_string())
-            .send()
-            .await
-            .map_err(|source| ImdsError::Request { path: path.into(), source })?;
-        let tok = text(path, resp).await?;
-        *t = Some((tok.clone(), got));
-        Ok(tok)
-    }
-
-    /// GET a metadata path with the session token.
-    pub async fn get(&self, path: &str) -> Result<String, ImdsError> {
-        for attempt in 0..2 {
-            let tok = self.token().await?;
-            let resp = self
-                .http
-                .get(format!("{}{path}", self.endpoint))
-                .header("X-aws-ec2-metadata-token", tok)
-                .send()
-                .await
-                .map_err(|source| ImdsError::Request { path: path.into(), source })?;
-            if resp.status().as_u16() == 401 && attempt == 0 {
-                // The token expired or IMDS restarted: get a new one.
-                *self.token.lock().await = None;
-                continue;
-            }
-            return text(path, resp).await;
-        }
-        Err(ImdsError::Status { path: path.into(), status: 401 })
-    }
-
-    /// The four host fields.
-    pub async fn host_fields(&self) -> Result<Fields, ImdsError> {
-        let mut f = Fields::new();
-        for (key, path) in HOST_FIELDS {
-            let v = self.get(path).await?;
-            f.push_str(key, v.trim());
-        }
-        Ok(f)
-    }
-}
-
-async fn text(path: &str, resp: reqwest::Response) -> Result<String, ImdsError> {
-    let status = resp.status().as_u16();
-    if status != 200 {
-        return Err(ImdsError::Status { path: path.into(), status });
-    }
-    resp.text().await.map_err(|source| ImdsError::Request { path: path.into(), source })
+    Ok(f)
 }
 
 /// The state of the host fields, for `/v1/status`.
@@ -227,7 +106,7 @@ impl HostFields {
         let mut wait = RETRY_INITIAL;
         loop {
             let res = tokio::select! {
-                r = imds.host_fields() => r,
+                r = host_fields(&imds) => r,
                 _ = shutdown.cancelled() => return,
             };
             match res {
@@ -257,25 +136,6 @@ impl HostFields {
                 _ = shutdown.cancelled() => return,
             }
             wait = (wait * 2).min(RETRY_MAX);
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn token_is_replaced_before_its_ttl() {
-        let got = Instant::now();
-        for (age, stale) in [
-            (0, false),
-            (3600, false),
-            (TOKEN_TTL.as_secs() - TOKEN_REFRESH_MARGIN.as_secs() - 1, false),
-            (TOKEN_TTL.as_secs() - TOKEN_REFRESH_MARGIN.as_secs(), true),
-            (TOKEN_TTL.as_secs() + 1, true),
-        ] {
-            assert_eq!(token_stale(got, got + Duration::from_secs(age)), stale, "age {age}s");
         }
     }
 }

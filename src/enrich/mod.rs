@@ -280,6 +280,7 @@ pub struct Started {
 pub fn start(
     cfg: &EnrichConfig,
     metrics: &Arc<Metrics>,
+    imds: &crate::imds::Imds,
     tracker: &tokio_util::task::TaskTracker,
     shutdown: &CancellationToken,
 ) -> Started {
@@ -290,24 +291,17 @@ pub fn start(
     if let Some(d) = &docker {
         tracker.spawn(Arc::clone(d).run(shutdown.clone()));
     }
-    let host = if cfg.ec2.enabled {
-        match ec2::Imds::from_env() {
-            Ok(Some(imds)) => {
-                let h = Arc::new(HostFields::new(imds.endpoint(), true));
-                tracker.spawn(Arc::clone(&h).run(imds, shutdown.clone()));
-                Some(h)
-            }
-            Ok(None) => {
-                tracing::info!("{} is set: no EC2 host fields", ec2::DISABLED_ENV);
-                None
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "EC2 instance metadata client unavailable: no host fields");
-                None
-            }
+    let host = match (cfg.ec2.enabled, imds.is_enabled()) {
+        (true, true) => {
+            let h = Arc::new(HostFields::new(imds.endpoint(), true));
+            tracker.spawn(Arc::clone(&h).run(imds.clone(), shutdown.clone()));
+            Some(h)
         }
-    } else {
-        None
+        (true, false) => {
+            tracing::info!("{} is set: no EC2 host fields", crate::imds::DISABLED_ENV);
+            None
+        }
+        (false, _) => None,
     };
     let enricher = Arc::new(Enricher::from_parts(
         docker,

@@ -377,7 +377,12 @@ mod tests {
         let metrics = Arc::new(Metrics::new());
         let dir = tempfile::tempdir().unwrap();
         let (p, reader) = Pipeline::with_one_sink(dir.path(), "s", Arc::clone(&metrics)).unwrap();
-        let ctx = SinkContext { name: "files".into(), reader, metrics: Arc::clone(&metrics) };
+        let ctx = SinkContext {
+            name: "files".into(),
+            reader,
+            metrics: Arc::clone(&metrics),
+            aws: Arc::new(crate::aws::Aws::new(crate::imds::Imds::disabled())),
+        };
         (p, ctx, metrics, dir)
     }
 

@@ -21,6 +21,9 @@ pub struct SinkContext {
     pub name: String,
     pub reader: SinkReader,
     pub metrics: Arc<Metrics>,
+    /// The process's AWS loader: sinks that talk to AWS share its configuration and
+    /// credentials.
+    pub aws: Arc<crate::aws::Aws>,
 }
 
 #[derive(Debug, thiserror::Error)]

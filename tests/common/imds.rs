@@ -2,7 +2,8 @@
 //!
 //! Faithful to the documented behaviour berth relies on:
 //! - `PUT /latest/api/token` needs `X-aws-ec2-metadata-token-ttl-seconds` (1..=21600),
-//!   else 400; it answers a new token as text.
+//!   else 400; it answers a new token as text, with the TTL granted in the same header
+//!   (the SDKs' IMDS clients require it).
 //! - a GET without `X-aws-ec2-metadata-token`, or with one it did not issue, is 401
 //!   (IMDSv1 is off, as with `HttpTokens=required`);
 //! - the four paths berth reads answer their value; others 404.
@@ -140,7 +141,16 @@ fn serve(s: TcpStream, state: &Mutex<State>) {
             404 => "Not Found",
             _ => "Method Not Allowed",
         };
-        let resp = format!("HTTP/1.1 {status} {reason}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{text}", text.len());
+        let granted = match (method.as_str(), status) {
+            ("PUT", 200) => {
+                format!(
+                    "X-aws-ec2-metadata-token-ttl-seconds: {}\r\n",
+                    ttl.as_deref().unwrap_or("")
+                )
+            }
+            _ => String::new(),
+        };
+        let resp = format!("HTTP/1.1 {status} {reason}\r\nContent-Type: text/plain\r\n{granted}Content-Length: {}\r\n\r\n{text}", text.len());
         if w.write_all(resp.as_bytes()).is_err() {
             return;
         }

@@ -7,13 +7,14 @@
 
 use super::encode::{Encoder, LogBatch, MAX_BATCH_BYTES, MAX_BATCH_EVENTS};
 use super::{classify, Failure, RejectedInfo};
+use crate::aws::{Aws, AwsError};
 use crate::config::cloudwatch::CloudWatchConfig;
+use crate::config::AwsAuth;
 use crate::metrics::{Metrics, SinkLabel, SinkReasonLabel};
 use crate::pipeline::{Delivery, SinkReader};
 use crate::sink::deadletter::{find, DeadLetters};
 use crate::sink::retry::Backoff;
 use crate::sink::{SinkContext, SinkError};
-use aws_config::BehaviorVersion;
 use aws_sdk_cloudwatchlogs as cwl;
 use aws_sdk_cloudwatchlogs::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use cwl::types::InputLogEvent;
@@ -47,7 +48,7 @@ fn new_encoder(cfg: &CloudWatchConfig) -> Encoder {
 
 pub async fn run(cfg: &CloudWatchConfig, mut ctx: SinkContext) -> Result<(), SinkError> {
     let name = ctx.name.clone();
-    let client = client(cfg)
+    let client = client(cfg, &ctx.aws)
         .await
         .map_err(|e| SinkError::Io { sink: name.clone(), source: std::io::Error::other(e) })?;
     let label = SinkLabel { sink: name.clone() };
@@ -144,35 +145,20 @@ async fn gather(reader: &mut SinkReader, cfg: &CloudWatchConfig) -> Option<Vec<D
     Some(group)
 }
 
-/// The SDK client: aws-config's default chain (ECS task role, IMDSv2, env, web identity),
-/// AssumeRole on top when `role_arn` is set. The SDK's own retries are off: retries are
+/// The SDK client, on the process's AWS configuration for this sink's keys (region,
+/// `role_arn`, `external_id`: see `crate::aws`). The SDK's own retries are off: retries are
 /// this sink's, counted and backed off with jitter per batch.
-async fn client(cfg: &CloudWatchConfig) -> Result<cwl::Client, String> {
-    let mut loader = aws_config::defaults(BehaviorVersion::latest());
-    if let Some(r) = &cfg.region {
-        loader = loader.region(aws_config::Region::new(r.clone()));
-    }
-    let sdk = loader.load().await;
-    if sdk.region().is_none() {
-        return Err(
-            "no AWS region: set `region` in the sink, AWS_REGION, or run where IMDS answers".into(),
-        );
-    }
-    let mut b = cwl::config::Builder::from(&sdk)
+async fn client(cfg: &CloudWatchConfig, aws: &Aws) -> Result<cwl::Client, AwsError> {
+    let keys =
+        AwsAuth { region: cfg.region.clone(), role_arn: cfg.role_arn.clone(), external_id: None };
+    let loaded = aws.load(&keys).await?;
+    let mut b = cwl::config::Builder::from(loaded.sdk())
         .retry_config(cwl::config::retry::RetryConfig::disabled())
         .timeout_config(
             cwl::config::timeout::TimeoutConfig::builder().operation_timeout(cfg.timeout).build(),
         );
     if let Some(u) = &cfg.endpoint_url {
         b = b.endpoint_url(u.clone());
-    }
-    if let Some(arn) = &cfg.role_arn {
-        let p = aws_config::sts::AssumeRoleProvider::builder(arn.clone())
-            .configure(&sdk)
-            .session_name("berth")
-            .build()
-            .await;
-        b = b.credentials_provider(p);
     }
     Ok(cwl::Client::from_conf(b.build()))
 }

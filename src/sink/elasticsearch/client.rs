@@ -6,7 +6,10 @@
 //! (that is `response::classify`) and never sleeps (the run loop does).
 
 use super::sigv4::{SigV4Error, Signer};
+use crate::aws::Aws;
 use crate::config::elasticsearch::{ElasticsearchConfig, EsAuth};
+use crate::config::AwsAuth;
+pub use crate::error::describe;
 use crate::sink::retry::parse_retry_after;
 use bytes::Bytes;
 use std::time::{Duration, SystemTime};
@@ -55,7 +58,7 @@ pub struct BulkClient {
 }
 
 impl BulkClient {
-    pub async fn new(cfg: &ElasticsearchConfig) -> Result<BulkClient, ClientError> {
+    pub async fn new(cfg: &ElasticsearchConfig, aws: &Aws) -> Result<BulkClient, ClientError> {
         let mut b = reqwest::Client::builder()
             .timeout(cfg.timeout)
             .connect_timeout(cfg.timeout.min(Duration::from_secs(10)))
@@ -77,7 +80,15 @@ impl BulkClient {
         }
         let http = b.build().map_err(|e| ClientError::Build(e.to_string()))?;
         let signer = match &cfg.auth {
-            EsAuth::AwsSigV4(a) => Some(Signer::from_config(a).await?),
+            EsAuth::AwsSigV4(a) => {
+                let keys = AwsAuth {
+                    region: a.region.clone(),
+                    role_arn: a.role_arn.clone(),
+                    external_id: a.external_id.clone(),
+                };
+                let loaded = aws.load(&keys).await.map_err(SigV4Error::from)?;
+                Some(Signer::new(&loaded, a.service))
+            }
             EsAuth::None | EsAuth::Basic { .. } => None,
         };
         Ok(BulkClient {
@@ -107,8 +118,14 @@ impl BulkClient {
 
     /// With SigV4: load the credentials again before the next request (after a 401/403).
     /// False when requests are not signed (nothing to refresh).
-    pub fn refresh_credentials(&mut self) -> bool {
-        self.signer.as_mut().map(Signer::invalidate).is_some()
+    pub async fn refresh_credentials(&self) -> bool {
+        match &self.signer {
+            Some(s) => {
+                s.invalidate().await;
+                true
+            }
+            None => false,
+        }
     }
 
     /// POST `body` (gzip-compressed when `gzipped`) to the current endpoint. `Err` is a
@@ -124,7 +141,7 @@ impl BulkClient {
         if let EsAuth::Basic { username, password } = &self.auth {
             req = req.basic_auth(username, Some(password));
         }
-        if let Some(signer) = &mut self.signer {
+        if let Some(signer) = &self.signer {
             // Every header set above is signed: a proxy that rewrites one breaks the signature
             // (as it should). The body is the exact bytes sent, compressed or not.
             let mut signed = vec![("content-type", "application/x-ndjson")];
@@ -146,16 +163,4 @@ impl BulkClient {
         let body = resp.bytes().await?;
         Ok(Reply { status, retry_after, body })
     }
-}
-
-/// A request error in a few words, with its causes (reqwest's Display hides them).
-pub fn describe(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(c) = src {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        src = c.source();
-    }
-    s
 }

@@ -75,7 +75,7 @@ pub async fn run(
     let conflict_means_delivered = cfg.encode.conflict_means_delivered();
     let mut idle = Vec::with_capacity(cfg.concurrency);
     for _ in 0..cfg.concurrency {
-        let client = BulkClient::new(cfg)
+        let client = BulkClient::new(cfg, &ctx.aws)
             .await
             .map_err(|e| SinkError::Io { sink: name.clone(), source: std::io::Error::other(e) })?;
         idle.push(Worker {
@@ -439,7 +439,7 @@ impl Worker {
                     self.retried("unauthorized", 1);
                     // Credentials rotated or revoked before their expiry: load them again
                     // and retry at once, once. Refused again, it is not a passing thing.
-                    if !refreshed && self.client.refresh_credentials() {
+                    if !refreshed && self.client.refresh_credentials().await {
                         refreshed = true;
                         tracing::info!(sink = %self.name, endpoint = self.client.endpoint(), status = reply.status, "bulk request refused; loading the aws credentials again and retrying");
                         continue;
@@ -455,7 +455,7 @@ impl Worker {
                         );
                     }
                     // Ask the chain again after the backoff (a fixed profile, a new role).
-                    self.client.refresh_credentials();
+                    self.client.refresh_credentials().await;
                     self.request_backoff.wait(retry_after).await;
                     continue;
                 }

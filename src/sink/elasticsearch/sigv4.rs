@@ -1,47 +1,40 @@
 //! AWS SigV4 for `_bulk` requests to Amazon OpenSearch Service (`es`) and OpenSearch
 //! Serverless (`aoss`).
 //!
-//! Owns: the credentials (aws-config's default chain, or AssumeRole on top of it), kept and
-//! refreshed before they expire, and the signature of one request. The signature itself is
-//! the `aws-sigv4` crate's (never hand-rolled); [`sign_headers`] is pure so it can be tested
-//! against fixed credentials and a fixed time.
+//! Owns: the signature of one request, with the credentials of the shared AWS loader
+//! ([`crate::aws`]: one credentials cache per identity, shared by every worker of every sink
+//! that uses it). The signature itself is the `aws-sigv4` crate's (never hand-rolled);
+//! [`sign_headers`] is pure so it can be tested against fixed credentials and a fixed time.
 //!
 //! Credentials are never logged: `Credentials`' `Debug` redacts the secret, and nothing here
 //! formats a header value.
 
-use crate::config::elasticsearch::{SigV4Auth, SigV4Service};
-use aws_config::BehaviorVersion;
-use aws_credential_types::provider::{ProvideCredentials, SharedCredentialsProvider};
+use crate::aws::{AwsConfig, AwsError, CachedCredentials};
+use crate::config::elasticsearch::SigV4Service;
+use crate::error::describe;
+use aws_credential_types::provider::SharedCredentialsProvider;
 use aws_credential_types::Credentials;
 use aws_sigv4::http_request::{
     sign, PayloadChecksumKind, SignableBody, SignableRequest, SigningSettings,
 };
 use aws_smithy_runtime_api::client::identity::Identity;
-use std::time::{Duration, SystemTime};
-
-/// Credentials are refreshed this long before they expire, so a request signed now is not
-/// refused for an expiry during its flight (the SDK clients use the same margin).
-const REFRESH_BEFORE_EXPIRY: Duration = Duration::from_secs(5 * 60);
+use std::time::SystemTime;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SigV4Error {
-    #[error("no aws region: set [sink.auth] region, or AWS_REGION in the environment")]
-    NoRegion,
-    #[error("no aws credentials provider could be configured")]
-    NoProvider,
+    #[error(transparent)]
+    Aws(#[from] AwsError),
     #[error("cannot load aws credentials: {0}")]
     Credentials(String),
     #[error("cannot sign the request: {0}")]
     Sign(String),
 }
 
-/// Signs requests for one sink: region, service and the current credentials.
+/// Signs requests for one sink: region, service and the shared credentials.
 pub struct Signer {
-    provider: SharedCredentialsProvider,
+    credentials: CachedCredentials,
     region: String,
     service: SigV4Service,
-    /// The last credentials loaded; `None` until the first request or after `invalidate`.
-    current: Option<Credentials>,
 }
 
 impl std::fmt::Debug for Signer {
@@ -54,28 +47,10 @@ impl std::fmt::Debug for Signer {
 }
 
 impl Signer {
-    /// Resolve the region and the credentials chain (no credentials are loaded yet: a
-    /// missing role or a slow IMDS must not hold up the start of the other sinks).
-    pub async fn from_config(auth: &SigV4Auth) -> Result<Signer, SigV4Error> {
-        let mut loader = aws_config::defaults(BehaviorVersion::latest());
-        if let Some(r) = &auth.region {
-            loader = loader.region(aws_config::Region::new(r.clone()));
-        }
-        let sdk = loader.load().await;
-        let region = sdk.region().map(|r| r.as_ref().to_owned()).ok_or(SigV4Error::NoRegion)?;
-        let provider = match &auth.role_arn {
-            None => sdk.credentials_provider().ok_or(SigV4Error::NoProvider)?,
-            Some(arn) => {
-                let mut b = aws_config::sts::AssumeRoleProvider::builder(arn.clone())
-                    .configure(&sdk)
-                    .session_name("berth");
-                if let Some(id) = &auth.external_id {
-                    b = b.external_id(id.clone());
-                }
-                SharedCredentialsProvider::new(b.build().await)
-            }
-        };
-        Ok(Signer { provider, region, service: auth.service, current: None })
+    /// For a section's loaded AWS configuration (no credentials are loaded yet: a missing
+    /// role or a slow IMDS must not hold up the start of the other sinks).
+    pub fn new(aws: &AwsConfig, service: SigV4Service) -> Signer {
+        Signer { credentials: aws.credentials().clone(), region: aws.region().to_owned(), service }
     }
 
     /// A signer with a fixed provider (tests).
@@ -84,7 +59,7 @@ impl Signer {
         region: &str,
         service: SigV4Service,
     ) -> Signer {
-        Signer { provider, region: region.to_owned(), service, current: None }
+        Signer { credentials: CachedCredentials::new(provider), region: region.to_owned(), service }
     }
 
     pub fn region(&self) -> &str {
@@ -92,64 +67,25 @@ impl Signer {
     }
 
     /// Forget the credentials: the next request loads them again (after a 401/403, which may
-    /// mean a role's credentials were rotated or revoked before their expiry).
-    pub fn invalidate(&mut self) {
-        self.current = None;
-    }
-
-    /// The credentials to sign with now: the kept ones unless they expire within
-    /// [`REFRESH_BEFORE_EXPIRY`]. The provider itself does not cache, so calling it on every
-    /// request would hit IMDS or STS on every request.
-    pub async fn credentials(&mut self, now: SystemTime) -> Result<Credentials, SigV4Error> {
-        if let Some(c) = &self.current {
-            if !expires_soon(c, now) {
-                return Ok(c.clone());
-            }
-        }
-        match self.provider.provide_credentials().await {
-            Ok(c) => {
-                self.current = Some(c.clone());
-                Ok(c)
-            }
-            // A failed early refresh: the kept credentials are still valid for a while.
-            Err(e) => match &self.current {
-                Some(c) if c.expiry().is_none_or(|t| t > now) => {
-                    tracing::warn!(error = %describe(&e), "aws credentials not refreshed; using the current ones until they expire");
-                    Ok(c.clone())
-                }
-                _ => Err(SigV4Error::Credentials(describe(&e))),
-            },
-        }
+    /// mean a role's credentials were rotated or revoked before their expiry). Every user of
+    /// the same credentials sees the new ones.
+    pub async fn invalidate(&self) {
+        self.credentials.invalidate().await;
     }
 
     /// The headers to add to a `POST url` with `headers` and exactly `body` as sent.
     pub async fn sign(
-        &mut self,
+        &self,
         method: &str,
         url: &str,
         headers: &[(&str, &str)],
         body: &[u8],
     ) -> Result<Vec<(&'static str, String)>, SigV4Error> {
         let now = SystemTime::now();
-        let creds = self.credentials(now).await?;
+        let creds =
+            self.credentials.get(now).await.map_err(|e| SigV4Error::Credentials(describe(&e)))?;
         sign_headers(&creds, &self.region, self.service, now, method, url, headers, body)
     }
-}
-
-fn expires_soon(c: &Credentials, now: SystemTime) -> bool {
-    c.expiry().is_some_and(|t| t <= now + REFRESH_BEFORE_EXPIRY)
-}
-
-/// An error with its causes (the SDK's Display often hides the useful part).
-fn describe(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(c) = src {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        src = c.source();
-    }
-    s
 }
 
 /// The SigV4 headers (`authorization`, `x-amz-date`, `x-amz-content-sha256`, and
@@ -190,8 +126,7 @@ pub fn sign_headers(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    use std::sync::Arc;
+    use std::time::Duration;
 
     fn creds(token: Option<&str>, expiry: Option<SystemTime>) -> Credentials {
         Credentials::new(
@@ -251,54 +186,5 @@ mod tests {
         let auth2 = header(&h2, "authorization").unwrap();
         assert!(auth2.contains("/us-east-1/aoss/aws4_request"), "{auth2}");
         assert!(header(&h2, "x-amz-security-token").is_none());
-    }
-
-    #[derive(Debug)]
-    struct Counting {
-        calls: Arc<AtomicUsize>,
-        expiry: Option<SystemTime>,
-    }
-
-    impl ProvideCredentials for Counting {
-        fn provide_credentials<'a>(
-            &'a self,
-        ) -> aws_credential_types::provider::future::ProvideCredentials<'a>
-        where
-            Self: 'a,
-        {
-            self.calls.fetch_add(1, Ordering::SeqCst);
-            aws_credential_types::provider::future::ProvideCredentials::ready(Ok(creds(
-                None,
-                self.expiry,
-            )))
-        }
-    }
-
-    #[tokio::test]
-    async fn credentials_are_kept_until_shortly_before_expiry_or_invalidated() {
-        let now = SystemTime::now();
-        let calls = Arc::new(AtomicUsize::new(0));
-        let p = Counting { calls: calls.clone(), expiry: Some(now + Duration::from_secs(3600)) };
-        let mut s =
-            Signer::with_provider(SharedCredentialsProvider::new(p), "eu-west-1", SigV4Service::Es);
-        s.credentials(now).await.unwrap();
-        s.credentials(now + Duration::from_secs(60)).await.unwrap();
-        assert_eq!(calls.load(Ordering::SeqCst), 1, "kept");
-        s.credentials(now + Duration::from_secs(3600 - 60)).await.unwrap();
-        assert_eq!(calls.load(Ordering::SeqCst), 2, "refreshed within the margin before expiry");
-        s.invalidate();
-        s.credentials(now).await.unwrap();
-        assert_eq!(calls.load(Ordering::SeqCst), 3, "loaded again after invalidate");
-
-        let calls = Arc::new(AtomicUsize::new(0));
-        let mut s = Signer::with_provider(
-            SharedCredentialsProvider::new(Counting { calls: calls.clone(), expiry: None }),
-            "r",
-            SigV4Service::Es,
-        );
-        for _ in 0..3 {
-            s.credentials(now).await.unwrap();
-        }
-        assert_eq!(calls.load(Ordering::SeqCst), 1, "credentials without expiry are kept");
     }
 }
