@@ -4,9 +4,10 @@
 //! (a bind error stops the start before anything is accepted), the admin endpoint, accept.
 //! Stop (SIGTERM/SIGINT or a sink failing): stop accepting → connections finish what their
 //! clients already sent (acked once in the buffer) → the buffer closes for writes → sinks
-//! deliver what is left and end → cursors are synced → admin stops. All within
-//! `shutdown.grace_period`; a second signal cuts it short. What a sink could not deliver in
-//! time stays in the buffer and is delivered after the next start.
+//! deliver what is left and end → cursors are synced → background services stop → admin
+//! stops. Every wait is bounded by `shutdown.grace_period` (`crate::shutdown`); a second
+//! signal cuts it short. What a sink could not deliver in time stays in the buffer and is
+//! delivered after the next start.
 
 use crate::admin::{self, AdminState, SinkInfo};
 use crate::aws::Aws;
@@ -18,13 +19,12 @@ use crate::input::{self, InputContext};
 use crate::metrics::{Metrics, SinkLabel};
 use crate::pipeline::{Pipeline, SinkRoute};
 use crate::reassemble::JoinOptions;
+use crate::shutdown::{Deadlines, Shutdown};
 use crate::sink::{self, SinkContext};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 use tokio::task::JoinSet;
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 /// How long the start waits for the first Docker and IMDS answers before accepting
 /// connections.
@@ -101,11 +101,11 @@ pub async fn run(config: Config) -> Result<(), AppError> {
     let fwd = &config.input.forward;
     let listeners = input::bind(fwd).await?;
 
-    // Enrichment's background tasks (Docker events, IMDS) stop with `stop_enrich`, after
-    // the inputs are done with them. Started once the listeners are bound: a start that
-    // fails there asks nothing of Docker or IMDS.
-    let stop_enrich = CancellationToken::new();
-    let enrich_tasks = TaskTracker::new();
+    // The one shutdown sequence: background services (enrichment's Docker events and IMDS
+    // now, capacity and drain next) run on its tracker and stop in its `background` phase,
+    // after the inputs are done with them. Started once the listeners are bound: a start
+    // that fails there asks nothing of Docker or IMDS.
+    let shutdown = Shutdown::new();
     // One IMDS client and one AWS loader for the process: host fields, every AWS client's
     // region and credentials, and (next) capacity and drain share them.
     let imds = Imds::from_env().unwrap_or_else(|e| {
@@ -113,8 +113,8 @@ pub async fn run(config: Config) -> Result<(), AppError> {
         Imds::disabled()
     });
     let aws = Arc::new(Aws::new(imds.clone()));
-    let enrich = enrich::start(&config.enrich, &metrics, &imds, &enrich_tasks, &stop_enrich);
-    enrich_tasks.close();
+    let enrich =
+        enrich::start(&config.enrich, &metrics, &imds, shutdown.tracker(), shutdown.background());
 
     // Multiline start patterns come from container labels, through the Docker cache.
     let multiline = match (config.enrich.multiline, enrich.enricher.docker()) {
@@ -165,18 +165,16 @@ pub async fn run(config: Config) -> Result<(), AppError> {
             })
             .collect(),
     });
-    let stop_admin = CancellationToken::new();
     let admin_task = match config.admin.listen {
         Some(addr) => {
             let l = admin::bind(addr).await?;
             let bound = l.local_addr().map(|a| a.to_string()).unwrap_or_default();
             tracing::info!(address = %bound, "admin endpoint listening");
-            Some(tokio::spawn(admin::serve(l, Arc::clone(&state), stop_admin.clone())))
+            Some(tokio::spawn(admin::serve(l, Arc::clone(&state), shutdown.admin().clone())))
         }
         None => None,
     };
 
-    let stop_input = CancellationToken::new();
     // The Docker connection and, on EC2, the host fields take milliseconds: have them for
     // the first records (a restart while containers log). Off EC2 or without Docker this
     // costs at most the timeouts, once.
@@ -194,7 +192,7 @@ pub async fn run(config: Config) -> Result<(), AppError> {
     let mut ctx = InputContext::new(fwd, pipeline, Arc::clone(&metrics));
     ctx.enricher = Arc::clone(&enrich.enricher);
     let mut input_task =
-        tokio::spawn(input::serve(listeners, ctx, fwd.max_connections, stop_input.clone()));
+        tokio::spawn(input::serve(listeners, ctx, fwd.max_connections, shutdown.intake().clone()));
     state.ready.store(true, Ordering::Relaxed);
     tracing::info!(listeners = ?described, sinks = config.sinks.len(), "berth is running");
 
@@ -212,35 +210,39 @@ pub async fn run(config: Config) -> Result<(), AppError> {
         }
     }
     state.ready.store(false, Ordering::Relaxed);
-    stop_input.cancel();
-
     let grace = config.shutdown.grace_period;
-    let deadline = tokio::time::Instant::now() + grace;
-    // Phase 1: the inputs finish what their clients already sent. At most half the grace
-    // period, so that sinks get the other half even when a connection is held by a full
-    // buffer (what it had not got acked is sent again by its client after the restart).
-    let inputs_deadline = tokio::time::Instant::now() + grace / 2;
-    let inputs_done = tokio::select! {
-        _ = tokio::time::sleep_until(inputs_deadline) => false,
-        _ = &mut input_task => true,
-        _ = sigterm.recv() => false,
-        _ = sigint.recv() => false,
-    };
+    let deadlines = Deadlines::from(tokio::time::Instant::now(), grace);
+    // A second signal cuts every phase short.
+    tokio::spawn({
+        let shutdown = shutdown.clone();
+        async move {
+            tokio::select! {
+                _ = sigterm.recv() => {}
+                _ = sigint.recv() => {}
+            }
+            tracing::warn!("second signal: cutting the shutdown short");
+            shutdown.abort();
+        }
+    });
+
+    // Phase 1: the inputs finish what their clients already sent. Sinks keep delivering
+    // meanwhile, so a connection held by a full buffer gets room; at the sinks' deadline
+    // it is cut (what it had not got acked is sent again by its client after the restart).
+    shutdown.intake().cancel();
+    let inputs_done = shutdown.until(deadlines.work, &mut input_task).await.is_some();
     if !inputs_done {
         input_task.abort();
     }
     // Phase 2: no more writes; the sinks deliver what is in the buffer, then end. Closing
     // waits for the writer's last fsync, which a stalled disk could hold forever.
-    let closed = tokio::select! {
-        r = buffer.close() => r.map(|_| true),
-        _ = tokio::time::sleep_until(deadline) => Ok(false),
-        _ = sigterm.recv() => Ok(false),
-        _ = sigint.recv() => Ok(false),
+    let closed = match shutdown.until(deadlines.work, buffer.close()).await {
+        Some(Ok(())) => true,
+        Some(Err(e)) => {
+            tracing::error!(error = %e, "closing the buffer");
+            true
+        }
+        None => false,
     };
-    let closed = closed.unwrap_or_else(|e| {
-        tracing::error!(error = %e, "closing the buffer");
-        true
-    });
     let drained = closed && {
         let drained = async {
             while let Some(res) = sinks.join_next().await {
@@ -249,36 +251,41 @@ pub async fn run(config: Config) -> Result<(), AppError> {
                 }
             }
         };
-        tokio::select! {
-            _ = tokio::time::sleep_until(deadline) => false,
-            _ = drained => true,
-            _ = sigterm.recv() => false,
-            _ = sigint.recv() => false,
-        }
+        shutdown.until(deadlines.work, drained).await.is_some()
     };
     let finished = inputs_done && drained;
     if !drained {
+        // Aborting is immediate; joining the aborted tasks is bounded all the same.
         sinks.abort_all();
-        while sinks.join_next().await.is_some() {}
+        let _ = shutdown
+            .until(deadlines.end, async { while sinks.join_next().await.is_some() {} })
+            .await;
     }
     // Sinks acknowledged deliveries after the close synced the cursors: make those durable
     // too (a sink cut off by the deadline never reached its reader's end, which does it).
     let b = buffer.clone();
-    match tokio::task::spawn_blocking(move || b.sync_cursors()).await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => tracing::error!(error = %e, "cannot fsync the sink cursors at shutdown"),
-        Err(e) => tracing::error!(error = %e, "cannot fsync the sink cursors at shutdown"),
+    match shutdown.until(deadlines.end, tokio::task::spawn_blocking(move || b.sync_cursors())).await {
+        Some(Ok(Ok(()))) => {}
+        Some(Ok(Err(e))) => tracing::error!(error = %e, "cannot fsync the sink cursors at shutdown"),
+        Some(Err(e)) => tracing::error!(error = %e, "cannot fsync the sink cursors at shutdown"),
+        None => tracing::error!("the sink cursors were not fsynced before the end of the grace period: deliveries since the last sync are sent again after the restart"),
     }
     // What is left is on disk for the next start.
     let stats = buffer.stats();
     for s in stats.sinks.iter().filter(|s| s.lag_events > 0) {
         tracing::warn!(sink = %s.name, undelivered = s.lag_events, "events left in the buffer for the next start");
     }
-    stop_enrich.cancel();
-    enrich_tasks.wait().await;
-    stop_admin.cancel();
-    if let Some(t) = admin_task {
-        let _ = t.await;
+    // Phase 3: background services.
+    if !shutdown.stop_background(deadlines.end).await {
+        tracing::warn!("background tasks still running at the end of the grace period");
+    }
+    // Phase 4: the admin endpoint, last. A client that pipelines requests without reading
+    // holds axum's graceful shutdown: it is cut at the end of the grace period.
+    shutdown.admin().cancel();
+    if let Some(mut t) = admin_task {
+        if shutdown.until(deadlines.end, &mut t).await.is_none() {
+            t.abort();
+        }
     }
     drop(buffer);
     if let Some(e) = failure {

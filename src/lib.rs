@@ -39,4 +39,5 @@ pub mod pipeline;
 pub mod ratelimit;
 pub mod reassemble;
 pub mod route;
+pub mod shutdown;
 pub mod sink;

@@ -54,9 +54,18 @@ fn main() -> ExitCode {
     }
 }
 
+/// How long the runtime waits, once `run` returned, for tasks it still has: an admin
+/// connection cut at the end of the grace period, a blocking fsync of a stalled disk.
+/// Dropping the runtime would wait for them for ever.
+const RUNTIME_STOP: std::time::Duration = std::time::Duration::from_millis(500);
+
 fn block_on<F: std::future::Future<Output = ExitCode>>(f: F) -> ExitCode {
     match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
-        Ok(rt) => rt.block_on(f),
+        Ok(rt) => {
+            let code = rt.block_on(f);
+            rt.shutdown_timeout(RUNTIME_STOP);
+            code
+        }
         Err(e) => {
             eprintln!("berth: cannot start the async runtime: {e}");
             ExitCode::FAILURE
