@@ -597,10 +597,16 @@ impl Buffer {
         self.shared.healthy.load(Ordering::Acquire)
     }
 
-    /// True when every known sink has acknowledged everything durable: the drain's question.
+    /// True when every known sink has acknowledged everything durable (the moving head).
     pub fn delivered_all(&self) -> bool {
-        let head = self.head();
-        self.shared.min_committed().is_none_or(|m| m >= head)
+        self.delivered_up_to(self.head())
+    }
+
+    /// True when every known sink has acknowledged every offset below `offset`: the drain's
+    /// question, with `offset` the head when the host's last task exited (records appended
+    /// since — berth's own, a daemon's — do not hold the instance). No sink: true.
+    pub fn delivered_up_to(&self, offset: u64) -> bool {
+        self.shared.min_committed().is_none_or(|m| m >= offset)
     }
 
     pub fn stats(&self) -> BufferStats {

@@ -690,3 +690,32 @@ async fn version_1_entries_survive_an_upgrade() {
     let mut r = buf.reader("s").unwrap();
     assert_eq!(read_all(&mut r).await, want[1..]);
 }
+
+#[tokio::test]
+async fn delivered_up_to_an_offset_ignores_what_came_after_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (buf, _) = Buffer::open(opts(&dir)).unwrap();
+    assert!(buf.delivered_up_to(0) && buf.delivered_up_to(10), "no sink: nothing to wait for");
+    let mut es = buf.reader("es").unwrap();
+    let mut cw = buf.reader("cw").unwrap();
+    assert_eq!(buf.append(&batch("a", 4, 1)).await.unwrap(), 0..4);
+    let mark = buf.head();
+    assert_eq!(mark, 4);
+    assert_eq!(buf.append(&batch("b", 3, 2)).await.unwrap(), 4..7);
+    read_all(&mut es).await;
+    read_all(&mut cw).await;
+    assert!(buf.delivered_up_to(0), "nothing below offset 0");
+    assert!(!buf.delivered_up_to(mark));
+
+    es.ack(0, 4).unwrap();
+    assert!(!buf.delivered_up_to(mark), "every sink must have it: cw has not");
+    cw.ack(0, 2).unwrap();
+    assert!(buf.delivered_up_to(2) && !buf.delivered_up_to(3) && !buf.delivered_up_to(mark));
+    cw.ack(2, 2).unwrap();
+    assert!(buf.delivered_up_to(mark), "both have everything up to the mark");
+    assert!(!buf.delivered_all(), "records after the mark do not count for it");
+    es.ack(4, 3).unwrap();
+    cw.ack(4, 3).unwrap();
+    assert!(buf.delivered_all() && buf.delivered_up_to(buf.head()));
+    buf.close().await.unwrap();
+}
