@@ -6,6 +6,8 @@
 //! connection does (walk, split off the frame, decode). Reported twice: as records/s and
 //! as bytes/s of wire data.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed unwrap is a failed test
+
 use berth::event::{Event, EventTime};
 use berth::forward::{
     decode_frame, encode_request, frame_len, EncodeOptions, Frame, FrameStatus, Limits, Mode,

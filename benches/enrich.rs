@@ -6,6 +6,8 @@
 //! Each iteration enriches one batch of 1000 records of ~200 bytes, as a connection does
 //! before handing the batch to the buffer (the batch's clone is outside the timing).
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed unwrap is a failed test
+
 use berth::config::{ApplyTo, DockerEnrichConfig, DockerField};
 use berth::enrich::docker::{DockerCache, Inspected};
 use berth::enrich::ec2::HostFields;

@@ -5,6 +5,8 @@
 //! One delivery of 1000 Docker-shaped records (~200 bytes) pushed through a `Joiner` and
 //! taken out again: the cost every record pays on its way to a sink with the defaults on.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed unwrap is a failed test
+
 mod common;
 
 use berth::event::{Batch, Event, EventTime, Tag};

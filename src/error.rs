@@ -18,7 +18,7 @@ mod tests {
     #[test]
     fn names_every_cause() {
         let inner = std::io::Error::other("connection refused");
-        let outer = std::io::Error::new(std::io::ErrorKind::Other, Wrapped(inner));
+        let outer = std::io::Error::other(Wrapped(inner));
         assert_eq!(super::describe(&outer), "wrapped: connection refused");
     }
 

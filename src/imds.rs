@@ -139,7 +139,7 @@ impl Imds {
             Err(e) => match classify(&e) {
                 Answer::Absent => Ok(None),
                 Answer::Status(status) => Err(ImdsError::Status { path: path.into(), status }),
-                Answer::NoAnswer => {
+                Answer::Unreachable => {
                     Err(ImdsError::Unreachable { path: path.into(), reason: describe(&e) })
                 }
             },
@@ -157,7 +157,7 @@ impl Imds {
 enum Answer {
     Absent,
     Status(u16),
-    NoAnswer,
+    Unreachable,
 }
 
 fn classify(e: &SdkImdsError) -> Answer {
@@ -165,7 +165,7 @@ fn classify(e: &SdkImdsError) -> Answer {
         SdkImdsError::ErrorResponse(r) => status_answer(r.response().status().as_u16()),
         // No token: nothing answered, or IMDS refused one (403: turned off for the
         // instance). Either way no metadata can be read; the message says which.
-        _ => Answer::NoAnswer,
+        _ => Answer::Unreachable,
     }
 }
 

@@ -7,6 +7,8 @@
 //! back. Every record carries a unique `id`, so delivery is checked exactly: what was acked
 //! arrives once, in order, and nothing else arrives.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed unwrap is a failed test
+
 mod common;
 
 use common::*;

@@ -7,6 +7,8 @@
 //! goes backwards and survives a crash of the process; no event is delivered twice to a
 //! sink unless it was not yet acknowledged.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed unwrap is a failed test
+
 use berth::buffer::{Buffer, BufferOptions, Reader, SyncMode};
 use berth::event::{Batch, Event, EventTime, Tag};
 use bytes::Bytes;

@@ -7,6 +7,8 @@
 //! berth died may be delivered twice; damage to the log loses exactly the damaged records
 //! (or the entries whose header is damaged).
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed unwrap is a failed test
+
 mod common;
 
 use common::*;
@@ -86,7 +88,7 @@ fn request(n: u64, conn: u64, ids: std::ops::Range<u64>, chunk: &str) -> Vec<u8>
     }
     let entries: Vec<Value> =
         ids.map(|id| Value::Array(vec![time(id), record(conn, id)])).collect();
-    let payload = if n % 2 == 0 {
+    let payload = if n.is_multiple_of(2) {
         Value::Array(entries)
     } else {
         Value::Binary(entries.iter().flat_map(mp).collect())

@@ -1,6 +1,8 @@
 //! Rough figures for the durable buffer, printed, never asserted (timings vary by disk):
 //! `cargo test --release --test buffer_throughput -- --ignored --nocapture`.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed unwrap is a failed test
+
 use berth::buffer::{Buffer, BufferOptions, SyncMode};
 use berth::event::{Batch, Event, EventTime, Tag};
 use bytes::Bytes;

@@ -4,6 +4,8 @@
 //!
 //! The server decodes with `rmpv`, independently of berth's own decoder.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed unwrap is a failed test
+
 use berth::cat::{self, CatArgs, CatError, CatSummary};
 use berth::forward::encode::encode_ack;
 use berth::forward::handshake::{HandshakeError, ServerAuth, ServerHandshake};

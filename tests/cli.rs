@@ -1,5 +1,7 @@
 //! The command line: version, check-config, and `run` refusing a bad config.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed unwrap is a failed test
+
 mod common;
 
 use common::*;

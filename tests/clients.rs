@@ -1,6 +1,8 @@
 //! Real clients against `berth run`: `berth cat` in every mode, with and without acks and
 //! the shared-key handshake, and Python's fluent-logger.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed unwrap is a failed test
+
 mod common;
 
 use common::*;

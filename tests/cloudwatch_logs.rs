@@ -4,6 +4,8 @@
 //! throttling, 5xx and lost responses; SIGKILL and restart; the group deleted while running;
 //! SigV4 + IAM checked by moto with a wrong and then a right secret.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed unwrap is a failed test
+
 mod common;
 use common::moto::{cw_tool, FaultProxy, Faults, Moto, PutCall, Stored};
 use common::*;

@@ -6,6 +6,8 @@
 //! manifest, acks compared byte for byte. Then random events round-trip through every
 //! encoder mode (proptest), and hostile inputs fail the way they should.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed unwrap is a failed test
+
 use berth::event::{Event, EventTime};
 use berth::forward::{
     decode_frame, encode_ack, encode_request, frame_len, DecodeError, EncodeOptions, Frame,

@@ -12,6 +12,8 @@
 //! `tests/fixtures/forward/docker-*.{bin,json}` captures; without it the capture is only
 //! checked, because every run has a new container id and new times.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed unwrap is a failed test
+
 mod common;
 
 use common::*;

@@ -3,6 +3,8 @@
 //! dead letters for mapping conflicts, and exactly-once across a server outage and a
 //! SIGKILL of berth.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed unwrap is a failed test
+
 mod common;
 use common::*;
 use std::collections::BTreeMap;

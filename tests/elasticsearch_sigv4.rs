@@ -4,6 +4,8 @@
 //! `aws-sigv4` crate berth signs with. Credentials come from the environment of the berth
 //! process; IMDS is disabled, so nothing but 127.0.0.1 is ever contacted.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed unwrap is a failed test
+
 mod common;
 use common::*;
 use std::collections::BTreeSet;

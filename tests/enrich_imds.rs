@@ -2,6 +2,8 @@
 //! reached through `AWS_EC2_METADATA_SERVICE_ENDPOINT` as the AWS SDKs do; and against no
 //! IMDS at all (connection refused), where records flow without host fields.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed unwrap is a failed test
+
 mod common;
 
 use common::imds::{self, FakeImds};

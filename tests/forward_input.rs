@@ -1,5 +1,7 @@
 //! `berth run` as a real process, spoken to over real TCP and Unix sockets.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed unwrap is a failed test
+
 mod common;
 
 use common::*;

@@ -2,6 +2,8 @@
 //! one token for many reads, 404 as "absent" (no Spot notice, no lifecycle state), and no
 //! answer as an error that says so.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed unwrap is a failed test
+
 mod common;
 
 use berth::imds::{path, Imds, ImdsError};

@@ -3,6 +3,8 @@
 //! driver): a line cut short is flushed after the timeout, marked; a restart between two
 //! parts (even SIGKILL) still yields the whole line, once.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed unwrap is a failed test
+
 mod common;
 
 use common::*;

@@ -3,6 +3,8 @@
 //! graceful shutdown for ever) and while a sink's endpoint accepts and never answers. What
 //! the stuck sink did not deliver stays in the buffer.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed unwrap is a failed test
+
 mod common;
 
 use common::*;

@@ -1,5 +1,7 @@
 //! The file sink through its public entry point, with a real pipeline.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed unwrap is a failed test
+
 use berth::config::Format;
 use berth::event::{Batch, Event, EventTime, Tag};
 use berth::metrics::{Metrics, SinkLabel};

@@ -1,6 +1,8 @@
 //! The stdout sink writes to the process's real fd 1: run it in a child copy of this test
 //! binary and read the child's stdout.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed unwrap is a failed test
+
 use berth::config::Format;
 use berth::event::{Batch, Event, EventTime, Tag};
 use berth::metrics::Metrics;

@@ -23,6 +23,8 @@
 //! The workload is the one in shared/PERFORMANCE.md: ~200-byte Docker-like records, 1,000
 //! per PackedForward request.
 
+#![allow(clippy::expect_used)] // a load generator: a failed connection ends the run, saying why
+
 use berth::event::{Event, EventTime};
 use berth::forward::decode::Mode;
 use berth::forward::encode::{encode_request, EncodeOptions};

@@ -132,6 +132,7 @@ pub fn encode(batch: &Batch) -> Result<Vec<u8>, RecordError> {
 }
 
 /// Writes the entry's first offset and then its header checksum (which covers the offset).
+#[expect(clippy::expect_used, reason = "entries come from `encode`, which always writes the head")]
 pub fn seal(entry: &mut [u8], first_offset: u64) {
     entry[HEADER_LEN..HEADER_LEN + 8].copy_from_slice(&first_offset.to_le_bytes());
     let crc = head_crc(entry).expect("an encoded entry holds its tag");

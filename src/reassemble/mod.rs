@@ -267,8 +267,7 @@ impl Joiner {
             return;
         };
         let key = Key::Multiline { container: line.container.to_owned() };
-        if !is_start && self.groups.contains_key(&key) {
-            let g = self.groups.get_mut(&key).expect("checked");
+        if let (false, Some(g)) = (is_start, self.groups.get_mut(&key)) {
             let n = g.pieces.len() as u64;
             g.bytes += line.log.len() + 1;
             g.pieces.insert(n, line.log);

@@ -262,11 +262,11 @@ fn serve(c: TcpStream, target: &str, f: Faults, calls: &Mutex<Vec<PutCall>>) {
                 evs.iter().map(|e| e["message"].as_str().unwrap().len() + 26).collect();
             let mut all = calls.lock().unwrap();
             let n = all.len() + 1;
-            fate = if f.throttle_every > 0 && n % f.throttle_every == 0 {
+            fate = if f.throttle_every > 0 && n.is_multiple_of(f.throttle_every) {
                 "throttled"
-            } else if f.unavailable_every > 0 && n % f.unavailable_every == 0 {
+            } else if f.unavailable_every > 0 && n.is_multiple_of(f.unavailable_every) {
                 "unavailable"
-            } else if f.lose_every > 0 && n % f.lose_every == 0 {
+            } else if f.lose_every > 0 && n.is_multiple_of(f.lose_every) {
                 "lost"
             } else {
                 "forwarded"

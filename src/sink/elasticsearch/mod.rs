@@ -456,7 +456,7 @@ mod tests {
                 return (413, String::new());
             }
             let whole = self.roll();
-            if whole % 8 == 0 {
+            if whole.is_multiple_of(8) {
                 return (503, "{\"error\":\"unavailable\"}".into());
             }
             let lost = whole % 8 == 1; // stored, but the response is lost
@@ -466,7 +466,7 @@ mod tests {
                     serde_json::json!({"create": {"_id": id, "status": 409, "error": {"type": "version_conflict_engine_exception", "reason": "document already exists"}}})
                 } else if kind == MAPPING_CONFLICT {
                     serde_json::json!({"create": {"_id": id, "status": 400, "error": {"type": "mapper_parsing_exception", "reason": "failed to parse field [kind]"}}})
-                } else if self.roll() % 4 == 0 {
+                } else if self.roll().is_multiple_of(4) {
                     serde_json::json!({"create": {"_id": id, "status": 429, "error": {"type": "es_rejected_execution_exception", "reason": "queue full"}}})
                 } else {
                     self.stored.insert(id.clone(), kind);
