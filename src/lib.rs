@@ -25,6 +25,7 @@ pub mod admin;
 pub mod app;
 pub mod aws;
 pub mod buffer;
+pub mod capacity;
 pub mod cat;
 pub mod cli;
 pub mod config;
