@@ -13,9 +13,13 @@
 //! buffer      append-only segments on disk, group-commit fsync, a cursor per sink,
 //!   │         recovery after a crash (invariants in buffer/mod.rs)
 //!   ▼
-//! sink        stdout, file, null; elasticsearch (pure core so far)
+//! sink        stdout, file, null, elasticsearch (_bulk, SigV4), cloudwatch_logs
 //!
-//! beside it:  admin (127.0.0.1:24220) /healthz, /metrics, /v1/status; metrics; config; cli
+//! beside it:  capacity:: what ECS can still place here (accounting and protection so far)
+//!             admin (127.0.0.1:24220) /healthz, /metrics, /v1/status; metrics; config; cli
+//! shared:     aws:: one loader (region, credentials cache, AssumeRole) for every AWS client
+//!             imds:: the process's one IMDSv2 client (404 = absent)
+//!             shutdown:: the one shutdown sequence's tokens, tracker and bounded waits
 //! ```
 //!
 //! `app` wires them and owns the start and shutdown sequences; `main` only parses the
