@@ -23,6 +23,7 @@
 
 pub mod admin;
 pub mod app;
+pub mod backoff;
 pub mod buffer;
 pub mod cat;
 pub mod cli;

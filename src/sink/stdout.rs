@@ -8,6 +8,7 @@
 
 use super::json::{write_batch_lines, BatchLines};
 use super::{SinkContext, SinkError};
+use crate::backoff::Backoff;
 use crate::config::Format;
 use crate::metrics::{Metrics, SinkLabel};
 use crate::pipeline::{Delivery, SinkReader};
@@ -26,7 +27,7 @@ pub async fn run(format: Format, ctx: SinkContext) -> Result<(), SinkError> {
         .try_clone_to_owned()
         .map_err(|source| SinkError::Io { sink: ctx.name.clone(), source })?;
     let writer = StdoutWriter::new(format, std::fs::File::from(fd));
-    drive(ctx, writer, Backoff::default()).await
+    drive(ctx, writer, write_backoff()).await
 }
 
 /// The stdout sink's [`GroupWriter`]: one buffer, written from where the last attempt
@@ -117,35 +118,11 @@ pub(super) struct WriteError {
     pub source: io::Error,
 }
 
-/// Capped exponential backoff between retries of the same group.
-#[derive(Debug, Clone)]
-pub(super) struct Backoff {
-    initial: Duration,
-    max: Duration,
-    next: Duration,
-}
-
-impl Backoff {
-    pub(super) fn new(initial: Duration, max: Duration) -> Backoff {
-        Backoff { initial, max, next: initial }
-    }
-
-    pub(super) fn next_delay(&mut self) -> Duration {
-        let d = self.next;
-        self.next = (self.next * 2).min(self.max);
-        d
-    }
-
-    pub(super) fn reset(&mut self) {
-        self.next = self.initial;
-    }
-}
-
-impl Default for Backoff {
-    /// 100 ms, doubling to 10 s: quick recovery from a blip, no busy loop on a full disk.
-    fn default() -> Backoff {
-        Backoff::new(Duration::from_millis(100), Duration::from_secs(10))
-    }
+/// The backoff between retries of the same group: 100 ms, doubling to 10 s, no jitter (the
+/// disk is this host's alone: nobody to spread the retries from). Quick recovery from a
+/// blip, no busy loop on a full disk.
+pub(super) fn write_backoff() -> Backoff {
+    Backoff::doubling(Duration::from_millis(100), Duration::from_secs(10))
 }
 
 /// How often the same warning may repeat while a problem persists.
@@ -350,7 +327,7 @@ mod tests {
     }
 
     fn fast() -> Backoff {
-        Backoff::new(Duration::from_millis(1), Duration::from_millis(5))
+        Backoff::doubling(Duration::from_millis(1), Duration::from_millis(5))
     }
 
     #[tokio::test]
@@ -456,7 +433,7 @@ mod tests {
 
     #[test]
     fn backoff_doubles_to_its_cap_and_resets() {
-        let mut b = Backoff::default();
+        let mut b = write_backoff();
         let seq: Vec<u64> = (0..9).map(|_| b.next_delay().as_millis() as u64).collect();
         assert_eq!(seq, [100, 200, 400, 800, 1600, 3200, 6400, 10_000, 10_000]);
         b.reset();

@@ -7,11 +7,11 @@
 
 use super::encode::{Encoder, LogBatch, MAX_BATCH_BYTES, MAX_BATCH_EVENTS};
 use super::{classify, Failure, RejectedInfo};
+use crate::backoff::Backoff;
 use crate::config::cloudwatch::CloudWatchConfig;
 use crate::metrics::{Metrics, SinkLabel, SinkReasonLabel};
 use crate::pipeline::{Delivery, SinkReader};
 use crate::sink::deadletter::{find, DeadLetters};
-use crate::sink::retry::Backoff;
 use crate::sink::{SinkContext, SinkError};
 use aws_config::BehaviorVersion;
 use aws_sdk_cloudwatchlogs as cwl;
