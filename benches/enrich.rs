@@ -7,6 +7,7 @@
 //! before handing the batch to the buffer (the batch's clone is outside the timing).
 
 use berth::config::{ApplyTo, DockerEnrichConfig, DockerField};
+use berth::docker::{Engine, Options};
 use berth::enrich::docker::{DockerCache, Inspected};
 use berth::enrich::ec2::HostFields;
 use berth::enrich::record::Fields;
@@ -59,7 +60,9 @@ fn enricher(apply_to: ApplyTo) -> Enricher {
         inspect_wait: Duration::from_secs(2),
         max_containers: 4096,
     };
-    let cache = Arc::new(DockerCache::new(cfg, Arc::clone(&metrics)));
+    // An engine never run: the cache is filled by `put` alone.
+    let engine = Arc::new(Engine::new(Options::default()));
+    let cache = Arc::new(DockerCache::new(cfg, engine, Arc::clone(&metrics)));
     let labels = [
         ("com.amazonaws.ecs.cluster", "production"),
         (

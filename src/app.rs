@@ -11,6 +11,7 @@
 use crate::admin::{self, AdminState, SinkInfo};
 use crate::buffer::{Buffer, BufferError};
 use crate::config::{Config, SinkKind};
+use crate::docker;
 use crate::enrich;
 use crate::input::{self, InputContext};
 use crate::metrics::{Metrics, SinkLabel};
@@ -104,7 +105,19 @@ pub async fn run(config: Config) -> Result<(), AppError> {
     // fails there asks nothing of Docker or IMDS.
     let stop_enrich = CancellationToken::new();
     let enrich_tasks = TaskTracker::new();
-    let enrich = enrich::start(&config.enrich, &metrics, &enrich_tasks, &stop_enrich);
+    // The host's one Docker connection (events, container list): the enrichment cache
+    // subscribes to it, and so will anything else that needs the containers.
+    let engine = config.enrich.docker.enabled.then(|| {
+        Arc::new(docker::Engine::new(docker::Options {
+            socket: config.enrich.docker.socket.clone(),
+            request_timeout: docker::REQUEST_TIMEOUT.max(config.enrich.docker.inspect_wait),
+        }))
+    });
+    if let Some(e) = &engine {
+        enrich_tasks.spawn(Arc::clone(e).run(stop_enrich.clone()));
+    }
+    let enrich =
+        enrich::start(&config.enrich, engine.as_ref(), &metrics, &enrich_tasks, &stop_enrich);
     enrich_tasks.close();
 
     // Multiline start patterns come from container labels, through the Docker cache.

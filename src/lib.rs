@@ -28,6 +28,7 @@ pub mod buffer;
 pub mod cat;
 pub mod cli;
 pub mod config;
+pub mod docker;
 pub mod enrich;
 pub mod event;
 pub mod forward;
