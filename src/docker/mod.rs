@@ -305,3 +305,6 @@ async fn bounded<T>(
         Err(_) => Err(DockerError::Timeout { what, id: id.to_string() }),
     }
 }
+
+#[cfg(test)]
+mod tests;
