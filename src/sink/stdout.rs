@@ -6,12 +6,13 @@
 //! never drops data and never acknowledges what it has not written; while it cannot write,
 //! its queue fills and the pipeline slows the inputs.
 
+use super::batch::{Gather, Limits, MaxWait};
 use super::json::{write_batch_lines, BatchLines};
 use super::{SinkContext, SinkError};
 use crate::backoff::Backoff;
 use crate::config::Format;
 use crate::metrics::{Metrics, SinkLabel};
-use crate::pipeline::{Delivery, SinkReader};
+use crate::pipeline::Delivery;
 use prometheus_client::metrics::counter::Counter;
 use std::io::{self, Write};
 use std::os::fd::AsFd;
@@ -171,20 +172,14 @@ impl Counters {
 const MAX_GROUP_BYTES: usize = 4 * 1024 * 1024;
 const MAX_GROUP_BATCHES: usize = 1024;
 
-/// Wait for the next batch, then take what is already queued behind it. `false` once the
-/// pipeline has ended.
-async fn next_group(reader: &mut SinkReader, group: &mut Vec<Delivery>) -> bool {
-    let Some(first) = reader.recv().await else {
-        return false;
-    };
-    let mut bytes = first.batch.record_bytes();
-    group.push(first);
-    while bytes < MAX_GROUP_BYTES && group.len() < MAX_GROUP_BATCHES {
-        let Some(d) = reader.try_recv().await else { break };
-        bytes += d.batch.record_bytes();
-        group.push(d);
-    }
-    true
+/// Groups: the next batch and what is already queued behind it, within the limits above.
+fn gather() -> Gather {
+    Gather::new(Limits {
+        events: usize::MAX,
+        bytes: MAX_GROUP_BYTES,
+        deliveries: MAX_GROUP_BATCHES,
+        max_wait: MaxWait::Queued,
+    })
 }
 
 /// The run loop of the local sinks: group, encode and write off the async workers, retry
@@ -198,11 +193,13 @@ pub(super) async fn drive<W: GroupWriter>(
     let counters = Counters::new(&ctx.metrics, &ctx.name);
     let mut write_warn = WarnLimiter::default();
     let mut encode_warn = WarnLimiter::default();
+    let mut gather = gather();
     // Moved to the blocking pool for each attempt and handed back.
     let mut state = (writer, Vec::new());
     loop {
-        if !next_group(&mut ctx.reader, &mut state.1).await {
-            return Ok(());
+        match gather.fill(&mut ctx.reader).await {
+            Some(group) => state.1 = group,
+            None => return Ok(()),
         }
         let mut first_attempt = true;
         let mut failed_before = false;
