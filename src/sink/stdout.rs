@@ -13,10 +13,11 @@ use crate::backoff::Backoff;
 use crate::config::Format;
 use crate::metrics::{Metrics, SinkLabel};
 use crate::pipeline::Delivery;
+use crate::ratelimit::RateLimit;
 use prometheus_client::metrics::counter::Counter;
 use std::io::{self, Write};
 use std::os::fd::AsFd;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Write JSON lines to standard output until every input has stopped.
 pub async fn run(format: Format, ctx: SinkContext) -> Result<(), SinkError> {
@@ -126,27 +127,13 @@ pub(super) fn write_backoff() -> Backoff {
     Backoff::doubling(Duration::from_millis(100), Duration::from_secs(10))
 }
 
-/// How often the same warning may repeat while a problem persists.
-const REWARN_AFTER: Duration = Duration::from_secs(300);
+/// How often the same warning may repeat while a problem persists: a sink retrying every
+/// 10 s for an hour must not write 360 identical lines.
+const REWARN_AFTER_SECS: u64 = 300;
 
-/// Log a warning once per distinct message, again only after [`REWARN_AFTER`]: a sink
-/// retrying every 10 s for an hour must not write 360 identical lines.
-#[derive(Debug, Default)]
-struct WarnLimiter {
-    last: Option<(String, Instant)>,
-}
-
-impl WarnLimiter {
-    fn should_warn(&mut self, key: &str) -> bool {
-        let now = Instant::now();
-        match &self.last {
-            Some((k, at)) if k == key && now.duration_since(*at) < REWARN_AFTER => false,
-            _ => {
-                self.last = Some((key.to_owned(), now));
-                true
-            }
-        }
-    }
+/// Warn once per distinct message, again only after [`REWARN_AFTER_SECS`].
+fn warn_limiter() -> RateLimit {
+    RateLimit::new(1, REWARN_AFTER_SECS)
 }
 
 /// The sink's counters, created at start so they show 0 before the first event.
@@ -191,8 +178,8 @@ pub(super) async fn drive<W: GroupWriter>(
     mut backoff: Backoff,
 ) -> Result<(), SinkError> {
     let counters = Counters::new(&ctx.metrics, &ctx.name);
-    let mut write_warn = WarnLimiter::default();
-    let mut encode_warn = WarnLimiter::default();
+    let write_warn = warn_limiter();
+    let encode_warn = warn_limiter();
     let mut gather = gather();
     // Moved to the blocking pool for each attempt and handed back.
     let mut state = (writer, Vec::new());
@@ -218,16 +205,16 @@ pub(super) async fn drive<W: GroupWriter>(
             state = s;
             if let Some(BatchLines { failed, first_error: Some(e) }) = lines {
                 counters.errors.inc_by(failed);
-                if encode_warn.should_warn("transcode") {
-                    tracing::warn!(sink = %ctx.name, failed, error = %e, "records that are not valid msgpack written as error lines");
+                if let Some(suppressed) = encode_warn.check_key("transcode") {
+                    tracing::warn!(sink = %ctx.name, failed, error = %e, suppressed, "records that are not valid msgpack written as error lines");
                 }
             }
             match result {
                 Ok(()) => break,
                 Err(e) => {
                     counters.errors.inc();
-                    if write_warn.should_warn(&e.to_string()) {
-                        tracing::warn!(sink = %ctx.name, error = %e, "write failed; retrying the same data");
+                    if let Some(suppressed) = write_warn.check_key(&e.to_string()) {
+                        tracing::warn!(sink = %ctx.name, error = %e, suppressed, "write failed; retrying the same data");
                     }
                     failed_before = true;
                     tokio::time::sleep(backoff.next_delay()).await;
@@ -237,7 +224,7 @@ pub(super) async fn drive<W: GroupWriter>(
         if failed_before {
             tracing::info!(sink = %ctx.name, "write succeeded after errors");
             backoff.reset();
-            write_warn = WarnLimiter::default();
+            write_warn.reset();
         }
         let (writer, group) = &mut state;
         let records: u64 = group.iter().map(|d| d.batch.live_len() as u64).sum();
@@ -259,6 +246,7 @@ mod tests {
     use bytes::Bytes;
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::{Arc, Mutex};
+    use std::time::Instant;
 
     fn setup() -> (Pipeline, SinkContext, Arc<Metrics>, tempfile::TempDir) {
         let metrics = Arc::new(Metrics::new());
@@ -439,10 +427,10 @@ mod tests {
 
     #[test]
     fn warnings_once_per_distinct_error() {
-        let mut w = WarnLimiter::default();
-        assert!(w.should_warn("a"));
-        assert!(!w.should_warn("a"));
-        assert!(w.should_warn("b"));
-        assert!(w.should_warn("a"));
+        let w = warn_limiter();
+        assert!(w.check_key("a").is_some());
+        assert!(w.check_key("a").is_none());
+        assert!(w.check_key("b").is_some());
+        assert!(w.check_key("a").is_some());
     }
 }
