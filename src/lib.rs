@@ -13,13 +13,18 @@
 //! buffer      append-only segments on disk, group-commit fsync, a cursor per sink,
 //!   │         recovery after a crash (invariants in buffer/mod.rs)
 //!   ▼
-//! sink        stdout, file, null; elasticsearch (pure core so far)
+//! sink        stdout, file, null, elasticsearch, cloudwatch_logs; sink::batch gathers
+//!             each sink's groups from its SinkReader
 //!
-//! beside it:  admin (127.0.0.1:24220) /healthz, /metrics, /v1/status; metrics; config; cli
+//! beside it:  docker (the host's engine: one connection, one events stream, one container
+//!             list; subscribers: enrich's container cache, capacity next)
+//!             admin (127.0.0.1:24220) /healthz, /metrics, /v1/status; metrics; config; cli
+//! shared:     backoff (every retry and reconnect loop), ratelimit (every repeated warning)
 //! ```
 //!
 //! `app` wires them and owns the start and shutdown sequences; `main` only parses the
-//! command line, sets up logging and maps errors to exit codes.
+//! command line, sets up logging and maps errors to exit codes. The Docker engine task is
+//! started by `app` and stops with the enrichment, after the inputs are done with it.
 
 pub mod admin;
 pub mod app;
