@@ -4,7 +4,7 @@
 //!
 //! [`Engine::run`] is the only task that talks to the engine on its own account: it
 //! connects (the configured socket, else `$DOCKER_HOST`, else `/var/run/docker.sock`; see
-//! [`connect`]), follows the container events (`start`, `die`, `destroy`, `rename`), and on
+//! [`connect()`]), follows the container events (`start`, `die`, `destroy`, `rename`), and on
 //! every (re)connection lists every container, because events were missed meanwhile. Each
 //! `start` and `rename` is looked up in the list (one filtered list call, see [`Summary`]
 //! for why the list and not inspect), so subscribers get the container with the event.
