@@ -1,10 +1,10 @@
 //! The Docker metadata cache: container id → the fields to add, pre-encoded.
 //!
 //! A subscriber of the host's one [`Engine`] (`crate::docker`): it holds no connection and
-//! follows no events stream of its own ([`subscriber`]).
+//! follows no events stream of its own (`subscriber`).
 //!
 //! Filled from the engine's container list — never from inspect alone, see
-//! [`DockerCache::fetch_into_cache`] — on every (re)connection (the running containers), on
+//! `DockerCache::fetch_into_cache` — on every (re)connection (the running containers), on
 //! first sight of an id (concurrent first lookups of one id wait for the same lookup, which
 //! runs in its own task so a caller giving up does not cancel it), and on the `start` and
 //! `rename` events; `destroy` marks the entry removed, and removed entries expire after
@@ -19,8 +19,8 @@
 //! Never in the way of intake: the hot path takes one short mutex per batch and container,
 //! and never waits on Docker for longer than `inspect_wait` (2 s by default).
 //!
-//! - [`entry`]: one entry, built from what Docker tells (pure).
-//! - [`subscriber`]: the task that applies the engine's changes and expires entries.
+//! - `entry`: one entry, built from what Docker tells (pure).
+//! - `subscriber`: the task that applies the engine's changes and expires entries.
 
 mod entry;
 mod subscriber;
