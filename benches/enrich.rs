@@ -9,6 +9,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed unwrap is a failed test
 
 use berth::config::{ApplyTo, DockerEnrichConfig, DockerField};
+use berth::docker::{Engine, Options};
 use berth::enrich::docker::{DockerCache, Inspected};
 use berth::enrich::ec2::HostFields;
 use berth::enrich::record::Fields;
@@ -61,7 +62,9 @@ fn enricher(apply_to: ApplyTo) -> Enricher {
         inspect_wait: Duration::from_secs(2),
         max_containers: 4096,
     };
-    let cache = Arc::new(DockerCache::new(cfg, Arc::clone(&metrics)));
+    // An engine never run: the cache is filled by `put` alone.
+    let engine = Arc::new(Engine::new(Options::default()));
+    let cache = Arc::new(DockerCache::new(cfg, engine, Arc::clone(&metrics)));
     let labels = [
         ("com.amazonaws.ecs.cluster", "production"),
         (

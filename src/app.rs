@@ -13,6 +13,7 @@ use crate::admin::{self, AdminState, SinkInfo};
 use crate::aws::Aws;
 use crate::buffer::{Buffer, BufferError};
 use crate::config::{Config, SinkKind};
+use crate::docker;
 use crate::enrich;
 use crate::imds::Imds;
 use crate::input::{self, InputContext};
@@ -101,7 +102,7 @@ pub async fn run(config: Config) -> Result<(), AppError> {
     let fwd = &config.input.forward;
     let listeners = input::bind(fwd).await?;
 
-    // The one shutdown sequence: background services (enrichment's Docker events and IMDS
+    // The one shutdown sequence: background services (the Docker engine's events, IMDS
     // now, capacity and drain next) run on its tracker and stop in its `background` phase,
     // after the inputs are done with them. Started once the listeners are bound: a start
     // that fails there asks nothing of Docker or IMDS.
@@ -113,8 +114,25 @@ pub async fn run(config: Config) -> Result<(), AppError> {
         Imds::disabled()
     });
     let aws = Arc::new(Aws::new(imds.clone()));
-    let enrich =
-        enrich::start(&config.enrich, &metrics, &imds, shutdown.tracker(), shutdown.background());
+    // The host's one Docker connection (events, container list): the enrichment cache
+    // subscribes to it, and so will anything else that needs the containers.
+    let engine = config.enrich.docker.enabled.then(|| {
+        Arc::new(docker::Engine::new(docker::Options {
+            socket: config.enrich.docker.socket.clone(),
+            request_timeout: docker::REQUEST_TIMEOUT.max(config.enrich.docker.inspect_wait),
+        }))
+    });
+    if let Some(e) = &engine {
+        shutdown.tracker().spawn(Arc::clone(e).run(shutdown.background().clone()));
+    }
+    let enrich = enrich::start(
+        &config.enrich,
+        engine.as_ref(),
+        &metrics,
+        &imds,
+        shutdown.tracker(),
+        shutdown.background(),
+    );
 
     // Multiline start patterns come from container labels, through the Docker cache.
     let multiline = match (config.enrich.multiline, enrich.enricher.docker()) {

@@ -13,26 +13,33 @@
 //! buffer      append-only segments on disk, group-commit fsync, a cursor per sink,
 //!   │         recovery after a crash (invariants in buffer/mod.rs)
 //!   ▼
-//! sink        stdout, file, null, elasticsearch (_bulk, SigV4), cloudwatch_logs
+//! sink        stdout, file, null, elasticsearch (_bulk, SigV4), cloudwatch_logs;
+//!             sink::batch gathers each sink's groups from its SinkReader
 //!
-//! beside it:  capacity:: what ECS can still place here (accounting and protection so far)
+//! beside it:  docker (the host's engine: one connection, one events stream, one container
+//!             list; subscribers: enrich's container cache, capacity next)
+//!             capacity:: what ECS can still place here (accounting and protection so far)
 //!             admin (127.0.0.1:24220) /healthz, /metrics, /v1/status; metrics; config; cli
 //! shared:     aws:: one loader (region, credentials cache, AssumeRole) for every AWS client
 //!             imds:: the process's one IMDSv2 client (404 = absent)
 //!             shutdown:: the one shutdown sequence's tokens, tracker and bounded waits
+//!             backoff (every retry and reconnect loop), ratelimit (every repeated warning)
 //! ```
 //!
 //! `app` wires them and owns the start and shutdown sequences; `main` only parses the
-//! command line, sets up logging and maps errors to exit codes.
+//! command line, sets up logging and maps errors to exit codes. The Docker engine task is
+//! started by `app` and stops with the enrichment, after the inputs are done with it.
 
 pub mod admin;
 pub mod app;
 pub mod aws;
+pub mod backoff;
 pub mod buffer;
 pub mod capacity;
 pub mod cat;
 pub mod cli;
 pub mod config;
+pub mod docker;
 pub mod enrich;
 pub mod error;
 pub mod event;

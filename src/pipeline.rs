@@ -7,6 +7,7 @@
 //! (and over the batches its pattern skips). A slow sink never slows a fast one, only the
 //! inputs once the buffer is full.
 
+use crate::backoff::Backoff;
 use crate::buffer::{Appending, Buffer, BufferError, Reader};
 use crate::event::Batch;
 use crate::metrics::Metrics;
@@ -200,7 +201,8 @@ impl SinkReader {
     }
 
     async fn read(&mut self, wait: bool) -> Option<Delivery> {
-        let mut backoff = Duration::from_millis(100);
+        // The disk is this host's alone: no jitter.
+        let mut backoff = Backoff::doubling(Duration::from_millis(100), Duration::from_secs(10));
         loop {
             if let Some(j) = &mut self.joiner {
                 j.expire(Instant::now());
@@ -233,8 +235,7 @@ impl SinkReader {
                     if !wait {
                         return None;
                     }
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(10));
+                    backoff.wait(None).await;
                     continue;
                 }
             };

@@ -103,7 +103,8 @@ impl HostFields {
     /// id, zone, region and type do not change while the instance runs (a type change
     /// needs a stop, which restarts berth): fetched once.
     pub async fn run(self: Arc<Self>, imds: Imds, shutdown: CancellationToken) {
-        let mut wait = RETRY_INITIAL;
+        // The metadata service is this host's alone: no jitter.
+        let mut backoff = crate::backoff::Backoff::doubling(RETRY_INITIAL, RETRY_MAX);
         loop {
             let res = tokio::select! {
                 r = host_fields(&imds) => r,
@@ -132,10 +133,9 @@ impl HostFields {
                 }
             }
             tokio::select! {
-                _ = tokio::time::sleep(wait) => {}
+                _ = backoff.wait(None) => {}
                 _ = shutdown.cancelled() => return,
             }
-            wait = (wait * 2).min(RETRY_MAX);
         }
     }
 }

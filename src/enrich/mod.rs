@@ -1,7 +1,8 @@
 //! Enrichment at the input: Docker container, ECS task and EC2 host fields added to each
 //! record before it is stored, so that every sink (and its `{field}` templates) sees them.
 //!
-//! - [`docker`]: the container cache (bollard: inspect + events).
+//! - [`docker`]: the container cache, a subscriber of the host's Docker engine
+//!   ([`crate::docker`]: its container list and events).
 //! - [`ec2`]: the host fields (IMDSv2).
 //! - [`record`]: the msgpack rewrite, pure.
 //!
@@ -275,19 +276,20 @@ pub struct Started {
     pub host: Option<Arc<HostFields>>,
 }
 
-/// Build the enricher and start its background tasks (Docker events, IMDS), all ending
-/// with `shutdown`.
+/// Build the enricher and start its background tasks (the Docker cache's subscription to
+/// `engine`, IMDS), all ending with `shutdown`. The engine itself is started by the caller:
+/// it is the host's, shared with other subscribers.
 pub fn start(
     cfg: &EnrichConfig,
+    engine: Option<&Arc<crate::docker::Engine>>,
     metrics: &Arc<Metrics>,
     imds: &crate::imds::Imds,
     tracker: &tokio_util::task::TaskTracker,
     shutdown: &CancellationToken,
 ) -> Started {
-    let docker = cfg
-        .docker
-        .enabled
-        .then(|| Arc::new(DockerCache::new(cfg.docker.clone(), Arc::clone(metrics))));
+    let docker = engine.filter(|_| cfg.docker.enabled).map(|e| {
+        Arc::new(DockerCache::new(cfg.docker.clone(), Arc::clone(e), Arc::clone(metrics)))
+    });
     if let Some(d) = &docker {
         tracker.spawn(Arc::clone(d).run(shutdown.clone()));
     }
@@ -349,7 +351,8 @@ mod tests {
             inspect_wait: Duration::from_secs(2),
             max_containers: 10,
         };
-        let cache = Arc::new(DockerCache::new(cfg, Arc::clone(&m)));
+        let engine = Arc::new(crate::docker::Engine::new(Default::default()));
+        let cache = Arc::new(DockerCache::new(cfg, engine, Arc::clone(&m)));
         let labels =
             [("com.amazonaws.ecs.cluster".to_string(), "c1".to_string())].into_iter().collect();
         cache.put(&Inspected {

@@ -5,6 +5,7 @@
 //! is split off the buffer without copying and its records stay slices of it.
 
 use super::InputContext;
+use crate::backoff::Backoff;
 use crate::buffer::{Appending, BufferError};
 use crate::event::Batch;
 use crate::forward::decode::{decode_frame, Frame, Limits, Mode};
@@ -44,7 +45,7 @@ where
         peer,
         ctx,
         inflight_bytes: 0,
-        retry_backoff: RETRY_INITIAL,
+        retry_backoff: Backoff::doubling(RETRY_INITIAL, RETRY_MAX),
     };
     if let End::Dropped = conn.serve(shutdown).await {
         tracing::debug!(peer, "connection dropped");
@@ -58,8 +59,9 @@ struct Conn<'a, S> {
     ctx: &'a InputContext,
     /// Frame bytes of the in-flight requests.
     inflight_bytes: usize,
-    /// Pause before handing a failed request over again; doubles up to `RETRY_MAX`.
-    retry_backoff: Duration,
+    /// Pause before handing a failed request over again; doubles up to `RETRY_MAX`, no
+    /// jitter (the disk is this host's alone).
+    retry_backoff: Backoff,
 }
 
 const RETRY_INITIAL: Duration = Duration::from_millis(50);
@@ -333,7 +335,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<'_, S> {
             Ok(_) => {
                 let f = inflight.pop_front()?;
                 self.inflight_bytes -= f.bytes;
-                self.retry_backoff = RETRY_INITIAL;
+                self.retry_backoff.reset();
                 for chunk in &f.chunks {
                     // A client that asks for acks but never reads them would block this
                     // write for ever (and itself, on its own writes): bounded like reads.
@@ -359,8 +361,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<'_, S> {
                 if let Some(suppressed) = BUFFER_WARN.check() {
                     tracing::error!(peer = self.peer, error = %e, suppressed, "cannot write to the buffer; holding the client until it can");
                 }
-                tokio::time::sleep(self.retry_backoff).await;
-                self.retry_backoff = (self.retry_backoff * 2).min(RETRY_MAX);
+                self.retry_backoff.wait(None).await;
                 let f = inflight.front_mut()?;
                 match self.ctx.pipeline.enqueue(&f.batch).await {
                     Ok(a) => f.appending = a,

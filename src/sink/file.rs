@@ -14,7 +14,7 @@
 //! ([`super::stdout`]'s `drive`).
 
 use super::json::BatchLines;
-use super::stdout::{drive, encode_group, write_from, Backoff, GroupWriter, WriteError};
+use super::stdout::{drive, encode_group, write_backoff, write_from, GroupWriter, WriteError};
 use super::{SinkContext, SinkError};
 use crate::config::Format;
 use crate::pipeline::Delivery;
@@ -35,7 +35,7 @@ pub const MAX_TAG_IN_PATH: usize = 200;
 
 /// Append JSON lines to the files named by `path` until every input has stopped.
 pub async fn run(path: &str, format: Format, ctx: SinkContext) -> Result<(), SinkError> {
-    drive(ctx, FileWriter::new(path, format, MAX_OPEN_FILES), Backoff::default()).await
+    drive(ctx, FileWriter::new(path, format, MAX_OPEN_FILES), write_backoff()).await
 }
 
 /// A path with `{tag}` placeholders.
@@ -419,8 +419,8 @@ mod tests {
         f.get_or_create(&SinkLabel { sink: "files".into() }).get()
     }
 
-    fn fast() -> Backoff {
-        Backoff::new(Duration::from_millis(1), Duration::from_millis(5))
+    fn fast() -> crate::backoff::Backoff {
+        crate::backoff::Backoff::doubling(Duration::from_millis(1), Duration::from_millis(5))
     }
 
     fn writer(template: &str) -> FileWriter {

@@ -1,6 +1,7 @@
 //! Sinks: each reads its batches from the pipeline, delivers them, and acknowledges what it
 //! delivered. A plain enum, not a plugin registry: the set of sinks is small and known.
 
+pub mod batch;
 pub mod cloudwatch;
 pub mod deadletter;
 pub mod elasticsearch;

@@ -6,15 +6,18 @@
 //! never drops data and never acknowledges what it has not written; while it cannot write,
 //! its queue fills and the pipeline slows the inputs.
 
+use super::batch::{Gather, Limits, MaxWait};
 use super::json::{write_batch_lines, BatchLines};
 use super::{SinkContext, SinkError};
+use crate::backoff::Backoff;
 use crate::config::Format;
 use crate::metrics::{Metrics, SinkLabel};
-use crate::pipeline::{Delivery, SinkReader};
+use crate::pipeline::Delivery;
+use crate::ratelimit::RateLimit;
 use prometheus_client::metrics::counter::Counter;
 use std::io::{self, Write};
 use std::os::fd::AsFd;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Write JSON lines to standard output until every input has stopped.
 pub async fn run(format: Format, ctx: SinkContext) -> Result<(), SinkError> {
@@ -26,7 +29,7 @@ pub async fn run(format: Format, ctx: SinkContext) -> Result<(), SinkError> {
         .try_clone_to_owned()
         .map_err(|source| SinkError::Io { sink: ctx.name.clone(), source })?;
     let writer = StdoutWriter::new(format, std::fs::File::from(fd));
-    drive(ctx, writer, Backoff::default()).await
+    drive(ctx, writer, write_backoff()).await
 }
 
 /// The stdout sink's [`GroupWriter`]: one buffer, written from where the last attempt
@@ -117,58 +120,20 @@ pub(super) struct WriteError {
     pub source: io::Error,
 }
 
-/// Capped exponential backoff between retries of the same group.
-#[derive(Debug, Clone)]
-pub(super) struct Backoff {
-    initial: Duration,
-    max: Duration,
-    next: Duration,
+/// The backoff between retries of the same group: 100 ms, doubling to 10 s, no jitter (the
+/// disk is this host's alone: nobody to spread the retries from). Quick recovery from a
+/// blip, no busy loop on a full disk.
+pub(super) fn write_backoff() -> Backoff {
+    Backoff::doubling(Duration::from_millis(100), Duration::from_secs(10))
 }
 
-impl Backoff {
-    pub(super) fn new(initial: Duration, max: Duration) -> Backoff {
-        Backoff { initial, max, next: initial }
-    }
+/// How often the same warning may repeat while a problem persists: a sink retrying every
+/// 10 s for an hour must not write 360 identical lines.
+const REWARN_AFTER_SECS: u64 = 300;
 
-    pub(super) fn next_delay(&mut self) -> Duration {
-        let d = self.next;
-        self.next = (self.next * 2).min(self.max);
-        d
-    }
-
-    pub(super) fn reset(&mut self) {
-        self.next = self.initial;
-    }
-}
-
-impl Default for Backoff {
-    /// 100 ms, doubling to 10 s: quick recovery from a blip, no busy loop on a full disk.
-    fn default() -> Backoff {
-        Backoff::new(Duration::from_millis(100), Duration::from_secs(10))
-    }
-}
-
-/// How often the same warning may repeat while a problem persists.
-const REWARN_AFTER: Duration = Duration::from_secs(300);
-
-/// Log a warning once per distinct message, again only after [`REWARN_AFTER`]: a sink
-/// retrying every 10 s for an hour must not write 360 identical lines.
-#[derive(Debug, Default)]
-struct WarnLimiter {
-    last: Option<(String, Instant)>,
-}
-
-impl WarnLimiter {
-    fn should_warn(&mut self, key: &str) -> bool {
-        let now = Instant::now();
-        match &self.last {
-            Some((k, at)) if k == key && now.duration_since(*at) < REWARN_AFTER => false,
-            _ => {
-                self.last = Some((key.to_owned(), now));
-                true
-            }
-        }
-    }
+/// Warn once per distinct message, again only after [`REWARN_AFTER_SECS`].
+fn warn_limiter() -> RateLimit {
+    RateLimit::new(1, REWARN_AFTER_SECS)
 }
 
 /// The sink's counters, created at start so they show 0 before the first event.
@@ -194,20 +159,14 @@ impl Counters {
 const MAX_GROUP_BYTES: usize = 4 * 1024 * 1024;
 const MAX_GROUP_BATCHES: usize = 1024;
 
-/// Wait for the next batch, then take what is already queued behind it. `false` once the
-/// pipeline has ended.
-async fn next_group(reader: &mut SinkReader, group: &mut Vec<Delivery>) -> bool {
-    let Some(first) = reader.recv().await else {
-        return false;
-    };
-    let mut bytes = first.batch.record_bytes();
-    group.push(first);
-    while bytes < MAX_GROUP_BYTES && group.len() < MAX_GROUP_BATCHES {
-        let Some(d) = reader.try_recv().await else { break };
-        bytes += d.batch.record_bytes();
-        group.push(d);
-    }
-    true
+/// Groups: the next batch and what is already queued behind it, within the limits above.
+fn gather() -> Gather {
+    Gather::new(Limits {
+        events: usize::MAX,
+        bytes: MAX_GROUP_BYTES,
+        deliveries: MAX_GROUP_BATCHES,
+        max_wait: MaxWait::Queued,
+    })
 }
 
 /// The run loop of the local sinks: group, encode and write off the async workers, retry
@@ -219,13 +178,15 @@ pub(super) async fn drive<W: GroupWriter>(
     mut backoff: Backoff,
 ) -> Result<(), SinkError> {
     let counters = Counters::new(&ctx.metrics, &ctx.name);
-    let mut write_warn = WarnLimiter::default();
-    let mut encode_warn = WarnLimiter::default();
+    let write_warn = warn_limiter();
+    let encode_warn = warn_limiter();
+    let mut gather = gather();
     // Moved to the blocking pool for each attempt and handed back.
     let mut state = (writer, Vec::new());
     loop {
-        if !next_group(&mut ctx.reader, &mut state.1).await {
-            return Ok(());
+        match gather.fill(&mut ctx.reader).await {
+            Some(group) => state.1 = group,
+            None => return Ok(()),
         }
         let mut first_attempt = true;
         let mut failed_before = false;
@@ -244,16 +205,16 @@ pub(super) async fn drive<W: GroupWriter>(
             state = s;
             if let Some(BatchLines { failed, first_error: Some(e) }) = lines {
                 counters.errors.inc_by(failed);
-                if encode_warn.should_warn("transcode") {
-                    tracing::warn!(sink = %ctx.name, failed, error = %e, "records that are not valid msgpack written as error lines");
+                if let Some(suppressed) = encode_warn.check_key("transcode") {
+                    tracing::warn!(sink = %ctx.name, failed, error = %e, suppressed, "records that are not valid msgpack written as error lines");
                 }
             }
             match result {
                 Ok(()) => break,
                 Err(e) => {
                     counters.errors.inc();
-                    if write_warn.should_warn(&e.to_string()) {
-                        tracing::warn!(sink = %ctx.name, error = %e, "write failed; retrying the same data");
+                    if let Some(suppressed) = write_warn.check_key(&e.to_string()) {
+                        tracing::warn!(sink = %ctx.name, error = %e, suppressed, "write failed; retrying the same data");
                     }
                     failed_before = true;
                     tokio::time::sleep(backoff.next_delay()).await;
@@ -263,7 +224,7 @@ pub(super) async fn drive<W: GroupWriter>(
         if failed_before {
             tracing::info!(sink = %ctx.name, "write succeeded after errors");
             backoff.reset();
-            write_warn = WarnLimiter::default();
+            write_warn.reset();
         }
         let (writer, group) = &mut state;
         let records: u64 = group.iter().map(|d| d.batch.live_len() as u64).sum();
@@ -285,6 +246,7 @@ mod tests {
     use bytes::Bytes;
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::{Arc, Mutex};
+    use std::time::Instant;
 
     fn setup() -> (Pipeline, SinkContext, Arc<Metrics>, tempfile::TempDir) {
         let metrics = Arc::new(Metrics::new());
@@ -355,7 +317,7 @@ mod tests {
     }
 
     fn fast() -> Backoff {
-        Backoff::new(Duration::from_millis(1), Duration::from_millis(5))
+        Backoff::doubling(Duration::from_millis(1), Duration::from_millis(5))
     }
 
     #[tokio::test]
@@ -461,7 +423,7 @@ mod tests {
 
     #[test]
     fn backoff_doubles_to_its_cap_and_resets() {
-        let mut b = Backoff::default();
+        let mut b = write_backoff();
         let seq: Vec<u64> = (0..9).map(|_| b.next_delay().as_millis() as u64).collect();
         assert_eq!(seq, [100, 200, 400, 800, 1600, 3200, 6400, 10_000, 10_000]);
         b.reset();
@@ -470,10 +432,10 @@ mod tests {
 
     #[test]
     fn warnings_once_per_distinct_error() {
-        let mut w = WarnLimiter::default();
-        assert!(w.should_warn("a"));
-        assert!(!w.should_warn("a"));
-        assert!(w.should_warn("b"));
-        assert!(w.should_warn("a"));
+        let w = warn_limiter();
+        assert!(w.check_key("a").is_some());
+        assert!(w.check_key("a").is_none());
+        assert!(w.check_key("b").is_some());
+        assert!(w.check_key("a").is_some());
     }
 }

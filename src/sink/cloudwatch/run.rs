@@ -8,12 +8,13 @@
 use super::encode::{Encoder, LogBatch, MAX_BATCH_BYTES, MAX_BATCH_EVENTS};
 use super::{classify, Failure, RejectedInfo};
 use crate::aws::{Aws, AwsError};
+use crate::backoff::Backoff;
 use crate::config::cloudwatch::CloudWatchConfig;
 use crate::config::AwsAuth;
 use crate::metrics::{Metrics, SinkLabel, SinkReasonLabel};
-use crate::pipeline::{Delivery, SinkReader};
+use crate::pipeline::Delivery;
+use crate::sink::batch::{Gather, Limits, MaxWait};
 use crate::sink::deadletter::{find, DeadLetters};
-use crate::sink::retry::Backoff;
 use crate::sink::{SinkContext, SinkError};
 use aws_sdk_cloudwatchlogs as cwl;
 use aws_sdk_cloudwatchlogs::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
@@ -74,7 +75,8 @@ pub async fn run(cfg: &CloudWatchConfig, mut ctx: SinkContext) -> Result<(), Sin
     );
     let mut encoder = new_encoder(cfg);
     let streams_at_once = Arc::new(Semaphore::new(cfg.concurrency));
-    while let Some(group) = gather(&mut ctx.reader, cfg).await {
+    let mut gather = gather(cfg);
+    while let Some(group) = gather.fill(&mut ctx.reader).await {
         let seq = group.last().map_or(0, |d| d.seq);
         let group: Arc<[Delivery]> = group.into();
         let now_ms = SystemTime::now()
@@ -122,27 +124,15 @@ pub async fn run(cfg: &CloudWatchConfig, mut ctx: SinkContext) -> Result<(), Sin
     Ok(())
 }
 
-/// Deliveries until `flush_interval` passed since the first one, or enough for
-/// `concurrency` full batches. `None` once the reader has ended.
-async fn gather(reader: &mut SinkReader, cfg: &CloudWatchConfig) -> Option<Vec<Delivery>> {
-    let first = reader.recv().await?;
-    let deadline = Instant::now() + cfg.flush_interval;
-    let (max_events, max_bytes) =
-        (MAX_BATCH_EVENTS * cfg.concurrency, MAX_BATCH_BYTES * cfg.concurrency);
-    let (mut events, mut bytes) = (first.batch.len(), first.batch.record_bytes());
-    let mut group = vec![first];
-    while events < max_events && bytes < max_bytes {
-        match tokio::time::timeout_at(deadline, reader.recv()).await {
-            Ok(Some(d)) => {
-                events += d.batch.len();
-                bytes += d.batch.record_bytes();
-                group.push(d);
-            }
-            // The end: send what was gathered; the next call sees the end again.
-            Ok(None) | Err(_) => break,
-        }
-    }
-    Some(group)
+/// Groups of deliveries until `flush_interval` passed since the first one, or enough for
+/// `concurrency` full batches.
+fn gather(cfg: &CloudWatchConfig) -> Gather {
+    Gather::new(Limits {
+        events: MAX_BATCH_EVENTS * cfg.concurrency,
+        bytes: MAX_BATCH_BYTES * cfg.concurrency,
+        deliveries: usize::MAX,
+        max_wait: MaxWait::For(cfg.flush_interval),
+    })
 }
 
 /// The SDK client, on the process's AWS configuration for this sink's keys (region,

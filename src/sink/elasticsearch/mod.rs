@@ -4,7 +4,7 @@
 //! ([`crate::sink::template`]), the `_bulk` body ([`encode`]), the classification of responses
 //! ([`response`]), and here the bookkeeping between them: what a verdict means for the items
 //! of the body that was sent ([`settle`]) and which buffer positions may be acknowledged
-//! ([`AckWindow`]). Backoff lives in `sink::retry`, shared with other sinks.
+//! ([`AckWindow`]). Backoff is `crate::backoff`, shared with every retry loop.
 //!
 //! The loop the next layer runs, for each body:
 //! encode → send → classify → settle → delivered and rejected items are settled in the

@@ -23,11 +23,12 @@ use super::client::{describe, BulkClient, SendError};
 use super::encode::{gzip, BulkBody, BulkEncoder, IdMode, Position};
 use super::response::{classify, RequestInfo};
 use super::{settle, AckWindow, Next, Settlement};
+use crate::backoff::Backoff;
 use crate::config::elasticsearch::{ElasticsearchConfig, EsAuth, SigV4Auth, SigV4Service};
 use crate::metrics::{Metrics, SinkLabel, SinkReasonLabel};
-use crate::pipeline::{Delivery, SinkReader};
+use crate::pipeline::Delivery;
+use crate::sink::batch::{Gather, Limits, MaxWait, Step};
 use crate::sink::deadletter::DeadLetters;
-use crate::sink::retry::Backoff;
 use crate::sink::{SinkContext, SinkError};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::histogram::Histogram;
@@ -120,7 +121,7 @@ pub async fn run(
         name: name.clone(),
     };
     let open_limit = MAX_OPEN_DELIVERIES.max((cfg.concurrency + 1) * cfg.encode.batch_max_records);
-    let mut gathering = Gathering::default();
+    let mut gathering = gather(cfg);
     let mut pending: VecDeque<Job> = VecDeque::new();
     let mut tasks: JoinSet<Worker> = JoinSet::new();
     let mut ended = false;
@@ -150,18 +151,18 @@ pub async fn run(
                 // offsets can never settle: stop rather than hold acknowledgements for ever.
                 Err(e) => return Err(SinkError::Io { sink: name, source: std::io::Error::other(format!("elasticsearch sink worker failed: {e}")) }),
             },
-            read = next_delivery(&mut ctx.reader, gathering.deadline), if reading => {
-                let flush = match read {
-                    Read::One(d) => gathering.add(d, cfg),
-                    Read::FlushInterval => true,
-                    Read::End => {
+            // Cancel-safe: a completing worker may interrupt it without losing anything.
+            step = gathering.next(&mut ctx.reader), if reading => {
+                let flush = match step {
+                    Step::Added(full) => full,
+                    Step::Waited => true,
+                    Step::End => {
                         ended = true;
                         true
                     }
                 };
-                if flush && !gathering.group.is_empty() {
-                    let group = std::mem::take(&mut gathering.group);
-                    gathering = Gathering::default();
+                if flush && !gathering.is_empty() {
+                    let group = gathering.take();
                     owner.encode(&mut ctx, group, &mut pending).await;
                 }
             }
@@ -173,43 +174,13 @@ pub async fn run(
 
 /// The group being gathered: deliveries until a body is full or `flush_interval` passed
 /// since the first one.
-#[derive(Default)]
-struct Gathering {
-    group: Vec<Delivery>,
-    events: usize,
-    bytes: usize,
-    /// `flush_interval` after the first delivery.
-    deadline: Option<Instant>,
-}
-
-impl Gathering {
-    /// Add `d`; true when the group is full.
-    fn add(&mut self, d: Delivery, cfg: &ElasticsearchConfig) -> bool {
-        self.deadline.get_or_insert_with(|| Instant::now() + cfg.flush_interval);
-        self.events += d.batch.len();
-        self.bytes += d.batch.record_bytes();
-        self.group.push(d);
-        self.events >= cfg.encode.batch_max_records || self.bytes >= cfg.encode.batch_max_bytes
-    }
-}
-
-enum Read {
-    One(Delivery),
-    FlushInterval,
-    End,
-}
-
-/// The next delivery, waiting at most until `deadline` when there is one. Cancel-safe
-/// (`SinkReader::recv` is): a completing worker may interrupt it without losing anything.
-async fn next_delivery(reader: &mut SinkReader, deadline: Option<Instant>) -> Read {
-    let Some(deadline) = deadline else {
-        return reader.recv().await.map_or(Read::End, Read::One);
-    };
-    match tokio::time::timeout_at(deadline, reader.recv()).await {
-        Ok(Some(d)) => Read::One(d),
-        Ok(None) => Read::End,
-        Err(_) => Read::FlushInterval,
-    }
+fn gather(cfg: &ElasticsearchConfig) -> Gather {
+    Gather::new(Limits {
+        events: cfg.encode.batch_max_records,
+        bytes: cfg.encode.batch_max_bytes,
+        deliveries: usize::MAX,
+        max_wait: MaxWait::For(cfg.flush_interval),
+    })
 }
 
 /// What only the reading side touches: the encoder and the acknowledgement window.
