@@ -3,6 +3,7 @@
 //! Single values are read by serde in `raw`; here the keys are checked together and turned
 //! into what the sink runs with, every error naming the line of the value at fault.
 
+use super::aws::{self, AwsAuth, RawAws};
 use super::network::{is_http_url, network_keys, NetworkKeys};
 use super::raw::{Dur, LimitDur, RawSink, Size, NETWORK_SINK_KEYS};
 use super::{ConfigError, Ctx};
@@ -40,8 +41,8 @@ impl LogGroupClass {
 /// A validated `cloudwatch_logs` sink.
 #[derive(Debug, Clone)]
 pub struct CloudWatchConfig {
-    /// `None`: aws-config's region chain (`AWS_REGION`, profile, IMDS).
-    pub region: Option<String>,
+    /// The region and the credentials (`region`, `role_arn`, `external_id`).
+    pub aws: AwsAuth,
     /// `None`: the SDK's endpoint (which honours `AWS_ENDPOINT_URL_CLOUDWATCH_LOGS`).
     pub endpoint_url: Option<String>,
     /// The templates as written (for printing).
@@ -57,7 +58,6 @@ pub struct CloudWatchConfig {
     pub retention_days: Option<i32>,
     pub log_group_class: LogGroupClass,
     pub kms_key_id: Option<String>,
-    pub role_arn: Option<String>,
     /// Bytes of one event at most, its overhead included: 1 KiB to 1 MiB.
     pub max_event_size: usize,
     pub flush_interval: Duration,
@@ -162,16 +162,12 @@ pub(super) fn build(
             other => return Err(invalid(c.span(), "log_group_class", format!("unknown log group class {other:?} (expected \"STANDARD\" or \"INFREQUENT_ACCESS\")"))),
         },
     };
-    let role_arn = opt(&s.role_arn);
-    if let (Some(r), Some(raw)) = (&role_arn, &s.role_arn) {
-        if !r.starts_with("arn:") {
-            return Err(invalid(
-                raw.span(),
-                "role_arn",
-                format!("{r:?} is not a role ARN (arn:aws:iam::<account>:role/<name>)"),
-            ));
-        }
-    }
+    let raw = RawAws {
+        region: s.region.clone(),
+        role_arn: s.role_arn.clone(),
+        external_id: s.external_id.clone(),
+    };
+    let aws = aws::build(&raw, &format!("sink[{i}]"), ctx)?;
     let max_event_size = match &s.max_event_size {
         None => MAX_EVENT_BYTES,
         Some(v) if (1024..=MAX_EVENT_BYTES as u64).contains(&v.get_ref().0) => {
@@ -188,7 +184,7 @@ pub(super) fn build(
     let NetworkKeys { flush_interval, concurrency, timeout, max_retry_duration, dead_letter_path } =
         network_keys(s, name, i, ctx)?;
     Ok(CloudWatchConfig {
-        region: opt(&s.region),
+        aws,
         endpoint_url,
         log_group,
         log_stream,
@@ -200,7 +196,6 @@ pub(super) fn build(
         retention_days,
         log_group_class,
         kms_key_id: opt(&s.kms_key_id),
-        role_arn,
         max_event_size,
         flush_interval,
         concurrency,
@@ -215,7 +210,10 @@ pub(super) fn to_raw(c: &CloudWatchConfig, out: &mut RawSink) {
     fn sp<T>(v: T) -> Option<Spanned<T>> {
         Some(Spanned::new(0..0, v))
     }
-    out.region = sp(c.region.clone().unwrap_or_default());
+    let aws = aws::to_raw(&c.aws);
+    out.region = aws.region;
+    out.role_arn = aws.role_arn;
+    out.external_id = aws.external_id;
     out.endpoint_url = sp(c.endpoint_url.clone().unwrap_or_default());
     out.log_group = sp(c.log_group.clone());
     out.log_stream = sp(c.log_stream.clone());
@@ -225,7 +223,6 @@ pub(super) fn to_raw(c: &CloudWatchConfig, out: &mut RawSink) {
     out.retention_days = sp(c.retention_days.map_or(0, i64::from));
     out.log_group_class = sp(c.log_group_class.as_str().to_owned());
     out.kms_key_id = sp(c.kms_key_id.clone().unwrap_or_default());
-    out.role_arn = sp(c.role_arn.clone().unwrap_or_default());
     out.max_event_size = sp(Size(c.max_event_size as u64));
     out.flush_interval = sp(Dur(c.flush_interval));
     out.concurrency = sp(c.concurrency as i64);

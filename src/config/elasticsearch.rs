@@ -3,6 +3,7 @@
 //! Single values are read by serde in `raw`; here the keys are checked together and turned
 //! into what the sink runs with, every error naming the line of the value at fault.
 
+use super::aws::{self, AwsAuth, RawAws};
 use super::network::{is_http_url, network_keys, NetworkKeys};
 use super::raw::{Dur, LimitDur, RawAuth, RawSink, RawTls, Size};
 use super::{redact, ConfigError, Ctx};
@@ -34,12 +35,11 @@ pub enum EsAuth {
 /// `auth.type = "aws_sigv4"`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SigV4Auth {
-    /// `None`: aws-config's region chain (`AWS_REGION`, profile, IMDS).
-    pub region: Option<String>,
+    /// The signing region and the credentials (`auth.region`, `auth.role_arn`,
+    /// `auth.external_id`).
+    pub aws: AwsAuth,
+    /// The signing name: `auth.service`.
     pub service: SigV4Service,
-    /// AssumeRole on top of the default credentials chain.
-    pub role_arn: Option<String>,
-    pub external_id: Option<String>,
 }
 
 /// The signing name: Amazon OpenSearch Service or OpenSearch Serverless.
@@ -335,10 +335,6 @@ fn auth(a: &Spanned<RawAuth>, i: usize, ctx: &Ctx<'_>) -> Result<EsAuth, ConfigE
         }
         "aws_sigv4" => {
             reject(&basic_only)?;
-            // An empty string is "not set", as in the example (`role_arn = ""`).
-            let opt = |v: &Option<Spanned<String>>| {
-                v.as_ref().map(|v| v.get_ref().trim().to_owned()).filter(|v| !v.is_empty())
-            };
             let service = match &r.service {
                 None => SigV4Service::Es,
                 Some(v) => match v.get_ref().as_str() {
@@ -354,24 +350,13 @@ fn auth(a: &Spanned<RawAuth>, i: usize, ctx: &Ctx<'_>) -> Result<EsAuth, ConfigE
                     }
                 },
             };
-            let role_arn = opt(&r.role_arn);
-            let external_id = opt(&r.external_id);
-            if let (Some(v), None) = (&r.external_id, &role_arn) {
-                if external_id.is_some() {
-                    return Err(ctx.error(
-                        v.span(),
-                        key("external_id"),
-                        "external_id needs role_arn".into(),
-                        true,
-                    ));
-                }
-            }
-            Ok(EsAuth::AwsSigV4(SigV4Auth {
-                region: opt(&r.region),
-                service,
-                role_arn,
-                external_id,
-            }))
+            let raw = RawAws {
+                region: r.region.clone(),
+                role_arn: r.role_arn.clone(),
+                external_id: r.external_id.clone(),
+            };
+            let aws = aws::build(&raw, &format!("sink[{i}].auth"), ctx)?;
+            Ok(EsAuth::AwsSigV4(SigV4Auth { aws, service }))
         }
         other => Err(ctx.error(
             r.kind.span(),
@@ -429,10 +414,11 @@ pub(super) fn to_raw(c: &ElasticsearchConfig, out: &mut RawSink) {
         }
         EsAuth::AwsSigV4(a) => {
             *auth.kind.get_mut() = "aws_sigv4".into();
-            auth.region = a.region.clone().and_then(sp);
+            let raw = aws::to_raw(&a.aws);
+            auth.region = raw.region;
             auth.service = sp(a.service.name().into());
-            auth.role_arn = a.role_arn.clone().and_then(sp);
-            auth.external_id = a.external_id.clone().and_then(sp);
+            auth.role_arn = raw.role_arn;
+            auth.external_id = raw.external_id;
         }
     }
     out.auth = sp(auth);
@@ -595,21 +581,18 @@ mod tests {
         let c = es(&format!("{MIN}[sink.auth]\ntype = \"aws_sigv4\"\n"));
         assert_eq!(
             c.auth,
-            EsAuth::AwsSigV4(SigV4Auth {
-                region: None,
-                service: SigV4Service::Es,
-                role_arn: None,
-                external_id: None
-            })
+            EsAuth::AwsSigV4(SigV4Auth { aws: AwsAuth::default(), service: SigV4Service::Es })
         );
         let text = format!(
             "{MIN}[sink.auth]\ntype = \"aws_sigv4\"\nregion = \"eu-west-1\"\nservice = \"aoss\"\nrole_arn = \"arn:aws:iam::123456789012:role/logs\"\nexternal_id = \"x1\"\n"
         );
         let want = EsAuth::AwsSigV4(SigV4Auth {
-            region: Some("eu-west-1".into()),
+            aws: AwsAuth {
+                region: Some("eu-west-1".into()),
+                role_arn: Some("arn:aws:iam::123456789012:role/logs".into()),
+                external_id: Some("x1".into()),
+            },
             service: SigV4Service::Aoss,
-            role_arn: Some("arn:aws:iam::123456789012:role/logs".into()),
-            external_id: Some("x1".into()),
         });
         assert_eq!(es(&text).auth, want);
         assert_eq!(es(&load(&text).unwrap().to_redacted_toml()).auth, want);
@@ -618,12 +601,7 @@ mod tests {
         ));
         assert_eq!(
             empty.auth,
-            EsAuth::AwsSigV4(SigV4Auth {
-                region: None,
-                service: SigV4Service::Es,
-                role_arn: None,
-                external_id: None
-            })
+            EsAuth::AwsSigV4(SigV4Auth { aws: AwsAuth::default(), service: SigV4Service::Es })
         );
     }
 }

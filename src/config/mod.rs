@@ -10,6 +10,7 @@
 //! This module never touches the network or the file system beyond reading the one
 //! config file, and never exits the process: errors are returned as [`ConfigError`].
 
+mod aws;
 pub mod cloudwatch;
 pub mod elasticsearch;
 pub mod enrich;
@@ -19,6 +20,7 @@ mod raw;
 mod units;
 
 use crate::route::TagPattern;
+pub use aws::AwsAuth;
 pub use cloudwatch::CloudWatchConfig;
 pub use elasticsearch::{ElasticsearchConfig, EsAuth, SigV4Auth, SigV4Service};
 pub use enrich::{
@@ -744,6 +746,7 @@ fn to_raw(c: &Config) -> RawConfig {
                     log_group_class: None,
                     kms_key_id: None,
                     role_arn: None,
+                    external_id: None,
                     max_event_size: None,
                 };
                 match &s.kind {

@@ -543,6 +543,9 @@ pub(super) struct RawSink {
     /// Role to assume on top of the default credentials chain; empty for none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub role_arn: Option<Spanned<String>>,
+    /// The external id for `role_arn`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external_id: Option<Spanned<String>>,
     /// Largest event sent, its 26 bytes of overhead included; longer messages are split.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_event_size: Option<Spanned<Size>>,
@@ -616,6 +619,7 @@ impl RawSink {
             .or_else(|| sp("log_group_class", &self.log_group_class))
             .or_else(|| sp("kms_key_id", &self.kms_key_id))
             .or_else(|| sp("role_arn", &self.role_arn))
+            .or_else(|| sp("external_id", &self.external_id))
             .or_else(|| sp("max_event_size", &self.max_event_size))
     }
 }

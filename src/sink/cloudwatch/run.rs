@@ -149,7 +149,7 @@ async fn gather(reader: &mut SinkReader, cfg: &CloudWatchConfig) -> Option<Vec<D
 /// this sink's, counted and backed off with jitter per batch.
 async fn client(cfg: &CloudWatchConfig) -> Result<cwl::Client, String> {
     let mut loader = aws_config::defaults(BehaviorVersion::latest());
-    if let Some(r) = &cfg.region {
+    if let Some(r) = &cfg.aws.region {
         loader = loader.region(aws_config::Region::new(r.clone()));
     }
     let sdk = loader.load().await;
@@ -166,13 +166,14 @@ async fn client(cfg: &CloudWatchConfig) -> Result<cwl::Client, String> {
     if let Some(u) = &cfg.endpoint_url {
         b = b.endpoint_url(u.clone());
     }
-    if let Some(arn) = &cfg.role_arn {
-        let p = aws_config::sts::AssumeRoleProvider::builder(arn.clone())
+    if let Some(arn) = &cfg.aws.role_arn {
+        let mut p = aws_config::sts::AssumeRoleProvider::builder(arn.clone())
             .configure(&sdk)
-            .session_name("berth")
-            .build()
-            .await;
-        b = b.credentials_provider(p);
+            .session_name("berth");
+        if let Some(id) = &cfg.aws.external_id {
+            p = p.external_id(id.clone());
+        }
+        b = b.credentials_provider(p.build().await);
     }
     Ok(cwl::Client::from_conf(b.build()))
 }

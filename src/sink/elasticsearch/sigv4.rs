@@ -58,18 +58,18 @@ impl Signer {
     /// missing role or a slow IMDS must not hold up the start of the other sinks).
     pub async fn from_config(auth: &SigV4Auth) -> Result<Signer, SigV4Error> {
         let mut loader = aws_config::defaults(BehaviorVersion::latest());
-        if let Some(r) = &auth.region {
+        if let Some(r) = &auth.aws.region {
             loader = loader.region(aws_config::Region::new(r.clone()));
         }
         let sdk = loader.load().await;
         let region = sdk.region().map(|r| r.as_ref().to_owned()).ok_or(SigV4Error::NoRegion)?;
-        let provider = match &auth.role_arn {
+        let provider = match &auth.aws.role_arn {
             None => sdk.credentials_provider().ok_or(SigV4Error::NoProvider)?,
             Some(arn) => {
                 let mut b = aws_config::sts::AssumeRoleProvider::builder(arn.clone())
                     .configure(&sdk)
                     .session_name("berth");
-                if let Some(id) = &auth.external_id {
+                if let Some(id) = &auth.aws.external_id {
                     b = b.external_id(id.clone());
                 }
                 SharedCredentialsProvider::new(b.build().await)
