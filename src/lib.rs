@@ -37,3 +37,4 @@ pub mod ratelimit;
 pub mod reassemble;
 pub mod route;
 pub mod sink;
+pub mod template;
