@@ -142,8 +142,9 @@ impl DockerField {
     }
 }
 
-/// Fields, labels and env together must fit one pre-encoded set (`enrich::record`).
-const MAX_KEYS: usize = crate::enrich::record::MAX_PAIRS;
+/// Fields, labels and env together must fit one pre-encoded set (`enrich::record`'s
+/// `MAX_PAIRS`, checked against this at compile time in `enrich`).
+pub const MAX_KEYS: usize = 64;
 
 pub(super) fn build(raw: RawEnrich, ctx: &Ctx<'_>) -> Result<EnrichConfig, ConfigError> {
     let d = raw.docker;

@@ -15,20 +15,24 @@ pub mod cloudwatch;
 pub mod elasticsearch;
 pub mod enrich;
 mod env;
+mod local;
 mod network;
 mod raw;
+mod sink;
+mod table;
 mod units;
 
-use crate::route::TagPattern;
 pub use aws::AwsAuth;
 pub use cloudwatch::CloudWatchConfig;
 pub use elasticsearch::{ElasticsearchConfig, EsAuth, SigV4Auth, SigV4Service};
 pub use enrich::{
     ApplyTo, CopyKey, DockerEnrichConfig, DockerField, Ec2EnrichConfig, EnrichConfig,
 };
-use raw::{RawConfig, RawSink, SinkType};
+pub use local::Format;
+use raw::RawConfig;
 pub use raw::{SyncMode, WhenFull};
 use serde::Deserialize;
+pub use sink::{SinkConfig, SinkKind};
 use std::fmt;
 use std::net::SocketAddr;
 use std::ops::Range;
@@ -187,50 +191,6 @@ pub struct AdminConfig {
 pub struct ShutdownConfig {
     /// How long sinks may keep delivering after SIGTERM.
     pub grace_period: Duration,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Format {
-    /// One JSON object per line.
-    Json,
-}
-
-impl Format {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Format::Json => "json",
-        }
-    }
-}
-
-impl fmt::Display for Format {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-#[derive(Debug, Clone)]
-pub struct SinkConfig {
-    /// Unique, non-empty.
-    pub name: String,
-    /// Which tags the sink receives (`match` in the file).
-    pub match_: TagPattern,
-    pub kind: SinkKind,
-}
-
-#[derive(Debug, Clone)]
-pub enum SinkKind {
-    Stdout {
-        format: Format,
-    },
-    /// `path` is non-empty; `{tag}` in it is the event tag.
-    File {
-        path: String,
-        format: Format,
-    },
-    Null,
-    Elasticsearch(Box<ElasticsearchConfig>),
-    CloudWatchLogs(Box<CloudWatchConfig>),
 }
 
 /// Why the config could not be loaded. Display is one line that names the file (or the
@@ -434,7 +394,7 @@ fn parse(text: &str, file: &str, overrides: &[env::Override]) -> Result<Config, 
         })?;
     }
     let ctx = Ctx { file, text, overrides, bases, tree: root.get_ref().clone() };
-    let DeValue::Table(table) = root.into_inner() else {
+    let DeValue::Table(mut table) = root.into_inner() else {
         return Err(ConfigError::Invalid {
             file: file.to_string(),
             line: None,
@@ -442,9 +402,26 @@ fn parse(text: &str, file: &str, overrides: &[env::Override]) -> Result<Config, 
             message: "the document is not a table".to_string(),
         });
     };
+    // `[[sink]]` tables are read one by one, by type (see `sink`).
+    let sinks = table.remove("sink");
     let raw = RawConfig::deserialize(toml::de::Deserializer::from(Spanned::new(root_span, table)))
         .map_err(|e| ctx.deserialize_error(&e))?;
-    build(raw, &ctx)
+    let sinks = match sinks {
+        None => Vec::new(),
+        Some(v) => {
+            let span = v.span();
+            let DeValue::Array(items) = v.into_inner() else {
+                let message = "invalid type: expected an array of tables ([[sink]])".to_string();
+                return Err(ctx.error(span, "sink".to_string(), message, false));
+            };
+            let mut sinks = Vec::with_capacity(items.len());
+            for (i, item) in items.into_iter().enumerate() {
+                sinks.push(sink::read(i, item, &ctx)?);
+            }
+            sinks
+        }
+    };
+    build(raw, sinks, &ctx)
 }
 
 fn host_name() -> String {
@@ -457,7 +434,11 @@ fn host_name() -> String {
 }
 
 /// The checks that involve several values, then the conversion to the public types.
-fn build(raw: RawConfig, ctx: &Ctx<'_>) -> Result<Config, ConfigError> {
+fn build(
+    raw: RawConfig,
+    sinks: Vec<(Range<usize>, sink::RawSink)>,
+    ctx: &Ctx<'_>,
+) -> Result<Config, ConfigError> {
     let f = raw.input.forward;
     if let Some(first) = f.users.first() {
         if f.shared_key.is_empty() {
@@ -484,90 +465,7 @@ fn build(raw: RawConfig, ctx: &Ctx<'_>) -> Result<Config, ConfigError> {
         users.push(UserConfig { username: u.username.into_inner(), password: u.password });
     }
 
-    if raw.sink.is_empty() {
-        return Err(ConfigError::Invalid {
-            file: ctx.file.to_string(),
-            line: None,
-            key: "sink".to_string(),
-            message: "no sink configured (add a [[sink]] table)".to_string(),
-        });
-    }
-    let mut sinks = Vec::with_capacity(raw.sink.len());
-    let mut seen: Vec<(String, Range<usize>)> = Vec::new();
-    for (i, s) in raw.sink.into_iter().enumerate() {
-        let table_span = s.span();
-        let s = s.into_inner();
-        let name_span = s.name.span();
-        let name = s.name.get_ref().clone();
-        if name.is_empty() {
-            return Err(ctx.error(
-                name_span,
-                format!("sink[{i}].name"),
-                "must not be empty".to_string(),
-                true,
-            ));
-        }
-        if !crate::buffer::cursor::valid_sink_name(&name) {
-            return Err(ctx.error(
-                name_span,
-                format!("sink[{i}].name"),
-                format!("{name:?}: use letters, digits, '_', '-' and '.', at most 128 (it names the sink's cursor file)"),
-                true,
-            ));
-        }
-        if let Some((_, first)) = seen.iter().find(|(n, _)| *n == name) {
-            let message = format!(
-                "duplicate sink name {name:?} (first used on {})",
-                ctx.describe(first.clone())
-            );
-            return Err(ctx.error(name_span, format!("sink[{i}].name"), message, true));
-        }
-        seen.push((name.clone(), name_span));
-        let format = s.format.as_ref().map_or(Format::Json, |f| *f.get_ref());
-        if !matches!(s.kind, SinkType::Elasticsearch | SinkType::CloudwatchLogs) {
-            elasticsearch::reject_keys(&s, i, ctx)?;
-        }
-        if s.kind != SinkType::CloudwatchLogs {
-            cloudwatch::reject_keys(&s, i, ctx)?;
-        }
-        let kind = match s.kind {
-            SinkType::Stdout => {
-                reject_path(&s.path, s.kind, i, ctx)?;
-                SinkKind::Stdout { format }
-            }
-            SinkType::File => match s.path {
-                None => {
-                    let message =
-                        "missing key \"path\" (sinks of type \"file\" need one)".to_string();
-                    return Err(ctx.error(table_span, format!("sink[{i}]"), message, true));
-                }
-                Some(p) if p.get_ref().is_empty() => {
-                    return Err(ctx.error(
-                        p.span(),
-                        format!("sink[{i}].path"),
-                        "must not be empty".to_string(),
-                        true,
-                    ));
-                }
-                Some(p) => SinkKind::File { path: p.into_inner(), format },
-            },
-            SinkType::Null => {
-                reject_path(&s.path, s.kind, i, ctx)?;
-                if let Some(f) = &s.format {
-                    let message = "sinks of type \"null\" have no format".to_string();
-                    return Err(ctx.error(f.span(), format!("sink[{i}].format"), message, true));
-                }
-                SinkKind::Null
-            }
-            SinkType::Elasticsearch => SinkKind::Elasticsearch(Box::new(elasticsearch::build(
-                &s, &name, i, table_span, ctx,
-            )?)),
-            SinkType::CloudwatchLogs => {
-                SinkKind::CloudWatchLogs(Box::new(cloudwatch::build(&s, &name, i, ctx)?))
-            }
-        };
-        sinks.push(SinkConfig { name, match_: s.pattern.0, kind });
-    }
+    let sinks = sink::build(sinks, ctx)?;
 
     // The buffer frees space only by deleting sealed segments: it needs room for two.
     let (seg, max) = (&raw.buffer.segment_size, &raw.buffer.max_size);
@@ -635,23 +533,6 @@ fn build(raw: RawConfig, ctx: &Ctx<'_>) -> Result<Config, ConfigError> {
     })
 }
 
-fn reject_path(
-    path: &Option<Spanned<String>>,
-    kind: SinkType,
-    i: usize,
-    ctx: &Ctx<'_>,
-) -> Result<(), ConfigError> {
-    match path {
-        Some(p) => Err(ctx.error(
-            p.span(),
-            format!("sink[{i}].path"),
-            format!("only sinks of type \"file\" have a path (this one is \"{kind}\")"),
-            true,
-        )),
-        None => Ok(()),
-    }
-}
-
 fn redact(secret: &str) -> String {
     if secret.is_empty() {
         String::new()
@@ -698,65 +579,8 @@ fn to_raw(c: &Config) -> RawConfig {
         },
         shutdown: raw::RawShutdown { grace_period: raw::Dur(c.shutdown.grace_period) },
         enrich: enrich::to_raw(&c.enrich),
-        sink: c
-            .sinks
-            .iter()
-            .map(|s| {
-                let (kind, format, path) = match &s.kind {
-                    SinkKind::Stdout { format } => (SinkType::Stdout, Some(*format), None),
-                    SinkKind::File { path, format } => {
-                        (SinkType::File, Some(*format), Some(path.clone()))
-                    }
-                    SinkKind::Null => (SinkType::Null, None, None),
-                    SinkKind::Elasticsearch(_) => (SinkType::Elasticsearch, None, None),
-                    SinkKind::CloudWatchLogs(_) => (SinkType::CloudwatchLogs, None, None),
-                };
-                let mut sink = RawSink {
-                    name: Spanned::new(none.clone(), s.name.clone()),
-                    kind,
-                    pattern: raw::Pattern(s.match_.clone()),
-                    format: format.map(|f| Spanned::new(none.clone(), f)),
-                    path: path.map(|p| Spanned::new(none.clone(), p)),
-                    endpoints: None,
-                    index: None,
-                    index_fallback: None,
-                    action: None,
-                    id: None,
-                    pipeline: None,
-                    timestamp_key: None,
-                    tag_key: None,
-                    compression: None,
-                    batch_max_bytes: None,
-                    batch_max_records: None,
-                    flush_interval: None,
-                    concurrency: None,
-                    timeout: None,
-                    max_retry_duration: None,
-                    dead_letter_path: None,
-                    auth: None,
-                    tls: None,
-                    region: None,
-                    endpoint_url: None,
-                    log_group: None,
-                    log_stream: None,
-                    message_key: None,
-                    create_missing_group: None,
-                    create_missing_stream: None,
-                    retention_days: None,
-                    log_group_class: None,
-                    kms_key_id: None,
-                    role_arn: None,
-                    external_id: None,
-                    max_event_size: None,
-                };
-                match &s.kind {
-                    SinkKind::Elasticsearch(es) => elasticsearch::to_raw(es, &mut sink),
-                    SinkKind::CloudWatchLogs(cw) => cloudwatch::to_raw(cw, &mut sink),
-                    _ => {}
-                }
-                Spanned::new(none.clone(), sink)
-            })
-            .collect(),
+        sink_keys: serde::de::IgnoredAny,
+        sink: c.sinks.iter().map(sink::to_raw).collect(),
     }
 }
 

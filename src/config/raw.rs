@@ -9,7 +9,7 @@
 //! The `///` comments here are the reference for `docs/configuration.md`.
 
 use super::units;
-use super::{Format, ListenAddr};
+use super::ListenAddr;
 use crate::route::TagPattern;
 use serde::de::{self, Deserializer, Visitor};
 use serde::{Deserialize, Serialize, Serializer};
@@ -38,9 +38,14 @@ pub(super) struct RawConfig {
     /// EC2), split lines and multiline groups joined on the way to the sinks.
     #[serde(default)]
     pub enrich: RawEnrich,
-    /// Where logs go; at least one, names unique.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub sink: Vec<Spanned<RawSink>>,
+    /// `[[sink]]`: where logs go; at least one, names unique. Read by `sink::read` (one
+    /// struct per type), so only named here for serde's list of keys.
+    #[serde(default, rename = "sink", skip_serializing)]
+    #[allow(dead_code)] // never holds anything: `parse` takes the sinks out first
+    pub sink_keys: serde::de::IgnoredAny,
+    /// The sinks, for printing.
+    #[serde(skip_deserializing, rename = "sink", skip_serializing_if = "Vec::is_empty")]
+    pub sink: Vec<super::sink::RawSink>,
 }
 
 /// `[input]`
@@ -433,233 +438,6 @@ fn de_max_containers<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error>
     Ok(n)
 }
 
-/// `[[sink]]`
-#[derive(Debug, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct RawSink {
-    /// Unique name, used in logs, metrics and the status page.
-    pub name: Spanned<String>,
-    /// `stdout`, `file`, `null`, `elasticsearch` or `cloudwatch_logs`.
-    #[serde(rename = "type")]
-    pub kind: SinkType,
-    /// Fluentd tag pattern selecting the events this sink receives.
-    #[serde(rename = "match", default = "default_match")]
-    pub pattern: Pattern,
-    /// Output format (`stdout` and `file`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub format: Option<Spanned<Format>>,
-    /// File path (`file` only); `{tag}` is replaced by the event tag.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub path: Option<Spanned<String>>,
-    // The keys of `type = "elasticsearch"`, all optional here: `super::build` checks which
-    // a sink of another type must not have, and what `elasticsearch` needs. (Not a
-    // flattened struct: serde's `flatten` loses `deny_unknown_fields` and the spans.)
-    /// Base URLs (`http://` or `https://`), tried in order: the next one after a failure.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub endpoints: Option<Spanned<Vec<String>>>,
-    /// Index name template: `{field}` from the record, strftime (`%Y.%m.%d`) on event time.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub index: Option<Spanned<String>>,
-    /// What an unknown `{field}` renders as in the index name.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub index_fallback: Option<Spanned<String>>,
-    /// `create` (exactly-once with stable ids; data streams need it) or `index`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub action: Option<Spanned<String>>,
-    /// `stable` (`_id` from the buffer's record identity) or `none` (the cluster assigns).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub id: Option<Spanned<String>>,
-    /// Ingest pipeline; empty for none.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub pipeline: Option<Spanned<String>>,
-    /// Key of the event time added to each document (RFC 3339, ns) unless present.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub timestamp_key: Option<Spanned<String>>,
-    /// Key of the tag added to each document; `""` leaves the tag out.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tag_key: Option<Spanned<String>>,
-    /// `gzip` (the default) or `none`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub compression: Option<Spanned<String>>,
-    /// A `_bulk` body is cut before it grows past this.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub batch_max_bytes: Option<Spanned<Size>>,
-    /// Items per `_bulk` body at most.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub batch_max_records: Option<Spanned<i64>>,
-    /// How long to wait for more events before sending a body that is not full.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub flush_interval: Option<Spanned<Dur>>,
-    /// Requests in flight at once.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub concurrency: Option<Spanned<i64>>,
-    /// Whole-request timeout (connect, send, response).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub timeout: Option<Spanned<Dur>>,
-    /// How long a body is retried before its items go to the dead-letter file; 0 for ever.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max_retry_duration: Option<Spanned<LimitDur>>,
-    /// JSON lines file for the events the cluster can never accept.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub dead_letter_path: Option<Spanned<String>>,
-    /// `[sink.auth]`
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub auth: Option<Spanned<RawAuth>>,
-    /// `[sink.tls]`
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tls: Option<Spanned<RawTls>>,
-    // The keys of `type = "cloudwatch_logs"` (it also has flush_interval, concurrency,
-    // timeout, max_retry_duration and dead_letter_path).
-    /// AWS region; empty: from the environment / IMDS.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub region: Option<Spanned<String>>,
-    /// Endpoint URL override (a VPC endpoint, a local emulator); empty: the SDK's choice.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub endpoint_url: Option<Spanned<String>>,
-    /// Log group name template.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub log_group: Option<Spanned<String>>,
-    /// Log stream name template.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub log_stream: Option<Spanned<String>>,
-    /// The record field sent as the message; records without it are sent as JSON.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub message_key: Option<Spanned<String>>,
-    /// Create a log group that does not exist.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub create_missing_group: Option<Spanned<bool>>,
-    /// Create a log stream that does not exist.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub create_missing_stream: Option<Spanned<bool>>,
-    /// Retention set on groups berth creates; 0 leaves it as is.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub retention_days: Option<Spanned<i64>>,
-    /// `STANDARD` or `INFREQUENT_ACCESS`, for groups berth creates.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub log_group_class: Option<Spanned<String>>,
-    /// KMS key for groups berth creates; empty for none.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub kms_key_id: Option<Spanned<String>>,
-    /// Role to assume on top of the default credentials chain; empty for none.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub role_arn: Option<Spanned<String>>,
-    /// The external id for `role_arn`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub external_id: Option<Spanned<String>>,
-    /// Largest event sent, its 26 bytes of overhead included; longer messages are split.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max_event_size: Option<Spanned<Size>>,
-}
-
-/// Keys both network sinks (`elasticsearch`, `cloudwatch_logs`) have.
-pub(super) const NETWORK_SINK_KEYS: [&str; 5] =
-    ["flush_interval", "concurrency", "timeout", "max_retry_duration", "dead_letter_path"];
-
-impl RawSink {
-    /// The elasticsearch keys present, in the order they are documented, with their spans.
-    /// Includes the keys shared with `cloudwatch_logs` ([`NETWORK_SINK_KEYS`]).
-    fn es_keys(&self) -> impl Iterator<Item = (&'static str, std::ops::Range<usize>)> + '_ {
-        fn sp<T>(
-            name: &'static str,
-            v: &Option<Spanned<T>>,
-        ) -> Option<(&'static str, std::ops::Range<usize>)> {
-            v.as_ref().map(|v| (name, v.span()))
-        }
-        [
-            sp("endpoints", &self.endpoints),
-            sp("index", &self.index),
-            sp("index_fallback", &self.index_fallback),
-            sp("action", &self.action),
-            sp("id", &self.id),
-            sp("pipeline", &self.pipeline),
-            sp("timestamp_key", &self.timestamp_key),
-            sp("tag_key", &self.tag_key),
-            sp("compression", &self.compression),
-            sp("batch_max_bytes", &self.batch_max_bytes),
-            sp("batch_max_records", &self.batch_max_records),
-            sp("flush_interval", &self.flush_interval),
-            sp("concurrency", &self.concurrency),
-            sp("timeout", &self.timeout),
-            sp("max_retry_duration", &self.max_retry_duration),
-            sp("dead_letter_path", &self.dead_letter_path),
-            sp("auth", &self.auth),
-            sp("tls", &self.tls),
-        ]
-        .into_iter()
-        .flatten()
-    }
-
-    /// The first elasticsearch key present, with its span: for "only elasticsearch sinks
-    /// have …".
-    pub fn first_present(&self) -> Option<(&'static str, std::ops::Range<usize>)> {
-        self.es_keys().next()
-    }
-
-    /// The first elasticsearch-only key present (not one of [`NETWORK_SINK_KEYS`]).
-    pub fn first_es_only(&self) -> Option<(&'static str, std::ops::Range<usize>)> {
-        self.es_keys().find(|(k, _)| !NETWORK_SINK_KEYS.contains(k))
-    }
-
-    /// The first cloudwatch_logs-only key present, with its span.
-    pub fn first_cloudwatch_only(&self) -> Option<(&'static str, std::ops::Range<usize>)> {
-        fn sp<T>(
-            name: &'static str,
-            v: &Option<Spanned<T>>,
-        ) -> Option<(&'static str, std::ops::Range<usize>)> {
-            v.as_ref().map(|v| (name, v.span()))
-        }
-        sp("region", &self.region)
-            .or_else(|| sp("endpoint_url", &self.endpoint_url))
-            .or_else(|| sp("log_group", &self.log_group))
-            .or_else(|| sp("log_stream", &self.log_stream))
-            .or_else(|| sp("message_key", &self.message_key))
-            .or_else(|| sp("create_missing_group", &self.create_missing_group))
-            .or_else(|| sp("create_missing_stream", &self.create_missing_stream))
-            .or_else(|| sp("retention_days", &self.retention_days))
-            .or_else(|| sp("log_group_class", &self.log_group_class))
-            .or_else(|| sp("kms_key_id", &self.kms_key_id))
-            .or_else(|| sp("role_arn", &self.role_arn))
-            .or_else(|| sp("external_id", &self.external_id))
-            .or_else(|| sp("max_event_size", &self.max_event_size))
-    }
-}
-
-/// `[sink.auth]`
-#[derive(Debug, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct RawAuth {
-    /// `none`, `basic` or `aws_sigv4`.
-    #[serde(rename = "type")]
-    pub kind: Spanned<String>,
-    /// `basic`: the user name.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub username: Option<Spanned<String>>,
-    /// `basic`: the password.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub password: Option<Spanned<String>>,
-    /// `aws_sigv4`: the region.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub region: Option<Spanned<String>>,
-    /// `aws_sigv4`: `es` or `aoss`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub service: Option<Spanned<String>>,
-    /// `aws_sigv4`: a role to assume.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub role_arn: Option<Spanned<String>>,
-    /// `aws_sigv4`: the external id for `role_arn`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub external_id: Option<Spanned<String>>,
-}
-
-/// `[sink.tls]`
-#[derive(Debug, Default, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct RawTls {
-    /// PEM file of CA certificates trusted in addition to the system's; empty for none.
-    #[serde(default)]
-    pub ca_file: String,
-}
-
 // --- named defaults --------------------------------------------------------------------
 
 pub(super) const DEFAULT_LISTEN: &str = "tcp://127.0.0.1:24224";
@@ -695,16 +473,15 @@ fn default_grace_period() -> Dur {
     Dur(Duration::from_secs(25))
 }
 
-fn default_match() -> Pattern {
-    Pattern(TagPattern::match_all())
-}
-
 // --- value types -----------------------------------------------------------------------
 
 /// Deserialize a string and parse it with `parse`, whose message becomes the error. The
 /// parse runs inside the visitor so that toml gives the error this value's own span (an
 /// element of `listen` gets its own line, not the array's).
-fn de_parsed<'de, D, T>(d: D, parse: impl FnOnce(&str) -> Result<T, String>) -> Result<T, D::Error>
+pub(super) fn de_parsed<'de, D, T>(
+    d: D,
+    parse: impl FnOnce(&str) -> Result<T, String>,
+) -> Result<T, D::Error>
 where
     D: Deserializer<'de>,
 {
@@ -911,71 +688,5 @@ impl<'de> Deserialize<'de> for Pattern {
 impl Serialize for Pattern {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(self.0.as_str())
-    }
-}
-
-/// The sink types this build knows.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum SinkType {
-    Stdout,
-    File,
-    Null,
-    Elasticsearch,
-    CloudwatchLogs,
-}
-
-impl SinkType {
-    fn as_str(self) -> &'static str {
-        match self {
-            SinkType::Stdout => "stdout",
-            SinkType::File => "file",
-            SinkType::Null => "null",
-            SinkType::Elasticsearch => "elasticsearch",
-            SinkType::CloudwatchLogs => "cloudwatch_logs",
-        }
-    }
-}
-
-impl fmt::Display for SinkType {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl<'de> Deserialize<'de> for SinkType {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        de_parsed(d, |s| {
-            match s {
-            "stdout" => Ok(SinkType::Stdout),
-            "file" => Ok(SinkType::File),
-            "null" => Ok(SinkType::Null),
-            "elasticsearch" => Ok(SinkType::Elasticsearch),
-            "cloudwatch_logs" => Ok(SinkType::CloudwatchLogs),
-            other => Err(format!(
-                "unknown sink type {other:?} (expected \"stdout\", \"file\", \"null\", \"elasticsearch\" or \"cloudwatch_logs\")"
-            )),
-        }
-        })
-    }
-}
-
-impl Serialize for SinkType {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(self.as_str())
-    }
-}
-
-impl<'de> Deserialize<'de> for Format {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        de_parsed(d, |s| match s {
-            "json" => Ok(Format::Json),
-            other => Err(format!("unknown format {other:?} (expected \"json\")")),
-        })
-    }
-}
-
-impl Serialize for Format {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(self.as_str())
     }
 }
