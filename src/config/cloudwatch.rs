@@ -6,8 +6,8 @@
 
 use super::aws::{self, AwsAuth, RawAws};
 use super::network::{self, is_http_url, network_keys, NetworkKeys, RawNetwork};
-use super::raw::Size;
 use super::table::{self, keys_of};
+use super::values::Size;
 use super::{ConfigError, Ctx};
 use crate::template::{NameTemplate, Naming};
 use serde::{Deserialize, Serialize};

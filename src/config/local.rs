@@ -1,8 +1,8 @@
 //! The sinks that write on this host: `type = "stdout"`, `"file"` and `"null"`, their keys
 //! and their output format.
 
-use super::raw::de_parsed;
 use super::sink::SinkKind;
+use super::values::de_parsed;
 use super::{ConfigError, Ctx};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::fmt;

@@ -2,7 +2,7 @@
 //! way for both: `flush_interval`, `concurrency`, `timeout`, `max_retry_duration`,
 //! `dead_letter_path`; and what an endpoint URL must look like.
 
-use super::raw::{Dur, LimitDur};
+use super::values::{Dur, LimitDur};
 use super::{ConfigError, Ctx};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;

@@ -10,8 +10,8 @@
 use super::cloudwatch::{self, RawCloudWatch};
 use super::elasticsearch::{self, RawElasticsearch};
 use super::local::{self, RawFile, RawNull, RawStdout};
-use super::raw::{de_parsed, Pattern};
 use super::table::{self, keys_of};
+use super::values::{de_parsed, Pattern};
 use super::{CloudWatchConfig, ConfigError, Ctx, ElasticsearchConfig, Format};
 use crate::route::TagPattern;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
