@@ -135,6 +135,7 @@ pub(super) fn read(
     span: std::ops::Range<usize>,
     mut t: DeTable<'_>,
 ) -> Result<RawCloudWatch, toml::de::Error> {
+    // Unknown keys were refused by `sink::read`, with the whole list of this type's keys.
     let part = table::split_off(&mut t, keys_of::<RawAws>());
     let aws = table::read(span.clone(), part)?;
     let mut cw: RawCloudWatch =

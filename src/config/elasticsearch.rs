@@ -248,15 +248,25 @@ pub(super) fn keys() -> Vec<&'static str> {
 pub(super) fn read(
     span: std::ops::Range<usize>,
     mut t: DeTable<'_>,
-) -> Result<RawElasticsearch, toml::de::Error> {
+    i: usize,
+    ctx: &Ctx<'_>,
+) -> Result<RawElasticsearch, ConfigError> {
+    let de = |e: toml::de::Error| ctx.deserialize_error(&e);
     let mut aws = RawAws::default();
     let auth_span = t.get("auth").map_or(span.clone(), |a| a.span());
     if let Some(DeValue::Table(auth)) = t.get_mut("auth").map(|a| a.get_mut()) {
+        // Checked here, as serde would only list the keys of one of the two parts.
+        let mut known = keys_of::<RawAuth>().to_vec();
+        known.extend(keys_of::<RawAws>());
+        if let Some((k, key_span)) = table::unknown_key(auth, &known) {
+            let message = table::unknown_key_message(k, &known);
+            return Err(ctx.error(key_span, format!("sink[{i}].auth"), message, false));
+        }
         let part = table::split_off(auth, keys_of::<RawAws>());
-        aws = table::read(auth_span, part)?;
+        aws = table::read(auth_span, part).map_err(de)?;
     }
     let mut es: RawElasticsearch =
-        table::read_flat(span, t, |es: &mut RawElasticsearch, n| es.network = n)?;
+        table::read_flat(span, t, |es: &mut RawElasticsearch, n| es.network = n).map_err(de)?;
     if let Some(auth) = &mut es.auth {
         auth.get_mut().aws = aws;
     }

@@ -172,17 +172,12 @@ pub(super) fn read(
     let key = |k: &str| format!("sink[{i}].{k}");
 
     // A key no type has is unknown, as in any other table.
-    for (k, _) in rest.iter() {
-        let k = k.get_ref().as_ref();
-        if !SinkType::ALL.iter().any(|t| t.keys().contains(&k)) {
-            let expected: Vec<String> =
-                keys_of::<RawSink>().iter().chain(&own).map(|k| format!("\"{k}\"")).collect();
-            let message = format!("unknown key \"{k}\" (expected one of {})", expected.join(", "));
-            let span = rest.get_key_value(k).map_or(span.clone(), |(k, _)| k.span());
-            return Err(ctx.error(span, format!("sink[{i}]"), message, false));
-        }
+    let every: Vec<&str> = SinkType::ALL.iter().flat_map(|t| t.keys()).collect();
+    if let Some((k, key_span)) = table::unknown_key(&rest, &every) {
+        let expected: Vec<&str> = keys_of::<RawSink>().iter().copied().chain(own.clone()).collect();
+        let message = table::unknown_key_message(k, &expected);
+        return Err(ctx.error(key_span, format!("sink[{i}]"), message, false));
     }
-    let de = |e: toml::de::Error| ctx.deserialize_error(&e);
     // A key of another type: its value is read as its owner reads it first, so that a bad
     // value is reported as such (as for a key of this type) before the key is refused.
     let mut foreign = Vec::new();
@@ -195,10 +190,10 @@ pub(super) fn read(
             }
         }
         if !part.is_empty() {
-            read_body(owner, span.clone(), part).map_err(de)?;
+            read_body(owner, span.clone(), part, i, ctx)?;
         }
     }
-    sink.body = read_body(kind, span.clone(), rest).map_err(de)?;
+    sink.body = read_body(kind, span.clone(), rest, i, ctx)?;
     // Then say whose key it is.
     if let Some((k, owner, value_span)) = foreign.into_iter().next() {
         let message = match (k, owner, kind) {
@@ -222,16 +217,19 @@ fn read_body(
     kind: SinkType,
     span: Range<usize>,
     rest: toml::de::DeTable<'_>,
-) -> Result<RawSinkBody, toml::de::Error> {
+    i: usize,
+    ctx: &Ctx<'_>,
+) -> Result<RawSinkBody, ConfigError> {
+    let de = |e: toml::de::Error| ctx.deserialize_error(&e);
     Ok(match kind {
-        SinkType::Stdout => RawSinkBody::Stdout(table::read(span, rest)?),
-        SinkType::File => RawSinkBody::File(table::read(span, rest)?),
-        SinkType::Null => RawSinkBody::Null(table::read(span, rest)?),
+        SinkType::Stdout => RawSinkBody::Stdout(table::read(span, rest).map_err(de)?),
+        SinkType::File => RawSinkBody::File(table::read(span, rest).map_err(de)?),
+        SinkType::Null => RawSinkBody::Null(table::read(span, rest).map_err(de)?),
         SinkType::Elasticsearch => {
-            RawSinkBody::Elasticsearch(Box::new(elasticsearch::read(span, rest)?))
+            RawSinkBody::Elasticsearch(Box::new(elasticsearch::read(span, rest, i, ctx)?))
         }
         SinkType::CloudwatchLogs => {
-            RawSinkBody::CloudwatchLogs(Box::new(cloudwatch::read(span, rest)?))
+            RawSinkBody::CloudwatchLogs(Box::new(cloudwatch::read(span, rest).map_err(de)?))
         }
     })
 }

@@ -59,6 +59,20 @@ pub(super) fn split_off<'i>(table: &mut DeTable<'i>, keys: &[&str]) -> DeTable<'
     out
 }
 
+/// The first key of `table` that is not one of `keys`, with its span.
+pub(super) fn unknown_key<'a>(
+    table: &'a DeTable<'_>,
+    keys: &[&str],
+) -> Option<(&'a str, Range<usize>)> {
+    table.keys().map(|k| (k.get_ref().as_ref(), k.span())).find(|(k, _)| !keys.contains(k))
+}
+
+/// "unknown key" as serde says it (in the file's words) for a table read by hand.
+pub(super) fn unknown_key_message(key: &str, expected: &[&str]) -> String {
+    let expected: Vec<String> = expected.iter().map(|k| format!("\"{k}\"")).collect();
+    format!("unknown key \"{key}\" (expected one of {})", expected.join(", "))
+}
+
 /// Read `table` (spanning `span` of the text) as `T`, spans and unknown keys intact.
 pub(super) fn read<T: DeserializeOwned>(
     span: Range<usize>,
@@ -79,4 +93,25 @@ pub(super) fn read_flat<T: DeserializeOwned, F: DeserializeOwned>(
     let mut whole = read::<T>(span, table)?;
     join(&mut whole, flat);
     Ok(whole)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::network::RawNetwork;
+    use super::*;
+
+    #[test]
+    fn keys_come_from_the_derive() {
+        assert_eq!(
+            keys_of::<RawNetwork>(),
+            ["flush_interval", "concurrency", "timeout", "max_retry_duration", "dead_letter_path"]
+        );
+        // Flattened parts are read by hand, so they are not keys of the outer struct.
+        let cw = keys_of::<super::super::cloudwatch::RawCloudWatch>();
+        assert!(cw.contains(&"log_group") && !cw.contains(&"region") && !cw.contains(&"timeout"));
+        let all = super::super::cloudwatch::keys();
+        assert!(
+            all.contains(&"region") && all.contains(&"external_id") && all.contains(&"timeout")
+        );
+    }
 }

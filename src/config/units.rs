@@ -44,7 +44,7 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
 /// The shortest exact spelling: "16MiB", "1GiB", "1000".
 pub fn format_size(n: u64) -> String {
     for (unit, mult) in [("GiB", GIB), ("MiB", MIB), ("KiB", KIB)] {
-        if n != 0 && n % mult == 0 {
+        if n != 0 && n.is_multiple_of(mult) {
             return format!("{}{unit}", n / mult);
         }
     }
@@ -79,7 +79,7 @@ pub fn format_duration(d: Duration) -> String {
     let ms = d.as_millis();
     for (unit, mult) in DURATION_UNITS.iter().rev() {
         let mult = u128::from(*mult);
-        if ms != 0 && ms % mult == 0 {
+        if ms != 0 && ms.is_multiple_of(mult) {
             return format!("{}{unit}", ms / mult);
         }
     }
