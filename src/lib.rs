@@ -53,3 +53,4 @@ pub mod reassemble;
 pub mod route;
 pub mod shutdown;
 pub mod sink;
+pub mod template;

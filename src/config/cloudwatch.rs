@@ -1,20 +1,27 @@
 //! `type = "cloudwatch_logs"`: the typed sink config and its checks at load (issue 5).
 //!
-//! Single values are read by serde in `raw`; here the keys are checked together and turned
-//! into what the sink runs with, every error naming the line of the value at fault.
+//! [`RawCloudWatch`] is the table as written (serde reads single values, so their errors
+//! carry a line); [`build`] checks the keys together and makes what the sink runs with,
+//! every error naming the line of the value at fault.
 
-use super::network::{is_http_url, network_keys, NetworkKeys};
-use super::raw::{Dur, LimitDur, RawSink, Size, NETWORK_SINK_KEYS};
+use super::aws::{self, AwsAuth, RawAws};
+use super::network::{self, is_http_url, network_keys, NetworkKeys, RawNetwork};
+use super::table::{self, keys_of};
+use super::values::Size;
 use super::{ConfigError, Ctx};
-use crate::sink::cloudwatch::encode::MAX_EVENT_BYTES;
-use crate::sink::template::{NameTemplate, Naming};
+use crate::template::{NameTemplate, Naming};
+use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 use std::time::Duration;
+use toml::de::DeTable;
 use toml::Spanned;
 
 pub const DEFAULT_LOG_GROUP: &str = "/ecs/{ecs_cluster}/{ecs_task_definition_family}";
 pub const DEFAULT_LOG_STREAM: &str = "{ecs_task_id}/{ecs_container_name}";
 pub const DEFAULT_MESSAGE_KEY: &str = "log";
+/// The largest event PutLogEvents takes, its 26 bytes of overhead included (the sink's
+/// `encode::MAX_EVENT_SIZE` is checked against it at compile time).
+pub const MAX_EVENT_SIZE: usize = 1 << 20;
 /// The values `PutRetentionPolicy` accepts (`retentionInDays`), besides 0 = leave as is.
 pub const RETENTION_DAYS: [i64; 22] = [
     1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 2192, 2557, 2922,
@@ -40,8 +47,8 @@ impl LogGroupClass {
 /// A validated `cloudwatch_logs` sink.
 #[derive(Debug, Clone)]
 pub struct CloudWatchConfig {
-    /// `None`: aws-config's region chain (`AWS_REGION`, profile, IMDS).
-    pub region: Option<String>,
+    /// The region and the credentials (`region`, `role_arn`, `external_id`).
+    pub aws: AwsAuth,
     /// `None`: the SDK's endpoint (which honours `AWS_ENDPOINT_URL_CLOUDWATCH_LOGS`).
     pub endpoint_url: Option<String>,
     /// The templates as written (for printing).
@@ -57,7 +64,6 @@ pub struct CloudWatchConfig {
     pub retention_days: Option<i32>,
     pub log_group_class: LogGroupClass,
     pub kms_key_id: Option<String>,
-    pub role_arn: Option<String>,
     /// Bytes of one event at most, its overhead included: 1 KiB to 1 MiB.
     pub max_event_size: usize,
     pub flush_interval: Duration,
@@ -70,13 +76,76 @@ pub struct CloudWatchConfig {
     pub dead_letter_path: PathBuf,
 }
 
-/// The first cloudwatch_logs-only key a sink of another type has: an error.
-pub(super) fn reject_keys(s: &RawSink, i: usize, ctx: &Ctx<'_>) -> Result<(), ConfigError> {
-    super::network::reject_foreign(s.first_cloudwatch_only(), "cloudwatch_logs", s, i, ctx)
+/// `type = "cloudwatch_logs"`: the sink's own keys. `region`, `role_arn` and
+/// `external_id` are in [`RawAws`], and the keys both network sinks have in
+/// [`RawNetwork`], flattened into this table by [`read`].
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawCloudWatch {
+    /// `region`, `role_arn`, `external_id` (read by [`read`]).
+    #[serde(flatten, skip_deserializing)]
+    pub aws: RawAws,
+    /// Endpoint URL override (a VPC endpoint, a local emulator); empty: the SDK's choice.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint_url: Option<Spanned<String>>,
+    /// Log group name template.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_group: Option<Spanned<String>>,
+    /// Log stream name template.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_stream: Option<Spanned<String>>,
+    /// The record field sent as the message; records without it are sent as JSON.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message_key: Option<Spanned<String>>,
+    /// Create a log group that does not exist.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub create_missing_group: Option<Spanned<bool>>,
+    /// Create a log stream that does not exist.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub create_missing_stream: Option<Spanned<bool>>,
+    /// Retention set on groups berth creates; 0 leaves it as is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retention_days: Option<Spanned<i64>>,
+    /// `STANDARD` or `INFREQUENT_ACCESS`, for groups berth creates.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_group_class: Option<Spanned<String>>,
+    /// KMS key for groups berth creates; empty for none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kms_key_id: Option<Spanned<String>>,
+    /// Largest event sent, its 26 bytes of overhead included; longer messages are split.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_event_size: Option<Spanned<Size>>,
+    /// `flush_interval`, `concurrency`, `timeout`, `max_retry_duration`,
+    /// `dead_letter_path` (read by [`read`]).
+    #[serde(flatten, skip_deserializing)]
+    pub network: RawNetwork,
+}
+
+/// Every key of the sink's table, besides `name`, `type` and `match`.
+pub(super) fn keys() -> Vec<&'static str> {
+    let mut keys = keys_of::<RawAws>().to_vec();
+    keys.extend(keys_of::<RawCloudWatch>());
+    keys.extend(keys_of::<RawNetwork>());
+    keys
+}
+
+/// Read the sink's table (without `name`, `type` and `match`), the AWS and network keys
+/// flattened into it.
+pub(super) fn read(
+    span: std::ops::Range<usize>,
+    mut t: DeTable<'_>,
+) -> Result<RawCloudWatch, toml::de::Error> {
+    // Unknown keys were refused by `sink::read`, with the whole list of this type's keys.
+    let part = table::split_off(&mut t, keys_of::<RawAws>());
+    let aws = table::read(span.clone(), part)?;
+    let mut cw: RawCloudWatch =
+        table::read_flat(span, t, |cw: &mut RawCloudWatch, n| cw.network = n)?;
+    cw.aws = aws;
+    Ok(cw)
 }
 
 pub(super) fn build(
-    s: &RawSink,
+    s: &RawCloudWatch,
     name: &str,
     i: usize,
     ctx: &Ctx<'_>,
@@ -85,27 +154,6 @@ pub(super) fn build(
     let invalid = |span: std::ops::Range<usize>, k: &str, message: String| {
         ctx.error(span, key(k), message, true)
     };
-    if let Some(p) = &s.path {
-        return Err(invalid(
-            p.span(),
-            "path",
-            "only sinks of type \"file\" have a path (this one is \"cloudwatch_logs\")".into(),
-        ));
-    }
-    if let Some(f) = &s.format {
-        return Err(invalid(
-            f.span(),
-            "format",
-            "sinks of type \"cloudwatch_logs\" have no format".into(),
-        ));
-    }
-    if let Some((k, span)) = s.first_es_only() {
-        return Err(invalid(
-            span,
-            k,
-            format!("only sinks of type \"elasticsearch\" have {k} (cloudwatch_logs sinks share only {})", NETWORK_SINK_KEYS.join(", ")),
-        ));
-    }
     // An empty string is "not set", as in the issue's example (`role_arn = ""`).
     let opt = |v: &Option<Spanned<String>>| {
         v.as_ref().map(|v| v.get_ref().trim().to_owned()).filter(|v| !v.is_empty())
@@ -162,19 +210,10 @@ pub(super) fn build(
             other => return Err(invalid(c.span(), "log_group_class", format!("unknown log group class {other:?} (expected \"STANDARD\" or \"INFREQUENT_ACCESS\")"))),
         },
     };
-    let role_arn = opt(&s.role_arn);
-    if let (Some(r), Some(raw)) = (&role_arn, &s.role_arn) {
-        if !r.starts_with("arn:") {
-            return Err(invalid(
-                raw.span(),
-                "role_arn",
-                format!("{r:?} is not a role ARN (arn:aws:iam::<account>:role/<name>)"),
-            ));
-        }
-    }
+    let aws = aws::build(&s.aws, &format!("sink[{i}]"), ctx)?;
     let max_event_size = match &s.max_event_size {
-        None => MAX_EVENT_BYTES,
-        Some(v) if (1024..=MAX_EVENT_BYTES as u64).contains(&v.get_ref().0) => {
+        None => MAX_EVENT_SIZE,
+        Some(v) if (1024..=MAX_EVENT_SIZE as u64).contains(&v.get_ref().0) => {
             v.get_ref().0 as usize
         }
         Some(v) => {
@@ -186,9 +225,9 @@ pub(super) fn build(
         }
     };
     let NetworkKeys { flush_interval, concurrency, timeout, max_retry_duration, dead_letter_path } =
-        network_keys(s, name, i, ctx)?;
+        network_keys(&s.network, name, i, ctx)?;
     Ok(CloudWatchConfig {
-        region: opt(&s.region),
+        aws,
         endpoint_url,
         log_group,
         log_stream,
@@ -200,7 +239,6 @@ pub(super) fn build(
         retention_days,
         log_group_class,
         kms_key_id: opt(&s.kms_key_id),
-        role_arn,
         max_event_size,
         flush_interval,
         concurrency,
@@ -210,26 +248,29 @@ pub(super) fn build(
     })
 }
 
-/// The typed config back in the file's shape, into `out`'s cloudwatch_logs keys.
-pub(super) fn to_raw(c: &CloudWatchConfig, out: &mut RawSink) {
+/// The typed config back in the file's shape.
+pub(super) fn to_raw(c: &CloudWatchConfig) -> RawCloudWatch {
     fn sp<T>(v: T) -> Option<Spanned<T>> {
         Some(Spanned::new(0..0, v))
     }
-    out.region = sp(c.region.clone().unwrap_or_default());
-    out.endpoint_url = sp(c.endpoint_url.clone().unwrap_or_default());
-    out.log_group = sp(c.log_group.clone());
-    out.log_stream = sp(c.log_stream.clone());
-    out.message_key = sp(c.message_key.clone().unwrap_or_default());
-    out.create_missing_group = sp(c.create_missing_group);
-    out.create_missing_stream = sp(c.create_missing_stream);
-    out.retention_days = sp(c.retention_days.map_or(0, i64::from));
-    out.log_group_class = sp(c.log_group_class.as_str().to_owned());
-    out.kms_key_id = sp(c.kms_key_id.clone().unwrap_or_default());
-    out.role_arn = sp(c.role_arn.clone().unwrap_or_default());
-    out.max_event_size = sp(Size(c.max_event_size as u64));
-    out.flush_interval = sp(Dur(c.flush_interval));
-    out.concurrency = sp(c.concurrency as i64);
-    out.timeout = sp(Dur(c.timeout));
-    out.max_retry_duration = sp(LimitDur(c.max_retry_duration.unwrap_or(Duration::ZERO)));
-    out.dead_letter_path = sp(c.dead_letter_path.display().to_string());
+    RawCloudWatch {
+        aws: aws::to_raw(&c.aws),
+        endpoint_url: sp(c.endpoint_url.clone().unwrap_or_default()),
+        log_group: sp(c.log_group.clone()),
+        log_stream: sp(c.log_stream.clone()),
+        message_key: sp(c.message_key.clone().unwrap_or_default()),
+        create_missing_group: sp(c.create_missing_group),
+        create_missing_stream: sp(c.create_missing_stream),
+        retention_days: sp(c.retention_days.map_or(0, i64::from)),
+        log_group_class: sp(c.log_group_class.as_str().to_owned()),
+        kms_key_id: sp(c.kms_key_id.clone().unwrap_or_default()),
+        max_event_size: sp(Size(c.max_event_size as u64)),
+        network: network::to_raw(&NetworkKeys {
+            flush_interval: c.flush_interval,
+            concurrency: c.concurrency,
+            timeout: c.timeout,
+            max_retry_duration: c.max_retry_duration,
+            dead_letter_path: c.dead_letter_path.clone(),
+        }),
+    }
 }

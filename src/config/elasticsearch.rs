@@ -1,15 +1,19 @@
 //! `type = "elasticsearch"`: the typed sink config and its checks at load (issue 4).
 //!
-//! Single values are read by serde in `raw`; here the keys are checked together and turned
-//! into what the sink runs with, every error naming the line of the value at fault.
+//! [`RawElasticsearch`] is the table as written (serde reads single values, so their errors
+//! carry a line); [`build`] checks the keys together and makes what the sink runs with,
+//! every error naming the line of the value at fault.
 
-use super::network::{is_http_url, network_keys, NetworkKeys};
-use super::raw::{Dur, LimitDur, RawAuth, RawSink, RawTls, Size};
+use super::aws::{self, AwsAuth, RawAws};
+use super::network::{self, is_http_url, network_keys, NetworkKeys, RawNetwork};
+use super::table::{self, keys_of};
+use super::values::Size;
 use super::{redact, ConfigError, Ctx};
-use crate::sink::elasticsearch::encode::{BulkAction, EncodeOptions, IdMode};
-use crate::sink::template::IndexTemplate;
+use crate::template::IndexTemplate;
+use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 use std::time::Duration;
+use toml::de::{DeTable, DeValue};
 use toml::Spanned;
 
 pub use super::network::{
@@ -23,6 +27,73 @@ pub const DEFAULT_BATCH_MAX_RECORDS: usize = 5000;
 pub const MAX_BATCH_MAX_BYTES: u64 = 100 << 20;
 pub const MAX_BATCH_MAX_RECORDS: i64 = 100_000;
 
+/// The bulk action of every item.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BulkAction {
+    /// Fails with 409 if the `_id` exists: with stable ids, exactly-once. Data streams
+    /// accept only `create`.
+    Create,
+    /// Overwrites a document with the same `_id`.
+    Index,
+}
+
+impl BulkAction {
+    pub fn name(self) -> &'static str {
+        match self {
+            BulkAction::Create => "create",
+            BulkAction::Index => "index",
+        }
+    }
+}
+
+/// Where `_id` comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IdMode {
+    /// `{instance_id:016x}-{offset:x}`: the buffer's identity of the event.
+    Stable,
+    /// No `_id`: the cluster assigns one (required by OpenSearch Serverless time series).
+    None,
+}
+
+/// What the body looks like and where batches are cut.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EncodeOptions {
+    pub action: BulkAction,
+    pub id: IdMode,
+    /// Ingest pipeline; empty for none.
+    pub pipeline: String,
+    /// Key of the event time added to each document (RFC 3339, ns).
+    pub timestamp_key: String,
+    /// Key of the Fluentd tag added to each document; empty to leave the tag out.
+    pub tag_key: String,
+    /// A body is cut before the item that would make it larger than this (a single item
+    /// larger than this is sent alone: the server's 413 then decides).
+    pub batch_max_bytes: usize,
+    /// Items per body at most.
+    pub batch_max_records: usize,
+}
+
+impl Default for EncodeOptions {
+    fn default() -> Self {
+        EncodeOptions {
+            action: BulkAction::Create,
+            id: IdMode::Stable,
+            pipeline: String::new(),
+            timestamp_key: "@timestamp".into(),
+            tag_key: "tag".into(),
+            batch_max_bytes: 5 << 20,
+            batch_max_records: 5000,
+        }
+    }
+}
+
+impl EncodeOptions {
+    /// True when a 409 on an item means "already delivered": `create` with stable ids.
+    pub fn conflict_means_delivered(&self) -> bool {
+        self.action == BulkAction::Create && self.id == IdMode::Stable
+    }
+}
+
 /// How requests authenticate.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum EsAuth {
@@ -34,12 +105,11 @@ pub enum EsAuth {
 /// `auth.type = "aws_sigv4"`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SigV4Auth {
-    /// `None`: aws-config's region chain (`AWS_REGION`, profile, IMDS).
-    pub region: Option<String>,
+    /// The signing region and the credentials (`auth.region`, `auth.role_arn`,
+    /// `auth.external_id`).
+    pub aws: AwsAuth,
+    /// The signing name: `auth.service`.
     pub service: SigV4Service,
-    /// AssumeRole on top of the default credentials chain.
-    pub role_arn: Option<String>,
-    pub external_id: Option<String>,
 }
 
 /// The signing name: Amazon OpenSearch Service or OpenSearch Serverless.
@@ -85,9 +155,122 @@ pub struct ElasticsearchConfig {
     pub ca_file: Option<PathBuf>,
 }
 
-/// The first elasticsearch-only key a sink of another type has: an error.
-pub(super) fn reject_keys(s: &RawSink, i: usize, ctx: &Ctx<'_>) -> Result<(), ConfigError> {
-    super::network::reject_foreign(s.first_present(), "elasticsearch", s, i, ctx)
+/// `type = "elasticsearch"`: the sink's own keys. The keys both network sinks have are
+/// in [`RawNetwork`], and `auth.region`, `auth.role_arn`, `auth.external_id` in
+/// [`RawAws`], flattened into these tables by [`read`].
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawElasticsearch {
+    /// Base URLs (`http://` or `https://`), tried in order: the next one after a failure.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoints: Option<Spanned<Vec<String>>>,
+    /// Index name template: `{field}` from the record, strftime (`%Y.%m.%d`) on event time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub index: Option<Spanned<String>>,
+    /// What an unknown `{field}` renders as in the index name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub index_fallback: Option<Spanned<String>>,
+    /// `create` (exactly-once with stable ids; data streams need it) or `index`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub action: Option<Spanned<String>>,
+    /// `stable` (`_id` from the buffer's record identity) or `none` (the cluster assigns).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<Spanned<String>>,
+    /// Ingest pipeline; empty for none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pipeline: Option<Spanned<String>>,
+    /// Key of the event time added to each document (RFC 3339, ns) unless present.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timestamp_key: Option<Spanned<String>>,
+    /// Key of the tag added to each document; `""` leaves the tag out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tag_key: Option<Spanned<String>>,
+    /// `gzip` (the default) or `none`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compression: Option<Spanned<String>>,
+    /// A `_bulk` body is cut before it grows past this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch_max_bytes: Option<Spanned<Size>>,
+    /// Items per `_bulk` body at most.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch_max_records: Option<Spanned<i64>>,
+    /// `flush_interval`, `concurrency`, `timeout`, `max_retry_duration`,
+    /// `dead_letter_path` (read by [`read`]).
+    #[serde(flatten, skip_deserializing)]
+    pub network: RawNetwork,
+    /// `[sink.auth]`
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<Spanned<RawAuth>>,
+    /// `[sink.tls]`
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<Spanned<RawTls>>,
+}
+
+/// `[sink.auth]`
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawAuth {
+    /// `none`, `basic` or `aws_sigv4`.
+    #[serde(rename = "type")]
+    pub kind: Spanned<String>,
+    /// `basic`: the user name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<Spanned<String>>,
+    /// `basic`: the password.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password: Option<Spanned<String>>,
+    /// `aws_sigv4`: `es` or `aoss`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<Spanned<String>>,
+    /// `aws_sigv4`: `region`, `role_arn`, `external_id` (read by [`read`]).
+    #[serde(flatten, skip_deserializing)]
+    pub aws: RawAws,
+}
+
+/// `[sink.tls]`
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawTls {
+    /// PEM file of CA certificates trusted in addition to the system's; empty for none.
+    #[serde(default)]
+    pub ca_file: String,
+}
+
+/// Every key of the sink's table, besides `name`, `type` and `match`.
+pub(super) fn keys() -> Vec<&'static str> {
+    let mut keys = keys_of::<RawElasticsearch>().to_vec();
+    keys.extend(keys_of::<RawNetwork>());
+    keys
+}
+
+/// Read the sink's table (without `name`, `type` and `match`), the shared network keys and
+/// the AWS keys of `[sink.auth]` flattened into it.
+pub(super) fn read(
+    span: std::ops::Range<usize>,
+    mut t: DeTable<'_>,
+    i: usize,
+    ctx: &Ctx<'_>,
+) -> Result<RawElasticsearch, ConfigError> {
+    let de = |e: toml::de::Error| ctx.deserialize_error(&e);
+    let mut aws = RawAws::default();
+    let auth_span = t.get("auth").map_or(span.clone(), |a| a.span());
+    if let Some(DeValue::Table(auth)) = t.get_mut("auth").map(|a| a.get_mut()) {
+        // Checked here, as serde would only list the keys of one of the two parts.
+        let mut known = keys_of::<RawAuth>().to_vec();
+        known.extend(keys_of::<RawAws>());
+        if let Some((k, key_span)) = table::unknown_key(auth, &known) {
+            let message = table::unknown_key_message(k, &known);
+            return Err(ctx.error(key_span, format!("sink[{i}].auth"), message, false));
+        }
+        let part = table::split_off(auth, keys_of::<RawAws>());
+        aws = table::read(auth_span, part).map_err(de)?;
+    }
+    let mut es: RawElasticsearch =
+        table::read_flat(span, t, |es: &mut RawElasticsearch, n| es.network = n).map_err(de)?;
+    if let Some(auth) = &mut es.auth {
+        auth.get_mut().aws = aws;
+    }
+    Ok(es)
 }
 
 fn string(v: &Option<Spanned<String>>, default: &str) -> String {
@@ -95,7 +278,7 @@ fn string(v: &Option<Spanned<String>>, default: &str) -> String {
 }
 
 pub(super) fn build(
-    s: &RawSink,
+    s: &RawElasticsearch,
     name: &str,
     i: usize,
     table_span: std::ops::Range<usize>,
@@ -105,20 +288,6 @@ pub(super) fn build(
     let invalid = |span: std::ops::Range<usize>, k: &str, message: String| {
         ctx.error(span, key(k), message, true)
     };
-    if let Some(p) = &s.path {
-        return Err(invalid(
-            p.span(),
-            "path",
-            "only sinks of type \"file\" have a path (this one is \"elasticsearch\")".into(),
-        ));
-    }
-    if let Some(f) = &s.format {
-        return Err(invalid(
-            f.span(),
-            "format",
-            "sinks of type \"elasticsearch\" have no format".into(),
-        ));
-    }
 
     let Some(eps) = &s.endpoints else {
         return Err(invalid(
@@ -242,7 +411,7 @@ pub(super) fn build(
         }
     };
     let NetworkKeys { flush_interval, concurrency, timeout, max_retry_duration, dead_letter_path } =
-        network_keys(s, name, i, ctx)?;
+        network_keys(&s.network, name, i, ctx)?;
     let auth = match &s.auth {
         None => EsAuth::None,
         Some(a) => auth(a, i, ctx)?,
@@ -284,10 +453,10 @@ fn auth(a: &Spanned<RawAuth>, i: usize, ctx: &Ctx<'_>) -> Result<EsAuth, ConfigE
     let key = |k: &str| format!("sink[{i}].auth.{k}");
     let kind = r.kind.get_ref().as_str();
     let sigv4_only = [
-        ("region", &r.region),
+        ("region", &r.aws.region),
         ("service", &r.service),
-        ("role_arn", &r.role_arn),
-        ("external_id", &r.external_id),
+        ("role_arn", &r.aws.role_arn),
+        ("external_id", &r.aws.external_id),
     ];
     let basic_only = [("username", &r.username), ("password", &r.password)];
     let reject = |keys: &[(&str, &Option<Spanned<String>>)]| -> Result<(), ConfigError> {
@@ -335,10 +504,6 @@ fn auth(a: &Spanned<RawAuth>, i: usize, ctx: &Ctx<'_>) -> Result<EsAuth, ConfigE
         }
         "aws_sigv4" => {
             reject(&basic_only)?;
-            // An empty string is "not set", as in the issue's example (`role_arn = ""`).
-            let opt = |v: &Option<Spanned<String>>| {
-                v.as_ref().map(|v| v.get_ref().trim().to_owned()).filter(|v| !v.is_empty())
-            };
             let service = match &r.service {
                 None => SigV4Service::Es,
                 Some(v) => match v.get_ref().as_str() {
@@ -354,24 +519,8 @@ fn auth(a: &Spanned<RawAuth>, i: usize, ctx: &Ctx<'_>) -> Result<EsAuth, ConfigE
                     }
                 },
             };
-            let role_arn = opt(&r.role_arn);
-            let external_id = opt(&r.external_id);
-            if let (Some(v), None) = (&r.external_id, &role_arn) {
-                if external_id.is_some() {
-                    return Err(ctx.error(
-                        v.span(),
-                        key("external_id"),
-                        "external_id needs role_arn".into(),
-                        true,
-                    ));
-                }
-            }
-            Ok(EsAuth::AwsSigV4(SigV4Auth {
-                region: opt(&r.region),
-                service,
-                role_arn,
-                external_id,
-            }))
+            let aws = aws::build(&r.aws, &format!("sink[{i}].auth"), ctx)?;
+            Ok(EsAuth::AwsSigV4(SigV4Auth { aws, service }))
         }
         other => Err(ctx.error(
             r.kind.span(),
@@ -384,59 +533,59 @@ fn auth(a: &Spanned<RawAuth>, i: usize, ctx: &Ctx<'_>) -> Result<EsAuth, ConfigE
 
 /// The public config back in the file's shape (password redacted), into `out`'s
 /// elasticsearch keys.
-pub(super) fn to_raw(c: &ElasticsearchConfig, out: &mut RawSink) {
+pub(super) fn to_raw(c: &ElasticsearchConfig) -> RawElasticsearch {
     fn sp<T>(v: T) -> Option<Spanned<T>> {
         Some(Spanned::new(0..0, v))
     }
     let e = &c.encode;
-    out.endpoints = sp(c.endpoints.clone());
-    out.index = sp(c.index.clone());
-    out.index_fallback = sp(c.index_fallback.clone());
-    out.action = sp(match e.action {
-        BulkAction::Create => "create".into(),
-        BulkAction::Index => "index".into(),
-    });
-    out.id = sp(match e.id {
-        IdMode::Stable => "stable".into(),
-        IdMode::None => "none".into(),
-    });
-    out.pipeline = sp(e.pipeline.clone());
-    out.timestamp_key = sp(e.timestamp_key.clone());
-    out.tag_key = sp(e.tag_key.clone());
-    out.compression = sp(if c.gzip { "gzip".into() } else { "none".into() });
-    out.batch_max_bytes = sp(Size(e.batch_max_bytes as u64));
-    out.batch_max_records = sp(e.batch_max_records as i64);
-    out.flush_interval = sp(Dur(c.flush_interval));
-    out.concurrency = sp(c.concurrency as i64);
-    out.timeout = sp(Dur(c.timeout));
-    out.max_retry_duration = sp(LimitDur(c.max_retry_duration.unwrap_or(Duration::ZERO)));
-    out.dead_letter_path = sp(c.dead_letter_path.display().to_string());
-    let mut auth = RawAuth {
-        kind: Spanned::new(0..0, String::new()),
-        username: None,
-        password: None,
-        region: None,
-        service: None,
-        role_arn: None,
-        external_id: None,
+    let auth = match &c.auth {
+        EsAuth::None => RawAuth {
+            kind: Spanned::new(0..0, "none".into()),
+            username: None,
+            password: None,
+            aws: RawAws::default(),
+            service: None,
+        },
+        EsAuth::Basic { username, password } => RawAuth {
+            kind: Spanned::new(0..0, "basic".into()),
+            username: sp(username.clone()),
+            password: sp(redact(password)),
+            aws: RawAws::default(),
+            service: None,
+        },
+        EsAuth::AwsSigV4(a) => RawAuth {
+            kind: Spanned::new(0..0, "aws_sigv4".into()),
+            username: None,
+            password: None,
+            aws: aws::to_raw(&a.aws),
+            service: sp(a.service.name().into()),
+        },
     };
-    match &c.auth {
-        EsAuth::None => *auth.kind.get_mut() = "none".into(),
-        EsAuth::Basic { username, password } => {
-            *auth.kind.get_mut() = "basic".into();
-            auth.username = sp(username.clone());
-            auth.password = sp(redact(password));
-        }
-        EsAuth::AwsSigV4(a) => {
-            *auth.kind.get_mut() = "aws_sigv4".into();
-            auth.region = a.region.clone().and_then(sp);
-            auth.service = sp(a.service.name().into());
-            auth.role_arn = a.role_arn.clone().and_then(sp);
-            auth.external_id = a.external_id.clone().and_then(sp);
-        }
+    RawElasticsearch {
+        endpoints: sp(c.endpoints.clone()),
+        index: sp(c.index.clone()),
+        index_fallback: sp(c.index_fallback.clone()),
+        action: sp(e.action.name().into()),
+        id: sp(match e.id {
+            IdMode::Stable => "stable".into(),
+            IdMode::None => "none".into(),
+        }),
+        pipeline: sp(e.pipeline.clone()),
+        timestamp_key: sp(e.timestamp_key.clone()),
+        tag_key: sp(e.tag_key.clone()),
+        compression: sp(if c.gzip { "gzip".into() } else { "none".into() }),
+        batch_max_bytes: sp(Size(e.batch_max_bytes as u64)),
+        batch_max_records: sp(e.batch_max_records as i64),
+        network: network::to_raw(&NetworkKeys {
+            flush_interval: c.flush_interval,
+            concurrency: c.concurrency,
+            timeout: c.timeout,
+            max_retry_duration: c.max_retry_duration,
+            dead_letter_path: c.dead_letter_path.clone(),
+        }),
+        auth: sp(auth),
+        tls: c.ca_file.as_ref().and_then(|f| sp(RawTls { ca_file: f.display().to_string() })),
     }
-    out.auth = sp(auth);
-    out.tls = c.ca_file.as_ref().and_then(|f| sp(RawTls { ca_file: f.display().to_string() }));
 }
 
 #[cfg(test)]
@@ -595,21 +744,18 @@ mod tests {
         let c = es(&format!("{MIN}[sink.auth]\ntype = \"aws_sigv4\"\n"));
         assert_eq!(
             c.auth,
-            EsAuth::AwsSigV4(SigV4Auth {
-                region: None,
-                service: SigV4Service::Es,
-                role_arn: None,
-                external_id: None
-            })
+            EsAuth::AwsSigV4(SigV4Auth { aws: AwsAuth::default(), service: SigV4Service::Es })
         );
         let text = format!(
             "{MIN}[sink.auth]\ntype = \"aws_sigv4\"\nregion = \"eu-west-1\"\nservice = \"aoss\"\nrole_arn = \"arn:aws:iam::123456789012:role/logs\"\nexternal_id = \"x1\"\n"
         );
         let want = EsAuth::AwsSigV4(SigV4Auth {
-            region: Some("eu-west-1".into()),
+            aws: AwsAuth {
+                region: Some("eu-west-1".into()),
+                role_arn: Some("arn:aws:iam::123456789012:role/logs".into()),
+                external_id: Some("x1".into()),
+            },
             service: SigV4Service::Aoss,
-            role_arn: Some("arn:aws:iam::123456789012:role/logs".into()),
-            external_id: Some("x1".into()),
         });
         assert_eq!(es(&text).auth, want);
         assert_eq!(es(&load(&text).unwrap().to_redacted_toml()).auth, want);
@@ -618,12 +764,7 @@ mod tests {
         ));
         assert_eq!(
             empty.auth,
-            EsAuth::AwsSigV4(SigV4Auth {
-                region: None,
-                service: SigV4Service::Es,
-                role_arn: None,
-                external_id: None
-            })
+            EsAuth::AwsSigV4(SigV4Auth { aws: AwsAuth::default(), service: SigV4Service::Es })
         );
     }
 }

@@ -1,10 +1,197 @@
 //! `[enrich.docker]`, `[enrich.ec2]`, `[enrich.partial]` and `[enrich.multiline]`: typed,
 //! with the checks that span several values (known field names, no key added twice).
 
-use super::raw::{self, RawEnrich};
+use super::values::de_parsed;
+use super::values::{Dur, Size};
 use super::{ConfigError, Ctx};
+use serde::de::{self, Deserializer};
+use serde::{Deserialize, Serialize, Serializer};
 use std::time::Duration;
 use toml::Spanned;
+
+// --- the keys as written -----------------------------------------------------------------
+
+/// `[enrich]`
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawEnrich {
+    /// Container, image and ECS task fields from the Docker engine.
+    #[serde(default)]
+    pub docker: RawEnrichDocker,
+    /// Host fields from the EC2 instance metadata service (IMDSv2).
+    #[serde(default)]
+    pub ec2: RawEnrichEc2,
+    /// Docker's partial messages (lines over 16 KiB) joined into one record.
+    #[serde(default)]
+    pub partial: RawJoin,
+    /// Lines of one container grouped into one record, for containers labelled
+    /// `berth.multiline.start` with a start-line regex.
+    #[serde(default)]
+    pub multiline: RawJoin,
+}
+
+/// `[enrich.docker]`
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawEnrichDocker {
+    /// Look containers up in the Docker engine and add their fields to Docker's records.
+    /// Without a reachable engine records pass through unchanged (one warning).
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// The engine's API: `unix:///path`, `tcp://HOST:PORT` or `http://HOST:PORT`; empty
+    /// means `$DOCKER_HOST`, else `unix:///var/run/docker.sock`.
+    #[serde(default = "default_socket")]
+    pub socket: Spanned<String>,
+    /// Which fields to add, in this order.
+    #[serde(default = "default_docker_fields")]
+    pub fields: Spanned<Vec<Spanned<String>>>,
+    /// Container labels to copy: `"NAME"` (key = the label's name) or `"NAME=KEY"`.
+    #[serde(default)]
+    pub labels: Vec<Spanned<String>>,
+    /// Container environment variables to copy: `"NAME"` or `"NAME=KEY"`.
+    #[serde(default)]
+    pub env: Vec<Spanned<String>>,
+    /// How long a removed container's fields are kept, for its last lines still in flight.
+    #[serde(default = "default_removed_grace_period")]
+    pub removed_grace_period: Dur,
+    /// The longest a new container's first line waits for its inspect (that connection
+    /// waits; the line then goes on without the fields). At most 60 s.
+    #[serde(default = "default_inspect_wait", deserialize_with = "de_inspect_wait")]
+    pub inspect_wait: Dur,
+    /// Most containers cached; the least recently used is dropped beyond it.
+    #[serde(default = "default_max_containers", deserialize_with = "de_max_containers")]
+    pub max_containers: usize,
+}
+
+impl Default for RawEnrichDocker {
+    fn default() -> Self {
+        RawEnrichDocker {
+            enabled: true,
+            socket: default_socket(),
+            fields: default_docker_fields(),
+            labels: Vec::new(),
+            env: Vec::new(),
+            removed_grace_period: default_removed_grace_period(),
+            inspect_wait: default_inspect_wait(),
+            max_containers: default_max_containers(),
+        }
+    }
+}
+
+/// `[enrich.ec2]`
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawEnrichEc2 {
+    /// Add `ec2_instance_id`, `availability_zone`, `region` and `instance_type` from
+    /// IMDSv2; off EC2 they are absent (one warning).
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// `all`: every record gets the host fields; `docker`: only records from Docker's
+    /// driver (others pass through without being copied).
+    #[serde(default)]
+    pub apply_to: ApplyTo,
+}
+
+impl Default for RawEnrichEc2 {
+    fn default() -> Self {
+        RawEnrichEc2 { enabled: true, apply_to: ApplyTo::default() }
+    }
+}
+
+impl<'de> Deserialize<'de> for ApplyTo {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        de_parsed(d, |s| match s {
+            "all" => Ok(ApplyTo::All),
+            "docker" => Ok(ApplyTo::Docker),
+            other => Err(format!("unknown apply_to {other:?} (expected \"all\" or \"docker\")")),
+        })
+    }
+}
+
+impl Serialize for ApplyTo {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+fn default_socket() -> Spanned<String> {
+    Spanned::new(0..0, String::new())
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn default_docker_fields() -> Spanned<Vec<Spanned<String>>> {
+    let v =
+        DockerField::DEFAULTS.iter().map(|f| Spanned::new(0..0, f.as_str().to_string())).collect();
+    Spanned::new(0..0, v)
+}
+
+fn default_removed_grace_period() -> Dur {
+    Dur(Duration::from_secs(300))
+}
+
+fn default_inspect_wait() -> Dur {
+    Dur(Duration::from_secs(2))
+}
+
+fn de_inspect_wait<'de, D: Deserializer<'de>>(d: D) -> Result<Dur, D::Error> {
+    let w = Dur::deserialize(d)?;
+    if w.0 > Duration::from_secs(60) {
+        return Err(de::Error::custom(
+            "at most 60s: a longer wait holds up the connection's other lines too",
+        ));
+    }
+    Ok(w)
+}
+
+fn default_max_containers() -> usize {
+    4096
+}
+
+fn de_max_containers<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
+    let n = usize::deserialize(d)?;
+    if n == 0 {
+        return Err(de::Error::custom("must be at least 1"));
+    }
+    Ok(n)
+}
+
+/// `[enrich.partial]`, `[enrich.multiline]`
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawJoin {
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// A group larger than this is sent as it is, marked incomplete.
+    #[serde(default = "default_join_max_size")]
+    pub max_size: Spanned<Size>,
+    /// Partial: how long after its first part a line may wait for the rest. Multiline: how
+    /// long after its last line a group waits for more.
+    #[serde(default = "default_join_timeout")]
+    pub timeout: Spanned<Dur>,
+}
+
+impl Default for RawJoin {
+    fn default() -> Self {
+        RawJoin {
+            enabled: true,
+            max_size: default_join_max_size(),
+            timeout: default_join_timeout(),
+        }
+    }
+}
+
+fn default_join_max_size() -> Spanned<Size> {
+    Spanned::new(0..0, Size(1 << 20))
+}
+
+fn default_join_timeout() -> Spanned<Dur> {
+    Spanned::new(0..0, Dur(Duration::from_secs(5)))
+}
+
+// --- the typed config --------------------------------------------------------------------
 
 /// `[enrich]`
 #[derive(Debug, Clone)]
@@ -17,7 +204,7 @@ pub struct EnrichConfig {
     pub multiline: Option<crate::reassemble::Limits>,
 }
 
-/// `[enrich.docker]`: see `raw::RawEnrichDocker` for each key's meaning.
+/// `[enrich.docker]`: see `RawEnrichDocker` for each key's meaning.
 #[derive(Debug, Clone)]
 pub struct DockerEnrichConfig {
     pub enabled: bool,
@@ -142,8 +329,9 @@ impl DockerField {
     }
 }
 
-/// Fields, labels and env together must fit one pre-encoded set (`enrich::record`).
-const MAX_KEYS: usize = crate::enrich::record::MAX_PAIRS;
+/// Fields, labels and env together must fit one pre-encoded set (`enrich::record`'s
+/// `MAX_PAIRS`, checked against this at compile time in `enrich`).
+pub const MAX_KEYS: usize = 64;
 
 pub(super) fn build(raw: RawEnrich, ctx: &Ctx<'_>) -> Result<EnrichConfig, ConfigError> {
     let d = raw.docker;
@@ -231,7 +419,7 @@ pub(super) fn to_raw(c: &EnrichConfig) -> RawEnrich {
     let d = &c.docker;
     let spanned = |v: String| Spanned::new(none.clone(), v);
     RawEnrich {
-        docker: raw::RawEnrichDocker {
+        docker: RawEnrichDocker {
             enabled: d.enabled,
             socket: spanned(d.socket.clone().unwrap_or_default()),
             fields: Spanned::new(
@@ -240,11 +428,11 @@ pub(super) fn to_raw(c: &EnrichConfig) -> RawEnrich {
             ),
             labels: d.labels.iter().map(|l| spanned(l.to_raw())).collect(),
             env: d.env.iter().map(|l| spanned(l.to_raw())).collect(),
-            removed_grace_period: raw::Dur(d.removed_grace_period),
-            inspect_wait: raw::Dur(d.inspect_wait),
+            removed_grace_period: Dur(d.removed_grace_period),
+            inspect_wait: Dur(d.inspect_wait),
             max_containers: d.max_containers,
         },
-        ec2: raw::RawEnrichEc2 { enabled: c.ec2.enabled, apply_to: c.ec2.apply_to },
+        ec2: RawEnrichEc2 { enabled: c.ec2.enabled, apply_to: c.ec2.apply_to },
         partial: raw_join(c.partial),
         multiline: raw_join(c.multiline),
     }
@@ -252,7 +440,7 @@ pub(super) fn to_raw(c: &EnrichConfig) -> RawEnrich {
 
 /// The limits of `[enrich.partial]` or `[enrich.multiline]`, `None` when disabled.
 fn join_limits(
-    j: &raw::RawJoin,
+    j: &RawJoin,
     section: &str,
     ctx: &Ctx<'_>,
 ) -> Result<Option<crate::reassemble::Limits>, ConfigError> {
@@ -281,14 +469,14 @@ fn join_limits(
     }))
 }
 
-fn raw_join(limits: Option<crate::reassemble::Limits>) -> raw::RawJoin {
-    let d = raw::RawJoin::default();
+fn raw_join(limits: Option<crate::reassemble::Limits>) -> RawJoin {
+    let d = RawJoin::default();
     match limits {
-        None => raw::RawJoin { enabled: false, ..d },
-        Some(l) => raw::RawJoin {
+        None => RawJoin { enabled: false, ..d },
+        Some(l) => RawJoin {
             enabled: true,
-            max_size: Spanned::new(0..0, raw::Size(l.max_size as u64)),
-            timeout: Spanned::new(0..0, raw::Dur(l.timeout)),
+            max_size: Spanned::new(0..0, Size(l.max_size as u64)),
+            timeout: Spanned::new(0..0, Dur(l.timeout)),
         },
     }
 }

@@ -2,34 +2,55 @@
 //! top of it, validated once at load into the types below. Nothing downstream re-checks a
 //! value or sees a string where a type fits.
 //!
-//! Layers: `raw` is the file format key for key (serde, per-value checks inside
-//! `Deserialize` so errors carry a line), `env` edits the parsed document before it is
-//! deserialized, and `build` (here) does the checks that span several values and produces
-//! [`Config`]. The reference for users is `docs/configuration.md`.
+//! Layers: `env` edits the parsed document before it is deserialized; each section's file
+//! is the section's keys as written (`Raw*` structs, serde, per-value checks inside
+//! `Deserialize` — `values` — so errors carry a line), the checks that span several of its
+//! values and its typed config: `forward`, `buffer`, `enrich`, `aws` (shared by both AWS
+//! sinks), and per sink type `local` (stdout, file, null), `elasticsearch`, `cloudwatch`,
+//! with `sink` reading a `[[sink]]` table by its `type` and `network` the keys both network
+//! sinks share. `raw` is the whole file, `build` (here) puts the sections together into
+//! [`Config`], `error` names the place of an error. Adding a key is one field with its
+//! `///` doc in its section's struct. The reference for users is `docs/configuration.md`.
+//!
+//! The sinks build their runtime types from these plain types; this module depends on no
+//! sink (nor on `enrich`): limits it checks against are its own constants, checked against
+//! the sinks' at compile time.
 //!
 //! This module never touches the network or the file system beyond reading the one
 //! config file, and never exits the process: errors are returned as [`ConfigError`].
 
-pub mod aws;
+mod aws;
+mod buffer;
 pub mod cloudwatch;
 pub mod elasticsearch;
 pub mod enrich;
 mod env;
+mod error;
+mod forward;
+mod local;
 mod network;
 mod raw;
+mod sink;
+mod table;
 mod units;
+mod values;
 
-use crate::route::TagPattern;
 pub use aws::AwsAuth;
+pub use buffer::{BufferConfig, SyncMode, WhenFull};
 pub use cloudwatch::CloudWatchConfig;
 pub use elasticsearch::{ElasticsearchConfig, EsAuth, SigV4Auth, SigV4Service};
 pub use enrich::{
     ApplyTo, CopyKey, DockerEnrichConfig, DockerField, Ec2EnrichConfig, EnrichConfig,
 };
-use raw::{RawConfig, RawSink, SinkType};
-pub use raw::{SyncMode, WhenFull};
+pub use error::ConfigError;
+use error::{line_of, Ctx};
+#[cfg(test)]
+use forward::host_name;
+pub use forward::{ForwardConfig, InputConfig, ListenAddr, UserConfig};
+pub use local::Format;
+use raw::RawConfig;
 use serde::Deserialize;
-use std::fmt;
+pub use sink::{SinkConfig, SinkKind};
 use std::net::SocketAddr;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
@@ -84,99 +105,6 @@ pub struct Config {
     pub overrides: Vec<String>,
 }
 
-/// `[buffer]`: see `raw::RawBuffer` for each key's meaning.
-#[derive(Debug, Clone)]
-pub struct BufferConfig {
-    pub path: PathBuf,
-    pub max_size: u64,
-    pub segment_size: u64,
-    pub sync: SyncMode,
-    pub sync_interval: Duration,
-    pub when_full: WhenFull,
-}
-
-impl BufferConfig {
-    /// The storage engine's options.
-    pub fn options(&self) -> crate::buffer::BufferOptions {
-        crate::buffer::BufferOptions {
-            path: self.path.clone(),
-            max_size: self.max_size,
-            segment_size: self.segment_size,
-            sync: self.sync,
-            sync_interval: self.sync_interval,
-            when_full: self.when_full,
-        }
-    }
-}
-
-#[derive(Debug, Clone)]
-pub struct InputConfig {
-    /// `[input.forward]`
-    pub forward: ForwardConfig,
-}
-
-/// Where the Forward input listens.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ListenAddr {
-    /// `tcp://HOST:PORT`
-    Tcp(SocketAddr),
-    /// `unix:///absolute/path`
-    Unix(PathBuf),
-}
-
-impl fmt::Display for ListenAddr {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            ListenAddr::Tcp(a) => write!(f, "tcp://{a}"),
-            ListenAddr::Unix(p) => write!(f, "unix://{}", p.display()),
-        }
-    }
-}
-
-impl std::str::FromStr for ListenAddr {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        units::parse_listen(s)
-    }
-}
-
-/// `[[input.forward.user]]`: credentials a client may present in the handshake.
-#[derive(Clone)]
-pub struct UserConfig {
-    pub username: String,
-    pub password: String,
-}
-
-impl fmt::Debug for UserConfig {
-    // Debug output ends up in logs; the password must not.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("UserConfig")
-            .field("username", &self.username)
-            .field("password", &REDACTED)
-            .finish()
-    }
-}
-
-#[derive(Debug, Clone)]
-pub struct ForwardConfig {
-    /// At least one address, no duplicates.
-    pub listen: Vec<ListenAddr>,
-    /// Permission bits of Unix sockets (≤ 0o777).
-    pub socket_mode: u32,
-    /// Non-empty: require the HELO/PING/PONG handshake.
-    pub shared_key: String,
-    /// Resolved at load: the host name when the file leaves it empty.
-    pub self_hostname: String,
-    /// Largest frame or decompressed payload, 1 KiB ..= 1 GiB.
-    pub max_message_size: usize,
-    /// At least 1.
-    pub max_connections: usize,
-    /// Longer than zero.
-    pub idle_timeout: Duration,
-    /// Only with a `shared_key`; user names non-empty and unique.
-    pub users: Vec<UserConfig>,
-}
-
 #[derive(Debug, Clone)]
 pub struct AdminConfig {
     /// `None` when the file says `listen = ""`.
@@ -189,85 +117,8 @@ pub struct ShutdownConfig {
     pub grace_period: Duration,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Format {
-    /// One JSON object per line.
-    Json,
-}
-
-impl Format {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Format::Json => "json",
-        }
-    }
-}
-
-impl fmt::Display for Format {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-#[derive(Debug, Clone)]
-pub struct SinkConfig {
-    /// Unique, non-empty.
-    pub name: String,
-    /// Which tags the sink receives (`match` in the file).
-    pub match_: TagPattern,
-    pub kind: SinkKind,
-}
-
-#[derive(Debug, Clone)]
-pub enum SinkKind {
-    Stdout {
-        format: Format,
-    },
-    /// `path` is non-empty; `{tag}` in it is the event tag.
-    File {
-        path: String,
-        format: Format,
-    },
-    Null,
-    Elasticsearch(Box<ElasticsearchConfig>),
-    CloudWatchLogs(Box<CloudWatchConfig>),
-}
-
-/// Why the config could not be loaded. Display is one line that names the file (or the
-/// environment variable), the line and the key.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    /// The config file exists (or was named) but cannot be read.
-    #[error("{}: cannot read the config file: {source}", path.display())]
-    Read { path: PathBuf, source: std::io::Error },
-    /// TOML syntax, an unknown key, or a value of the wrong type or out of range.
-    #[error("{}", place(file, Some(*line), key, message))]
-    Parse { file: String, line: usize, key: String, message: String },
-    /// Values that are fine alone but not together (duplicate names, a missing `path`).
-    #[error("{}", place(file, *line, key, message))]
-    Invalid { file: String, line: Option<usize>, key: String, message: String },
-    /// A `BERTH_*` variable that is malformed or whose value is invalid.
-    #[error("environment variable {var}: {}", keyed(key, message))]
-    Env { var: String, key: String, message: String },
-}
-
 fn pairs(env: &[(String, String)]) -> impl Iterator<Item = (&str, &str)> {
     env.iter().map(|(k, v)| (k.as_str(), v.as_str()))
-}
-
-fn keyed(key: &str, message: &str) -> String {
-    if key.is_empty() {
-        message.to_string()
-    } else {
-        format!("{key}: {message}")
-    }
-}
-
-fn place(file: &str, line: Option<usize>, key: &str, message: &str) -> String {
-    match line {
-        Some(line) => format!("{file}: line {line}: {}", keyed(key, message)),
-        None => format!("{file}: {}", keyed(key, message)),
-    }
 }
 
 impl Config {
@@ -352,70 +203,6 @@ impl Config {
     }
 }
 
-/// What error reporting needs to turn a span into a place.
-struct Ctx<'a> {
-    file: &'a str,
-    text: &'a str,
-    overrides: &'a [env::Override],
-    bases: Vec<usize>,
-    /// The document after overrides, kept to name the key an error span falls in.
-    tree: DeValue<'a>,
-}
-
-impl Ctx<'_> {
-    fn error(
-        &self,
-        span: Range<usize>,
-        key: String,
-        message: String,
-        invalid: bool,
-    ) -> ConfigError {
-        let file = self.file.to_string();
-        match env::origin(self.text, self.overrides, &self.bases, span.start) {
-            env::Origin::Line(line) if invalid => {
-                ConfigError::Invalid { file, line: Some(line), key, message }
-            }
-            env::Origin::Line(line) => ConfigError::Parse { file, line, key, message },
-            env::Origin::Env(o) => ConfigError::Env { var: o.var.clone(), key, message },
-        }
-    }
-
-    /// "line 7" or "BERTH_SINK__0__NAME".
-    fn describe(&self, span: Range<usize>) -> String {
-        match env::origin(self.text, self.overrides, &self.bases, span.start) {
-            env::Origin::Line(line) => format!("line {line}"),
-            env::Origin::Env(o) => o.var.clone(),
-        }
-    }
-
-    /// Rephrase serde's messages in the file's vocabulary ("key", not "field") and attach
-    /// the key path the span falls in.
-    fn deserialize_error(&self, e: &toml::de::Error) -> ConfigError {
-        let span = e.span().unwrap_or(0..0);
-        let (mut path, on_key) = env::key_at(&self.tree, &span);
-        let mut message = e.message().to_string();
-        if let Some((name, tail)) =
-            message.strip_prefix("unknown field `").and_then(|r| r.split_once('`'))
-        {
-            if on_key {
-                path.pop();
-            }
-            let expected = tail.strip_prefix(", ").map(|t| format!(" ({t})")).unwrap_or_default();
-            message = format!("unknown key \"{name}\"{expected}");
-        } else if let Some((name, _)) =
-            message.strip_prefix("missing field `").and_then(|r| r.split_once('`'))
-        {
-            message = format!("missing key \"{name}\"");
-        }
-        let message = message.replace('`', "\"");
-        self.error(span, env::render_path(&path), message, false)
-    }
-}
-
-fn line_of(text: &str, at: usize) -> usize {
-    1 + text.as_bytes()[..at.min(text.len())].iter().filter(|&&b| b == b'\n').count()
-}
-
 fn parse(text: &str, file: &str, overrides: &[env::Override]) -> Result<Config, ConfigError> {
     let doc = DeTable::parse(text).map_err(|e| ConfigError::Parse {
         file: file.to_string(),
@@ -434,7 +221,7 @@ fn parse(text: &str, file: &str, overrides: &[env::Override]) -> Result<Config, 
         })?;
     }
     let ctx = Ctx { file, text, overrides, bases, tree: root.get_ref().clone() };
-    let DeValue::Table(table) = root.into_inner() else {
+    let DeValue::Table(mut table) = root.into_inner() else {
         return Err(ConfigError::Invalid {
             file: file.to_string(),
             line: None,
@@ -442,214 +229,50 @@ fn parse(text: &str, file: &str, overrides: &[env::Override]) -> Result<Config, 
             message: "the document is not a table".to_string(),
         });
     };
+    // `[[sink]]` tables are read one by one, by type (see `sink`).
+    let sinks = table.remove("sink");
     let raw = RawConfig::deserialize(toml::de::Deserializer::from(Spanned::new(root_span, table)))
         .map_err(|e| ctx.deserialize_error(&e))?;
-    build(raw, &ctx)
-}
-
-fn host_name() -> String {
-    let name = gethostname::gethostname().to_string_lossy().into_owned();
-    if name.is_empty() {
-        "localhost".to_string()
-    } else {
-        name
-    }
+    let sinks = match sinks {
+        None => Vec::new(),
+        Some(v) => {
+            let span = v.span();
+            let DeValue::Array(items) = v.into_inner() else {
+                let message = "invalid type: expected an array of tables ([[sink]])".to_string();
+                return Err(ctx.error(span, "sink".to_string(), message, false));
+            };
+            let mut sinks = Vec::with_capacity(items.len());
+            for (i, item) in items.into_iter().enumerate() {
+                sinks.push(sink::read(i, item, &ctx)?);
+            }
+            sinks
+        }
+    };
+    build(raw, sinks, &ctx)
 }
 
 /// The checks that involve several values, then the conversion to the public types.
-fn build(raw: RawConfig, ctx: &Ctx<'_>) -> Result<Config, ConfigError> {
-    let f = raw.input.forward;
-    if let Some(first) = f.users.first() {
-        if f.shared_key.is_empty() {
-            return Err(ctx.error(
-                first.span(),
-                "input.forward.user".to_string(),
-                "user authentication needs a shared_key (the handshake only happens when shared_key is set)"
-                    .to_string(),
-                true,
-            ));
-        }
-    }
-    let mut users: Vec<UserConfig> = Vec::with_capacity(f.users.len());
-    for (i, u) in f.users.into_iter().enumerate() {
-        let u = u.into_inner();
-        let key = format!("input.forward.user[{i}].username");
-        if u.username.get_ref().is_empty() {
-            return Err(ctx.error(u.username.span(), key, "must not be empty".to_string(), true));
-        }
-        if users.iter().any(|x| x.username == *u.username.get_ref()) {
-            let message = format!("duplicate user name {:?}", u.username.get_ref());
-            return Err(ctx.error(u.username.span(), key, message, true));
-        }
-        users.push(UserConfig { username: u.username.into_inner(), password: u.password });
-    }
+fn build(
+    raw: RawConfig,
+    sinks: Vec<(Range<usize>, sink::RawSink)>,
+    ctx: &Ctx<'_>,
+) -> Result<Config, ConfigError> {
+    let input = forward::build(raw.input, ctx)?;
+    let sinks = sink::build(sinks, ctx)?;
 
-    if raw.sink.is_empty() {
-        return Err(ConfigError::Invalid {
-            file: ctx.file.to_string(),
-            line: None,
-            key: "sink".to_string(),
-            message: "no sink configured (add a [[sink]] table)".to_string(),
-        });
-    }
-    let mut sinks = Vec::with_capacity(raw.sink.len());
-    let mut seen: Vec<(String, Range<usize>)> = Vec::new();
-    for (i, s) in raw.sink.into_iter().enumerate() {
-        let table_span = s.span();
-        let s = s.into_inner();
-        let name_span = s.name.span();
-        let name = s.name.get_ref().clone();
-        if name.is_empty() {
-            return Err(ctx.error(
-                name_span,
-                format!("sink[{i}].name"),
-                "must not be empty".to_string(),
-                true,
-            ));
-        }
-        if !crate::buffer::cursor::valid_sink_name(&name) {
-            return Err(ctx.error(
-                name_span,
-                format!("sink[{i}].name"),
-                format!("{name:?}: use letters, digits, '_', '-' and '.', at most 128 (it names the sink's cursor file)"),
-                true,
-            ));
-        }
-        if let Some((_, first)) = seen.iter().find(|(n, _)| *n == name) {
-            let message = format!(
-                "duplicate sink name {name:?} (first used on {})",
-                ctx.describe(first.clone())
-            );
-            return Err(ctx.error(name_span, format!("sink[{i}].name"), message, true));
-        }
-        seen.push((name.clone(), name_span));
-        let format = s.format.as_ref().map_or(Format::Json, |f| *f.get_ref());
-        if !matches!(s.kind, SinkType::Elasticsearch | SinkType::CloudwatchLogs) {
-            elasticsearch::reject_keys(&s, i, ctx)?;
-        }
-        if s.kind != SinkType::CloudwatchLogs {
-            cloudwatch::reject_keys(&s, i, ctx)?;
-        }
-        let kind = match s.kind {
-            SinkType::Stdout => {
-                reject_path(&s.path, s.kind, i, ctx)?;
-                SinkKind::Stdout { format }
-            }
-            SinkType::File => match s.path {
-                None => {
-                    let message =
-                        "missing key \"path\" (sinks of type \"file\" need one)".to_string();
-                    return Err(ctx.error(table_span, format!("sink[{i}]"), message, true));
-                }
-                Some(p) if p.get_ref().is_empty() => {
-                    return Err(ctx.error(
-                        p.span(),
-                        format!("sink[{i}].path"),
-                        "must not be empty".to_string(),
-                        true,
-                    ));
-                }
-                Some(p) => SinkKind::File { path: p.into_inner(), format },
-            },
-            SinkType::Null => {
-                reject_path(&s.path, s.kind, i, ctx)?;
-                if let Some(f) = &s.format {
-                    let message = "sinks of type \"null\" have no format".to_string();
-                    return Err(ctx.error(f.span(), format!("sink[{i}].format"), message, true));
-                }
-                SinkKind::Null
-            }
-            SinkType::Elasticsearch => SinkKind::Elasticsearch(Box::new(elasticsearch::build(
-                &s, &name, i, table_span, ctx,
-            )?)),
-            SinkType::CloudwatchLogs => {
-                SinkKind::CloudWatchLogs(Box::new(cloudwatch::build(&s, &name, i, ctx)?))
-            }
-        };
-        sinks.push(SinkConfig { name, match_: s.pattern.0, kind });
-    }
-
-    // The buffer frees space only by deleting sealed segments: it needs room for two.
-    let (seg, max) = (&raw.buffer.segment_size, &raw.buffer.max_size);
-    if seg.get_ref().0 == 0 || seg.get_ref().0 > max.get_ref().0 / 2 {
-        // Point at whichever of the two the file (or environment) set.
-        let (span, key) = if seg.span().is_empty() {
-            (max.span(), "buffer.max_size")
-        } else {
-            (seg.span(), "buffer.segment_size")
-        };
-        return Err(ctx.error(
-            span,
-            key.into(),
-            format!(
-                "buffer.segment_size ({}) must be more than 0 and at most half of buffer.max_size ({})",
-                format_size(seg.get_ref().0),
-                format_size(max.get_ref().0)
-            ),
-            true,
-        ));
-    }
-    if raw.buffer.sync_interval.get_ref().0.is_zero() {
-        return Err(ctx.error(
-            raw.buffer.sync_interval.span(),
-            "buffer.sync_interval".into(),
-            "must be more than 0s".into(),
-            true,
-        ));
-    }
-
+    let buffer = buffer::build(raw.buffer, ctx)?;
     let enrich = enrich::build(raw.enrich, ctx)?;
 
     Ok(Config {
         enrich,
-        input: InputConfig {
-            forward: ForwardConfig {
-                listen: f.listen,
-                socket_mode: f.socket_mode.0,
-                shared_key: f.shared_key,
-                self_hostname: if f.self_hostname.is_empty() {
-                    host_name()
-                } else {
-                    f.self_hostname
-                },
-                // Bounded by 1 GiB when read, so it fits any usize we build for.
-                max_message_size: usize::try_from(f.max_message_size.0).unwrap_or(usize::MAX),
-                max_connections: f.max_connections,
-                idle_timeout: f.idle_timeout.0,
-                users,
-            },
-        },
+        input,
         admin: AdminConfig { listen: raw.admin.listen.0 },
-        buffer: BufferConfig {
-            path: raw.buffer.path,
-            max_size: raw.buffer.max_size.get_ref().0,
-            segment_size: raw.buffer.segment_size.get_ref().0,
-            sync: raw.buffer.sync,
-            sync_interval: raw.buffer.sync_interval.get_ref().0,
-            when_full: raw.buffer.when_full,
-        },
+        buffer,
         shutdown: ShutdownConfig { grace_period: raw.shutdown.grace_period.0 },
         sinks,
         source: ctx.file.to_string(),
         overrides: ctx.overrides.iter().map(|o| o.var.clone()).collect(),
     })
-}
-
-fn reject_path(
-    path: &Option<Spanned<String>>,
-    kind: SinkType,
-    i: usize,
-    ctx: &Ctx<'_>,
-) -> Result<(), ConfigError> {
-    match path {
-        Some(p) => Err(ctx.error(
-            p.span(),
-            format!("sink[{i}].path"),
-            format!("only sinks of type \"file\" have a path (this one is \"{kind}\")"),
-            true,
-        )),
-        None => Ok(()),
-    }
 }
 
 fn redact(secret: &str) -> String {
@@ -662,100 +285,14 @@ fn redact(secret: &str) -> String {
 
 /// The public config back in the file's shape, secrets redacted, for printing.
 fn to_raw(c: &Config) -> RawConfig {
-    let f = &c.input.forward;
-    let none = 0..0;
     RawConfig {
-        input: raw::RawInput {
-            forward: raw::RawForward {
-                listen: f.listen.clone(),
-                socket_mode: raw::Mode(f.socket_mode),
-                shared_key: redact(&f.shared_key),
-                self_hostname: f.self_hostname.clone(),
-                max_message_size: raw::Size(f.max_message_size as u64),
-                max_connections: f.max_connections,
-                idle_timeout: raw::Dur(f.idle_timeout),
-                users: f
-                    .users
-                    .iter()
-                    .map(|u| {
-                        let user = raw::RawUser {
-                            username: Spanned::new(none.clone(), u.username.clone()),
-                            password: redact(&u.password),
-                        };
-                        Spanned::new(none.clone(), user)
-                    })
-                    .collect(),
-            },
-        },
-        admin: raw::RawAdmin { listen: raw::AdminListen(c.admin.listen) },
-        buffer: raw::RawBuffer {
-            path: c.buffer.path.clone(),
-            max_size: Spanned::new(none.clone(), raw::Size(c.buffer.max_size)),
-            segment_size: Spanned::new(none.clone(), raw::Size(c.buffer.segment_size)),
-            sync: c.buffer.sync,
-            sync_interval: Spanned::new(none.clone(), raw::Dur(c.buffer.sync_interval)),
-            when_full: c.buffer.when_full,
-        },
-        shutdown: raw::RawShutdown { grace_period: raw::Dur(c.shutdown.grace_period) },
+        input: forward::to_raw(&c.input),
+        admin: raw::RawAdmin { listen: values::AdminListen(c.admin.listen) },
+        buffer: buffer::to_raw(&c.buffer),
+        shutdown: raw::RawShutdown { grace_period: values::Dur(c.shutdown.grace_period) },
         enrich: enrich::to_raw(&c.enrich),
-        sink: c
-            .sinks
-            .iter()
-            .map(|s| {
-                let (kind, format, path) = match &s.kind {
-                    SinkKind::Stdout { format } => (SinkType::Stdout, Some(*format), None),
-                    SinkKind::File { path, format } => {
-                        (SinkType::File, Some(*format), Some(path.clone()))
-                    }
-                    SinkKind::Null => (SinkType::Null, None, None),
-                    SinkKind::Elasticsearch(_) => (SinkType::Elasticsearch, None, None),
-                    SinkKind::CloudWatchLogs(_) => (SinkType::CloudwatchLogs, None, None),
-                };
-                let mut sink = RawSink {
-                    name: Spanned::new(none.clone(), s.name.clone()),
-                    kind,
-                    pattern: raw::Pattern(s.match_.clone()),
-                    format: format.map(|f| Spanned::new(none.clone(), f)),
-                    path: path.map(|p| Spanned::new(none.clone(), p)),
-                    endpoints: None,
-                    index: None,
-                    index_fallback: None,
-                    action: None,
-                    id: None,
-                    pipeline: None,
-                    timestamp_key: None,
-                    tag_key: None,
-                    compression: None,
-                    batch_max_bytes: None,
-                    batch_max_records: None,
-                    flush_interval: None,
-                    concurrency: None,
-                    timeout: None,
-                    max_retry_duration: None,
-                    dead_letter_path: None,
-                    auth: None,
-                    tls: None,
-                    region: None,
-                    endpoint_url: None,
-                    log_group: None,
-                    log_stream: None,
-                    message_key: None,
-                    create_missing_group: None,
-                    create_missing_stream: None,
-                    retention_days: None,
-                    log_group_class: None,
-                    kms_key_id: None,
-                    role_arn: None,
-                    max_event_size: None,
-                };
-                match &s.kind {
-                    SinkKind::Elasticsearch(es) => elasticsearch::to_raw(es, &mut sink),
-                    SinkKind::CloudWatchLogs(cw) => cloudwatch::to_raw(cw, &mut sink),
-                    _ => {}
-                }
-                Spanned::new(none.clone(), sink)
-            })
-            .collect(),
+        sink_keys: serde::de::IgnoredAny,
+        sink: c.sinks.iter().map(sink::to_raw).collect(),
     }
 }
 

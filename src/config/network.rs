@@ -2,16 +2,40 @@
 //! way for both: `flush_interval`, `concurrency`, `timeout`, `max_retry_duration`,
 //! `dead_letter_path`; and what an endpoint URL must look like.
 
-use super::raw::RawSink;
+use super::values::{Dur, LimitDur};
 use super::{ConfigError, Ctx};
+use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 use std::time::Duration;
+use toml::Spanned;
 
 pub const DEFAULT_FLUSH_INTERVAL: Duration = Duration::from_secs(1);
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_CONCURRENCY: usize = 4;
 /// More requests in flight than this only queue on the other side.
 pub const MAX_CONCURRENCY: usize = 64;
+
+/// The shared keys as written, flattened into the table of each network sink.
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawNetwork {
+    /// How long to wait for more events before sending a request that is not full.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flush_interval: Option<Spanned<Dur>>,
+    /// Requests in flight at once, 1 to 64.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrency: Option<Spanned<i64>>,
+    /// Timeout of each request; a timed-out request is retried.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<Spanned<Dur>>,
+    /// How long a request is retried before its events go to the dead-letter file; `""` or
+    /// `"0s"`: for ever.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_retry_duration: Option<Spanned<LimitDur>>,
+    /// JSON lines file for the events that can never be delivered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dead_letter_path: Option<Spanned<String>>,
+}
 
 /// The shared keys, checked.
 #[derive(Debug, Clone)]
@@ -26,7 +50,7 @@ pub(super) struct NetworkKeys {
 }
 
 pub(super) fn network_keys(
-    s: &RawSink,
+    s: &RawNetwork,
     name: &str,
     i: usize,
     ctx: &Ctx<'_>,
@@ -91,21 +115,16 @@ pub(super) fn is_http_url(u: &str) -> bool {
     host.is_some_and(|h| !h.is_empty() && !h.starts_with('/') && !h.contains(char::is_whitespace))
 }
 
-/// A key only sinks of type `owner` have, found on a sink of another type: an error.
-pub(super) fn reject_foreign(
-    found: Option<(&'static str, std::ops::Range<usize>)>,
-    owner: &str,
-    s: &RawSink,
-    i: usize,
-    ctx: &Ctx<'_>,
-) -> Result<(), ConfigError> {
-    match found {
-        Some((key, span)) => Err(ctx.error(
-            span,
-            format!("sink[{i}].{key}"),
-            format!("only sinks of type \"{owner}\" have {key} (this one is \"{}\")", s.kind),
-            true,
-        )),
-        None => Ok(()),
+/// The checked keys back in the file's shape.
+pub(super) fn to_raw(n: &NetworkKeys) -> RawNetwork {
+    fn sp<T>(v: T) -> Option<Spanned<T>> {
+        Some(Spanned::new(0..0, v))
+    }
+    RawNetwork {
+        flush_interval: sp(Dur(n.flush_interval)),
+        concurrency: sp(n.concurrency as i64),
+        timeout: sp(Dur(n.timeout)),
+        max_retry_duration: sp(LimitDur(n.max_retry_duration.unwrap_or(Duration::ZERO))),
+        dead_letter_path: sp(n.dead_letter_path.display().to_string()),
     }
 }

@@ -645,9 +645,9 @@ fn cloudwatch_example_loads_with_its_defaults() {
     let SinkKind::CloudWatchLogs(cw) = &c.sinks[0].kind else { panic!("{:?}", c.sinks[0].kind) };
     assert_eq!(
         (
-            cw.region.as_deref(),
+            cw.aws.region.as_deref(),
             cw.endpoint_url.as_deref(),
-            cw.role_arn.as_deref(),
+            cw.aws.role_arn.as_deref(),
             cw.kms_key_id.as_deref()
         ),
         (None, None, None, None)
@@ -706,5 +706,113 @@ fn cloudwatch_errors_name_line_and_key() {
     assert!(
         e.contains("sink[0].region: only sinks of type \"cloudwatch_logs\" have region"),
         "{e}"
+    );
+}
+
+// --- AWS region and credentials ---------------------------------------------------------
+
+#[test]
+fn cloudwatch_external_id_is_carried_with_role_arn() {
+    let c = load("[[sink]]\nname = \"cw\"\ntype = \"cloudwatch_logs\"\nregion = \"eu-west-1\"\nrole_arn = \"arn:aws:iam::123456789012:role/logs\"\nexternal_id = \"ext-1\"\n").unwrap();
+    let SinkKind::CloudWatchLogs(cw) = &c.sinks[0].kind else { panic!("{:?}", c.sinks[0].kind) };
+    let want = AwsAuth {
+        region: Some("eu-west-1".into()),
+        role_arn: Some("arn:aws:iam::123456789012:role/logs".into()),
+        external_id: Some("ext-1".into()),
+    };
+    assert_eq!(cw.aws, want);
+    // Printed and loaded again: the same.
+    let again = load(&c.to_redacted_toml()).unwrap();
+    let SinkKind::CloudWatchLogs(cw) = &again.sinks[0].kind else { panic!() };
+    assert_eq!(cw.aws, want);
+    // On a sink of another type it is a cloudwatch_logs key, like region.
+    let e = err("[[sink]]\nname = \"s\"\ntype = \"stdout\"\nexternal_id = \"x\"\n");
+    assert!(e.contains("line 4: sink[0].external_id: only sinks of type \"cloudwatch_logs\" have external_id (this one is \"stdout\")"), "{e}");
+}
+
+#[test]
+fn aws_keys_are_checked_the_same_way_in_both_sinks() {
+    let cw = "[[sink]]\nname = \"cw\"\ntype = \"cloudwatch_logs\"\n";
+    let es = "[[sink]]\nname = \"es\"\ntype = \"elasticsearch\"\nendpoints = [\"http://h\"]\nindex = \"i\"\n[sink.auth]\ntype = \"aws_sigv4\"\n";
+    for (text, want) in [
+        (format!("{cw}external_id = \"x\"\n"), "line 4: sink[0].external_id: external_id needs role_arn"),
+        (format!("{cw}role_arn = \"\"\nexternal_id = \"x\"\n"), "line 5: sink[0].external_id: external_id needs role_arn"),
+        (format!("{es}external_id = \"x\"\n"), "line 8: sink[0].auth.external_id: external_id needs role_arn"),
+        (format!("{cw}role_arn = \"logs\"\n"), "line 4: sink[0].role_arn: \"logs\" is not a role ARN (arn:aws:iam::<account>:role/<name>)"),
+        (format!("{es}role_arn = \"logs\"\n"), "line 8: sink[0].auth.role_arn: \"logs\" is not a role ARN (arn:aws:iam::<account>:role/<name>)"),
+    ] {
+        let e = err(&text);
+        assert!(e.starts_with(FILE) && e.contains(want), "for:\n{text}\nwant: {want}\n got: {e}");
+    }
+    // Empty is absent, in both.
+    let c = load(&format!("{cw}region = \"\"\nrole_arn = \"\"\nexternal_id = \"\"\n")).unwrap();
+    let SinkKind::CloudWatchLogs(c) = &c.sinks[0].kind else { panic!() };
+    assert_eq!(c.aws, AwsAuth::default());
+    let c = load(&format!("{es}region = \"\"\nrole_arn = \"\"\nexternal_id = \"\"\n")).unwrap();
+    let SinkKind::Elasticsearch(c) = &c.sinks[0].kind else { panic!() };
+    assert_eq!(
+        c.auth,
+        EsAuth::AwsSigV4(SigV4Auth { aws: AwsAuth::default(), service: SigV4Service::Es })
+    );
+}
+
+// --- one struct per sink type -----------------------------------------------------------
+
+#[test]
+fn sink_keys_come_from_their_type() {
+    // An unknown key lists the keys of this sink's type only.
+    let e = err("[[sink]]\nname = \"a\"\ntype = \"stdout\"\ncolor = true\n");
+    assert!(
+        e.contains("line 4: sink[0]: unknown key \"color\" (expected one of \"name\", \"type\", \"match\", \"format\")"),
+        "{e}"
+    );
+    let e = err("[[sink]]\nname = \"a\"\ntype = \"null\"\ncolor = true\n");
+    assert!(
+        e.contains("line 4: sink[0]: unknown key \"color\" (expected one of \"name\", \"type\", \"match\")"),
+        "{e}"
+    );
+    // In a table with keys flattened into it, the list has them too.
+    let e = err("[[sink]]\nname = \"s\"\ntype = \"elasticsearch\"\nendpoints = [\"http://h\"]\nindex = \"i\"\n[sink.auth]\ntype = \"aws_sigv4\"\nregoin = \"x\"\n");
+    assert!(
+        e.contains("line 8: sink[0].auth: unknown key \"regoin\" (expected one of \"type\", \"username\", \"password\", \"service\", \"region\", \"role_arn\", \"external_id\")"),
+        "{e}"
+    );
+    // A key of another type, and the value of one, on each side.
+    for (text, want) in [
+        ("[[sink]]\nname = \"s\"\ntype = \"elasticsearch\"\nendpoints = [\"http://x\"]\nindex = \"i\"\nexternal_id = \"x\"\n", "line 6: sink[0].external_id: only sinks of type \"cloudwatch_logs\" have external_id (this one is \"elasticsearch\")"),
+        ("[[sink]]\nname = \"s\"\ntype = \"cloudwatch_logs\"\nauth = { type = \"none\" }\n", "line 4: sink[0].auth: only sinks of type \"elasticsearch\" have auth (cloudwatch_logs sinks share only flush_interval, concurrency, timeout, max_retry_duration, dead_letter_path)"),
+        ("[[sink]]\nname = \"s\"\ntype = \"null\"\nconcurrency = 2\n", "line 4: sink[0].concurrency: only sinks of type \"elasticsearch\" have concurrency (this one is \"null\")"),
+        ("[[sink]]\nname = \"s\"\ntype = \"stdout\"\nconcurrency = \"x\"\n", "line 4: sink[0].concurrency: invalid type: string \"x\", expected i64"),
+        ("[[sink]]\nname = \"s\"\ntype = \"cloudwatch_logs\"\nregion = 5\n", "line 4: sink[0].region: invalid type: integer \"5\", expected a string"),
+        ("sink = 1\n", "line 1: sink: invalid type: expected an array of tables ([[sink]])"),
+    ] {
+        let e = err(text);
+        assert!(e.starts_with(FILE) && e.contains(want), "for:\n{text}\nwant: {want}\n got: {e}");
+    }
+}
+
+#[test]
+fn env_overrides_reach_the_per_type_keys() {
+    let c = load_env(
+        "[[sink]]\nname = \"cw\"\ntype = \"cloudwatch_logs\"\n",
+        &[
+            ("BERTH_SINK__0__REGION", "eu-west-1"),
+            ("BERTH_SINK__0__ROLE_ARN", "arn:aws:iam::123456789012:role/logs"),
+            ("BERTH_SINK__0__EXTERNAL_ID", "ext-1"),
+            ("BERTH_SINK__0__CONCURRENCY", "2"),
+        ],
+    )
+    .unwrap();
+    let SinkKind::CloudWatchLogs(cw) = &c.sinks[0].kind else { panic!() };
+    assert_eq!(cw.aws.region.as_deref(), Some("eu-west-1"));
+    assert_eq!(cw.aws.external_id.as_deref(), Some("ext-1"));
+    assert_eq!(cw.concurrency, 2);
+    let e = env_err(
+        "[[sink]]\nname = \"cw\"\ntype = \"cloudwatch_logs\"\n",
+        &[("BERTH_SINK__0__ROLE_ARN", "logs")],
+    );
+    assert_eq!(
+        e,
+        "environment variable BERTH_SINK__0__ROLE_ARN: sink[0].role_arn: \"logs\" is not a role ARN (arn:aws:iam::<account>:role/<name>)"
     );
 }

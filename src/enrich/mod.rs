@@ -34,6 +34,9 @@ use std::ops::Range;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
+// The config refuses more added keys than one pre-encoded set holds.
+const _: () = assert!(record::MAX_PAIRS == crate::config::enrich::MAX_KEYS);
+
 const CONTAINER_ID: &[u8] = b"container_id";
 const CONTAINER_NAME: &[u8] = b"container_name";
 

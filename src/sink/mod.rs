@@ -10,7 +10,9 @@ pub mod json;
 pub mod null;
 pub mod retry;
 pub mod stdout;
-pub mod template;
+// Name templates moved to the crate root (config parses them, and config must not depend
+// on the sinks); the old path stays so that the sinks' imports read as before.
+pub use crate::template;
 
 use crate::config::{SinkConfig, SinkKind};
 use crate::metrics::Metrics;

@@ -36,6 +36,8 @@ pub const MAX_BATCH_EVENTS: usize = 10_000;
 /// (PutLogEvents' reference, 2026; it said 256 KB before, and `max_event_size` can still
 /// say so). With the overhead it then fills a batch alone.
 pub const MAX_EVENT_BYTES: usize = MAX_BATCH_BYTES;
+// The config checks `max_event_size` against its own copy of the limit.
+const _: () = assert!(MAX_EVENT_BYTES == crate::config::cloudwatch::MAX_EVENT_SIZE);
 /// Room kept in each part of a split event for its `[berth part i/n] ` marker.
 const MARKER_ROOM: usize = 48;
 /// The time span of one batch is kept under this (milliseconds).

@@ -10,7 +10,6 @@ use super::{classify, Failure, RejectedInfo};
 use crate::aws::{Aws, AwsError};
 use crate::backoff::Backoff;
 use crate::config::cloudwatch::CloudWatchConfig;
-use crate::config::AwsAuth;
 use crate::metrics::{Metrics, SinkLabel, SinkReasonLabel};
 use crate::pipeline::Delivery;
 use crate::sink::batch::{Gather, Limits, MaxWait};
@@ -139,9 +138,7 @@ fn gather(cfg: &CloudWatchConfig) -> Gather {
 /// `role_arn`, `external_id`: see `crate::aws`). The SDK's own retries are off: retries are
 /// this sink's, counted and backed off with jitter per batch.
 async fn client(cfg: &CloudWatchConfig, aws: &Aws) -> Result<cwl::Client, AwsError> {
-    let keys =
-        AwsAuth { region: cfg.region.clone(), role_arn: cfg.role_arn.clone(), external_id: None };
-    let loaded = aws.load(&keys).await?;
+    let loaded = aws.load(&cfg.aws).await?;
     let mut b = cwl::config::Builder::from(loaded.sdk())
         .retry_config(cwl::config::retry::RetryConfig::disabled())
         .timeout_config(

@@ -8,7 +8,6 @@
 use super::sigv4::{SigV4Error, Signer};
 use crate::aws::Aws;
 use crate::config::elasticsearch::{ElasticsearchConfig, EsAuth};
-use crate::config::AwsAuth;
 pub use crate::error::describe;
 use crate::sink::retry::parse_retry_after;
 use bytes::Bytes;
@@ -81,12 +80,7 @@ impl BulkClient {
         let http = b.build().map_err(|e| ClientError::Build(e.to_string()))?;
         let signer = match &cfg.auth {
             EsAuth::AwsSigV4(a) => {
-                let keys = AwsAuth {
-                    region: a.region.clone(),
-                    role_arn: a.role_arn.clone(),
-                    external_id: a.external_id.clone(),
-                };
-                let loaded = aws.load(&keys).await.map_err(SigV4Error::from)?;
+                let loaded = aws.load(&a.aws).await.map_err(SigV4Error::from)?;
                 Some(Signer::new(&loaded, a.service))
             }
             EsAuth::None | EsAuth::Basic { .. } => None,

@@ -23,72 +23,8 @@ use crate::sink::json::{write_record_json, write_rfc3339, JsonError};
 use crate::sink::template::{has_keys, IndexTemplate};
 use std::ops::Range;
 
-/// The bulk action of every item.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BulkAction {
-    /// Fails with 409 if the `_id` exists: with stable ids, exactly-once. Data streams
-    /// accept only `create`.
-    Create,
-    /// Overwrites a document with the same `_id`.
-    Index,
-}
-
-impl BulkAction {
-    fn name(self) -> &'static str {
-        match self {
-            BulkAction::Create => "create",
-            BulkAction::Index => "index",
-        }
-    }
-}
-
-/// Where `_id` comes from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum IdMode {
-    /// `{instance_id:016x}-{offset:x}`: the buffer's identity of the event.
-    Stable,
-    /// No `_id`: the cluster assigns one (required by OpenSearch Serverless time series).
-    None,
-}
-
-/// What the body looks like and where batches are cut.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct EncodeOptions {
-    pub action: BulkAction,
-    pub id: IdMode,
-    /// Ingest pipeline; empty for none.
-    pub pipeline: String,
-    /// Key of the event time added to each document (RFC 3339, ns).
-    pub timestamp_key: String,
-    /// Key of the Fluentd tag added to each document; empty to leave the tag out.
-    pub tag_key: String,
-    /// A body is cut before the item that would make it larger than this (a single item
-    /// larger than this is sent alone: the server's 413 then decides).
-    pub batch_max_bytes: usize,
-    /// Items per body at most.
-    pub batch_max_records: usize,
-}
-
-impl Default for EncodeOptions {
-    fn default() -> Self {
-        EncodeOptions {
-            action: BulkAction::Create,
-            id: IdMode::Stable,
-            pipeline: String::new(),
-            timestamp_key: "@timestamp".into(),
-            tag_key: "tag".into(),
-            batch_max_bytes: 5 << 20,
-            batch_max_records: 5000,
-        }
-    }
-}
-
-impl EncodeOptions {
-    /// True when a 409 on an item means "already delivered": `create` with stable ids.
-    pub fn conflict_means_delivered(&self) -> bool {
-        self.action == BulkAction::Create && self.id == IdMode::Stable
-    }
-}
+// The options are plain config data, owned (and checked) by the config.
+pub use crate::config::elasticsearch::{BulkAction, EncodeOptions, IdMode};
 
 /// One event in a body: its buffer offset and its two lines' bytes.
 #[derive(Debug, Clone, PartialEq, Eq)]
