@@ -13,6 +13,19 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
+/// How far before a (re)connection's list the events are replayed from: Docker's `since`
+/// has whole-second precision in older engines, and the list's own time is not known.
+const REPLAY: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// The `since` of the events request: [`REPLAY`] before `now`, in Unix seconds.
+pub(super) fn replay_from(now: std::time::SystemTime) -> String {
+    let secs = now
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+        .saturating_sub(REPLAY.as_secs());
+    secs.to_string()
+}
+
 /// The events a subscriber may need: a container appears, changes name, stops, goes.
 const EVENTS: [&str; 4] = ["start", "die", "destroy", "rename"];
 
@@ -41,8 +54,16 @@ impl Engine {
             let mut filters = HashMap::new();
             filters.insert("type".to_string(), vec!["container".to_string()]);
             filters.insert("event".to_string(), EVENTS.iter().map(|s| s.to_string()).collect());
-            let mut events =
-                client.events(Some(EventsOptions { filters: Some(filters), ..Default::default() }));
+            // bollard sends the events request only when the stream is first read, after the
+            // list: events in between would be missed. Asking for the events since just before
+            // the list closes that gap (Docker replays them); replaying a few the list already
+            // reflects is harmless, as every change is applied from a fresh lookup.
+            let since = replay_from(std::time::SystemTime::now());
+            let mut events = client.events(Some(EventsOptions {
+                since: Some(since),
+                filters: Some(filters),
+                ..Default::default()
+            }));
             self.set_connected(client.clone());
             tokio::select! {
                 _ = shutdown.cancelled() => return,

@@ -13,6 +13,9 @@ const EVENTS: &str = concat!(
     "\n"
 );
 
+/// The request lines of the events streams the fake served.
+static EVENTS_REQUESTS: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
 /// A fake engine on a Unix socket: the version, the list (all, or filtered by id), and an
 /// events stream that sends two events, then ends the first time and stays open after.
 /// Counts the events requests.
@@ -35,6 +38,7 @@ async fn fake_engine(dir: &std::path::Path) -> (String, Arc<AtomicUsize>) {
                 }
                 let line = String::from_utf8_lossy(&buf).lines().next().unwrap_or("").to_string();
                 if line.contains("/events") {
+                    EVENTS_REQUESTS.lock().unwrap().push(line.clone());
                     let first = n.fetch_add(1, Ordering::SeqCst) == 0;
                     let head = "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n\r\n";
                     let _ = s.write_all(format!("{head}{EVENTS}").as_bytes()).await;
@@ -126,6 +130,11 @@ async fn one_events_stream_and_one_list_for_every_subscriber() {
     assert_eq!(late.snapshot.listed, 2);
     assert_eq!(ids(&late.snapshot.containers), ["bbb", "ccc"], "the list, kept by the events");
     assert_eq!(streams.load(Ordering::SeqCst), 2, "one events stream per connection, shared");
+    let asked = EVENTS_REQUESTS.lock().unwrap().clone();
+    assert!(
+        asked.len() == 2 && asked.iter().all(|l| l.contains("since=")),
+        "every stream replays from before its list: {asked:?}"
+    );
     stop.cancel();
     task.await.unwrap();
 }
@@ -156,4 +165,11 @@ async fn unreachable_engine_fails_fast_and_retries_with_backoff() {
     ));
     stop.cancel();
     task.await.unwrap();
+}
+
+#[test]
+fn events_are_replayed_from_shortly_before_the_list() {
+    let t = std::time::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+    assert_eq!(super::events::replay_from(t), "1699999998");
+    assert_eq!(super::events::replay_from(std::time::UNIX_EPOCH), "0");
 }
