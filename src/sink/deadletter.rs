@@ -8,10 +8,11 @@
 //!  "error_type":"mapper_parsing_exception","reason":"failed to parse field [n]","record":{…}}
 //! ```
 
+use crate::calendar::write_rfc3339;
 use crate::event::{Event, Tag};
 use crate::metrics::{Metrics, SinkReasonLabel};
+use crate::msgpack::json::write_record_json;
 use crate::pipeline::Delivery;
-use crate::sink::json::{write_record_json, write_rfc3339};
 use crate::sink::retry::Backoff;
 use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};

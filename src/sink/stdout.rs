@@ -6,10 +6,10 @@
 //! never drops data and never acknowledges what it has not written; while it cannot write,
 //! its queue fills and the pipeline slows the inputs.
 
-use super::json::{write_batch_lines, BatchLines};
 use super::{SinkContext, SinkError};
 use crate::config::Format;
 use crate::metrics::{Metrics, SinkLabel};
+use crate::msgpack::json::{write_batch_lines, BatchLines};
 use crate::pipeline::{Delivery, SinkReader};
 use prometheus_client::metrics::counter::Counter;
 use std::io::{self, Write};
