@@ -518,11 +518,14 @@ impl<'a> Reader<'a> {
     pub fn skip(&mut self) -> Result<Range<usize>, Error> {
         let start = self.pos;
         let rest = self.buf.get(start..).unwrap_or_default();
-        // Strings and small scalars, what log records are mostly made of, are measured here;
-        // anything else by the header walk.
-        let n = match rest.first() {
-            Some(0x00..=0x7f | 0xe0..=0xff | 0xc0 | 0xc2 | 0xc3) => 1,
-            Some(&m @ 0xa0..=0xbf) => 1 + usize::from(m & 0x1f),
+        // Strings and small scalars, what log records are mostly made of, are measured here
+        // (enrichment's map walk halves in speed without the str8/str16 arms: Docker's
+        // `container_id` and `log` are str8); anything else by the header walk.
+        let n = match *rest {
+            [0x00..=0x7f | 0xe0..=0xff | 0xc0 | 0xc2 | 0xc3, ..] => 1,
+            [m @ 0xa0..=0xbf, ..] => 1 + usize::from(m & 0x1f),
+            [0xd9, n, ..] => 2 + usize::from(n),
+            [0xda, n0, n1, ..] => 3 + usize::from(u16::from_be_bytes([n0, n1])),
             _ => match value_len(rest, rest.len()) {
                 Ok(Extent::Complete(n)) => n,
                 Ok(Extent::Incomplete { .. }) | Err(Error::TooLarge { .. }) => {
