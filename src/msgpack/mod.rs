@@ -481,10 +481,28 @@ impl<'a> Reader<'a> {
     /// type.
     #[inline]
     pub fn str(&mut self) -> Result<Option<&'a [u8]>, Error> {
-        if Kind::of(self.peek()?) != Kind::Str {
-            return Ok(None);
-        }
-        Ok(self.str_or_bin()?.map(|(s, _)| s))
+        // Its own match rather than `str_or_bin`: enrichment reads every record's keys
+        // with it.
+        let len = match self.peek()? {
+            m @ 0xa0..=0xbf => {
+                self.pos += 1;
+                usize::from(m & 0x1f)
+            }
+            0xd9 => {
+                self.pos += 1;
+                usize::from(self.u8()?)
+            }
+            0xda => {
+                self.pos += 1;
+                usize::from(self.u16()?)
+            }
+            0xdb => {
+                self.pos += 1;
+                self.len32()?
+            }
+            _ => return Ok(None),
+        };
+        self.take(len).map(Some)
     }
 
     /// Consumes a `str` or `bin` and returns its body and whether it was a `str`; `None`
@@ -519,8 +537,8 @@ impl<'a> Reader<'a> {
         let start = self.pos;
         let rest = self.buf.get(start..).unwrap_or_default();
         // Strings and small scalars, what log records are mostly made of, are measured here
-        // (enrichment's map walk halves in speed without the str8/str16 arms: Docker's
-        // `container_id` and `log` are str8); anything else by the header walk.
+        // (str8 included: Docker's `container_id` and `log` are str8, and enrichment's map
+        // walk skips them for every record); anything else by the header walk.
         let n = match *rest {
             [0x00..=0x7f | 0xe0..=0xff | 0xc0 | 0xc2 | 0xc3, ..] => 1,
             [m @ 0xa0..=0xbf, ..] => 1 + usize::from(m & 0x1f),
