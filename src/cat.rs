@@ -646,7 +646,7 @@ pub fn parse_rfc3339(s: &str) -> Option<EventTime> {
     let (year, month, day) = (num(0..4)?, num(5..7)?, num(8..10)?);
     let (hour, minute, second) = (num(11..13)?, num(14..16)?, num(17..19)?);
     if !(1..=12).contains(&month)
-        || !(1..=days_in_month(year, month)).contains(&day)
+        || !(1..=crate::calendar::days_in_month(year, month)).contains(&day)
         || hour > 23
         || minute > 59
         || second > 60
@@ -685,19 +685,10 @@ pub fn parse_rfc3339(s: &str) -> Option<EventTime> {
         }
         _ => return None,
     };
-    let days = crate::event::days_from_civil(year, month, day);
+    let days = crate::calendar::days_from_civil(year, month, day);
     // A leap second (:60) is folded into the next second, as most systems do.
     let secs = days * 86_400 + hour * 3600 + minute * 60 + second - offset;
     Some(EventTime::new(secs, nanos))
-}
-
-fn days_in_month(year: i64, month: i64) -> i64 {
-    match month {
-        2 if (year % 4 == 0 && year % 100 != 0) || year % 400 == 0 => 29,
-        2 => 28,
-        4 | 6 | 9 | 11 => 30,
-        _ => 31,
-    }
 }
 
 #[cfg(test)]

@@ -27,18 +27,6 @@ impl EventTime {
     }
 }
 
-/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm); the
-/// inverse of the one `sink::json` uses to print RFC 3339.
-pub fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y.rem_euclid(400);
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
 /// A Fluentd tag: valid UTF-8, shared cheaply between the events of a request.
 #[derive(Clone, PartialEq, Eq, Hash)]
 pub struct Tag(Bytes);

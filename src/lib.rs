@@ -5,6 +5,7 @@
 //! ```text
 //! input       Forward over TCP / Unix sockets: listeners, one task per connection
 //!   │         forward:: the protocol as pure functions (frame walk, decode, handshake, acks)
+//!   │         msgpack:: the one msgpack reader every walker uses, and msgpack → JSON
 //!   │         enrich:: Docker / ECS / EC2 fields added to each record before it is stored
 //!   ▼
 //! pipeline    submit → buffer (acks to clients once durable); one SinkReader per sink,
@@ -24,6 +25,8 @@
 //!             imds:: the process's one IMDSv2 client (404 = absent)
 //!             shutdown:: the one shutdown sequence's tokens, tracker and bounded waits
 //!             backoff (every retry and reconnect loop), ratelimit (every repeated warning)
+//!             msgpack (the one reader of msgpack bytes, and the msgpack → JSON codec)
+//!             calendar (civil dates and RFC 3339 text for JSON, names and HTTP-dates)
 //! ```
 //!
 //! `app` wires them and owns the start and shutdown sequences; `main` only parses the
@@ -35,6 +38,7 @@ pub mod app;
 pub mod aws;
 pub mod backoff;
 pub mod buffer;
+pub mod calendar;
 pub mod capacity;
 pub mod cat;
 pub mod cli;
@@ -47,6 +51,7 @@ pub mod forward;
 pub mod imds;
 pub mod input;
 pub mod metrics;
+pub mod msgpack;
 pub mod pipeline;
 pub mod ratelimit;
 pub mod reassemble;

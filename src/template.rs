@@ -17,7 +17,9 @@
 //! - forbidden characters in field values become `_` (`forbidden_chars_become_underscore`);
 //! - names longer than 255 bytes are cut at a character boundary (`long_names_are_cut`).
 
+use crate::calendar::DateTime;
 use crate::event::EventTime;
+use crate::msgpack::{Reader, Token};
 
 /// Elasticsearch's limit on an index name, in bytes.
 pub const MAX_INDEX_BYTES: usize = 255;
@@ -233,7 +235,7 @@ impl NameTemplate {
     ) -> bool {
         out.clear();
         let mut complete = true;
-        let date = Date::of(time);
+        let date = DateTime::from_unix(time.secs);
         for part in &self.parts {
             match part {
                 Part::Literal(s) => out.extend_from_slice(s.as_bytes()),
@@ -401,51 +403,23 @@ fn clean_ascii(b: u8) -> u8 {
     }
 }
 
-/// Civil UTC date parts of an event time.
-struct Date {
-    year: i64,
-    month: u32,
-    day: u32,
-    hour: u32,
-}
-
-impl Date {
-    fn of(t: EventTime) -> Date {
-        let days = t.secs.div_euclid(86_400);
-        let hour = (t.secs.rem_euclid(86_400) / 3600) as u32;
-        // Howard Hinnant's civil_from_days.
-        let z = days + 719_468;
-        let era = z.div_euclid(146_097);
-        let doe = z.rem_euclid(146_097);
-        let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-        let mp = (5 * doy + 2) / 153;
-        let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
-        let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-        let year = yoe + era * 400 + i64::from(month <= 2);
-        Date { year, month, day, hour }
-    }
-}
-
 // ---- msgpack: find a top-level field without building the map ----
 
 /// The value of `key` in the msgpack map `map`, when it is a string or a number. `None`
 /// when `map` is not a map, is malformed before the key is found, or lacks the key. The
 /// first occurrence of a duplicate key wins.
 pub(crate) fn field<'a>(map: &'a [u8], key: &[u8]) -> Option<Scalar<'a>> {
-    let mut r = Walk { buf: map, pos: 0 };
-    let n = r.map_len()?;
+    let mut r = Reader::new(map);
+    let n = r.map_len().ok()??;
     for _ in 0..n {
-        let k = r.str_value();
-        match k {
-            Some(k) if k == key => return r.scalar(),
-            _ => {
-                if k.is_none() {
-                    r.skip()?; // a non-string key: skip it
-                }
-                r.skip()?;
+        match r.str_or_bin().ok()? {
+            Some((k, _)) if k == key => return scalar(&mut r),
+            Some(_) => {}
+            None => {
+                r.skip().ok()?; // a non-string key: skip it
             }
         }
+        r.skip().ok()?;
     }
     None
 }
@@ -454,351 +428,44 @@ pub(crate) fn field<'a>(map: &'a [u8], key: &[u8]) -> Option<Scalar<'a>> {
 /// in one walk over the map.
 pub(crate) fn has_keys(map: &[u8], a: &[u8], b: &[u8]) -> (bool, bool) {
     let mut found = (false, false);
-    let mut r = Walk { buf: map, pos: 0 };
-    let Some(n) = r.map_len() else { return found };
+    let mut r = Reader::new(map);
+    let Ok(Some(n)) = r.map_len() else { return found };
     for _ in 0..n {
-        match r.str_value() {
-            Some(k) => {
+        match r.str_or_bin() {
+            Ok(Some((k, _))) => {
                 found.0 |= k == a;
                 found.1 |= k == b;
                 if found == (true, true) {
                     break;
                 }
             }
-            None => {
-                if r.skip().is_none() {
+            Ok(None) => {
+                if r.skip().is_err() {
                     break;
                 }
             }
+            Err(_) => break,
         }
-        if r.skip().is_none() {
+        if r.skip().is_err() {
             break;
         }
     }
     found
 }
 
-struct Walk<'a> {
-    buf: &'a [u8],
-    pos: usize,
-}
-
-impl<'a> Walk<'a> {
-    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
-        let end = self.pos.checked_add(n)?;
-        let s = self.buf.get(self.pos..end)?;
-        self.pos = end;
-        Some(s)
-    }
-
-    fn be(&mut self, n: usize) -> Option<u64> {
-        Some(self.take(n)?.iter().fold(0u64, |acc, b| (acc << 8) | u64::from(*b)))
-    }
-
-    fn map_len(&mut self) -> Option<u64> {
-        let m = *self.take(1)?.first()?;
-        match m {
-            0x80..=0x8f => Some(u64::from(m & 0x0f)),
-            0xde => self.be(2),
-            0xdf => self.be(4),
-            _ => None,
+/// A str (or bin) or number value; `None` for any other type or malformed bytes.
+fn scalar<'a>(r: &mut Reader<'a>) -> Option<Scalar<'a>> {
+    Some(match r.read().ok()? {
+        Token::Str(s) | Token::Bin(s) => Scalar::Str(s),
+        Token::UInt(u) => Scalar::UInt(u),
+        Token::Int(i) => Scalar::Int(i),
+        Token::F32(f) => Scalar::Float(f64::from(f)),
+        Token::F64(f) => Scalar::Float(f),
+        Token::Nil | Token::Bool(_) | Token::Ext(..) | Token::Array(_) | Token::Map(_) => {
+            return None
         }
-    }
-
-    /// A str (or bin) value's bytes; on anything else the position is left unchanged.
-    fn str_value(&mut self) -> Option<&'a [u8]> {
-        let start = self.pos;
-        let m = *self.buf.get(start)?;
-        self.pos += 1;
-        let len = match m {
-            0xa0..=0xbf => Some(u64::from(m & 0x1f)),
-            0xd9 | 0xc4 => self.be(1),
-            0xda | 0xc5 => self.be(2),
-            0xdb | 0xc6 => self.be(4),
-            _ => None,
-        };
-        let s = len.and_then(|l| self.take(usize::try_from(l).ok()?));
-        if s.is_none() {
-            self.pos = start;
-        }
-        s
-    }
-
-    fn scalar(&mut self) -> Option<Scalar<'a>> {
-        if let Some(s) = self.str_value() {
-            return Some(Scalar::Str(s));
-        }
-        let m = *self.take(1)?.first()?;
-        Some(match m {
-            0x00..=0x7f => Scalar::UInt(u64::from(m)),
-            0xe0..=0xff => Scalar::Int(i64::from(m as i8)),
-            0xcc => Scalar::UInt(self.be(1)?),
-            0xcd => Scalar::UInt(self.be(2)?),
-            0xce => Scalar::UInt(self.be(4)?),
-            0xcf => Scalar::UInt(self.be(8)?),
-            0xd0 => Scalar::Int(i64::from(self.be(1)? as u8 as i8)),
-            0xd1 => Scalar::Int(i64::from(self.be(2)? as u16 as i16)),
-            0xd2 => Scalar::Int(i64::from(self.be(4)? as u32 as i32)),
-            0xd3 => Scalar::Int(self.be(8)? as i64),
-            0xca => Scalar::Float(f64::from(f32::from_bits(self.be(4)? as u32))),
-            0xcb => Scalar::Float(f64::from_bits(self.be(8)?)),
-            _ => return None,
-        })
-    }
-
-    /// Skip one complete value. Iterative: a count of values still to skip, so nesting
-    /// costs no stack; each value consumes at least one byte, so claimed counts larger
-    /// than the input end in `None` at the input's end.
-    fn skip(&mut self) -> Option<()> {
-        let mut pending: u64 = 1;
-        while pending > 0 {
-            pending -= 1;
-            let m = *self.take(1)?.first()?;
-            let data = match m {
-                0x00..=0x7f | 0xe0..=0xff | 0xc0 | 0xc2 | 0xc3 => 0,
-                0x80..=0x8f => {
-                    pending += 2 * u64::from(m & 0x0f);
-                    0
-                }
-                0x90..=0x9f => {
-                    pending += u64::from(m & 0x0f);
-                    0
-                }
-                0xa0..=0xbf => usize::from(m & 0x1f),
-                0xc4 | 0xd9 => self.be(1)? as usize,
-                0xc5 | 0xda => self.be(2)? as usize,
-                0xc6 | 0xdb => usize::try_from(self.be(4)?).ok()?,
-                0xc7 => self.be(1)? as usize + 1,
-                0xc8 => self.be(2)? as usize + 1,
-                0xc9 => usize::try_from(self.be(4)?).ok()?.checked_add(1)?,
-                0xcc | 0xd0 => 1,
-                0xcd | 0xd1 => 2,
-                0xca | 0xce | 0xd2 => 4,
-                0xcb | 0xcf | 0xd3 => 8,
-                0xd4 => 2,
-                0xd5 => 3,
-                0xd6 => 5,
-                0xd7 => 9,
-                0xd8 => 17,
-                0xdc => {
-                    pending += self.be(2)?;
-                    0
-                }
-                0xdd => {
-                    pending += self.be(4)?;
-                    0
-                }
-                0xde => {
-                    pending += 2 * self.be(2)?;
-                    0
-                }
-                0xdf => {
-                    pending += 2 * self.be(4)?;
-                    0
-                }
-                _ => return None, // 0xc1, never used
-            };
-            self.take(data)?;
-            if pending > (self.buf.len() - self.pos) as u64 {
-                return None; // more values claimed than bytes left
-            }
-        }
-        Some(())
-    }
+    })
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use rmpv::Value;
-
-    fn enc(v: &Value) -> Vec<u8> {
-        let mut b = Vec::new();
-        rmpv::encode::write_value(&mut b, v).unwrap();
-        b
-    }
-
-    fn rec(pairs: &[(&str, Value)]) -> Vec<u8> {
-        enc(&Value::Map(pairs.iter().map(|(k, v)| (Value::from(*k), v.clone())).collect()))
-    }
-
-    fn render(t: &str, record: &[u8], meta: &[u8], secs: i64) -> String {
-        let mut out = b"stale".to_vec();
-        IndexTemplate::parse(t).unwrap().render(&mut out, record, meta, EventTime::new(secs, 0));
-        String::from_utf8(out).unwrap()
-    }
-
-    const T: i64 = 1_795_330_805; // 2026-11-22T07:00:05Z
-
-    #[test]
-    fn parse_errors() {
-        for (t, want) in [
-            ("", "empty"),
-            ("logs-{x", "unclosed"),
-            ("logs-{}", "bad field name"),
-            ("logs-x}", "without"),
-            ("logs-%q", "unsupported '%q'"),
-            ("logs-%", "at the end"),
-            ("Logs-%Y", "must be lowercase ('L' at byte 0)"),
-            ("logs *", "cannot contain ' ' (byte 4)"),
-            ("logs-a,b", "cannot contain ','"),
-            ("_logs", "cannot start with"),
-        ] {
-            let e = IndexTemplate::parse(t).unwrap_err();
-            assert!(e.contains(want), "{t:?}: {e}");
-        }
-    }
-
-    #[test]
-    fn table() {
-        let family = rec(&[
-            ("log", Value::from("x")),
-            ("ecs_task_definition_family", Value::from("Web-App")),
-            ("n", Value::from(-42)),
-            ("u", Value::from(7u64)),
-            ("f", Value::F64(1.5)),
-            ("nan", Value::F64(f64::NAN)),
-            ("b", Value::Boolean(true)),
-            ("nested", Value::Map(vec![(Value::from("k"), Value::from("v"))])),
-            ("empty", Value::from("")),
-        ]);
-        let meta = rec(&[("cluster", Value::from("prod")), ("n", Value::from("meta-loses"))]);
-        for (t, want) in [
-            ("logs-{ecs_task_definition_family}-%Y.%m.%d", "logs-web-app-2026.11.22"),
-            ("logs-%Y.%m.%d-%H", "logs-2026.11.22-07"),
-            ("{n}-{u}-{f}", "42-7-1.5"), // a leading '-' is removed
-            ("x{n}", "x-42"),
-            ("logs-{cluster}", "logs-prod"),
-            ("logs-{missing}", "logs-unknown"),
-            ("logs-{b}", "logs-unknown"),
-            ("logs-{nested}", "logs-unknown"),
-            ("logs-{empty}", "logs-unknown"),
-            ("logs-{nan}", "logs-unknown"),
-            ("100%%-{u}", "100%-7"),
-            ("static.é", "static.é"),
-        ] {
-            assert_eq!(render(t, &family, &meta, T), want, "{t}");
-        }
-    }
-
-    #[test]
-    fn custom_fallback_and_metadata_only() {
-        let tpl = IndexTemplate::parse("a-{k}").unwrap().with_fallback("None Given");
-        assert!(
-            IndexTemplate::parse("{k}").is_ok(),
-            "a field may start the name: cleaned when rendered"
-        );
-        let mut out = Vec::new();
-        tpl.render(&mut out, &[], &[0xc1], EventTime::new(0, 0));
-        assert_eq!(out, b"a-none_given");
-        tpl.render(&mut out, &[0x80], &rec(&[("k", Value::from("M"))]), EventTime::new(0, 0));
-        assert_eq!(out, b"a-m");
-    }
-
-    #[test]
-    fn forbidden_chars_become_underscore() {
-        let r = rec(&[("f", Value::from("A\\b/c*d?e\"f<g>h|i j,k#l:m\tn"))]);
-        assert_eq!(render("{f}", &r, &[], T), "a_b_c_d_e_f_g_h_i_j_k_l_m_n");
-        let r = rec(&[("f", Value::from("_-+Lead"))]);
-        assert_eq!(render("{f}", &r, &[], T), "lead");
-        let r = rec(&[("f", Value::from(".."))]);
-        assert_eq!(render("{f}", &r, &[], T), "unknown");
-        let r = rec(&[("f", Value::from("ÄÖ-Straße"))]);
-        assert_eq!(render("{f}", &r, &[], T), "äö-straße");
-    }
-
-    #[test]
-    fn long_names_are_cut() {
-        let r = rec(&[("f", Value::from("é".repeat(200)))]);
-        let s = render("{f}", &r, &[], T);
-        assert!(s.len() <= MAX_INDEX_BYTES && s.len() == 254, "{}", s.len());
-        let r = rec(&[("f", Value::from("a".repeat(300)))]);
-        assert_eq!(render("{f}", &r, &[], T).len(), 255);
-    }
-
-    #[test]
-    fn dates_before_epoch_and_far_future() {
-        assert_eq!(render("%Y.%m.%d.%H", &[], &[], -1), "1969.12.31.23");
-        assert_eq!(render("%Y.%m.%d", &[], &[], 951_782_400), "2000.02.29");
-        assert_eq!(render("%Y.%m.%d", &[], &[], 4_107_542_400), "2100.03.01");
-    }
-
-    #[test]
-    fn field_walk_skips_every_kind_of_value_and_survives_garbage() {
-        let big = Value::Array((0..20).map(Value::from).collect());
-        let r = rec(&[
-            ("a", Value::Nil),
-            ("bin", Value::Binary(vec![1, 2, 3])),
-            ("ext", Value::Ext(0, vec![0; 8])),
-            ("ext3", Value::Ext(5, vec![0; 3])),
-            ("big", big),
-            ("s", Value::from("x".repeat(70_000))),
-            ("f32", Value::F32(2.5)),
-            ("k", Value::from("found")),
-        ]);
-        assert_eq!(field(&r, b"k"), Some(Scalar::Str(b"found")));
-        assert_eq!(field(&r, b"f32"), Some(Scalar::Float(2.5)));
-        assert_eq!(has_keys(&r, b"ext3", b"nope"), (true, false));
-        assert_eq!(has_keys(&r, b"k", b"a"), (true, true));
-        // Non-string keys are skipped.
-        let odd = enc(&Value::Map(vec![
-            (Value::from(1), Value::from(2)),
-            (Value::from("k"), Value::from(3)),
-        ]));
-        assert_eq!(field(&odd, b"k"), Some(Scalar::UInt(3)));
-        for cut in 0..r.len() {
-            let _ = field(&r[..cut], b"k");
-            let _ = has_keys(&r[..cut], b"k", b"a");
-        }
-        // A claimed huge map costs nothing.
-        assert_eq!(field(&[0xdf, 0xff, 0xff, 0xff, 0xff, 0x91], b"k"), None);
-        assert_eq!(field(&[0x81, 0xa1, b'x', 0xdd, 0xff, 0xff, 0xff, 0xff], b"k"), None);
-        assert_eq!(field(&[0x91, 0x01], b"k"), None, "not a map");
-    }
-
-    #[test]
-    fn render_reuses_the_buffer() {
-        let tpl = IndexTemplate::parse("logs-{k}-%Y").unwrap();
-        let r = rec(&[("k", Value::from("v"))]);
-        let mut out = Vec::with_capacity(64);
-        let cap = out.capacity();
-        for _ in 0..100 {
-            tpl.render(&mut out, &r, &[], EventTime::new(T, 0));
-        }
-        assert_eq!(out.capacity(), cap);
-        assert!(!tpl.is_static() && IndexTemplate::parse("x%%").unwrap().is_static());
-    }
-
-    #[test]
-    fn cloudwatch_names_keep_case_and_clean_their_own_characters() {
-        let r = rec(&[
-            ("ecs_cluster", Value::from("Prod Cluster:1")),
-            ("ecs_task_id", Value::from("abc*def")),
-            ("ecs_container_name", Value::from("wéb")),
-        ]);
-        let mut out = Vec::new();
-        let g = NameTemplate::parse_as("/ecs/{ecs_cluster}/{family}", Naming::LogGroup).unwrap();
-        assert!(!g.render(&mut out, &r, &[], EventTime::new(T, 0)), "a field fell back");
-        assert_eq!(out, b"/ecs/Prod_Cluster_1/unknown");
-        let s = NameTemplate::parse_as("{ecs_task_id}/{ecs_container_name}", Naming::LogStream)
-            .unwrap();
-        assert!(s.render(&mut out, &r, &[], EventTime::new(T, 0)));
-        assert_eq!(std::str::from_utf8(&out).unwrap(), "abc_def/wéb");
-        let g = NameTemplate::parse_as("/x/{ecs_container_name}", Naming::LogGroup).unwrap();
-        g.render(&mut out, &r, &[], EventTime::new(T, 0));
-        assert_eq!(out, b"/x/w_b", "one `_` per non-ASCII character in group names");
-        for (t, naming) in [
-            ("/ecs/a b", Naming::LogGroup),
-            ("a:b", Naming::LogStream),
-            ("a*", Naming::LogStream),
-            ("/é", Naming::LogGroup),
-        ] {
-            assert!(NameTemplate::parse_as(t, naming).is_err(), "{t}");
-        }
-        assert!(NameTemplate::parse_as("/ecs/Upper_Case#1", Naming::LogGroup).is_ok());
-        let long = rec(&[("k", Value::from("a".repeat(600)))]);
-        let s = NameTemplate::parse_as("{k}", Naming::LogStream).unwrap();
-        s.render(&mut out, &long, &[], EventTime::new(T, 0));
-        assert_eq!(out.len(), MAX_CLOUDWATCH_NAME_BYTES);
-    }
-}
+mod tests;

@@ -137,7 +137,7 @@ fn ser_time<S: Serializer>(t: &Option<EventTime>, s: S) -> Result<S::Ok, S::Erro
 
 fn rfc3339(t: EventTime) -> String {
     let mut b = Vec::with_capacity(30);
-    crate::sink::json::write_rfc3339(&mut b, t);
+    crate::calendar::write_rfc3339(&mut b, t);
     String::from_utf8_lossy(&b).into_owned()
 }
 

@@ -262,10 +262,10 @@ impl Scan {
         record::walk_map(rec, |k, v| {
             let key = &rec[k.clone()];
             if key == CONTAINER_ID {
-                if record::str_body(&rec[v.clone()]).is_some() {
+                if crate::msgpack::str_body(&rec[v.clone()]).is_some() {
                     *id = Some(record::body_range(rec, v.clone()));
                 }
-            } else if key == CONTAINER_NAME && record::str_body(&rec[v.clone()]).is_some() {
+            } else if key == CONTAINER_NAME && crate::msgpack::str_body(&rec[v.clone()]).is_some() {
                 *name = Some(v);
             }
             keys.push(k);

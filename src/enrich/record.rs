@@ -7,9 +7,11 @@
 //! not exactly one well-formed map (another type, truncated, trailing bytes) is left as it
 //! arrived: enrichment never damages or drops a record.
 //!
+//! The bytes are read with the crate's one msgpack [`Reader`].
+//!
 //! Spec: <https://github.com/msgpack/msgpack/blob/master/spec.md#map-format-family>.
 
-use crate::forward::frame::{frame_len, FrameStatus};
+use crate::msgpack::{str_body, Reader};
 use std::ops::Range;
 
 /// Most pairs one [`Fields`] may hold: which of them a record already has is kept in a
@@ -156,19 +158,6 @@ fn write_str_header(out: &mut Vec<u8>, len: usize) {
     let _ = rmp::encode::write_str_len(out, len as u32);
 }
 
-/// The body of an encoded msgpack string, `None` for other types or a short buffer.
-pub fn str_body(v: &[u8]) -> Option<&[u8]> {
-    let (&m, rest) = v.split_first()?;
-    let (len, rest) = match m {
-        0xa0..=0xbf => (usize::from(m & 0x1f), rest),
-        0xd9 => (usize::from(*rest.first()?), rest.get(1..)?),
-        0xda => (usize::from(u16::from_be_bytes(rest.get(..2)?.try_into().ok()?)), rest.get(2..)?),
-        0xdb => (u32::from_be_bytes(rest.get(..4)?.try_into().ok()?) as usize, rest.get(4..)?),
-        _ => return None,
-    };
-    rest.get(..len)
-}
-
 /// A record's top-level map header.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct MapView {
@@ -182,22 +171,24 @@ pub struct MapView {
 /// each key's string body (empty for a key that is not a string) and of its encoded value.
 /// `None` when `record` is not exactly one complete map.
 pub fn walk_map(record: &[u8], mut f: impl FnMut(Range<usize>, Range<usize>)) -> Option<MapView> {
-    let (&m, rest) = record.split_first()?;
-    let (header_len, len) = match m {
-        0x80..=0x8f => (1, usize::from(m & 0x0f)),
-        0xde => (3, usize::from(u16::from_be_bytes(rest.get(..2)?.try_into().ok()?))),
-        0xdf => (5, u32::from_be_bytes(rest.get(..4)?.try_into().ok()?) as usize),
-        _ => return None,
-    };
-    let mut pos = header_len;
+    let mut r = Reader::new(record);
+    let len = r.map_len().ok()??;
+    let header_len = r.position();
     for _ in 0..len {
-        let key_start = pos;
-        pos += value_len(record, pos)?;
-        let value_start = pos;
-        pos += value_len(record, pos)?;
-        f(body_range(record, key_start..value_start), value_start..pos);
+        // A string key is read as one (its body is what callers compare); anything else is
+        // skipped and reported as an empty range at its start.
+        let key_start = r.position();
+        let key = match r.str().ok()? {
+            Some(body) => r.position() - body.len()..r.position(),
+            None => {
+                r.skip().ok()?;
+                key_start..key_start
+            }
+        };
+        let value = r.skip().ok()?;
+        f(key, value);
     }
-    (pos == record.len()).then_some(MapView { header_len, len })
+    r.at_end().then_some(MapView { header_len, len })
 }
 
 /// The range of the string body of the encoded value at `v`; empty when not a string.
@@ -207,26 +198,6 @@ pub fn body_range(record: &[u8], v: Range<usize>) -> Range<usize> {
         Some(b) => v.end - b.len()..v.end,
         None => v.start..v.start,
     }
-}
-
-/// Length of the one value at `buf[at..]`. Strings and small scalars, what Docker's
-/// records are made of, are measured here; anything else by the frame walker.
-#[inline]
-fn value_len(buf: &[u8], at: usize) -> Option<usize> {
-    let rest = buf.get(at..)?;
-    let n = match *rest.first()? {
-        0x00..=0x7f | 0xe0..=0xff | 0xc0 | 0xc2 | 0xc3 => 1,
-        m @ 0xa0..=0xbf => 1 + usize::from(m & 0x1f),
-        0xd9 => 2 + usize::from(*rest.get(1)?),
-        0xda => 3 + usize::from(u16::from_be_bytes([*rest.get(1)?, *rest.get(2)?])),
-        _ => {
-            return match frame_len(rest, rest.len()) {
-                Ok(FrameStatus::Complete(n)) => Some(n),
-                _ => None,
-            }
-        }
-    };
-    (n <= rest.len()).then_some(n)
 }
 
 /// A change to one record.

@@ -1,83 +1,19 @@
 //! Is a whole msgpack value buffered yet? The hot-path check a connection runs on every read.
 //!
-//! [`frame_len`] walks msgpack *headers* only: it never builds a value, never copies and
-//! never recurses. Instead of a stack it keeps one counter of values still to skip (an array
-//! of n adds n, a map of n adds 2n), so a frame nested a million levels deep costs a loop,
-//! not a stack overflow. `str`, `bin` and `ext` bodies are jumped over by their length
-//! headers.
-//!
-//! The size limit is enforced from the headers, before the bytes arrive: every value still
-//! to be read takes at least one byte, so `position + values pending` is a lower bound of
-//! the frame's size. An array32 header claiming four billion elements, or a bin32 of 1 GiB,
-//! fails the moment its header is buffered.
+//! [`frame_len`] is [`msgpack::value_len`](crate::msgpack::value_len) — a walk of msgpack
+//! *headers* only, that never builds a value, never copies and never recurses (see
+//! [`crate::msgpack`]) — with its errors in the protocol's terms. The size limit is enforced
+//! from the headers, before the bytes arrive: an array32 header claiming four billion
+//! elements, or a bin32 of 1 GiB, fails the moment its header is buffered.
 //!
 //! Spec: <https://github.com/msgpack/msgpack/blob/master/spec.md#formats>.
 
 use super::DecodeError;
+use crate::msgpack::value_len;
 
-/// The state of a read buffer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FrameStatus {
-    /// The buffer starts with a complete msgpack value of this many bytes.
-    Complete(usize),
-    /// More bytes are needed; the frame is at least this long in total.
-    Incomplete { at_least: usize },
-}
-
-/// How a marker byte shapes the value it starts.
-enum Shape {
-    /// Header of this many bytes (marker included) and nothing else.
-    Fixed(usize),
-    /// Marker followed by a big-endian length of `len_bytes` bytes, then `extra` bytes
-    /// (the ext type byte) and a body of that length.
-    Sized { len_bytes: usize, extra: usize },
-    /// An array or map header of `hdr` bytes whose element count is `n` (inline, for the
-    /// fix forms) or read from the `hdr - 1` bytes after the marker; `per` values per element.
-    Container { hdr: usize, inline: Option<usize>, per: usize },
-    /// 0xc1, "never used".
-    Reserved,
-}
-
-#[inline]
-fn shape(marker: u8) -> Shape {
-    match marker {
-        0x00..=0x7f | 0xe0..=0xff | 0xc0 | 0xc2 | 0xc3 => Shape::Fixed(1),
-        0x80..=0x8f => {
-            Shape::Container { hdr: 1, inline: Some(usize::from(marker & 0x0f)), per: 2 }
-        }
-        0x90..=0x9f => {
-            Shape::Container { hdr: 1, inline: Some(usize::from(marker & 0x0f)), per: 1 }
-        }
-        // fixstr: the length is in the marker; model it as a fixed header plus body below.
-        0xa0..=0xbf => Shape::Fixed(1 + usize::from(marker & 0x1f)),
-        0xc1 => Shape::Reserved,
-        0xc4 | 0xd9 => Shape::Sized { len_bytes: 1, extra: 0 }, // bin8, str8
-        0xc5 | 0xda => Shape::Sized { len_bytes: 2, extra: 0 }, // bin16, str16
-        0xc6 | 0xdb => Shape::Sized { len_bytes: 4, extra: 0 }, // bin32, str32
-        0xc7 => Shape::Sized { len_bytes: 1, extra: 1 },        // ext8
-        0xc8 => Shape::Sized { len_bytes: 2, extra: 1 },        // ext16
-        0xc9 => Shape::Sized { len_bytes: 4, extra: 1 },        // ext32
-        0xca | 0xd2 | 0xce => Shape::Fixed(5),                  // f32, i32, u32
-        0xcb | 0xd3 | 0xcf => Shape::Fixed(9),                  // f64, i64, u64
-        0xcc | 0xd0 => Shape::Fixed(2),                         // u8, i8
-        0xcd | 0xd1 => Shape::Fixed(3),                         // u16, i16
-        0xd4 => Shape::Fixed(3),                                // fixext1
-        0xd5 => Shape::Fixed(4),                                // fixext2
-        0xd6 => Shape::Fixed(6),                                // fixext4
-        0xd7 => Shape::Fixed(10),                               // fixext8
-        0xd8 => Shape::Fixed(18),                               // fixext16
-        0xdc => Shape::Container { hdr: 3, inline: None, per: 1 }, // array16
-        0xdd => Shape::Container { hdr: 5, inline: None, per: 1 }, // array32
-        0xde => Shape::Container { hdr: 3, inline: None, per: 2 }, // map16
-        0xdf => Shape::Container { hdr: 5, inline: None, per: 2 }, // map32
-    }
-}
-
-/// Reads a big-endian length of 1, 2 or 4 bytes.
-#[inline]
-fn be_len(b: &[u8]) -> usize {
-    b.iter().fold(0usize, |acc, &x| (acc << 8) | usize::from(x))
-}
+/// The state of a read buffer: `Complete(n)` when it starts with a whole msgpack value of
+/// `n` bytes, `Incomplete { at_least }` when the value is at least that long in total.
+pub use crate::msgpack::Extent as FrameStatus;
 
 /// Whether `buf` starts with one complete msgpack value, and how long it is.
 ///
@@ -85,59 +21,9 @@ fn be_len(b: &[u8]) -> usize {
 /// than `max`, and with `Malformed` on the reserved marker 0xc1. `Incomplete { at_least }`
 /// is a lower bound of the whole value's length: re-walking before that many bytes are
 /// buffered would only say the same again.
-pub fn frame_len(buf: &[u8], max: usize) -> Result<FrameStatus, DecodeError> {
-    let mut pos = 0usize;
-    // Values still to be read, the current one included. Never more than `max` (checked
-    // below), so it cannot overflow.
-    let mut pending = 1usize;
-    while pending > 0 {
-        let Some(&marker) = buf.get(pos) else {
-            return Ok(FrameStatus::Incomplete { at_least: pos + pending });
-        };
-        pending -= 1;
-        let next = match shape(marker) {
-            Shape::Fixed(n) => pos + n,
-            Shape::Sized { len_bytes, extra } => {
-                let hdr = 1 + len_bytes + extra;
-                let Some(len) = buf.get(pos + 1..pos + 1 + len_bytes) else {
-                    return incomplete(pos + hdr, pending, max);
-                };
-                (pos + hdr).saturating_add(be_len(len))
-            }
-            Shape::Container { hdr, inline, per } => {
-                let n = match inline {
-                    Some(n) => n,
-                    None => match buf.get(pos + 1..pos + hdr) {
-                        Some(len) => be_len(len),
-                        None => return incomplete(pos + hdr, pending, max),
-                    },
-                };
-                pending = pending.saturating_add(n.saturating_mul(per));
-                pos + hdr
-            }
-            Shape::Reserved => {
-                return Err(DecodeError::Malformed { what: "reserved marker 0xc1", offset: pos })
-            }
-        };
-        let at_least = next.saturating_add(pending);
-        if at_least > max {
-            return Err(DecodeError::FrameTooLarge { size: at_least, max });
-        }
-        if next > buf.len() {
-            return Ok(FrameStatus::Incomplete { at_least });
-        }
-        pos = next;
-    }
-    Ok(FrameStatus::Complete(pos))
-}
-
 #[inline]
-fn incomplete(header_end: usize, pending: usize, max: usize) -> Result<FrameStatus, DecodeError> {
-    let at_least = header_end.saturating_add(pending);
-    if at_least > max {
-        return Err(DecodeError::FrameTooLarge { size: at_least, max });
-    }
-    Ok(FrameStatus::Incomplete { at_least })
+pub fn frame_len(buf: &[u8], max: usize) -> Result<FrameStatus, DecodeError> {
+    value_len(buf, max).map_err(DecodeError::from)
 }
 
 #[cfg(test)]

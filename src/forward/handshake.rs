@@ -18,6 +18,7 @@
 //!   the reasons below are fluentd's wording, except "shared key mismatch" (fluentd writes
 //!   `shared_key`); clients only show the reason.
 
+use crate::msgpack::{Reader, Token};
 use sha2::{Digest, Sha512};
 
 /// Bytes of the server nonce and user-auth salt (fluentd and Fluent Bit use 16).
@@ -243,7 +244,7 @@ struct Ping<'a> {
 
 impl<'a> Ping<'a> {
     fn parse(frame: &'a [u8]) -> Option<Ping<'a>> {
-        let mut r = Reader::new(frame);
+        let mut r = Fields::new(frame);
         if r.array_len()? != 6 || r.bytes()? != b"PING" {
             return None;
         }
@@ -340,7 +341,7 @@ impl ClientHandshake {
     /// check guards fluentd against forwarding loops, while `berth cat` talking to the berth
     /// on the same host is the common case.
     pub fn check_pong(&self, auth: &ClientAuth, frame: &[u8]) -> Result<String, HandshakeError> {
-        let mut r = Reader::new(frame);
+        let mut r = Fields::new(frame);
         let parsed = (|| {
             if r.array_len()? != 5 || r.bytes()? != b"PONG" {
                 return None;
@@ -372,7 +373,7 @@ impl ClientHandshake {
 
 /// `(nonce, auth_salt, keepalive)`; absent options are empty / true, as in fluentd's client.
 fn parse_helo(frame: &[u8]) -> Option<(Vec<u8>, Vec<u8>, bool)> {
-    let mut r = Reader::new(frame);
+    let mut r = Fields::new(frame);
     if r.array_len()? != 2 || r.bytes()? != b"HELO" {
         return None;
     }
@@ -383,7 +384,7 @@ fn parse_helo(frame: &[u8]) -> Option<(Vec<u8>, Vec<u8>, bool)> {
             b"nonce" => nonce = r.bytes()?,
             b"auth" => auth = r.bytes()?,
             b"keepalive" => keepalive = r.bool()?,
-            _ => r.skip(0)?,
+            _ => r.skip()?,
         }
     }
     r.at_end().then(|| (nonce.to_vec(), auth.to_vec(), keepalive))
@@ -391,7 +392,7 @@ fn parse_helo(frame: &[u8]) -> Option<(Vec<u8>, Vec<u8>, bool)> {
 
 /// The value of an ack `{"ack": chunk}` (`str` or `bin`), `None` for anything else.
 pub(crate) fn ack_chunk(frame: &[u8]) -> Option<&[u8]> {
-    let mut r = Reader::new(frame);
+    let mut r = Fields::new(frame);
     if r.map_len()? != 1 || r.bytes()? != b"ack" {
         return None;
     }
@@ -450,339 +451,47 @@ fn put_bin(out: &mut Vec<u8>, b: &[u8]) {
     out.extend_from_slice(b);
 }
 
-/// A bounds-checked cursor over one msgpack frame; every method returns `None` on a type
-/// mismatch or truncation.
-struct Reader<'a> {
-    buf: &'a [u8],
-    pos: usize,
-}
+/// The handshake's reads over one msgpack frame, through the crate's one [`Reader`]: every
+/// method returns `None` on a type mismatch or malformed bytes.
+struct Fields<'a>(Reader<'a>);
 
 /// Nesting allowed when skipping unknown HELO options.
 const MAX_SKIP_DEPTH: usize = 8;
 
-impl<'a> Reader<'a> {
+impl<'a> Fields<'a> {
     fn new(buf: &'a [u8]) -> Self {
-        Reader { buf, pos: 0 }
+        Fields(Reader::new(buf))
     }
 
     fn at_end(&self) -> bool {
-        self.pos == self.buf.len()
-    }
-
-    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
-        let end = self.pos.checked_add(n)?;
-        let s = self.buf.get(self.pos..end)?;
-        self.pos = end;
-        Some(s)
-    }
-
-    fn u8(&mut self) -> Option<u8> {
-        Some(self.take(1)?[0])
-    }
-
-    fn be(&mut self, n: usize) -> Option<usize> {
-        Some(self.take(n)?.iter().fold(0usize, |acc, b| (acc << 8) | *b as usize))
+        self.0.at_end()
     }
 
     fn array_len(&mut self) -> Option<usize> {
-        match self.u8()? {
-            m @ 0x90..=0x9f => Some((m & 0x0f) as usize),
-            0xdc => self.be(2),
-            0xdd => self.be(4),
-            _ => None,
-        }
+        self.0.array_len().ok()?
     }
 
     fn map_len(&mut self) -> Option<usize> {
-        match self.u8()? {
-            m @ 0x80..=0x8f => Some((m & 0x0f) as usize),
-            0xde => self.be(2),
-            0xdf => self.be(4),
-            _ => None,
-        }
+        self.0.map_len().ok()?
     }
 
     fn bool(&mut self) -> Option<bool> {
-        match self.u8()? {
-            0xc2 => Some(false),
-            0xc3 => Some(true),
+        match self.0.read().ok()? {
+            Token::Bool(b) => Some(b),
             _ => None,
         }
     }
 
     /// A `str` or `bin`, as bytes.
     fn bytes(&mut self) -> Option<&'a [u8]> {
-        let n = match self.u8()? {
-            m @ 0xa0..=0xbf => (m & 0x1f) as usize,
-            0xd9 | 0xc4 => self.be(1)?,
-            0xda | 0xc5 => self.be(2)?,
-            0xdb | 0xc6 => self.be(4)?,
-            _ => return None,
-        };
-        self.take(n)
+        self.0.str_or_bin().ok()?.map(|(b, _)| b)
     }
 
-    /// Skips one value of any type.
-    fn skip(&mut self, depth: usize) -> Option<()> {
-        if depth > MAX_SKIP_DEPTH {
-            return None;
-        }
-        let m = self.u8()?;
-        let (fixed, items) = match m {
-            0x00..=0x7f | 0xe0..=0xff | 0xc0 | 0xc2 | 0xc3 => (0, 0),
-            0x80..=0x8f => (0, 2 * (m & 0x0f) as usize),
-            0x90..=0x9f => (0, (m & 0x0f) as usize),
-            0xa0..=0xbf => ((m & 0x1f) as usize, 0),
-            0xc4 | 0xd9 => (self.be(1)?, 0),
-            0xc5 | 0xda => (self.be(2)?, 0),
-            0xc6 | 0xdb => (self.be(4)?, 0),
-            0xc7 => (self.be(1)? + 1, 0),
-            0xc8 => (self.be(2)? + 1, 0),
-            0xc9 => (self.be(4)? + 1, 0),
-            0xca => (4, 0),
-            0xcb => (8, 0),
-            0xcc | 0xd0 => (1, 0),
-            0xcd | 0xd1 => (2, 0),
-            0xce | 0xd2 => (4, 0),
-            0xcf | 0xd3 => (8, 0),
-            0xd4 => (2, 0),
-            0xd5 => (3, 0),
-            0xd6 => (5, 0),
-            0xd7 => (9, 0),
-            0xd8 => (17, 0),
-            0xdc => (0, self.be(2)?),
-            0xdd => (0, self.be(4)?),
-            0xde => (0, 2 * self.be(2)?),
-            0xdf => (0, 2 * self.be(4)?),
-            0xc1 => return None,
-        };
-        self.take(fixed)?;
-        for _ in 0..items {
-            self.skip(depth + 1)?;
-        }
-        Some(())
+    /// Skips one value of any type, at most [`MAX_SKIP_DEPTH`] containers deep.
+    fn skip(&mut self) -> Option<()> {
+        self.0.skip_nested::<MAX_SKIP_DEPTH>().ok().map(drop)
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn server_auth(users: &[(&str, &str)]) -> ServerAuth {
-        ServerAuth {
-            shared_key: "secret".into(),
-            self_hostname: "server.example".into(),
-            users: users.iter().map(|(u, p)| (u.to_string(), p.to_string())).collect(),
-        }
-    }
-
-    fn client_auth(key: &str, user: &str, password: &str) -> ClientAuth {
-        ClientAuth {
-            shared_key: key.into(),
-            self_hostname: "client.example".into(),
-            username: user.into(),
-            password: password.into(),
-        }
-    }
-
-    /// Runs a full HELO / PING / PONG exchange in process.
-    fn exchange(
-        server: &ServerAuth,
-        client: &ClientAuth,
-    ) -> (PingOutcome, Result<String, HandshakeError>) {
-        let hs = ServerHandshake::new(server);
-        let ch = ClientHandshake::from_helo(&hs.helo()).expect("helo parses");
-        let outcome = hs.check_ping(server, &ch.ping(client));
-        let pong = ch.check_pong(client, &outcome.pong);
-        (outcome, pong)
-    }
-
-    #[test]
-    fn known_answer_digests() {
-        // Computed independently with Python's hashlib.
-        let nonce: Vec<u8> = (0u8..16).collect();
-        assert_eq!(
-            shared_key_hexdigest(b"salt", b"client.example", &nonce, b"secret"),
-            "c6a0ef3d907f13d0b1205b157ab0f84ba459f7e27b5c6a97e65320db57211a1e\
-             3ca86484e305eb301adddbe6bbfa7331fdc9280e70d7c9e0956848f9e14e4fa2"
-        );
-        assert_eq!(
-            password_hexdigest(b"authsalt", b"alice", b"pw"),
-            "7e9223ca4b94fd4ac777d3928fa140b036c186e31a6b397907ae96db320b1ece\
-             fbdef809ae83d8a744f8a96a461cd89d39aa36350b876c9f639a66b761af2537"
-        );
-    }
-
-    #[test]
-    fn helo_bytes_without_users() {
-        let hs = ServerHandshake::from_parts([7; 16], Vec::new());
-        let mut want = vec![0x92, 0xa4];
-        want.extend_from_slice(b"HELO");
-        want.extend_from_slice(&[0x83, 0xa5]);
-        want.extend_from_slice(b"nonce");
-        want.extend_from_slice(&[0xc4, 16]);
-        want.extend_from_slice(&[7; 16]);
-        want.push(0xa4);
-        want.extend_from_slice(b"auth");
-        want.extend_from_slice(&[0xc4, 0]);
-        want.push(0xa9);
-        want.extend_from_slice(b"keepalive");
-        want.push(0xc3);
-        assert_eq!(hs.helo(), want);
-    }
-
-    #[test]
-    fn auth_salt_only_with_users() {
-        let helo = ServerHandshake::new(&server_auth(&[])).helo();
-        assert!(!ClientHandshake::from_helo(&helo).expect("helo").user_auth_required());
-        let helo = ServerHandshake::new(&server_auth(&[("alice", "pw")])).helo();
-        assert!(ClientHandshake::from_helo(&helo).expect("helo").user_auth_required());
-    }
-
-    #[test]
-    fn right_key_is_accepted_both_ways() {
-        let (outcome, pong) = exchange(&server_auth(&[]), &client_auth("secret", "", ""));
-        assert!(outcome.accepted, "{:?}", outcome.error);
-        assert_eq!(outcome.client_hostname, "client.example");
-        assert_eq!(pong, Ok("server.example".to_string()));
-    }
-
-    #[test]
-    fn wrong_key_is_refused_with_reason() {
-        let (outcome, pong) = exchange(&server_auth(&[]), &client_auth("guess", "", ""));
-        assert_eq!(outcome.error, Some(HandshakeError::SharedKeyMismatch));
-        assert_eq!(outcome.error.as_ref().map(|e| e.reason()), Some("auth_failed"));
-        assert_eq!(outcome.client_hostname, "client.example");
-        assert_eq!(pong, Err(HandshakeError::Rejected { reason: "shared key mismatch".into() }));
-    }
-
-    #[test]
-    fn users_right_and_wrong() {
-        let server = server_auth(&[("bob", "other"), ("alice", "pw")]);
-        let (outcome, pong) = exchange(&server, &client_auth("secret", "alice", "pw"));
-        assert!(outcome.accepted);
-        assert!(pong.is_ok());
-
-        for (user, pw) in [("alice", "nope"), ("carol", "pw"), ("", "")] {
-            let (outcome, pong) = exchange(&server, &client_auth("secret", user, pw));
-            assert_eq!(outcome.error, Some(HandshakeError::UserMismatch), "{user}");
-            assert_eq!(
-                pong,
-                Err(HandshakeError::Rejected { reason: "username/password mismatch".into() })
-            );
-        }
-    }
-
-    #[test]
-    fn malformed_pings_are_refused() {
-        let server = server_auth(&[]);
-        let hs = ServerHandshake::new(&server);
-        let ch = ClientHandshake::from_helo(&hs.helo()).expect("helo");
-        let good = ch.ping(&client_auth("secret", "", ""));
-        let mut wrong_type = good.clone();
-        wrong_type[2] = b'X'; // "PXNG"
-        let cases: Vec<Vec<u8>> = vec![
-            vec![],
-            vec![0xc0],
-            vec![0x90],
-            good[..good.len() - 1].to_vec(),
-            [good.clone(), vec![0xc0]].concat(),
-            wrong_type,
-            // five elements
-            [vec![0x95], good[1..].to_vec()].concat(),
-        ];
-        for (i, frame) in cases.iter().enumerate() {
-            let outcome = hs.check_ping(&server, frame);
-            assert_eq!(outcome.error, Some(HandshakeError::InvalidPing), "case {i}");
-            assert_eq!(outcome.error.as_ref().map(|e| e.reason()), Some("bad_handshake"));
-            let pong = ch.check_pong(&client_auth("secret", "", ""), &outcome.pong);
-            assert_eq!(
-                pong,
-                Err(HandshakeError::Rejected { reason: "invalid ping message".into() })
-            );
-        }
-    }
-
-    #[test]
-    fn ping_with_str_salt_of_raw_bytes_is_accepted() {
-        // Fluent Bit sends 16 random bytes as a msgpack str; they need not be UTF-8.
-        let server = server_auth(&[]);
-        let hs = ServerHandshake::from_parts([1; 16], Vec::new());
-        let salt = [0xffu8; 16];
-        let digest = shared_key_hexdigest(&salt, b"fb", &[1; 16], b"secret");
-        let mut ping = vec![0x96];
-        put_str(&mut ping, b"PING");
-        put_str(&mut ping, b"fb");
-        put_str(&mut ping, &salt);
-        put_str(&mut ping, digest.as_bytes());
-        put_str(&mut ping, b"");
-        put_str(&mut ping, b"");
-        let outcome = hs.check_ping(&server, &ping);
-        assert!(outcome.accepted);
-        // The PONG digest uses the same salt bytes.
-        let want = shared_key_hexdigest(&salt, b"server.example", &[1; 16], b"secret");
-        assert!(outcome.pong.ends_with(want.as_bytes()));
-    }
-
-    #[test]
-    fn client_reads_fluent_bit_style_helo() {
-        // Fluent Bit: str nonce and auth, no keepalive key; plus an unknown option.
-        let mut helo = vec![0x92];
-        put_str(&mut helo, b"HELO");
-        put_map_len(&mut helo, 3);
-        put_str(&mut helo, b"nonce");
-        put_str(&mut helo, &[0xfe; 16]);
-        put_str(&mut helo, b"extra");
-        helo.extend_from_slice(&[0x92, 0x01, 0x81, 0xa1, b'k', 0xcb, 0, 0, 0, 0, 0, 0, 0, 0]);
-        put_str(&mut helo, b"auth");
-        put_str(&mut helo, &[0xfd; 16]);
-        let ch = ClientHandshake::from_helo_with_salt(&helo, "s".into()).expect("helo");
-        assert!(ch.keepalive());
-        assert!(ch.user_auth_required());
-        assert_eq!(ch.nonce, vec![0xfe; 16]);
-    }
-
-    #[test]
-    fn client_rejects_malformed_helo_and_pong() {
-        for helo in [
-            vec![],
-            vec![0x91, 0xa4, b'H', b'E', b'L', b'O'],
-            vec![0x92, 0xa4, b'P', b'O', b'N', b'G', 0x80],
-        ] {
-            assert_eq!(ClientHandshake::from_helo(&helo).err(), Some(HandshakeError::InvalidHelo));
-        }
-        let hs = ServerHandshake::from_parts([0; 16], Vec::new());
-        let ch = ClientHandshake::from_helo(&hs.helo()).expect("helo");
-        let auth = client_auth("secret", "", "");
-        assert_eq!(ch.check_pong(&auth, &[0x90]), Err(HandshakeError::InvalidPong));
-    }
-
-    #[test]
-    fn client_detects_server_without_the_key() {
-        // A server that accepts anyone but does not know the key (an impostor).
-        let hs = ServerHandshake::from_parts([3; 16], Vec::new());
-        let ch = ClientHandshake::from_helo(&hs.helo()).expect("helo");
-        let impostor = ServerAuth { shared_key: "other".into(), ..server_auth(&[]) };
-        let mut pong = vec![0x95];
-        put_str(&mut pong, b"PONG");
-        put_bool(&mut pong, true);
-        put_str(&mut pong, b"");
-        put_str(&mut pong, impostor.self_hostname.as_bytes());
-        put_str(
-            &mut pong,
-            shared_key_hexdigest(b"whatever", b"server.example", &[3; 16], b"other").as_bytes(),
-        );
-        assert_eq!(
-            ch.check_pong(&client_auth("secret", "", ""), &pong),
-            Err(HandshakeError::ServerKeyMismatch)
-        );
-    }
-
-    #[test]
-    fn constant_time_eq() {
-        assert!(ct_eq(b"abc", b"abc"));
-        assert!(!ct_eq(b"abc", b"abd"));
-        assert!(!ct_eq(b"abc", b"ab"));
-        assert!(ct_eq(b"", b""));
-    }
-}
+mod tests;

@@ -526,7 +526,7 @@ fn str_fields<'r, const N: usize>(
         let key = &record[k];
         if let Some(i) = keys.iter().position(|want| *want == key) {
             if out[i].is_none() {
-                out[i] = crate::enrich::record::str_body(&record[v]);
+                out[i] = crate::msgpack::str_body(&record[v]);
             }
         }
     })?;

@@ -9,10 +9,11 @@
 //! ```
 
 use crate::backoff::Backoff;
+use crate::calendar::write_rfc3339;
 use crate::event::{Event, Tag};
 use crate::metrics::{Metrics, SinkReasonLabel};
+use crate::msgpack::json::write_record_json;
 use crate::pipeline::Delivery;
-use crate::sink::json::{write_record_json, write_rfc3339};
 use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};

@@ -13,10 +13,10 @@
 //! The blocking file I/O runs on tokio's blocking pool via the shared run loop
 //! ([`super::stdout`]'s `drive`).
 
-use super::json::BatchLines;
 use super::stdout::{drive, encode_group, write_backoff, write_from, GroupWriter, WriteError};
 use super::{SinkContext, SinkError};
 use crate::config::Format;
+use crate::msgpack::json::BatchLines;
 use crate::pipeline::Delivery;
 use std::collections::HashMap;
 use std::fs::{self, DirBuilder, File, OpenOptions};

@@ -6,7 +6,6 @@ pub mod cloudwatch;
 pub mod deadletter;
 pub mod elasticsearch;
 pub mod file;
-pub mod json;
 pub mod null;
 pub mod retry;
 pub mod stdout;

@@ -56,7 +56,7 @@ fn parse_http_date(v: &str) -> Option<i64> {
     if !(1..=31).contains(&day) || h > 23 || mi > 59 || s > 60 || hms.next().is_some() {
         return None;
     }
-    Some(crate::event::days_from_civil(year, month, day) * 86_400 + h * 3600 + mi * 60 + s)
+    Some(crate::calendar::days_from_civil(year, month, day) * 86_400 + h * 3600 + mi * 60 + s)
 }
 
 #[cfg(test)]

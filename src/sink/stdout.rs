@@ -7,11 +7,11 @@
 //! its queue fills and the pipeline slows the inputs.
 
 use super::batch::{Gather, Limits, MaxWait};
-use super::json::{write_batch_lines, BatchLines};
 use super::{SinkContext, SinkError};
 use crate::backoff::Backoff;
 use crate::config::Format;
 use crate::metrics::{Metrics, SinkLabel};
+use crate::msgpack::json::{write_batch_lines, BatchLines};
 use crate::pipeline::Delivery;
 use crate::ratelimit::RateLimit;
 use prometheus_client::metrics::counter::Counter;

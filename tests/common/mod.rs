@@ -311,18 +311,8 @@ pub fn parse_rfc3339(s: &str) -> (i64, u32) {
     let (hms, frac) = time.split_once('.').unwrap_or((time, "0"));
     let t: Vec<i64> = hms.split(':').map(|x| x.parse().unwrap()).collect();
     let nanos: u32 = format!("{frac:0<9}")[..9].parse().unwrap();
-    let days = days_from_civil(d[0], d[1], d[2]);
+    let days = berth::calendar::days_from_civil(d[0], d[1], d[2]);
     (days * 86400 + t[0] * 3600 + t[1] * 60 + t[2], nanos)
-}
-
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = if y >= 0 { y } else { y - 399 } / 400;
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146097 + doe - 719468
 }
 
 /// Read every JSON line a file sink wrote under `dir` (all files, sorted by name).

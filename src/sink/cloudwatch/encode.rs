@@ -21,8 +21,8 @@
 //! - a message that is not valid UTF-8 has its invalid bytes replaced by U+FFFD.
 
 use crate::event::Tag;
+use crate::msgpack::json::write_record_json;
 use crate::pipeline::Delivery;
-use crate::sink::json::write_record_json;
 use crate::sink::template::{field, sanitize, NameTemplate, Naming, Scalar};
 use std::collections::HashMap;
 

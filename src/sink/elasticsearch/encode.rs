@@ -18,8 +18,10 @@
 //! - a record that is not a msgpack map, or cannot be transcoded, is a dead letter and is
 //!   not sent (`bad_records_become_dead_letters`): Elasticsearch documents are JSON objects.
 
+use crate::calendar::write_rfc3339;
+use crate::msgpack::is_map;
+use crate::msgpack::json::{write_record_json, JsonError};
 use crate::pipeline::Delivery;
-use crate::sink::json::{write_record_json, write_rfc3339, JsonError};
 use crate::sink::template::{has_keys, IndexTemplate};
 use std::ops::Range;
 
@@ -290,10 +292,6 @@ pub fn gzip(body: &[u8], out: &mut Vec<u8>) -> std::io::Result<()> {
     enc.write_all(body)?;
     *out = enc.finish()?;
     Ok(())
-}
-
-fn is_map(record: &[u8]) -> bool {
-    matches!(record.first(), Some(0x80..=0x8f | 0xde | 0xdf))
 }
 
 fn write_hex(out: &mut Vec<u8>, v: u64, min_width: usize) {
