@@ -307,4 +307,6 @@ async fn bounded<T>(
 }
 
 #[cfg(test)]
+pub(crate) mod fake;
+#[cfg(test)]
 mod tests;

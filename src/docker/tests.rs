@@ -1,6 +1,5 @@
 use super::*;
 use std::sync::atomic::AtomicUsize;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
 const LIST: &str = r#"[{"Id":"aaa","Names":["/a"],"Image":"img:1","Labels":{"com.amazonaws.ecs.cluster":"c1"},"State":"running"},
@@ -20,49 +19,32 @@ static EVENTS_REQUESTS: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Ve
 /// events stream that sends two events, then ends the first time and stays open after.
 /// Counts the events requests.
 async fn fake_engine(dir: &std::path::Path) -> (String, Arc<AtomicUsize>) {
-    let path = dir.join("docker.sock");
-    let l = tokio::net::UnixListener::bind(&path).unwrap();
     let streams = Arc::new(AtomicUsize::new(0));
     let n = Arc::clone(&streams);
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = l.accept().await {
-            let n = Arc::clone(&n);
-            tokio::spawn(async move {
-                let mut buf = Vec::new();
-                let mut chunk = [0u8; 1024];
-                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match s.read(&mut chunk).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(k) => buf.extend_from_slice(&chunk[..k]),
-                    }
-                }
-                let line = String::from_utf8_lossy(&buf).lines().next().unwrap_or("").to_string();
-                if line.contains("/events") {
-                    EVENTS_REQUESTS.lock().unwrap().push(line.clone());
-                    let first = n.fetch_add(1, Ordering::SeqCst) == 0;
-                    let head = "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n\r\n";
-                    let _ = s.write_all(format!("{head}{EVENTS}").as_bytes()).await;
-                    if !first {
-                        // Held open: no more events, no end.
-                        std::future::pending::<()>().await;
-                    }
-                    return;
-                }
-                let body = if line.contains("/version") {
-                    r#"{"ApiVersion":"1.41","MinAPIVersion":"1.12","Version":"20.10.24"}"#
-                } else if line.contains("/containers/json") && line.contains("filters") {
-                    ONE
-                } else if line.contains("/containers/json") {
-                    LIST
-                } else {
-                    "{}"
-                };
-                let resp = format!("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
-                let _ = s.write_all(resp.as_bytes()).await;
-            });
+    let socket = fake::serve(dir, move |line| {
+        let n = Arc::clone(&n);
+        async move {
+            if line.contains("/events") {
+                EVENTS_REQUESTS.lock().unwrap().push(line.clone());
+                let head = "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n\r\n";
+                let first = n.fetch_add(1, Ordering::SeqCst) == 0;
+                // The first stream ends; later ones are held open: no more events, no end.
+                let events = format!("{head}{EVENTS}");
+                return if first { fake::Reply::Close(events) } else { fake::Reply::Hold(events) };
+            }
+            fake::json(if line.contains("/version") {
+                r#"{"ApiVersion":"1.41","MinAPIVersion":"1.12","Version":"20.10.24"}"#
+            } else if line.contains("/containers/json") && line.contains("filters") {
+                ONE
+            } else if line.contains("/containers/json") {
+                LIST
+            } else {
+                "{}"
+            })
         }
-    });
-    (format!("unix://{}", path.display()), streams)
+    })
+    .await;
+    (socket, streams)
 }
 
 async fn next(rx: &mut broadcast::Receiver<Change>) -> Change {

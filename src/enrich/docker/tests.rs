@@ -40,44 +40,30 @@ async fn fake_engine(
     inspect_delay: Duration,
     list_image: &'static str,
 ) -> (String, Arc<AtomicU64>) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let path = dir.join("docker.sock");
-    let l = tokio::net::UnixListener::bind(&path).unwrap();
     let inspects = Arc::new(AtomicU64::new(0));
     let n = Arc::clone(&inspects);
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = l.accept().await {
-            let n = Arc::clone(&n);
-            tokio::spawn(async move {
-                let mut buf = Vec::new();
-                let mut chunk = [0u8; 1024];
-                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match s.read(&mut chunk).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(k) => buf.extend_from_slice(&chunk[..k]),
-                    }
-                }
-                let line = String::from_utf8_lossy(&buf).lines().next().unwrap_or("").to_string();
-                let body = if line.contains("/containers/json") {
-                    n.fetch_add(1, Ordering::SeqCst);
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                    // The id filter also matches prefixes: only the exact id counts.
-                    format!(
-                        r#"[{{"Id":"abcd","Names":["/other"],"Image":"x","Labels":{{}},"State":"running"}},
-                        {{"Id":"abc","Names":["/web"],"Image":"{list_image}","Labels":{{"com.amazonaws.ecs.cluster":"c1"}},"State":"exited"}}]"#
-                    )
-                } else if line.contains("/containers/abc/json") {
-                    tokio::time::sleep(inspect_delay).await;
-                    r#"{"Id":"abc","Name":"/web","Config":{"Image":"img:1","Labels":{"com.amazonaws.ecs.cluster":"c1"},"Env":["APP_ENV=prod"]}}"#.to_string()
-                } else {
-                    "{}".to_string()
-                };
-                let resp = format!("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
-                let _ = s.write_all(resp.as_bytes()).await;
-            });
+    let socket = crate::docker::fake::serve(dir, move |line| {
+        let n = Arc::clone(&n);
+        async move {
+            let body = if line.contains("/containers/json") {
+                n.fetch_add(1, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                // The id filter also matches prefixes: only the exact id counts.
+                format!(
+                    r#"[{{"Id":"abcd","Names":["/other"],"Image":"x","Labels":{{}},"State":"running"}},
+                    {{"Id":"abc","Names":["/web"],"Image":"{list_image}","Labels":{{"com.amazonaws.ecs.cluster":"c1"}},"State":"exited"}}]"#
+                )
+            } else if line.contains("/containers/abc/json") {
+                tokio::time::sleep(inspect_delay).await;
+                r#"{"Id":"abc","Name":"/web","Config":{"Image":"img:1","Labels":{"com.amazonaws.ecs.cluster":"c1"},"Env":["APP_ENV=prod"]}}"#.to_string()
+            } else {
+                "{}".to_string()
+            };
+            crate::docker::fake::json(&body)
         }
-    });
-    (format!("unix://{}", path.display()), inspects)
+    })
+    .await;
+    (socket, inspects)
 }
 
 #[tokio::test]
