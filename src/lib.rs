@@ -20,6 +20,7 @@
 //! beside it:  docker (the host's engine: one connection, one events stream, one container
 //!             list; subscribers: enrich's container cache, capacity next)
 //!             capacity:: what ECS can still place here (accounting and protection so far)
+//!             ecs:: the ECS agent's introspection API (the tasks on this host)
 //!             admin (127.0.0.1:24220) /healthz, /metrics, /v1/status; metrics; config; cli
 //! shared:     aws:: one loader (region, credentials cache, AssumeRole) for every AWS client
 //!             imds:: the process's one IMDSv2 client (404 = absent)
@@ -44,6 +45,7 @@ pub mod cat;
 pub mod cli;
 pub mod config;
 pub mod docker;
+pub mod ecs;
 pub mod enrich;
 pub mod error;
 pub mod event;

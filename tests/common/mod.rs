@@ -9,6 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+pub mod ecs_agent;
 pub mod imds;
 
 pub const WAIT: Duration = Duration::from_secs(20);
