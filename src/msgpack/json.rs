@@ -16,7 +16,10 @@
 //!   be lossless but unreadable in a log line, and log "bytes" are almost always text).
 //! - A map key that is not a string is written as a JSON string holding its JSON form
 //!   (`1` → `"1"`, `[1,2]` → `"[1,2]"`): JSON keys must be strings. A key whose JSON form
-//!   already is a string (str, bin, EventTime) is used as is.
+//!   already is a string (str, bin, EventTime) is used as is. Such keys may hold non-string
+//!   keys of their own only [`MAX_KEY_NESTING`] levels deep: every level escapes the text of
+//!   the levels inside it again, so the output doubles per level (found by the fuzzer: 64
+//!   levels in a 17 KB record would be an exabyte); deeper is [`JsonError::KeyTooDeep`].
 //! - Ext type 0 with 8 bytes (Forward's EventTime) becomes its RFC 3339 text; any other
 //!   ext becomes `null`: its meaning is private to the application that sent it.
 //! - Duplicate keys are kept as sent; JSON readers usually keep the last one.
@@ -32,6 +35,10 @@ use crate::event::{Event, EventTime};
 /// the work a hostile record can cause and keeps the nesting stack at a fixed 1 KiB.
 pub const MAX_DEPTH: usize = 64;
 
+/// How many non-string map keys may enclose one another (see the module doc): each level
+/// at most doubles the bytes of the text inside it, so this bounds the growth at 4×.
+pub const MAX_KEY_NESTING: usize = 2;
+
 /// Why a msgpack value could not be transcoded. Offsets count from the start of the value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum JsonError {
@@ -43,6 +50,10 @@ pub enum JsonError {
     TooDeep { limit: usize, offset: usize },
     #[error("{extra} trailing bytes after the msgpack value")]
     TrailingBytes { extra: usize },
+    #[error(
+        "msgpack map key that is not a string nested more than {limit} levels deep in other such keys, at byte {offset}"
+    )]
+    KeyTooDeep { limit: usize, offset: usize },
 }
 
 impl From<super::Error> for JsonError {
@@ -265,7 +276,7 @@ fn transcode(out: &mut Vec<u8>, r: &mut Reader<'_>) -> Result<(), JsonError> {
                 Kind::Array | Kind::MapKey if f.remaining == 0 => {
                     out.push(if f.kind == Kind::Array { b']' } else { b'}' });
                     depth -= 1;
-                    if value_done(out, &mut stack[..depth]) {
+                    if value_done(out, &mut stack[..depth], r.position())? {
                         return Ok(());
                     }
                     continue;
@@ -352,7 +363,7 @@ fn transcode(out: &mut Vec<u8>, r: &mut Reader<'_>) -> Result<(), JsonError> {
             }
             None => {}
         }
-        if value_done(out, &mut stack[..depth]) {
+        if value_done(out, &mut stack[..depth], r.position())? {
             return Ok(());
         }
     }
@@ -360,14 +371,19 @@ fn transcode(out: &mut Vec<u8>, r: &mut Reader<'_>) -> Result<(), JsonError> {
 
 /// An item ended; advance the innermost open container. `true` when the item was the
 /// top-level value.
-fn value_done(out: &mut Vec<u8>, stack: &mut [Frame]) -> bool {
-    let Some(f) = stack.last_mut() else {
-        return true;
+fn value_done(out: &mut Vec<u8>, stack: &mut [Frame], offset: usize) -> Result<bool, JsonError> {
+    let Some((f, outer)) = stack.split_last_mut() else {
+        return Ok(true);
     };
     match f.kind {
         Kind::Array => {}
         Kind::MapKey => {
             if out.get(f.key_start) != Some(&b'"') {
+                // Keys being written around this one: each would escape this text again.
+                let enclosing = outer.iter().filter(|o| o.kind == Kind::MapKey).count();
+                if enclosing >= MAX_KEY_NESTING {
+                    return Err(JsonError::KeyTooDeep { limit: MAX_KEY_NESTING, offset });
+                }
                 quote_in_place(out, f.key_start);
             }
             out.push(b':');
@@ -378,7 +394,7 @@ fn value_done(out: &mut Vec<u8>, stack: &mut [Frame]) -> bool {
             f.remaining -= 1;
         }
     }
-    false
+    Ok(false)
 }
 
 /// An ext value: Forward's EventTime as RFC 3339 text, anything else as `null`.

@@ -411,3 +411,48 @@ proptest! {
         }
     }
 }
+
+/// A map whose only key is `key` (and whose value is nil).
+fn keyed(key: Value) -> Value {
+    Value::Map(vec![(key, Value::Nil)])
+}
+
+#[test]
+fn non_string_keys_nest_two_levels_and_no_more() {
+    let enc = |v: &Value| {
+        let mut b = Vec::new();
+        rmpv::encode::write_value(&mut b, v).unwrap();
+        b
+    };
+    // {{{"a\\": 1}: nil}: nil}: the record's key is a map whose key is a map: two levels.
+    let inner = Value::Map(vec![(Value::from("a\\"), Value::from(1))]);
+    let two = keyed(keyed(inner));
+    let mut out = Vec::new();
+    write_record_json(&mut out, &enc(&two)).unwrap();
+    // Each level is the JSON text of the one inside it.
+    let top: serde_json::Value = serde_json::from_slice(&out).unwrap();
+    let (k1, _) = top.as_object().unwrap().iter().next().unwrap();
+    let l1: serde_json::Value = serde_json::from_str(k1).unwrap();
+    let (k2, _) = l1.as_object().unwrap().iter().next().unwrap();
+    let l2: serde_json::Value = serde_json::from_str(k2).unwrap();
+    assert_eq!(l2, serde_json::json!({"a\\": 1}));
+    let three = keyed(two);
+    let mut out = b"kept".to_vec();
+    let err = write_record_json(&mut out, &enc(&three)).unwrap_err();
+    assert!(matches!(err, JsonError::KeyTooDeep { limit: MAX_KEY_NESTING, .. }), "{err}");
+    assert_eq!(out, b"kept", "out is left as it was");
+}
+
+/// The fuzzer's find (fuzz/artifacts, kept in tests/fixtures/fuzz): 17 KB of nested
+/// non-string keys whose JSON doubled per level — more than a computer's memory.
+#[test]
+fn nested_keys_from_the_fuzzer_are_refused_not_expanded() {
+    let b = std::fs::read(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/fuzz/json-nested-keys.bin"),
+    )
+    .unwrap();
+    let mut out = Vec::new();
+    let res = write_record_json(&mut out, &b);
+    assert!(res.is_err() || out.len() < 16 * b.len(), "{res:?}, {} bytes", out.len());
+}
