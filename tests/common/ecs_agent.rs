@@ -8,7 +8,7 @@
 //!   several tasks); unknown: 404 with the agent's empty task body; with `taskarn` too: 400;
 //! - any other path: 404.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufReader, Write};
 use std::net::TcpListener;
 use std::sync::{Arc, Mutex};
 
@@ -122,21 +122,8 @@ impl FakeAgent {
                 std::thread::spawn(move || {
                     let mut r = BufReader::new(s.try_clone().expect("clone"));
                     let mut w = s;
-                    loop {
-                        let mut line = String::new();
-                        if r.read_line(&mut line).unwrap_or(0) == 0 {
-                            return;
-                        }
-                        let target = line.split_whitespace().nth(1).unwrap_or("").to_string();
-                        loop {
-                            let mut h = String::new();
-                            if r.read_line(&mut h).unwrap_or(0) == 0 {
-                                return;
-                            }
-                            if h.trim_end().is_empty() {
-                                break;
-                            }
-                        }
+                    while let Some(req) = super::read_http_request(&mut r) {
+                        let target = req.line.split_whitespace().nth(1).unwrap_or("").to_string();
                         reqs.lock().unwrap().push(target.clone());
                         let (status, body) = answer(&st.lock().unwrap(), &target);
                         let reason = match status {
