@@ -282,7 +282,13 @@ pub async fn run(config: Config) -> Result<(), AppError> {
     // Sinks acknowledged deliveries after the close synced the cursors: make those durable
     // too (a sink cut off by the deadline never reached its reader's end, which does it).
     let b = buffer.clone();
-    match shutdown.until(deadlines.end, tokio::task::spawn_blocking(move || b.sync_cursors())).await {
+    // Not cut short by a second signal (only by the end of the grace period): it takes
+    // milliseconds, and skipping it would deliver again, after the restart, everything
+    // acknowledged since the last sync.
+    match tokio::time::timeout_at(deadlines.end, tokio::task::spawn_blocking(move || b.sync_cursors()))
+        .await
+        .ok()
+    {
         Some(Ok(Ok(()))) => {}
         Some(Ok(Err(e))) => tracing::error!(error = %e, "cannot fsync the sink cursors at shutdown"),
         Some(Err(e)) => tracing::error!(error = %e, "cannot fsync the sink cursors at shutdown"),

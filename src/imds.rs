@@ -51,8 +51,6 @@ pub mod path {
     /// The Auto Scaling lifecycle state (`InService`, `Terminated`, `Warmed:*`…): 404 outside
     /// an Auto Scaling group.
     pub const TARGET_LIFECYCLE_STATE: &str = "/latest/meta-data/autoscaling/target-lifecycle-state";
-    /// Scheduled maintenance events (a JSON list; `[]` when none).
-    pub const MAINTENANCE_SCHEDULED: &str = "/latest/meta-data/events/maintenance/scheduled";
 }
 
 #[derive(Debug, thiserror::Error)]

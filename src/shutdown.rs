@@ -68,10 +68,6 @@ impl Shutdown {
         self.root.cancel();
     }
 
-    pub fn aborted(&self) -> bool {
-        self.root.is_cancelled()
-    }
-
     /// Stop accepting and reading input.
     pub fn intake(&self) -> &CancellationToken {
         &self.intake

@@ -89,10 +89,6 @@ impl Aws {
         Aws { imds, base_provider: Some(provider), loaded: Default::default() }
     }
 
-    pub fn imds(&self) -> &Imds {
-        &self.imds
-    }
-
     /// The configuration for a section's keys (loaded on first use, then shared).
     pub async fn load(&self, auth: &AwsAuth) -> Result<AwsConfig, AwsError> {
         let mut loaded = self.loaded.lock().await;
