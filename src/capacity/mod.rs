@@ -1,10 +1,11 @@
 //! Per-host free capacity: what ECS can still place here, computed on the host from the ECS
 //! agent, Docker and cgroups, beside the log path and never in it.
 //!
-//! Built so far (issue "Per-host free capacity"): the accounting (`compute`) and the
-//! scale-in protection decision (`protection`), both pure and table-tested. The collector,
-//! the publishers and the wiring come next, on the shared Docker connection, AWS loader and
-//! IMDS client.
+//! - `compute`: the accounting, pure and table-tested.
+//! - `protection`: the scale-in protection decision, pure and table-tested.
+//! - `report`: what one tick found, the value every publisher reads.
 
+pub mod cgroup;
 pub mod compute;
 pub mod protection;
+pub mod report;

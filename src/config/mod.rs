@@ -21,6 +21,7 @@
 
 mod aws;
 mod buffer;
+pub mod capacity;
 pub mod cloudwatch;
 pub mod elasticsearch;
 pub mod enrich;
@@ -37,6 +38,7 @@ mod values;
 
 pub use aws::AwsAuth;
 pub use buffer::{BufferConfig, SyncMode, WhenFull};
+pub use capacity::{CapacityConfig, Dimension, EcsConfig, TaskShape};
 pub use cloudwatch::CloudWatchConfig;
 pub use elasticsearch::{ElasticsearchConfig, EsAuth, SigV4Auth, SigV4Service};
 pub use enrich::{
@@ -97,6 +99,10 @@ pub struct Config {
     /// `[enrich]`: Docker, ECS and EC2 fields added at the input; split lines and
     /// multiline groups joined on the way to the sinks.
     pub enrich: EnrichConfig,
+    /// `[ecs]`: the ECS agent, and the AWS identity of capacity's and the drain's calls.
+    pub ecs: EcsConfig,
+    /// `[capacity]`: per-host free capacity, its publishers, scale-in protection.
+    pub capacity: CapacityConfig,
     /// `[[sink]]`: at least one, names unique, in file order.
     pub sinks: Vec<SinkConfig>,
     /// Where the config came from: the file path, or [`BUILTIN_SOURCE`].
@@ -262,9 +268,13 @@ fn build(
 
     let buffer = buffer::build(raw.buffer, ctx)?;
     let enrich = enrich::build(raw.enrich, ctx)?;
+    let ecs = capacity::build_ecs(raw.ecs, ctx)?;
+    let capacity = capacity::build(raw.capacity, ctx)?;
 
     Ok(Config {
         enrich,
+        ecs,
+        capacity,
         input,
         admin: AdminConfig { listen: raw.admin.listen.0 },
         buffer,
@@ -291,6 +301,8 @@ fn to_raw(c: &Config) -> RawConfig {
         buffer: buffer::to_raw(&c.buffer),
         shutdown: raw::RawShutdown { grace_period: values::Dur(c.shutdown.grace_period) },
         enrich: enrich::to_raw(&c.enrich),
+        ecs: capacity::ecs_to_raw(&c.ecs),
+        capacity: capacity::to_raw(&c.capacity),
         sink_keys: serde::de::IgnoredAny,
         sink: c.sinks.iter().map(sink::to_raw).collect(),
     }

@@ -9,6 +9,7 @@
 //! The `///` comments on the `Raw*` structs are the reference for `docs/configuration.md`.
 
 use super::buffer::RawBuffer;
+use super::capacity::{RawCapacity, RawEcs};
 use super::enrich::RawEnrich;
 use super::forward::RawInput;
 use super::units;
@@ -36,6 +37,13 @@ pub(super) struct RawConfig {
     /// EC2), split lines and multiline groups joined on the way to the sinks.
     #[serde(default)]
     pub enrich: RawEnrich,
+    /// The ECS agent on this host and the AWS identity of capacity's and the drain's calls.
+    #[serde(default)]
+    pub ecs: RawEcs,
+    /// Per-host free capacity: computed from the ECS agent, Docker and the task cgroups,
+    /// published to Prometheus and CloudWatch, and scale-in protection while busy.
+    #[serde(default)]
+    pub capacity: RawCapacity,
     /// `[[sink]]`: where logs go; at least one, names unique. Read by `sink::read` (one
     /// struct per type), so only named here for serde's list of keys.
     #[serde(default, rename = "sink", skip_serializing)]
