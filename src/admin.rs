@@ -34,6 +34,8 @@ pub struct AdminState {
     pub ready: AtomicBool,
     pub listeners: Vec<String>,
     pub sinks: Vec<SinkInfo>,
+    /// `[capacity] enabled`: `/v1/capacity` answers.
+    pub capacity_enabled: bool,
     /// Docker and IMDS state for /v1/status.
     pub enricher: Arc<crate::enrich::Enricher>,
 }
@@ -56,6 +58,7 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .route("/v1/status", get(status))
+        .route("/v1/capacity", get(capacity))
         .with_state(state)
 }
 
@@ -67,6 +70,18 @@ pub async fn serve(listener: TcpListener, state: Arc<AdminState>, shutdown: Canc
         .await
     {
         tracing::error!(error = %e, "admin endpoint failed");
+    }
+}
+
+/// The latest capacity report; 404 with capacity off, 503 before its first tick.
+async fn capacity(State(s): State<Arc<AdminState>>) -> Response {
+    if !s.capacity_enabled {
+        return (StatusCode::NOT_FOUND, "capacity is not enabled ([capacity] enabled = false)\n")
+            .into_response();
+    }
+    match s.metrics.capacity.get() {
+        Some(r) => Json(&*r).into_response(),
+        None => (StatusCode::SERVICE_UNAVAILABLE, "capacity: no report yet\n").into_response(),
     }
 }
 

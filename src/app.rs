@@ -116,7 +116,7 @@ pub async fn run(config: Config) -> Result<(), AppError> {
     let aws = Arc::new(Aws::new(imds.clone()));
     // The host's one Docker connection (events, container list): the enrichment cache
     // subscribes to it, and so will anything else that needs the containers.
-    let engine = config.enrich.docker.enabled.then(|| {
+    let engine = (config.enrich.docker.enabled || config.capacity.enabled).then(|| {
         Arc::new(docker::Engine::new(docker::Options {
             socket: config.enrich.docker.socket.clone(),
             request_timeout: docker::REQUEST_TIMEOUT.max(config.enrich.docker.inspect_wait),
@@ -124,6 +124,23 @@ pub async fn run(config: Config) -> Result<(), AppError> {
     });
     if let Some(e) = &engine {
         shutdown.tracker().spawn(Arc::clone(e).run(shutdown.background().clone()));
+    }
+    // Capacity: beside the log path, on the background phase of the shutdown.
+    metrics.capacity.set_prometheus(config.capacity.enabled && config.capacity.publish.prometheus);
+    if config.capacity.enabled {
+        let deps = crate::capacity::Deps {
+            engine: engine.clone(),
+            imds: imds.clone(),
+            aws: Arc::clone(&aws),
+            metrics: Arc::clone(&metrics),
+        };
+        let (cfg, ecs, stop) =
+            (config.capacity.clone(), config.ecs.clone(), shutdown.background().clone());
+        shutdown.tracker().spawn(async move {
+            if let Err(e) = crate::capacity::run(cfg, ecs, deps, stop).await {
+                tracing::error!(error = %e, "capacity stopped");
+            }
+        });
     }
     let enrich = enrich::start(
         &config.enrich,
@@ -173,6 +190,7 @@ pub async fn run(config: Config) -> Result<(), AppError> {
         ready: false.into(),
         listeners: described.clone(),
         enricher: Arc::clone(&enrich.enricher),
+        capacity_enabled: config.capacity.enabled,
         sinks: config
             .sinks
             .iter()

@@ -55,6 +55,15 @@ pub enum Command {
         #[command(subcommand)]
         command: BufferCommand,
     },
+    /// Print the running daemon's capacity report (from its admin endpoint).
+    Capacity {
+        /// Config file whose `[admin] listen` to ask, found as `run` finds it.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Print the report as JSON (as `GET /v1/capacity` gives it).
+        #[arg(long)]
+        json: bool,
+    },
     /// Print the version.
     Version,
 }
@@ -156,6 +165,96 @@ pub fn inspect_command_to(
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             let _ = writeln!(err, "berth: cannot write to stdout: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `berth capacity`: ask the running daemon (its `[admin] listen`) for its capacity report
+/// and print it. Exit 0 with the report; 1 when the daemon does not answer, capacity is off
+/// or has no report yet; 78 when the config cannot be loaded. Messages go to stderr.
+pub async fn capacity_command(config: Option<&Path>, json: bool) -> ExitCode {
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    let code = capacity_command_to(config, json, &mut out, &mut err).await;
+    let _ = std::io::stdout().write_all(&out);
+    let _ = std::io::stderr().write_all(&err);
+    code
+}
+
+/// [`capacity_command`] writing to the given buffers.
+pub async fn capacity_command_to(
+    config: Option<&Path>,
+    json: bool,
+    out: &mut Vec<u8>,
+    err: &mut Vec<u8>,
+) -> ExitCode {
+    let config = match Config::load(config) {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = writeln!(err, "berth: {e}");
+            return ExitCode::from(EX_CONFIG);
+        }
+    };
+    let Some(addr) = config.admin.listen else {
+        let _ = writeln!(
+            err,
+            "berth: the admin endpoint is off in {} ([admin] listen = \"\"): nothing to ask",
+            config.source
+        );
+        return ExitCode::FAILURE;
+    };
+    let url = format!("http://{addr}/v1/capacity");
+    let client = match reqwest::Client::builder()
+        .no_proxy()
+        .timeout(std::time::Duration::from_secs(5))
+        .build()
+    {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = writeln!(err, "berth: cannot build an HTTP client: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let resp = match client.get(&url).send().await {
+        Ok(r) => r,
+        Err(e) if e.is_connect() => {
+            let _ = writeln!(
+                err,
+                "berth: berth is not running (nothing answers on its admin endpoint {addr}, from {})",
+                config.source
+            );
+            return ExitCode::FAILURE;
+        }
+        Err(e) => {
+            let _ = writeln!(err, "berth: {url}: {}", crate::error::describe(&e));
+            return ExitCode::FAILURE;
+        }
+    };
+    let status = resp.status();
+    let body = match resp.bytes().await {
+        Ok(b) => b,
+        Err(e) => {
+            let _ = writeln!(err, "berth: {url}: {}", crate::error::describe(&e));
+            return ExitCode::FAILURE;
+        }
+    };
+    if !status.is_success() {
+        let text = String::from_utf8_lossy(&body);
+        let _ = writeln!(err, "berth: {}", text.trim());
+        return ExitCode::FAILURE;
+    }
+    if json {
+        out.extend_from_slice(&body);
+        out.push(b'\n');
+        return ExitCode::SUCCESS;
+    }
+    match serde_json::from_slice::<serde_json::Value>(&body) {
+        Ok(v) => {
+            out.extend_from_slice(crate::capacity::report::text(&v).as_bytes());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            let _ = writeln!(err, "berth: {url}: not a capacity report: {e}");
             ExitCode::FAILURE
         }
     }

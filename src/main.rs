@@ -21,6 +21,9 @@ fn main() -> ExitCode {
         Command::Buffer { command: berth::cli::BufferCommand::Inspect { path, config, json } } => {
             berth::cli::inspect_command(path.as_deref(), config.as_deref(), json)
         }
+        Command::Capacity { config, json } => {
+            block_on(async move { berth::cli::capacity_command(config.as_deref(), json).await })
+        }
         Command::Run { config } => {
             let config = match berth::config::Config::load(config.as_deref()) {
                 Ok(c) => c,

@@ -52,8 +52,19 @@ fn request_duration_histogram() -> Histogram {
 /// A histogram family whose histograms have [`REQUEST_DURATION_BUCKETS`].
 pub type DurationFamily = Family<SinkLabel, Histogram, fn() -> Histogram>;
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ApiCallLabel {
+    pub action: &'static str,
+    pub result: &'static str,
+}
+
 pub struct Metrics {
     registry: Registry,
+    /// The latest capacity report, whose gauges are made at each scrape.
+    pub capacity: std::sync::Arc<crate::capacity::publish::Latest>,
+    /// AWS API calls made by capacity (and the drain), by action and result (`ok`,
+    /// `throttled`, `error`).
+    pub api_calls: Family<ApiCallLabel, Counter>,
     pub input_records: Counter,
     pub input_bytes: Counter,
     pub input_requests: Counter,
@@ -106,6 +117,8 @@ impl Metrics {
         let mut registry = Registry::with_prefix("berth");
         let m = Metrics {
             registry: Registry::default(),
+            capacity: std::sync::Arc::default(),
+            api_calls: Family::default(),
             input_records: Counter::default(),
             input_bytes: Counter::default(),
             input_requests: Counter::default(),
@@ -265,6 +278,12 @@ impl Metrics {
             "Containers in the Docker metadata cache",
             m.enrich_docker_cache_size.clone(),
         );
+        registry.register(
+            "capacity_api_calls",
+            "AWS API calls made by capacity, by action and result",
+            m.api_calls.clone(),
+        );
+        registry.register_collector(Box::new(std::sync::Arc::clone(&m.capacity)));
         Metrics { registry, ..m }
     }
 
@@ -276,6 +295,10 @@ impl Metrics {
         self.reassembled_records
             .get_or_create(&JoinLabel { sink: sink.to_owned(), kind, outcome })
             .inc();
+    }
+
+    pub fn api_call(&self, action: &'static str, result: &'static str) {
+        self.api_calls.get_or_create(&ApiCallLabel { action, result }).inc();
     }
 
     pub fn buffer_dropped(&self, reason: &'static str, n: u64) {

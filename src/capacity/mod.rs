@@ -2,10 +2,152 @@
 //! agent, Docker and cgroups, beside the log path and never in it.
 //!
 //! - `compute`: the accounting, pure and table-tested.
+//! - `cgroup`: task-level sizes read from the task cgroups the ECS agent makes.
+//! - `collector`: the local sources (agent, Docker, cgroups) at each tick, into a report.
 //! - `protection`: the scale-in protection decision, pure and table-tested.
 //! - `report`: what one tick found, the value every publisher reads.
+//! - `publish`: the latest report for the admin endpoint and the Prometheus gauges.
+//!
+//! [`run`] is the one task: a tick every `interval`, and one soon after a container starts
+//! or stops (Docker's events, debounced), so protection goes on as a task starts. Every
+//! call it makes has a timeout; a source that does not answer is reported as such and its
+//! figures are not published as current.
 
 pub mod cgroup;
+pub mod collector;
 pub mod compute;
 pub mod protection;
+pub mod publish;
 pub mod report;
+
+use crate::config::{CapacityConfig, EcsConfig};
+use crate::docker;
+use crate::ecs::agent::Agent;
+use crate::imds::{self, Imds};
+use crate::metrics::Metrics;
+use collector::Local;
+use report::Source;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+use tokio_util::sync::CancellationToken;
+
+/// Containers that start or stop together (a task's) make one extra tick.
+const DEBOUNCE: Duration = Duration::from_millis(500);
+
+/// What capacity runs on: the process's shared pieces.
+pub struct Deps {
+    pub engine: Option<Arc<docker::Engine>>,
+    pub imds: Imds,
+    pub aws: Arc<crate::aws::Aws>,
+    pub metrics: Arc<Metrics>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CapacityError {
+    #[error(transparent)]
+    Agent(#[from] crate::ecs::agent::AgentError),
+}
+
+/// Run until `shutdown`.
+pub async fn run(
+    cfg: CapacityConfig,
+    ecs: EcsConfig,
+    deps: Deps,
+    shutdown: CancellationToken,
+) -> Result<(), CapacityError> {
+    let agent = Agent::new(&ecs.agent_url)?;
+    let cgroups = cgroup::Cgroups::new(&cfg.cgroup_root);
+    let latest = Arc::clone(&deps.metrics.capacity);
+    let mut local = Local::new(
+        agent,
+        deps.engine.clone(),
+        cgroups,
+        cfg.task_shapes.clone(),
+        &cfg.daemon_task_families,
+    );
+    let mut changes = deps.engine.as_ref().map(|e| e.subscribe().changes);
+    let mut tick = tokio::time::interval(cfg.interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // One warning per source and distinct error, again only if it persists for 5 minutes.
+    let warn: std::collections::HashMap<Source, crate::ratelimit::RateLimit> =
+        Source::ALL.into_iter().map(|s| (s, crate::ratelimit::RateLimit::new(1, 300))).collect();
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = tick.tick() => {}
+            true = changed(&mut changes) => {
+                tokio::time::sleep(DEBOUNCE).await;
+                if let Some(rx) = changes.as_mut() {
+                    while rx.try_recv().is_ok() {}
+                }
+            }
+        }
+        let once = async {
+            local.refresh_identity().await;
+            identity_from_imds(&mut local, &deps.imds).await;
+            let now = Instant::now();
+            let tasks = local.observe(now).await;
+            let report =
+                local.report(tasks.as_deref(), None, None, None, None, now, SystemTime::now());
+            for s in report.sources.iter().filter(|s| !s.up) {
+                let limit = &warn[&s.source];
+                if let Some(n) = limit.check_key(s.error.as_deref().unwrap_or("")) {
+                    tracing::warn!(
+                        source = s.source.as_str(),
+                        error = s.error.as_deref().unwrap_or(""),
+                        suppressed = n,
+                        "capacity: a source did not answer; its figures are not published as current"
+                    );
+                }
+            }
+            latest.set(report);
+        };
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = once => {}
+        }
+    }
+    Ok(())
+}
+
+/// `true` when a container started, stopped or was removed; pends for ever without Docker.
+async fn changed(rx: &mut Option<tokio::sync::broadcast::Receiver<docker::Change>>) -> bool {
+    let Some(rx) = rx else { return std::future::pending().await };
+    loop {
+        match rx.recv().await {
+            Ok(
+                docker::Change::Started { .. }
+                | docker::Change::Died(_)
+                | docker::Change::Destroyed(_),
+            )
+            | Ok(docker::Change::Listed(_))
+            | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => return true,
+            Ok(_) => continue,
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => {
+                return std::future::pending().await;
+            }
+        }
+    }
+}
+
+/// Instance id, zone and type, until IMDS has given them (off EC2: never; reported).
+async fn identity_from_imds(local: &mut Local, imds: &Imds) {
+    if local.identity.instance_id.is_some() || !imds.is_enabled() {
+        return;
+    }
+    let read = async {
+        let id = imds.require(imds::path::INSTANCE_ID).await?;
+        let az = imds.get(imds::path::AVAILABILITY_ZONE).await?;
+        let ty = imds.get(imds::path::INSTANCE_TYPE).await?;
+        Ok::<_, imds::ImdsError>((id, az, ty))
+    };
+    match read.await {
+        Ok((id, az, ty)) => {
+            local.identity.instance_id = Some(id);
+            local.identity.availability_zone = az;
+            local.identity.instance_type = ty;
+            local.source_ok(Source::Imds, Instant::now());
+        }
+        Err(e) => local.source_failed(Source::Imds, e.to_string()),
+    }
+}

@@ -87,6 +87,14 @@ pub struct TaskView {
     /// `task` (its cgroup's limits) or `containers` (the sum over its containers), per
     /// resource: `"task"`, `"containers"`, `"task+containers"` when one of each.
     pub sized_by: &'static str,
+    /// Containers of it whose size is not known yet (not created, or Docker did not
+    /// answer): `reserved` leaves them out.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub containers_not_sized: usize,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 /// The local figures against ECS's own, from the last `DescribeContainerInstances`.
@@ -155,4 +163,90 @@ impl Report {
             .map(|s| self.source(s).and_then(|x| x.age_seconds))
             .try_fold(0.0f64, |acc, a| a.map(|a| acc.max(a)))
     }
+}
+
+/// The report as text for `berth capacity`, from its JSON (what the admin endpoint sends;
+/// the CLI may talk to a daemon of another version, so it reads fields by name).
+pub fn text(v: &serde_json::Value) -> String {
+    use std::fmt::Write;
+    let s = |v: &serde_json::Value| match v {
+        serde_json::Value::Null => "-".to_string(),
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    let mut o = String::new();
+    let id = &v["identity"];
+    let _ = writeln!(o, "cluster       {}", s(&id["cluster"]));
+    let _ = writeln!(
+        o,
+        "instance      {} ({}, {})",
+        s(&id["instance_id"]),
+        s(&id["instance_type"]),
+        s(&id["availability_zone"])
+    );
+    let _ = writeln!(o, "container     {}", s(&id["container_instance_arn"]));
+    let _ = writeln!(
+        o,
+        "status        {}{}",
+        s(&v["status"]),
+        if v["fresh"] == true { "" } else { "  (figures not current: see sources)" }
+    );
+    let res = |r: &serde_json::Value| {
+        if r.is_null() {
+            "-".to_string()
+        } else {
+            format!("{} cpu units, {} MiB", s(&r["cpu_units"]), s(&r["memory_mib"]))
+        }
+    };
+    let _ = writeln!(o, "registered    {}", res(&v["registered"]));
+    let _ = writeln!(o, "reserved      {}", res(&v["reserved"]));
+    let _ = writeln!(o, "free          {}", res(&v["free"]));
+    for shape in v["shapes"].as_array().into_iter().flatten() {
+        let _ = writeln!(
+            o,
+            "fits          {} x {} ({} cpu, {} MiB)",
+            s(&shape["schedulable"]),
+            s(&shape["name"]),
+            s(&shape["cpu"]),
+            s(&shape["memory"])
+        );
+    }
+    let _ = writeln!(
+        o,
+        "tasks         {} running, {} pending, {} daemon",
+        s(&v["running_tasks"]),
+        s(&v["pending_tasks"]),
+        s(&v["daemon_tasks"])
+    );
+    let idle = v["idle_seconds"].as_u64().unwrap_or(0);
+    let _ = writeln!(
+        o,
+        "idle          {}",
+        if v["idle_since_ms"].is_null() { "no".to_string() } else { format!("{idle} s") }
+    );
+    let _ = writeln!(o, "protected     {}", s(&v["protected"]));
+    if let Some(d) = v["drift"].as_object() {
+        let _ = writeln!(
+            o,
+            "drift         cpu {} units, memory {} MiB, running {}, pending {}{}",
+            s(&d["cpu_units"]),
+            s(&d["memory_mib"]),
+            s(&d["running_tasks"]),
+            s(&d["pending_tasks"]),
+            if d["drifted"] == true { "  (beyond tolerance)" } else { "" }
+        );
+    }
+    for src in v["sources"].as_array().into_iter().flatten() {
+        let age =
+            src["age_seconds"].as_f64().map_or("never".to_string(), |a| format!("{a:.0} s ago"));
+        let _ = writeln!(
+            o,
+            "source        {:<8} {}  {}{}",
+            s(&src["source"]),
+            if src["up"] == true { "up  " } else { "DOWN" },
+            age,
+            src["error"].as_str().map(|e| format!("  {e}")).unwrap_or_default()
+        );
+    }
+    o
 }
