@@ -36,6 +36,7 @@
 
 pub mod admin;
 pub mod app;
+pub mod autoscaling;
 pub mod aws;
 pub mod backoff;
 pub mod buffer;

@@ -16,15 +16,16 @@
 
 mod common;
 
+use common::docker::*;
 use common::*;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// Labels the ECS agent puts on every task container.
@@ -46,100 +47,6 @@ fn start_docker(config: &str) -> Berth {
 
 // ---------------------------------------------------------------------------------------
 // The engine, the image and containers.
-
-/// False (with the reason printed) when the Docker tests are switched off; a panic naming
-/// the reason when the engine cannot be reached.
-fn docker_ready(test: &str) -> bool {
-    if std::env::var("BERTH_TEST_NO_DOCKER").as_deref() == Ok("1") {
-        eprintln!("skipping {test}: BERTH_TEST_NO_DOCKER=1 (no Docker engine on this machine)");
-        return false;
-    }
-    let out = Command::new("docker")
-        .args(["info", "--format", "{{.ServerVersion}}"])
-        .output()
-        .unwrap_or_else(|e| {
-            panic!("cannot run the docker CLI ({e}); {test} needs a Docker engine (set BERTH_TEST_NO_DOCKER=1 to skip)")
-        });
-    assert!(
-        out.status.success(),
-        "the Docker engine is unreachable (`docker info` failed: {}); {test} needs it \
-         (set BERTH_TEST_NO_DOCKER=1 to skip)",
-        String::from_utf8_lossy(&out.stderr).trim()
-    );
-    true
-}
-
-fn docker(args: &[&str]) -> Output {
-    Command::new("docker").args(args).stdin(Stdio::null()).output().expect("run docker")
-}
-
-/// Run docker, assert success, return stdout trimmed.
-fn docker_ok(args: &[&str]) -> String {
-    let out = docker(args);
-    assert!(
-        out.status.success(),
-        "docker {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
-const IMAGE: &str = "berth-test-busybox:1";
-const IMAGE_LABEL: &str = "berth.test.content";
-const DOCKERFILE: &str = "FROM scratch\nCOPY busybox /bin/busybox\nENTRYPOINT [\"/bin/busybox\"]\n";
-
-/// FNV-1a: a stable content key for the image (std's hasher may change between releases).
-fn fnv1a(parts: &[&[u8]]) -> String {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for p in parts {
-        for b in *p {
-            h ^= u64::from(*b);
-            h = h.wrapping_mul(0x0100_0000_01b3);
-        }
-    }
-    format!("{h:016x}")
-}
-
-/// The busybox image, built once per test run and only when its content changed. With
-/// busybox as ENTRYPOINT, `sh -c '…'` runs its shell, whose applets (`sleep`, `ls`) run
-/// without symlinks.
-fn image() -> &'static str {
-    static BUILT: OnceLock<()> = OnceLock::new();
-    BUILT.get_or_init(|| {
-        let busybox = std::fs::read("/bin/busybox")
-            .expect("/bin/busybox is missing: run scripts/test-deps (it installs busybox-static)");
-        let key = fnv1a(&[&busybox, DOCKERFILE.as_bytes()]);
-        let have = docker(&[
-            "image",
-            "inspect",
-            "--format",
-            &format!("{{{{index .Config.Labels \"{IMAGE_LABEL}\"}}}}"),
-            IMAGE,
-        ]);
-        if have.status.success() && String::from_utf8_lossy(&have.stdout).trim() == key {
-            return;
-        }
-        let ctx = tempfile::tempdir().expect("tempdir");
-        std::fs::write(ctx.path().join("busybox"), &busybox).expect("write busybox");
-        std::fs::set_permissions(
-            ctx.path().join("busybox"),
-            std::os::unix::fs::PermissionsExt::from_mode(0o755),
-        )
-        .expect("chmod busybox");
-        std::fs::write(ctx.path().join("Dockerfile"), DOCKERFILE).expect("write Dockerfile");
-        let ctx_path = ctx.path().display().to_string();
-        docker_ok(&[
-            "build",
-            "-q",
-            "-t",
-            IMAGE,
-            "--label",
-            &format!("{IMAGE_LABEL}={key}"),
-            &ctx_path,
-        ]);
-    });
-    IMAGE
-}
 
 /// A container removed (`docker rm -f`) on drop.
 struct Container {

@@ -17,6 +17,7 @@
 //!
 //! Never logs a credential, and never formats one into an error.
 
+pub mod api;
 pub mod credentials;
 
 pub use credentials::CachedCredentials;

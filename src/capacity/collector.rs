@@ -85,6 +85,16 @@ pub fn summarize(tasks: &[TaskObs], is_daemon: impl Fn(&str) -> bool) -> Summary
     s
 }
 
+/// The local figures the cross-check compares with ECS's: free resources and every
+/// task's state, daemons included (ECS counts them too). Pure.
+pub fn local_figures(tasks: &[TaskObs], registered: Resources) -> super::control::LocalFigures {
+    let s = summarize(tasks, |_| false);
+    let holding = tasks.iter().filter(|t| compute::holds_resources(&t.known_status));
+    let running = holding.clone().filter(|t| t.known_status == "RUNNING").count() as i64;
+    let pending = holding.count() as i64 - running;
+    super::control::LocalFigures { free: compute::free(registered, [s.reserved]), running, pending }
+}
+
 /// The schedulable count of each shape; `None` each while `free` is unknown.
 pub fn fits(free: Option<Resources>, shapes: &[TaskShape]) -> Vec<ShapeFit> {
     shapes
@@ -126,7 +136,7 @@ pub fn own_container_id(mountinfo: &str, cgroup: &str) -> Option<String> {
     None
 }
 
-fn unix_ms(t: SystemTime) -> u64 {
+pub(crate) fn unix_ms(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 

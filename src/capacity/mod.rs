@@ -4,6 +4,7 @@
 //! - `compute`: the accounting, pure and table-tested.
 //! - `cgroup`: task-level sizes read from the task cgroups the ECS agent makes.
 //! - `collector`: the local sources (agent, Docker, cgroups) at each tick, into a report.
+//! - `control`: the AWS calls (registered resources, cross-check, scale-in protection).
 //! - `protection`: the scale-in protection decision, pure and table-tested.
 //! - `report`: what one tick found, the value every publisher reads.
 //! - `publish`: the latest report for the admin endpoint and the Prometheus gauges.
@@ -16,6 +17,7 @@
 pub mod cgroup;
 pub mod collector;
 pub mod compute;
+pub mod control;
 pub mod protection;
 pub mod publish;
 pub mod report;
@@ -65,6 +67,8 @@ pub async fn run(
         cfg.task_shapes.clone(),
         &cfg.daemon_task_families,
     );
+    let mut control =
+        control::Control::new(&cfg, &ecs.aws, Arc::clone(&deps.aws), Arc::clone(&deps.metrics));
     let mut changes = deps.engine.as_ref().map(|e| e.subscribe().changes);
     let mut tick = tokio::time::interval(cfg.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -87,8 +91,39 @@ pub async fn run(
             identity_from_imds(&mut local, &deps.imds).await;
             let now = Instant::now();
             let tasks = local.observe(now).await;
-            let report =
-                local.report(tasks.as_deref(), None, None, None, None, now, SystemTime::now());
+            let id = local.identity.clone();
+            let asked = control
+                .describe(
+                    id.cluster.as_deref(),
+                    id.container_instance_arn.as_deref(),
+                    |registered| tasks.as_deref().map(|t| collector::local_figures(t, registered)),
+                    now,
+                )
+                .await;
+            if asked.is_some() {
+                match &control.error {
+                    None => local.source_ok(Source::EcsApi, now),
+                    Some(e) => local.source_failed(Source::EcsApi, e.clone()),
+                }
+            } else if control.registered.is_none() {
+                if let Some(e) = &control.error {
+                    local.source_failed(Source::EcsApi, e.clone());
+                }
+            }
+            control.lookup_group(id.instance_id.as_deref(), now).await;
+            local.identity.auto_scaling_group = control.group.clone();
+            let mut report = local.report(
+                tasks.as_deref(),
+                control.registered,
+                control.status.clone(),
+                control.drift.clone(),
+                control.protection.protected,
+                now,
+                SystemTime::now(),
+            );
+            let work = Local::work(&report, tasks.is_some());
+            control.protect(id.instance_id.as_deref(), work, now).await;
+            report.protected = control.protection.protected;
             for s in report.sources.iter().filter(|s| !s.up) {
                 let limit = &warn[&s.source];
                 if let Some(n) = limit.check_key(s.error.as_deref().unwrap_or("")) {

@@ -816,3 +816,111 @@ fn env_overrides_reach_the_per_type_keys() {
         "environment variable BERTH_SINK__0__ROLE_ARN: sink[0].role_arn: \"logs\" is not a role ARN (arn:aws:iam::<account>:role/<name>)"
     );
 }
+
+// --- [ecs] and [capacity] ---------------------------------------------------------------
+
+const CAPACITY: &str = r#"
+[ecs]
+agent_url = "http://127.0.0.1:51678/"
+region = "eu-west-1"
+
+[capacity]
+enabled = true
+interval = "30s"
+ecs_api_interval = "0s"
+drift_tolerance_memory_mib = 64
+daemon_task_families = ["datadog-agent", " node-exporter "]
+task_shapes = [ { name = "batch-large", cpu = 4096, memory = 15722 },
+                { name = "worker", cpu = 1024, memory = 2048 },
+                { name = "mem-only", memory = 512 } ]
+
+[capacity.publish]
+cloudwatch_emf = true
+emf_log_group = "/berth/capacity"
+namespace = "Berth/Prod"
+dimensions = [["ClusterName", "TaskShape"], ["AutoScalingGroupName", "TaskShape"], []]
+
+[capacity.scale_in_protection]
+enabled = true
+idle_grace = "15m"
+"#;
+
+#[test]
+fn capacity_sections_load_with_their_defaults_and_round_trip() {
+    let d = load(SINK).unwrap();
+    assert_eq!(d.ecs.agent_url, "http://127.0.0.1:51678");
+    assert!(!d.capacity.enabled, "off unless asked");
+    assert_eq!(d.capacity.interval, Duration::from_secs(60));
+    assert_eq!(d.capacity.ecs_api_interval, Some(Duration::from_secs(3600)));
+    assert_eq!(d.capacity.cgroup_root, PathBuf::from("/sys/fs/cgroup"));
+    assert!(d.capacity.publish.prometheus && !d.capacity.publish.cloudwatch_emf);
+    assert_eq!(
+        d.capacity.publish.dimensions,
+        [vec![Dimension::ClusterName, Dimension::TaskShape], vec![Dimension::ClusterName]]
+    );
+    assert_eq!(d.capacity.scale_in_protection.idle_grace, Duration::from_secs(600));
+
+    let c = load(&format!("{CAPACITY}\n{SINK}")).unwrap();
+    assert_eq!(c.ecs.agent_url, "http://127.0.0.1:51678", "trailing / dropped");
+    assert_eq!(c.ecs.aws.region.as_deref(), Some("eu-west-1"));
+    assert_eq!(c.capacity.ecs_api_interval, None, "0s turns the cross-check off");
+    assert_eq!(c.capacity.drift_tolerance_memory_mib, 64);
+    assert_eq!(c.capacity.daemon_task_families, ["datadog-agent", "node-exporter"]);
+    assert_eq!(c.capacity.task_shapes.len(), 3);
+    assert_eq!(
+        c.capacity.task_shapes[2],
+        TaskShape { name: "mem-only".into(), cpu: 0, memory: 512 }
+    );
+    assert_eq!(c.capacity.publish.namespace, "Berth/Prod");
+    assert_eq!(c.capacity.publish.dimensions.len(), 3);
+    assert!(c.capacity.publish.dimensions[2].is_empty(), "an empty set is allowed by EMF");
+    assert!(c.capacity.scale_in_protection.enabled);
+
+    let printed = c.to_redacted_toml();
+    let again = Config::from_toml_str(&printed, "printed", NO_ENV).unwrap();
+    assert_eq!(again.capacity.task_shapes, c.capacity.task_shapes);
+    assert_eq!(again.capacity.publish.dimensions, c.capacity.publish.dimensions);
+    assert_eq!(again.capacity.ecs_api_interval, None);
+    assert_eq!(again.ecs.aws, c.ecs.aws);
+
+    let env = load_env(
+        SINK,
+        &[("BERTH_CAPACITY__ENABLED", "true"), ("BERTH_ECS__AGENT_URL", "http://10.0.0.1:51678")],
+    )
+    .unwrap();
+    assert!(env.capacity.enabled);
+    assert_eq!(env.ecs.agent_url, "http://10.0.0.1:51678");
+}
+
+#[test]
+fn capacity_errors_name_the_key_and_line() {
+    for (text, want) in [
+        ("[ecs]\nagent_url = \"https://x:1\"\n", "line 2: ecs.agent_url: \"https://x:1\" is not an agent address"),
+        ("[ecs]\nagent_url = \"http://x:1/v1\"\n", "ecs.agent_url"),
+        ("[ecs]\nrole_arn = \"nope\"\n", "line 2: ecs.role_arn: \"nope\" is not a role ARN"),
+        ("[ecs]\nagent = 1\n", "unknown key \"agent\""),
+        ("[capacity]\ninterval = \"500ms\"\n", "line 2: capacity.interval: must be at least 1s"),
+        ("[capacity]\necs_api_interval = \"10ms\"\n", "capacity.ecs_api_interval: must be \"0s\" (off) or at least 1s"),
+        ("[capacity]\ndaemon_task_families = [\"\"]\n", "capacity.daemon_task_families: a family name is empty"),
+        (
+            "[capacity]\ntask_shapes = [{ name = \"a\", cpu = 1 },\n  { name = \"a\", cpu = 2 }]\n",
+            "line 3: capacity.task_shapes: shape \"a\" is named twice",
+        ),
+        ("[capacity]\ntask_shapes = [{ name = \"z\" }]\n", "shape \"z\" needs cpu or memory"),
+        ("[capacity]\ntask_shapes = [{ name = \"z\", cpus = 1 }]\n", "unknown key \"cpus\""),
+        ("[capacity]\ntask_shapes = [{ name = \"z\", cpu = -1 }]\n", "capacity.task_shapes"),
+        ("[capacity.publish]\nnamespace = \"AWS/ECS\"\n", "capacity.publish.namespace: \"AWS/ECS\" is not a CloudWatch namespace"),
+        ("[capacity.publish]\nemf_log_group = \"bad group\"\n", "capacity.publish.emf_log_group"),
+        (
+            "[capacity.publish]\ndimensions = [[\"ClusterName\", \"Shape\"]]\n",
+            "line 2: capacity.publish.dimensions: unknown dimension \"Shape\" (expected one of ClusterName, TaskShape",
+        ),
+        ("[capacity.publish]\ndimensions = [[\"TaskShape\", \"TaskShape\"]]\n", "is in one set twice"),
+        ("[capacity.publish]\ndimensions = [[\"TaskShape\"], [\"TaskShape\"]]\n", "a dimension set is listed twice"),
+        ("[capacity.scale_in_protection]\nidle = \"1m\"\n", "unknown key \"idle\""),
+    ] {
+        let got = err(&format!("{text}\n{SINK}"));
+        assert!(got.contains(want), "for:\n{text}\nwant: {want}\n got: {got}");
+        assert!(got.starts_with(FILE), "{got}");
+    }
+}

@@ -2,3 +2,4 @@
 //! capacity and the drain ("which tasks run here, and which are work").
 
 pub mod agent;
+pub mod api;

@@ -34,17 +34,26 @@ pub const REGION: &str = "eu-west-1";
 pub const INSTANCE_TYPE: &str = "m6i.large";
 
 struct State {
+    instance_id: String,
     tokens: Vec<String>,
     requests: Arc<Mutex<Vec<Request>>>,
 }
 
 impl FakeImds {
     pub fn start() -> FakeImds {
+        FakeImds::start_as(INSTANCE_ID)
+    }
+
+    /// With another instance id (one that exists in moto's EC2, say).
+    pub fn start_as(instance_id: &str) -> FakeImds {
         let l = TcpListener::bind("127.0.0.1:0").expect("bind fake imds");
         let endpoint = format!("http://{}", l.local_addr().expect("addr"));
         let requests = Arc::new(Mutex::new(Vec::new()));
-        let state =
-            Arc::new(Mutex::new(State { tokens: Vec::new(), requests: Arc::clone(&requests) }));
+        let state = Arc::new(Mutex::new(State {
+            instance_id: instance_id.to_string(),
+            tokens: Vec::new(),
+            requests: Arc::clone(&requests),
+        }));
         // The accept thread ends with the test process.
         std::thread::spawn(move || {
             for s in l.incoming() {
@@ -113,7 +122,7 @@ fn serve(s: TcpStream, state: &Mutex<State>) {
                         (401, String::new())
                     } else {
                         match p {
-                            "/latest/meta-data/instance-id" => (200, INSTANCE_ID.to_string()),
+                            "/latest/meta-data/instance-id" => (200, st.instance_id.clone()),
                             "/latest/meta-data/placement/availability-zone" => {
                                 (200, AZ.to_string())
                             }
