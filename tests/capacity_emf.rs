@@ -150,7 +150,10 @@ async fn a_report_round_trips_through_cloudwatch_logs_as_emf() {
         serde_json::json!([["ClusterName", "TaskShape"]])
     );
     let host = &v[2];
-    assert_eq!(host["_aws"]["CloudWatchMetrics"][0]["Dimensions"], serde_json::json!([["ClusterName"]]));
+    assert_eq!(
+        host["_aws"]["CloudWatchMetrics"][0]["Dimensions"],
+        serde_json::json!([["ClusterName"]])
+    );
     for (k, want) in [
         ("FreeCpuUnits", 1024),
         ("FreeMemoryMiB", 5632),
