@@ -5,6 +5,8 @@
 //! - `cgroup`: task-level sizes read from the task cgroups the ECS agent makes.
 //! - `collector`: the local sources (agent, Docker, cgroups) at each tick, into a report.
 //! - `control`: the AWS calls (registered resources, cross-check, scale-in protection).
+//! - `emf`: the report as CloudWatch Embedded Metric Format events (pure encoder and its
+//!   spec check) and the PutLogEvents publisher.
 //! - `protection`: the scale-in protection decision, pure and table-tested.
 //! - `report`: what one tick found, the value every publisher reads.
 //! - `publish`: the latest report for the admin endpoint and the Prometheus gauges.
@@ -18,6 +20,7 @@ pub mod cgroup;
 pub mod collector;
 pub mod compute;
 pub mod control;
+pub mod emf;
 pub mod protection;
 pub mod publish;
 pub mod report;

@@ -1,6 +1,7 @@
 //! moto_server (CloudWatch Logs and IAM, installed in the test venv by scripts/test-deps)
 //! for the cloudwatch_logs sink tests, a boto3 reader (tests/fixtures/cw_tool.py), and a
-//! fault proxy for the JSON API that records every PutLogEvents it forwards.
+//! fault proxy for the JSON API that records every PutLogEvents it forwards (with its
+//! headers).
 
 use super::{test_python, wait_for, WAIT};
 use std::collections::BTreeMap;
@@ -185,12 +186,21 @@ pub struct PutCall {
     pub fate: &'static str,
     /// The HTTP status moto answered (0 when not forwarded or no answer).
     pub status: u16,
+    /// The request's header lines as received (`Name: value`, without the CRLF).
+    pub headers: Vec<String>,
 }
 
 impl PutCall {
     /// Forwarded, answered 200 and the answer reached berth.
     pub fn accepted(&self) -> bool {
         self.fate == "forwarded" && self.status == 200
+    }
+
+    /// The value of a request header, trimmed (case-insensitive name).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find_map(|h| {
+            h.split_once(':').filter(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.trim())
+        })
     }
 }
 
@@ -232,6 +242,7 @@ fn serve(c: TcpStream, target: &str, f: Faults, calls: &Mutex<Vec<PutCall>>) {
     let mut r = BufReader::new(c);
     while let Some(req) = super::read_http_request(&mut r) {
         let amz_target = req.header("x-amz-target").unwrap_or_default().to_string();
+        let req_headers = req.headers.clone();
         // Every forwarded request closes its connection to moto; the client's stays open.
         let headers: Vec<String> = req
             .headers
@@ -282,6 +293,7 @@ fn serve(c: TcpStream, target: &str, f: Faults, calls: &Mutex<Vec<PutCall>>) {
                 max_event: sizes.iter().copied().max().unwrap_or(0),
                 fate,
                 status: 0,
+                headers: req_headers.iter().map(|h| h.trim_end().to_string()).collect(),
             });
             call_index = Some(all.len() - 1);
         }
