@@ -60,6 +60,29 @@ pub async fn run(
     deps: Deps,
     shutdown: CancellationToken,
 ) -> Result<(), CapacityError> {
+    let emf = cfg.publish.cloudwatch_emf.then(|| {
+        emf_loop(
+            cfg.clone(),
+            ecs.clone(),
+            Arc::clone(&deps.aws),
+            Arc::clone(&deps.metrics),
+            shutdown.clone(),
+        )
+    });
+    let collect = collect_loop(cfg, ecs, deps, shutdown);
+    match emf {
+        Some(emf) => tokio::join!(collect, emf).0,
+        None => collect.await,
+    }
+}
+
+/// The collector: a report at every tick.
+async fn collect_loop(
+    cfg: CapacityConfig,
+    ecs: EcsConfig,
+    deps: Deps,
+    shutdown: CancellationToken,
+) -> Result<(), CapacityError> {
     let agent = Agent::new(&ecs.agent_url)?;
     let cgroups = cgroup::Cgroups::new(&cfg.cgroup_root);
     let latest = Arc::clone(&deps.metrics.capacity);
@@ -146,6 +169,78 @@ pub async fn run(
         }
     }
     Ok(())
+}
+
+/// EMF: one batch of events per `interval` on its own fixed schedule — never on the extra
+/// ticks after container changes, since a second event from this host in one period would
+/// count it twice in the cluster's `Sum`. A report older than one interval, or not fresh,
+/// is skipped (stale figures are never published as current). No retries: a retry after a
+/// lost answer would store the events twice; the next interval is the retry.
+async fn emf_loop(
+    cfg: CapacityConfig,
+    ecs: EcsConfig,
+    aws: Arc<crate::aws::Aws>,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+) -> Result<(), CapacityError> {
+    let latest = Arc::clone(&metrics.capacity);
+    let mut publisher: Option<emf::EmfPublisher> = None;
+    let mut left_out = emf::LeftOutLog::default();
+    let warn = crate::ratelimit::RateLimit::new(1, 300);
+    let mut tick = tokio::time::interval(cfg.interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The first tick is at once; the collector's first report comes a moment later.
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            _ = tick.tick() => {}
+        }
+        let Some(report) = latest.get() else { continue };
+        let age_ms = collector::unix_ms(SystemTime::now()).saturating_sub(report.computed_at_ms);
+        let skip = |why: &str| {
+            if let Some(n) = warn.check_key(why) {
+                tracing::warn!(reason = why, suppressed = n, "capacity: EMF interval skipped");
+            }
+        };
+        if age_ms > cfg.interval.as_millis() as u64 + 1000 {
+            skip("the last report is older than the interval");
+            continue;
+        }
+        let encoded = match emf::encode(&report, &cfg.publish) {
+            Ok(e) => e,
+            Err(e) => {
+                skip(&e.to_string());
+                continue;
+            }
+        };
+        left_out.note(&encoded.left_out);
+        let Some(stream) = report.identity.instance_id.clone() else {
+            skip("the instance id is not known yet (IMDS)");
+            continue;
+        };
+        if publisher.is_none() {
+            let made = emf::EmfPublisher::new(&aws, &ecs.aws, &cfg.publish.emf_log_group, &stream);
+            match tokio::select! { _ = shutdown.cancelled() => return Ok(()), p = made => p } {
+                Ok(p) => publisher = Some(p),
+                Err(e) => {
+                    skip(&e.to_string());
+                    continue;
+                }
+            }
+        }
+        let Some(p) = &publisher else { continue };
+        let sent = p.publish(encoded.events, report.computed_at_ms as i64);
+        let r = tokio::select! { _ = shutdown.cancelled() => return Ok(()), r = sent => r };
+        match r {
+            Ok(()) => metrics.api_call("PutLogEvents", "ok"),
+            Err(e) => {
+                let throttled = e.code().is_some_and(|c| c.contains("Throttl"));
+                metrics.api_call("PutLogEvents", if throttled { "throttled" } else { "error" });
+                skip(&e.to_string());
+            }
+        }
+    }
 }
 
 /// `true` when a container started, stopped or was removed; pends for ever without Docker.
