@@ -20,9 +20,12 @@
 //! beside it:  docker (the host's engine: one connection, one events stream, one container
 //!             list; subscribers: enrich's container cache, capacity next)
 //!             capacity:: what ECS can still place here (accounting and protection so far)
-//!             ecs:: the ECS agent's introspection API (the tasks on this host)
+//!             ecs:: the ECS agent's introspection API (the tasks on this host) and the
+//!             ECS API's view of this container instance (ecs::api)
+//!             autoscaling:: this instance's Auto Scaling group and scale-in protection
 //!             admin (127.0.0.1:24220) /healthz, /metrics, /v1/status; metrics; config; cli
-//! shared:     aws:: one loader (region, credentials cache, AssumeRole) for every AWS client
+//! shared:     aws:: one loader (region, credentials cache, AssumeRole) for every AWS client,
+//!             and aws::api's one error type (and retry/timeout settings) for API calls
 //!             imds:: the process's one IMDSv2 client (404 = absent)
 //!             shutdown:: the one shutdown sequence's tokens, tracker and bounded waits
 //!             backoff (every retry and reconnect loop), ratelimit (every repeated warning)

@@ -15,11 +15,15 @@
 //! `credentials.rs`); sections that assume different roles share the base credentials they
 //! assume them with.
 //!
+//! `api`: the one error type of AWS API calls ([`ApiError`], classified by code and status)
+//! and the retry and timeout settings of the capacity and drain clients.
+//!
 //! Never logs a credential, and never formats one into an error.
 
 pub mod api;
 pub mod credentials;
 
+pub use api::{ApiError, ApiErrorKind};
 pub use credentials::CachedCredentials;
 
 use crate::config::AwsAuth;

@@ -1,0 +1,246 @@
+//! The ECS API calls of this host, as ECS itself sees it: `DescribeContainerInstances` for
+//! this host's container instance (what it registered, what ECS thinks is left, its task
+//! counts) — capacity's cross-check of its own accounting.
+//!
+//! Only this host's instance, one ARN per call: the policy can then be scoped to container
+//! instances (packaging/iam/berth-capacity-policy.json). Reading the answer is a pure
+//! function ([`container_instance`]) tested without the network.
+
+use crate::aws::api::{self, ApiError, ApiErrorKind};
+use crate::aws::AwsConfig;
+use crate::capacity::compute::Resources;
+use aws_sdk_ecs as ecs;
+use ecs::operation::describe_container_instances::DescribeContainerInstancesOutput;
+use ecs::types::Resource;
+
+const DESCRIBE: &str = "ecs:DescribeContainerInstances";
+
+/// A container instance as the ECS API describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerInstance {
+    /// `registeredResources` CPU units and memory MiB.
+    pub registered: Resources,
+    /// `remainingResources`: registered minus what ECS has placed here.
+    pub remaining: Resources,
+    pub running_tasks: i64,
+    pub pending_tasks: i64,
+    /// `ACTIVE`, `DRAINING`, `REGISTERING`, …
+    pub status: String,
+    pub agent_connected: bool,
+    pub ec2_instance_id: Option<String>,
+}
+
+/// The ECS client of capacity (and, next, of the drain).
+#[derive(Debug, Clone)]
+pub struct EcsApi {
+    client: ecs::Client,
+}
+
+impl EcsApi {
+    /// A client from the `[ecs]` section's AWS configuration: endpoints from the SDK's
+    /// environment (`AWS_ENDPOINT_URL_ECS`), the SDK's standard retries and the timeouts of
+    /// [`crate::aws::api`].
+    pub fn new(aws: &AwsConfig) -> EcsApi {
+        let conf = ecs::config::Builder::from(aws.sdk())
+            .retry_config(api::retry_config())
+            .timeout_config(api::timeout_config())
+            .build();
+        EcsApi { client: ecs::Client::from_conf(conf) }
+    }
+
+    /// `DescribeContainerInstances` for one instance. A `failures` entry (`MISSING`: not
+    /// registered in that cluster) is an error of kind `NotFound` with the reason as code.
+    pub async fn describe_container_instance(
+        &self,
+        cluster: &str,
+        container_instance_arn: &str,
+    ) -> Result<ContainerInstance, ApiError> {
+        let out = self
+            .client
+            .describe_container_instances()
+            .cluster(cluster)
+            .container_instances(container_instance_arn)
+            .send()
+            .await
+            .map_err(|e| ApiError::from_sdk(DESCRIBE, e))?;
+        container_instance(&out, container_instance_arn)
+    }
+}
+
+/// The one container instance asked for, from a `DescribeContainerInstances` answer.
+pub fn container_instance(
+    out: &DescribeContainerInstancesOutput,
+    arn: &str,
+) -> Result<ContainerInstance, ApiError> {
+    if let Some(ci) = out.container_instances().first() {
+        let registered = resources(ci.registered_resources(), "registeredResources")?;
+        let remaining = resources(ci.remaining_resources(), "remainingResources")?;
+        return Ok(ContainerInstance {
+            registered,
+            remaining,
+            running_tasks: i64::from(ci.running_tasks_count()),
+            pending_tasks: i64::from(ci.pending_tasks_count()),
+            status: ci.status().unwrap_or_default().to_owned(),
+            agent_connected: ci.agent_connected(),
+            ec2_instance_id: ci.ec2_instance_id().map(str::to_owned),
+        });
+    }
+    if let Some(f) = out.failures().first() {
+        let reason = f.reason().unwrap_or("unknown reason");
+        let mut message = format!("container instance {} {reason}", f.arn().unwrap_or(arn));
+        if let Some(d) = f.detail().filter(|d| !d.is_empty()) {
+            message.push_str(": ");
+            message.push_str(d);
+        }
+        return Err(ApiError::in_response(
+            DESCRIBE,
+            ApiErrorKind::NotFound,
+            Some(reason.to_owned()),
+            message,
+        ));
+    }
+    Err(ApiError::in_response(
+        DESCRIBE,
+        ApiErrorKind::Other,
+        None,
+        format!("the answer names neither container instance {arn} nor a failure"),
+    ))
+}
+
+/// CPU units and memory MiB from a resource list (entries `CPU` and `MEMORY`). Both must be
+/// there: a figure of 0 would read as a full host.
+fn resources(list: &[Resource], field: &str) -> Result<Resources, ApiError> {
+    let get = |name: &str| {
+        list.iter().find(|r| r.name() == Some(name)).map(value).ok_or_else(|| {
+            ApiError::in_response(
+                DESCRIBE,
+                ApiErrorKind::Other,
+                None,
+                format!("{field} has no {name} entry"),
+            )
+        })
+    };
+    Ok(Resources { cpu_units: get("CPU")?, memory_mib: get("MEMORY")? })
+}
+
+/// A resource's number. ECS sends CPU and MEMORY as `INTEGER`; `LONG` and `DOUBLE` are read
+/// too (a DOUBLE rounded down), and a negative figure (remaining briefly below zero while a
+/// placement settles) counts as 0.
+fn value(r: &Resource) -> u64 {
+    let n = match r.r#type() {
+        Some("LONG") => r.long_value(),
+        Some("DOUBLE") => r.double_value().floor() as i64,
+        Some("INTEGER") => i64::from(r.integer_value()),
+        // No type: whichever field is set.
+        _ => [i64::from(r.integer_value()), r.long_value(), r.double_value().floor() as i64]
+            .into_iter()
+            .find(|v| *v != 0)
+            .unwrap_or(0),
+    };
+    u64::try_from(n).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ecs::types::{ContainerInstance as SdkInstance, Failure};
+
+    fn int(name: &str, v: i32) -> Resource {
+        Resource::builder().name(name).r#type("INTEGER").integer_value(v).build()
+    }
+
+    fn ports() -> Resource {
+        Resource::builder().name("PORTS").r#type("STRINGSET").string_set_value("22").build()
+    }
+
+    fn answer(
+        instance: Option<SdkInstance>,
+        failure: Option<Failure>,
+    ) -> DescribeContainerInstancesOutput {
+        let mut b = DescribeContainerInstancesOutput::builder();
+        if let Some(i) = instance {
+            b = b.container_instances(i);
+        }
+        if let Some(f) = failure {
+            b = b.failures(f);
+        }
+        b.build()
+    }
+
+    #[test]
+    fn reads_registered_remaining_and_counts() {
+        let ci = SdkInstance::builder()
+            .registered_resources(int("CPU", 4096))
+            .registered_resources(int("MEMORY", 7482))
+            .registered_resources(ports())
+            .remaining_resources(ports())
+            .remaining_resources(int("MEMORY", 6970))
+            .remaining_resources(int("CPU", 3840))
+            .running_tasks_count(2)
+            .pending_tasks_count(1)
+            .status("ACTIVE")
+            .agent_connected(true)
+            .ec2_instance_id("i-0123456789abcdef0")
+            .build();
+        let got = container_instance(&answer(Some(ci), None), "arn:x").unwrap();
+        assert_eq!(
+            got,
+            ContainerInstance {
+                registered: Resources { cpu_units: 4096, memory_mib: 7482 },
+                remaining: Resources { cpu_units: 3840, memory_mib: 6970 },
+                running_tasks: 2,
+                pending_tasks: 1,
+                status: "ACTIVE".into(),
+                agent_connected: true,
+                ec2_instance_id: Some("i-0123456789abcdef0".into()),
+            }
+        );
+    }
+
+    #[test]
+    fn tolerates_long_double_untyped_and_negative_values() {
+        let long = Resource::builder().name("CPU").r#type("LONG").long_value(8192).build();
+        let double =
+            Resource::builder().name("MEMORY").r#type("DOUBLE").double_value(15_000.7).build();
+        let untyped = Resource::builder().name("CPU").long_value(1024).build();
+        let negative = int("MEMORY", -12);
+        assert_eq!(value(&long), 8192);
+        assert_eq!(value(&double), 15_000);
+        assert_eq!(value(&untyped), 1024);
+        assert_eq!(value(&negative), 0);
+        assert_eq!(
+            resources(&[long, double], "registeredResources").unwrap(),
+            Resources { cpu_units: 8192, memory_mib: 15_000 }
+        );
+    }
+
+    #[test]
+    fn a_missing_cpu_or_memory_entry_is_an_error_not_zero() {
+        let ci = SdkInstance::builder()
+            .registered_resources(int("CPU", 4096))
+            .remaining_resources(int("CPU", 4096))
+            .remaining_resources(int("MEMORY", 1))
+            .build();
+        let e = container_instance(&answer(Some(ci), None), "arn:x").unwrap_err();
+        assert_eq!(e.kind, ApiErrorKind::Other);
+        assert_eq!(e.message, "registeredResources has no MEMORY entry");
+    }
+
+    #[test]
+    fn a_failure_entry_is_not_found_naming_the_reason() {
+        let f = Failure::builder()
+            .arn("arn:aws:ecs:us-east-1:123456789012:container-instance/prod/abc")
+            .reason("MISSING")
+            .build();
+        let e = container_instance(&answer(None, Some(f)), "abc").unwrap_err();
+        assert_eq!(e.kind, ApiErrorKind::NotFound);
+        assert_eq!(e.code.as_deref(), Some("MISSING"));
+        assert_eq!(
+            e.to_string(),
+            "ecs:DescribeContainerInstances not found (MISSING): container instance \
+             arn:aws:ecs:us-east-1:123456789012:container-instance/prod/abc MISSING"
+        );
+        let e = container_instance(&answer(None, None), "abc").unwrap_err();
+        assert_eq!(e.kind, ApiErrorKind::Other);
+    }
+}
