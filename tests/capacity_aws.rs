@@ -22,10 +22,9 @@ use berth::capacity::compute::Resources;
 use berth::config::AwsAuth;
 use berth::ecs::api::EcsApi;
 use berth::imds::Imds;
-use common::moto::Moto;
-use common::{package_file, test_python};
+use common::moto::{ecs_tool, Moto};
+use common::package_file;
 use std::collections::BTreeSet;
-use std::process::Command;
 use std::time::Duration;
 
 /// Held for a whole test: the endpoint is process-wide.
@@ -50,27 +49,6 @@ async fn config_for(endpoint: &str, creds: (&str, &str)) -> AwsConfig {
     let aws = Aws::with_credentials_provider(Imds::disabled(), provider);
     let auth = AwsAuth { region: Some("us-east-1".into()), role_arn: None, external_id: None };
     aws.load(&auth).await.unwrap()
-}
-
-/// tests/fixtures/ecs_tool.py's JSON answer.
-fn ecs_tool(url: &str, args: &[&str], creds: (&str, &str)) -> serde_json::Value {
-    let out = Command::new(test_python())
-        .arg(package_file("tests/fixtures/ecs_tool.py"))
-        .arg(url)
-        .args(args)
-        .env("AWS_ACCESS_KEY_ID", creds.0)
-        .env("AWS_SECRET_ACCESS_KEY", creds.1)
-        .env_remove("AWS_SESSION_TOKEN")
-        .env_remove("AWS_PROFILE")
-        .env("AWS_CONFIG_FILE", "/dev/null")
-        .output()
-        .expect("run ecs_tool.py");
-    assert!(
-        out.status.success(),
-        "ecs_tool.py {args:?} failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("ecs_tool.py json")
 }
 
 /// What `setup` made.

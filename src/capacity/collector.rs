@@ -178,6 +178,8 @@ pub struct Local {
     pub identity: Identity,
     /// Since when no work has run.
     idle_since: Option<(Instant, SystemTime)>,
+    /// The last tick sized every container.
+    all_sized: bool,
 }
 
 impl Local {
@@ -204,6 +206,7 @@ impl Local {
             sources: HashMap::new(),
             identity: Identity::default(),
             idle_since: None,
+            all_sized: false,
         }
     }
 
@@ -217,6 +220,15 @@ impl Local {
 
     pub fn source_failed(&mut self, s: Source, e: String) {
         self.sources.entry(s).or_default().failed(e);
+    }
+
+    /// This tick sized every task: Docker and the cgroups answered, and no container is
+    /// waiting for its size.
+    pub fn complete(&self) -> bool {
+        self.up(Source::Agent)
+            && self.up(Source::Docker)
+            && self.up(Source::Cgroup)
+            && self.all_sized
     }
 
     fn up(&self, s: Source) -> bool {
@@ -347,6 +359,7 @@ impl Local {
                 not_sized,
             });
         }
+        self.all_sized = out.iter().all(|t| t.not_sized == 0);
         // Sizes of containers no task holds any more are not needed again.
         self.sizes.retain(|id, _| seen.contains(id));
         match docker_error {

@@ -111,6 +111,9 @@ pub struct Control {
     group_retry_at: Option<Instant>,
     group_backoff: Backoff,
     last_drift_logged: Option<(i64, i64, i64, i64, String)>,
+    /// ECS's answer, kept until a tick has the complete local view to compare it with (at
+    /// start Docker may not have answered yet).
+    unchecked: Option<(ContainerInstance, u64)>,
     pub error: Option<String>,
     pub last_ok: Option<Instant>,
 }
@@ -155,6 +158,7 @@ impl Control {
             group_retry_at: None,
             group_backoff: Backoff::from_entropy(RETRY_MIN, RETRY_MAX),
             last_drift_logged: None,
+            unchecked: None,
             error: None,
             last_ok: None,
         }
@@ -185,7 +189,8 @@ impl Control {
     }
 
     /// The registered resources and the cross-check, when due. `local` is this tick's
-    /// view (`None` when the agent did not answer: the cross-check waits).
+    /// view, `None` when incomplete (the agent or Docker did not answer, a container not
+    /// sized yet): the comparison then waits for a tick that has it.
     pub async fn describe(
         &mut self,
         cluster: Option<&str>,
@@ -194,6 +199,13 @@ impl Control {
         now: Instant,
     ) -> Option<Source> {
         let (Some(cluster), Some(arn)) = (cluster, arn) else { return None };
+        if let Some((ci, at)) = self.unchecked.take() {
+            match local(ci.registered) {
+                Some(l) => self.compare(l, &ci, at),
+                None => self.unchecked = Some((ci, at)),
+            }
+            return None;
+        }
         let due = match (self.registered, self.next_check) {
             (None, _) => true,
             (Some(_), Some(at)) => now >= at,
@@ -262,6 +274,26 @@ impl Control {
             }
         }
         Some(Source::EcsApi)
+    }
+
+    /// The cross-check itself; a drift is logged once per change.
+    fn compare(&mut self, local: LocalFigures, ci: &ContainerInstance, at: u64) {
+        let d = drift(local, ci, self.tolerance, at);
+        let key = (d.cpu_units, d.memory_mib, d.running_tasks, d.pending_tasks, d.status.clone());
+        if d.drifted && self.last_drift_logged.as_ref() != Some(&key) {
+            tracing::warn!(
+                cpu_units = d.cpu_units,
+                memory_mib = d.memory_mib,
+                running_tasks = d.running_tasks,
+                pending_tasks = d.pending_tasks,
+                status = %d.status,
+                "capacity: the local figures differ from ECS's (local minus ECS)"
+            );
+            self.last_drift_logged = Some(key);
+        } else if !d.drifted {
+            self.last_drift_logged = None;
+        }
+        self.drift = Some(d);
     }
 
     /// The group's name, looked up once (with its current protection).

@@ -122,7 +122,10 @@ async fn collect_loop(
                 .describe(
                     id.cluster.as_deref(),
                     id.container_instance_arn.as_deref(),
-                    |registered| tasks.as_deref().map(|t| collector::local_figures(t, registered)),
+                    |registered| {
+                        let t = tasks.as_deref().filter(|_| local.complete())?;
+                        Some(collector::local_figures(t, registered))
+                    },
                     now,
                 )
                 .await;

@@ -370,3 +370,25 @@ fn forward(
     }
     Some((status, ctype, body))
 }
+
+/// tests/fixtures/ecs_tool.py's JSON answer (a host set up in moto: see the script), run
+/// with `creds`.
+pub fn ecs_tool(url: &str, args: &[&str], creds: (&str, &str)) -> serde_json::Value {
+    let out = Command::new(test_python())
+        .arg(super::package_file("tests/fixtures/ecs_tool.py"))
+        .arg(url)
+        .args(args)
+        .env("AWS_ACCESS_KEY_ID", creds.0)
+        .env("AWS_SECRET_ACCESS_KEY", creds.1)
+        .env_remove("AWS_SESSION_TOKEN")
+        .env_remove("AWS_PROFILE")
+        .env("AWS_CONFIG_FILE", "/dev/null")
+        .output()
+        .expect("run ecs_tool.py");
+    assert!(
+        out.status.success(),
+        "ecs_tool.py {args:?} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("ecs_tool.py json")
+}
