@@ -139,6 +139,7 @@ fn capacity_follows_tasks_protects_while_busy_and_publishes() {
     let ci_arn = host["container_instance_arn"].as_str().unwrap().to_string();
     let imds = FakeImds::start_as(&instance);
     let agent = FakeAgent::start(AgentState {
+        down: false,
         cluster: "prod".into(),
         instance_arn: Some(ci_arn.clone()),
         tasks: vec![],
@@ -392,6 +393,36 @@ idle_grace = "8s"
         !worker.is_empty()
             && worker.iter().all(|e| e.contains("\"AutoScalingGroupName\":\"berth-asg\""))
     );
+
+    // The agent stops answering (an agent update): the report says so, the figures are no
+    // longer published as current, protection is left as it is.
+    let (_web3, web3) =
+        run_task(&format!("berth-cap-web3-{pid}"), &arn("beef"), "web", &["--cpu-shares", "256"]);
+    agent.state.lock().unwrap().tasks.push(fake_task(
+        &arn("beef"),
+        "web",
+        "RUNNING",
+        (&web3, "ecs-web-3-main"),
+    ));
+    wait_report(&b, "protection back on with work", |r| r["protected"] == true);
+    agent.state.lock().unwrap().down = true;
+    let r = wait_report(&b, "the agent down", |r| {
+        r["sources"].as_array().unwrap().iter().any(|s| s["source"] == "agent" && s["up"] == false)
+    });
+    assert_eq!(r["fresh"], false, "{r:#}");
+    let (_, metrics) = b.http_get("/metrics");
+    assert!(metrics.contains("berth_capacity_source_up{source=\"agent\"} 0"), "{metrics}");
+    for absent in [
+        "berth_capacity_free_cpu_units",
+        "berth_capacity_schedulable",
+        "berth_capacity_running_tasks",
+    ] {
+        assert!(!metrics.contains(absent), "{absent} published from stale figures:\n{metrics}");
+    }
+    // Past the idle grace with no answer: protection is not lifted on missing data.
+    std::thread::sleep(Duration::from_secs(9));
+    assert_eq!(protected(&moto, &instance), true);
+    assert_eq!(calls("SetInstanceProtection", "ok"), 3.0, "on, off, on: nothing on missing data");
     b.stop();
     assert!(!b.stderr_text().contains("panicked"), "{}", b.stderr_text());
 }

@@ -34,6 +34,7 @@ const ID_C: &str = "cccccccccccc333333333333333333333333333333333333333333333333
 #[test]
 fn metadata_tasks_and_lookups_by_docker_id() {
     let fake = FakeAgent::start(AgentState {
+        down: false,
         cluster: "prod".into(),
         instance_arn: None,
         tasks: vec![

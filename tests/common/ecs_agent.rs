@@ -25,6 +25,8 @@ pub struct FakeTask {
 
 #[derive(Default)]
 pub struct AgentState {
+    /// Answer 503 to everything (the agent restarting, as during an agent update).
+    pub down: bool,
     pub cluster: String,
     pub instance_arn: Option<String>,
     pub tasks: Vec<FakeTask>,
@@ -53,6 +55,9 @@ fn task_json(t: &FakeTask) -> serde_json::Value {
 }
 
 fn answer(st: &AgentState, target: &str) -> (u16, String) {
+    if st.down {
+        return (503, String::new());
+    }
     let (path, query) = target.split_once('?').unwrap_or((target, ""));
     let params: Vec<(&str, &str)> = query.split('&').filter_map(|p| p.split_once('=')).collect();
     let get = |k: &str| params.iter().find(|(n, _)| *n == k).map(|(_, v)| *v);
@@ -129,6 +134,7 @@ impl FakeAgent {
                         let reason = match status {
                             200 => "OK",
                             400 => "Bad Request",
+                            503 => "Service Unavailable",
                             _ => "Not Found",
                         };
                         let resp = format!(
