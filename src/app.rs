@@ -103,7 +103,7 @@ pub async fn run(config: Config) -> Result<(), AppError> {
     let listeners = input::bind(fwd).await?;
 
     // The one shutdown sequence: background services (the Docker engine's events, IMDS
-    // now, capacity and drain next) run on its tracker and stop in its `background` phase,
+    // now, capacity, the drain next) run on its tracker and stop in its `background` phase,
     // after the inputs are done with them. Started once the listeners are bound: a start
     // that fails there asks nothing of Docker or IMDS.
     let shutdown = Shutdown::new();

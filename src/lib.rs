@@ -18,8 +18,9 @@
 //!             sink::batch gathers each sink's groups from its SinkReader
 //!
 //! beside it:  docker (the host's engine: one connection, one events stream, one container
-//!             list; subscribers: enrich's container cache, capacity next)
-//!             capacity:: what ECS can still place here (accounting and protection so far)
+//!             list; subscribers: enrich's container cache, capacity)
+//!             capacity:: what ECS can still place here: collector (agent, Docker, task
+//!             cgroups) → report → Prometheus, /v1/capacity, EMF; scale-in protection
 //!             ecs:: the ECS agent's introspection API (the tasks on this host) and the
 //!             ECS API's view of this container instance (ecs::api)
 //!             autoscaling:: this instance's Auto Scaling group and scale-in protection

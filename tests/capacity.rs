@@ -221,6 +221,7 @@ cloudwatch_emf = true
 emf_log_group = "/berth/capacity"
 namespace = "Berth"
 dimensions = [["ClusterName", "TaskShape"], ["AutoScalingGroupName", "TaskShape"], ["ClusterName"]]
+ecs_attributes = true
 [capacity.scale_in_protection]
 enabled = true
 idle_grace = "8s"
@@ -367,6 +368,14 @@ idle_grace = "8s"
     assert_eq!(calls("DescribeAutoScalingInstances", "ok"), 1.0);
     assert_eq!(calls("SetInstanceProtection", "ok"), 2.0, "on once, off once: no flapping");
     assert!(calls("PutLogEvents", "ok") >= 1.0, "EMF published");
+    let attrs = ecs_tool(&moto.url(), &["attributes", "prod", &ci_arn], ROOT);
+    assert_eq!(
+        attrs["berth.schedulable.worker"],
+        ((REGISTERED.0 - 128) / 1024).min((REGISTERED.1 - 64) / 2048).to_string(),
+        "{attrs}"
+    );
+    let puts = calls("PutAttributes", "ok");
+    assert!((2.0..=4.0).contains(&puts), "one put per change of the counts, not per tick: {puts}");
 
     // The EMF events in moto: valid, one host event and one per shape per interval.
     let stored = moto::Stored::read(&moto.url(), None);

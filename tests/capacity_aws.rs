@@ -205,6 +205,9 @@ async fn sigv4_and_iam_the_policy_allows_every_call_and_nothing_else_does() {
     let read_back =
         ecs_tool(&moto.url(), &["protected", &host.asg_instance], (&allowed.0, &allowed.1));
     assert_eq!(read_back, serde_json::json!(true));
+    let attrs = [("berth.schedulable.worker".to_string(), "3".to_string())];
+    // (Read back in tests/capacity.rs: ecs:ListAttributes is not the policy's to grant.)
+    bounded(ecs.put_attributes(&host.cluster, &host.arn, &attrs)).await.unwrap();
     emf_calls(&config).await.unwrap();
 
     // The allowed key with a wrong secret: moto recomputes the signature and refuses it.
@@ -222,6 +225,9 @@ async fn sigv4_and_iam_the_policy_allows_every_call_and_nothing_else_does() {
         bounded(ecs.describe_container_instance(&host.cluster, &host.arn)).await.unwrap_err(),
         bounded(asg.describe_instance(&host.asg_instance)).await.unwrap_err(),
         bounded(asg.set_protection(&host.group, &host.asg_instance, false)).await.unwrap_err(),
+        bounded(ecs.put_attributes(&host.cluster, &host.arn, &[("a".into(), "b".into())]))
+            .await
+            .unwrap_err(),
     ];
     refused.push(emf_calls(&config).await.unwrap_err());
     for e in &refused {
@@ -328,6 +334,7 @@ fn arn_like_is_iam_wildcard_matching() {
 fn the_policy_grants_exactly_capacitys_actions_on_the_documented_arn_formats() {
     let want: BTreeSet<String> = [
         "ecs:DescribeContainerInstances",
+        "ecs:PutAttributes",
         "autoscaling:DescribeAutoScalingInstances",
         "autoscaling:SetInstanceProtection",
         "logs:CreateLogGroup",
@@ -359,6 +366,11 @@ fn the_policy_grants_exactly_capacitys_actions_on_the_documented_arn_formats() {
                 "arn:aws:ecs:us-east-1:123456789012:cluster/prod",
                 "arn:aws:ecs:us-east-1:123456789012:task/prod/abc",
             ],
+        ),
+        (
+            "ecs:PutAttributes",
+            &[ci_new, ci_old],
+            &["arn:aws:ecs:us-east-1:123456789012:task-definition/web:1"],
         ),
         // No resource-level permissions: "*" is the only Resource that works.
         ("autoscaling:DescribeAutoScalingInstances", &["*"], &[]),

@@ -76,6 +76,7 @@ fn publish_cfg() -> PublishConfig {
             vec![AutoScalingGroupName, TaskShape],
             vec![ClusterName],
         ],
+        ecs_attributes: false,
     }
 }
 

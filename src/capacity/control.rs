@@ -9,6 +9,8 @@
 //! - `DescribeAutoScalingInstances` once (the group's name and the protection it has now),
 //!   when scale-in protection is on or a dimension names the group.
 //! - `SetInstanceProtection` only when `protection::decide` asks for a change.
+//! - `PutAttributes` (`[capacity.publish] ecs_attributes`) only when a schedulable count
+//!   changed, and at most once per `interval` (changes in between are coalesced).
 //!
 //! The SDK retries a throttled or failed call itself (standard mode, with backoff); what
 //! reaches here is the outcome, counted in `berth_capacity_api_calls_total`.
@@ -116,6 +118,38 @@ pub struct Control {
     unchecked: Option<(ContainerInstance, u64)>,
     pub error: Option<String>,
     pub last_ok: Option<Instant>,
+    attributes: bool,
+    interval: Duration,
+    /// The attributes as last put, and when.
+    put: Option<(Vec<(String, String)>, Instant)>,
+}
+
+/// The attributes of a report: `berth.schedulable.<shape>` = the count, for the shapes whose
+/// count is known. Pure.
+pub fn attributes(report: &super::report::Report) -> Vec<(String, String)> {
+    report
+        .shapes
+        .iter()
+        .filter_map(|s| {
+            s.schedulable.map(|n| (format!("berth.schedulable.{}", s.name), n.to_string()))
+        })
+        .collect()
+}
+
+/// Whether to put `want` now: it differs from what was put, and the last put is at least
+/// `interval` ago. Pure.
+pub fn attributes_due(
+    put: Option<&(Vec<(String, String)>, Instant)>,
+    want: &[(String, String)],
+    interval: Duration,
+    now: Instant,
+) -> bool {
+    match put {
+        None => !want.is_empty(),
+        Some((last, at)) => {
+            last.as_slice() != want && now.saturating_duration_since(*at) >= interval
+        }
+    }
 }
 
 impl Control {
@@ -161,6 +195,9 @@ impl Control {
             unchecked: None,
             error: None,
             last_ok: None,
+            attributes: cfg.publish.ecs_attributes,
+            interval: cfg.interval,
+            put: None,
         }
     }
 
@@ -235,30 +272,10 @@ impl Control {
                 self.status = Some(ci.status.clone());
                 self.next_check =
                     self.api_interval.map(|i| now + jittered(i, rand::random::<u64>()));
-                if let Some(l) = local(ci.registered) {
-                    let at = super::collector::unix_ms(SystemTime::now());
-                    let d = drift(l, &ci, self.tolerance, at);
-                    let key = (
-                        d.cpu_units,
-                        d.memory_mib,
-                        d.running_tasks,
-                        d.pending_tasks,
-                        d.status.clone(),
-                    );
-                    if d.drifted && self.last_drift_logged.as_ref() != Some(&key) {
-                        tracing::warn!(
-                            cpu_units = d.cpu_units,
-                            memory_mib = d.memory_mib,
-                            running_tasks = d.running_tasks,
-                            pending_tasks = d.pending_tasks,
-                            status = %d.status,
-                            "capacity: the local figures differ from ECS's (local minus ECS)"
-                        );
-                        self.last_drift_logged = Some(key);
-                    } else if !d.drifted {
-                        self.last_drift_logged = None;
-                    }
-                    self.drift = Some(d);
+                let at = super::collector::unix_ms(SystemTime::now());
+                match local(ci.registered) {
+                    Some(l) => self.compare(l, &ci, at),
+                    None => self.unchecked = Some((ci, at)),
                 }
             }
             Err(e) => {
@@ -323,6 +340,34 @@ impl Control {
             Err(e) => {
                 self.group_retry_at = Some(now + self.group_backoff.next_delay());
                 tracing::warn!(error = %e, "capacity: cannot look up this instance's Auto Scaling group");
+            }
+        }
+    }
+
+    /// The schedulable counts as ECS custom attributes, when they changed (see the module
+    /// doc). Only fresh reports: a stale count is never put.
+    pub async fn put_attributes(&mut self, report: &super::report::Report, now: Instant) {
+        if !self.attributes || !report.fresh {
+            return;
+        }
+        let (Some(cluster), Some(arn)) =
+            (report.identity.cluster.clone(), report.identity.container_instance_arn.clone())
+        else {
+            return;
+        };
+        let want = attributes(report);
+        if !attributes_due(self.put.as_ref(), &want, self.interval, now) {
+            return;
+        }
+        let Some(clients) = self.clients().await else { return };
+        let r = clients.ecs.put_attributes(&cluster, &arn, &want).await;
+        self.count("PutAttributes", &r);
+        match r {
+            Ok(()) => self.put = Some((want, now)),
+            Err(e) => {
+                // Tried again at the next tick due; the interval spaces the tries.
+                self.put = self.put.take().map(|(last, _)| (last, now));
+                tracing::warn!(error = %e, "capacity: cannot put the ECS attributes");
             }
         }
     }
@@ -392,6 +437,19 @@ mod tests {
             drift(local(1024, 5632, 2, 1), &ci((1024, 5632), 2, 0), loose, 7).drifted,
             "counts must match"
         );
+    }
+
+    #[test]
+    fn attributes_are_put_on_a_change_at_most_once_per_interval() {
+        let t0 = Instant::now();
+        let i = Duration::from_secs(60);
+        let a = |n: &str| vec![("berth.schedulable.worker".to_string(), n.to_string())];
+        assert!(attributes_due(None, &a("3"), i, t0), "the first");
+        assert!(!attributes_due(None, &[], i, t0), "nothing to put");
+        let put = (a("3"), t0);
+        assert!(!attributes_due(Some(&put), &a("3"), i, t0 + i * 5), "unchanged: never");
+        assert!(!attributes_due(Some(&put), &a("2"), i, t0 + i / 2), "changed, but too soon");
+        assert!(attributes_due(Some(&put), &a("2"), i, t0 + i), "changed, an interval later");
     }
 
     #[test]

@@ -676,6 +676,7 @@ mod tests {
             emf_log_group: "/berth/capacity".into(),
             namespace: "Berth".into(),
             dimensions: dims.iter().map(|s| s.to_vec()).collect(),
+            ecs_attributes: false,
         }
     }
 

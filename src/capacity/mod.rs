@@ -153,6 +153,7 @@ async fn collect_loop(
             let work = Local::work(&report, tasks.is_some());
             control.protect(id.instance_id.as_deref(), work, now).await;
             report.protected = control.protection.protected;
+            control.put_attributes(&report, now).await;
             for s in report.sources.iter().filter(|s| !s.up) {
                 let limit = &warn[&s.source];
                 if let Some(n) = limit.check_key(s.error.as_deref().unwrap_or("")) {

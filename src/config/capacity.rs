@@ -58,7 +58,11 @@ pub struct PublishConfig {
     pub emf_log_group: String,
     pub namespace: String,
     pub dimensions: Vec<Vec<Dimension>>,
+    pub ecs_attributes: bool,
 }
+
+/// ECS's limit of custom attributes on one container instance.
+pub const MAX_ECS_ATTRIBUTES: usize = 10;
 
 /// A dimension EMF events can carry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -220,6 +224,12 @@ pub(super) struct RawPublish {
     /// without it.
     #[serde(default = "default_dimensions")]
     pub dimensions: Spanned<Vec<Spanned<Vec<Spanned<String>>>>>,
+    /// Also as ECS custom attributes of this container instance,
+    /// `berth.schedulable.<shape>` = the count (`PutAttributes`): only when a count changed,
+    /// at most once per `interval`. ECS allows 10 custom attributes per instance, yours
+    /// included.
+    #[serde(default = "no")]
+    pub ecs_attributes: Spanned<bool>,
 }
 
 impl Default for RawPublish {
@@ -230,6 +240,7 @@ impl Default for RawPublish {
             emf_log_group: default_emf_log_group(),
             namespace: default_namespace(),
             dimensions: default_dimensions(),
+            ecs_attributes: no(),
         }
     }
 }
@@ -256,6 +267,9 @@ impl Default for RawProtection {
 
 fn yes() -> bool {
     true
+}
+fn no() -> Spanned<bool> {
+    Spanned::new(0..0, false)
 }
 fn default_interval() -> Spanned<Dur> {
     Spanned::new(0..0, Dur(Duration::from_secs(60)))
@@ -337,6 +351,13 @@ pub(super) fn build(raw: RawCapacity, ctx: &Ctx<'_>) -> Result<CapacityConfig, C
         if name.is_empty() {
             return Err(bad("a shape's name is empty".into()));
         }
+        // Shape names are label values, dimension values and ECS attribute names: keep to
+        // what all of them take.
+        if name.len() > 100
+            || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+        {
+            return Err(bad(format!("shape name {name:?} must be 1-100 of A-Z a-z 0-9 . _ -")));
+        }
         if !names.insert(name.to_string()) {
             return Err(bad(format!("shape {name:?} is named twice")));
         }
@@ -346,6 +367,16 @@ pub(super) fn build(raw: RawCapacity, ctx: &Ctx<'_>) -> Result<CapacityConfig, C
         shapes.push(TaskShape { name: name.to_string(), cpu: shape.cpu, memory: shape.memory });
     }
     let publish = build_publish(&raw.publish, ctx)?;
+    if publish.ecs_attributes && shapes.len() > MAX_ECS_ATTRIBUTES {
+        return Err(err(
+            raw.publish.ecs_attributes.span(),
+            "publish.ecs_attributes",
+            format!(
+                "{} task shapes, but ECS allows {MAX_ECS_ATTRIBUTES} custom attributes per container instance",
+                shapes.len()
+            ),
+        ));
+    }
     Ok(CapacityConfig {
         enabled: raw.enabled,
         interval: raw.interval.get_ref().0,
@@ -435,6 +466,7 @@ fn build_publish(raw: &RawPublish, ctx: &Ctx<'_>) -> Result<PublishConfig, Confi
         emf_log_group: group.to_string(),
         namespace: ns.to_string(),
         dimensions: sets,
+        ecs_attributes: *raw.ecs_attributes.get_ref(),
     })
 }
 
@@ -475,6 +507,7 @@ pub(super) fn to_raw(c: &CapacityConfig) -> RawCapacity {
                 .iter()
                 .map(|set| sp(set.iter().map(|d| sp(d.as_str().to_string())).collect()))
                 .collect()),
+            ecs_attributes: sp(c.publish.ecs_attributes),
         },
         scale_in_protection: RawProtection {
             enabled: c.scale_in_protection.enabled,

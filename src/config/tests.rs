@@ -918,6 +918,11 @@ fn capacity_errors_name_the_key_and_line() {
         ("[capacity.publish]\ndimensions = [[\"TaskShape\", \"TaskShape\"]]\n", "is in one set twice"),
         ("[capacity.publish]\ndimensions = [[\"TaskShape\"], [\"TaskShape\"]]\n", "a dimension set is listed twice"),
         ("[capacity.scale_in_protection]\nidle = \"1m\"\n", "unknown key \"idle\""),
+        ("[capacity]\ntask_shapes = [{ name = \"a b\", cpu = 1 }]\n", "shape name \"a b\" must be 1-100 of"),
+        (
+            "[capacity]\ntask_shapes = [{name=\"a\",cpu=1},{name=\"b\",cpu=1},{name=\"c\",cpu=1},{name=\"d\",cpu=1},{name=\"e\",cpu=1},{name=\"f\",cpu=1},{name=\"g\",cpu=1},{name=\"h\",cpu=1},{name=\"i\",cpu=1},{name=\"j\",cpu=1},{name=\"k\",cpu=1}]\n[capacity.publish]\necs_attributes = true\n",
+            "line 4: capacity.publish.ecs_attributes: 11 task shapes, but ECS allows 10 custom attributes",
+        ),
     ] {
         let got = err(&format!("{text}\n{SINK}"));
         assert!(got.contains(want), "for:\n{text}\nwant: {want}\n got: {got}");

@@ -14,6 +14,9 @@ use ecs::operation::describe_container_instances::DescribeContainerInstancesOutp
 use ecs::types::Resource;
 
 const DESCRIBE: &str = "ecs:DescribeContainerInstances";
+const PUT_ATTRIBUTES: &str = "ecs:PutAttributes";
+/// ECS's limit of custom attributes on one resource (and in one call).
+pub const MAX_ATTRIBUTES: usize = 10;
 
 /// A container instance as the ECS API describes it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -64,6 +67,31 @@ impl EcsApi {
             .await
             .map_err(|e| ApiError::from_sdk(DESCRIBE, e))?;
         container_instance(&out, container_instance_arn)
+    }
+
+    /// `PutAttributes` on this container instance: each `(name, value)` created or replaced
+    /// (at most [`MAX_ATTRIBUTES`] in one call, ECS's limit).
+    pub async fn put_attributes(
+        &self,
+        cluster: &str,
+        container_instance_arn: &str,
+        attributes: &[(String, String)],
+    ) -> Result<(), ApiError> {
+        let mut req = self.client.put_attributes().cluster(cluster);
+        for (name, value) in attributes.iter().take(MAX_ATTRIBUTES) {
+            let a = ecs::types::Attribute::builder()
+                .name(name)
+                .value(value)
+                // The full ARN, so no `targetType` (the API needs it only with a short id).
+                .target_id(container_instance_arn)
+                .build()
+                .map_err(|e| {
+                    ApiError::in_response(PUT_ATTRIBUTES, ApiErrorKind::Other, None, e.to_string())
+                })?;
+            req = req.attributes(a);
+        }
+        req.send().await.map_err(|e| ApiError::from_sdk(PUT_ATTRIBUTES, e))?;
+        Ok(())
     }
 }
 
