@@ -435,3 +435,115 @@ idle_grace = "8s"
     b.stop();
     assert!(!b.stderr_text().contains("panicked"), "{}", b.stderr_text());
 }
+
+/// An ECS endpoint that answers every call `400 ThrottlingException` (the AWS JSON
+/// protocol's error shape), counting them.
+fn throttling_ecs() -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::io::Write;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", l.local_addr().unwrap());
+    let hits = std::sync::Arc::new(AtomicUsize::new(0));
+    let h = std::sync::Arc::clone(&hits);
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(s) = s else { return };
+            let h = std::sync::Arc::clone(&h);
+            std::thread::spawn(move || {
+                let mut r = std::io::BufReader::new(s.try_clone().unwrap());
+                let mut w = s;
+                while read_http_request(&mut r).is_some() {
+                    h.fetch_add(1, Ordering::SeqCst);
+                    let body = r#"{"__type":"ThrottlingException","message":"Rate exceeded"}"#;
+                    let resp = format!(
+                        "HTTP/1.1 400 Bad Request\r\nContent-Type: application/x-amz-json-1.1\r\nx-amzn-RequestId: t\r\nContent-Length: {}\r\n\r\n{body}",
+                        body.len()
+                    );
+                    if w.write_all(resp.as_bytes()).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (url, hits)
+}
+
+#[test]
+fn a_throttled_ecs_api_backs_off_is_reported_and_never_holds_the_log_path() {
+    let (ecs, hits) = throttling_ecs();
+    let agent = FakeAgent::start(AgentState {
+        down: false,
+        cluster: "prod".into(),
+        instance_arn: Some("arn:aws:ecs:us-east-1:123456789012:container-instance/prod/abc".into()),
+        tasks: vec![],
+    });
+    let config = format!(
+        r#"
+[input.forward]
+listen = ["tcp://127.0.0.1:0"]
+[admin]
+listen = "127.0.0.1:0"
+[buffer]
+path = "{{dir}}/buffer"
+[[sink]]
+name = "null"
+type = "null"
+match = "**"
+[enrich.ec2]
+enabled = false
+[enrich.docker]
+enabled = false
+[ecs]
+agent_url = "{agent}"
+region = "us-east-1"
+[capacity]
+enabled = true
+interval = "1s"
+"#,
+        agent = agent.url
+    );
+    let b = start_in(
+        tmpfs_dir(),
+        &config,
+        &[
+            ("AWS_ENDPOINT_URL_ECS", &ecs),
+            ("AWS_ACCESS_KEY_ID", ROOT.0),
+            ("AWS_SECRET_ACCESS_KEY", ROOT.1),
+            ("AWS_CONFIG_FILE", "/dev/null"),
+            ("AWS_SHARED_CREDENTIALS_FILE", "/dev/null"),
+            // Capacity needs Docker for container sizes; this host has no tasks.
+            ("DOCKER_HOST", "unix:///nonexistent/docker.sock"),
+        ],
+    );
+    let r = wait_report(&b, "the ECS API throttled", |r| {
+        r["sources"].as_array().unwrap().iter().any(|s| {
+            s["source"] == "ecs_api"
+                && s["up"] == false
+                && s["error"].as_str().is_some_and(|e| e.contains("ThrottlingException"))
+        })
+    });
+    assert_eq!(r["registered"], Value::Null);
+    assert_eq!(r["fresh"], false);
+    let calls = || {
+        b.metric("berth_capacity_api_calls_total{action=\"DescribeContainerInstances\",result=\"throttled\"}")
+    };
+    assert_eq!(calls(), 1.0);
+    // Ticks go on every second; the call does not: the SDK's attempts of that one call,
+    // then berth's own backoff (minutes after a throttled call).
+    let after_first = hits.load(std::sync::atomic::Ordering::SeqCst);
+    assert!((1..=3).contains(&after_first), "{after_first} attempts of one call");
+    std::thread::sleep(Duration::from_secs(5));
+    assert_eq!(
+        hits.load(std::sync::atomic::Ordering::SeqCst),
+        after_first,
+        "no call while backing off"
+    );
+    assert_eq!(calls(), 1.0);
+    // The log path does not wait for any of it: a record is acknowledged.
+    let mut c = Client::connect(&format!("tcp://{}", b.tcp_addr()));
+    c.set_read_timeout(Duration::from_secs(10));
+    let chunk = "Y2Fw";
+    c.send(&message("app", 1_700_000_000, rec(&[("log", "x")]), Some(chunk)), usize::MAX).unwrap();
+    assert_eq!(c.read_exact_n(ack_bytes(chunk).len()), ack_bytes(chunk));
+}

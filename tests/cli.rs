@@ -76,3 +76,39 @@ fn quickstart_example_is_valid() {
     let out = berth(&["check-config", "--config", p.to_str().expect("utf-8 path")]);
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
 }
+
+#[test]
+fn capacity_says_when_berth_is_not_running_or_capacity_is_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("b.toml");
+    // A port nothing listens on: bind one, note it, let it go.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let sink = "[[sink]]\nname = \"n\"\ntype = \"null\"\nmatch = \"**\"\n";
+    std::fs::write(&p, format!("[admin]\nlisten = \"127.0.0.1:{port}\"\n{sink}")).unwrap();
+    let out = berth(&["capacity", "--config", p.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!(
+            "berth is not running (nothing answers on its admin endpoint 127.0.0.1:{port}"
+        )),
+        "{err}"
+    );
+    assert!(out.stdout.is_empty());
+
+    // A running berth without [capacity]: it says capacity is off.
+    let b = start(&format!(
+        "[input.forward]\nlisten = [\"tcp://127.0.0.1:0\"]\n[admin]\nlisten = \"127.0.0.1:0\"\n[buffer]\npath = \"{{dir}}/buffer\"\n{sink}"
+    ));
+    let admin = b.admin.clone().unwrap();
+    std::fs::write(&p, format!("[admin]\nlisten = \"{admin}\"\n{sink}")).unwrap();
+    let out = berth(&["capacity", "--json", "--config", p.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("capacity is not enabled ([capacity] enabled = false)"), "{err}");
+
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "[capacity]\nenabled = 3\n").unwrap();
+    let out = berth(&["capacity", "--config", bad.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(78), "a config error is EX_CONFIG");
+}
