@@ -1,6 +1,7 @@
 //! Civil (proleptic Gregorian, UTC) dates and times from seconds since the Unix epoch and
-//! back, and their RFC 3339 text: the one copy of the date arithmetic that JSON output,
-//! index and log-group names, `Retry-After` HTTP-dates and `berth cat --time-key` share.
+//! back, and their RFC 3339 text, written and read: the one copy of the date arithmetic that
+//! JSON output, index and log-group names, `Retry-After` HTTP-dates, `berth cat --time-key`
+//! and the Spot interruption notice's `time` share.
 //! Pure integer arithmetic; no clock, no time zone but UTC, no leap seconds.
 //!
 //! The two conversions are Howard Hinnant's `days_from_civil` and `civil_from_days`
@@ -123,6 +124,73 @@ fn put_digits(dst: &mut [u8], mut v: u32) {
         *d = b'0' + (v % 10) as u8;
         v /= 10;
     }
+}
+
+/// `YYYY-MM-DDTHH:MM:SS[.fraction](Z|±HH:MM)`; `t`, `T` or a space between date and time.
+pub fn parse_rfc3339(s: &str) -> Option<EventTime> {
+    let b = s.as_bytes();
+    let num = |r: std::ops::Range<usize>| -> Option<i64> {
+        let part = b.get(r)?;
+        if !part.iter().all(u8::is_ascii_digit) {
+            return None;
+        }
+        std::str::from_utf8(part).ok()?.parse().ok()
+    };
+    if b.len() < 20
+        || b[4] != b'-'
+        || b[7] != b'-'
+        || !matches!(b[10], b'T' | b't' | b' ')
+        || b[13] != b':'
+        || b[16] != b':'
+    {
+        return None;
+    }
+    let (year, month, day) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (hour, minute, second) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    if !(1..=12).contains(&month)
+        || !(1..=days_in_month(year, month)).contains(&day)
+        || hour > 23
+        || minute > 59
+        || second > 60
+    {
+        return None;
+    }
+    let mut i = 19;
+    let mut nanos: u32 = 0;
+    if b[i] == b'.' {
+        let start = i + 1;
+        i = start;
+        while i < b.len() && b[i].is_ascii_digit() {
+            i += 1;
+        }
+        if i == start {
+            return None;
+        }
+        // Digits past nanoseconds are dropped.
+        for (k, d) in b[start..i].iter().take(9).enumerate() {
+            nanos += u32::from(d - b'0') * 10u32.pow(8 - k as u32);
+        }
+    }
+    let offset = match b.get(i..)? {
+        [b'Z' | b'z'] => 0,
+        [sign @ (b'+' | b'-'), _, _, b':', _, _] => {
+            let (h, m) = (num(i + 1..i + 3)?, num(i + 4..i + 6)?);
+            if h > 23 || m > 59 {
+                return None;
+            }
+            let off = h * 3600 + m * 60;
+            if *sign == b'+' {
+                off
+            } else {
+                -off
+            }
+        }
+        _ => return None,
+    };
+    let days = crate::calendar::days_from_civil(year, month, day);
+    // A leap second (:60) is folded into the next second, as most systems do.
+    let secs = days * 86_400 + hour * 3600 + minute * 60 + second - offset;
+    Some(EventTime::new(secs, nanos))
 }
 
 #[cfg(test)]

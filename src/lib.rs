@@ -21,6 +21,7 @@
 //!             list; subscribers: enrich's container cache, capacity)
 //!             capacity:: what ECS can still place here: collector (agent, Docker, task
 //!             cgroups) → report → Prometheus, /v1/capacity, EMF; scale-in protection
+//!             drain:: safe draining (so far: the pure plan and the persisted state)
 //!             ecs:: the ECS agent's introspection API (the tasks on this host) and the
 //!             ECS API's view of this container instance (ecs::api)
 //!             autoscaling:: this instance's Auto Scaling group and scale-in protection
@@ -50,6 +51,7 @@ pub mod cat;
 pub mod cli;
 pub mod config;
 pub mod docker;
+pub mod drain;
 pub mod ecs;
 pub mod enrich;
 pub mod error;

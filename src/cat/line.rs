@@ -2,6 +2,7 @@
 //! its `--time-key` field read as the event time (a number of seconds or RFC 3339 text).
 
 use super::CatError;
+use crate::calendar::parse_rfc3339;
 use crate::event::{Event, EventTime};
 use bytes::Bytes;
 use std::fmt;
@@ -203,71 +204,4 @@ impl<'de> serde::de::DeserializeSeed<'de> for Key<'_> {
     fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<bool, D::Error> {
         d.deserialize_str(self)
     }
-}
-
-/// `YYYY-MM-DDTHH:MM:SS[.fraction](Z|±HH:MM)`; `t`, `T` or a space between date and time.
-pub fn parse_rfc3339(s: &str) -> Option<EventTime> {
-    let b = s.as_bytes();
-    let num = |r: std::ops::Range<usize>| -> Option<i64> {
-        let part = b.get(r)?;
-        if !part.iter().all(u8::is_ascii_digit) {
-            return None;
-        }
-        std::str::from_utf8(part).ok()?.parse().ok()
-    };
-    if b.len() < 20
-        || b[4] != b'-'
-        || b[7] != b'-'
-        || !matches!(b[10], b'T' | b't' | b' ')
-        || b[13] != b':'
-        || b[16] != b':'
-    {
-        return None;
-    }
-    let (year, month, day) = (num(0..4)?, num(5..7)?, num(8..10)?);
-    let (hour, minute, second) = (num(11..13)?, num(14..16)?, num(17..19)?);
-    if !(1..=12).contains(&month)
-        || !(1..=crate::calendar::days_in_month(year, month)).contains(&day)
-        || hour > 23
-        || minute > 59
-        || second > 60
-    {
-        return None;
-    }
-    let mut i = 19;
-    let mut nanos: u32 = 0;
-    if b[i] == b'.' {
-        let start = i + 1;
-        i = start;
-        while i < b.len() && b[i].is_ascii_digit() {
-            i += 1;
-        }
-        if i == start {
-            return None;
-        }
-        // Digits past nanoseconds are dropped.
-        for (k, d) in b[start..i].iter().take(9).enumerate() {
-            nanos += u32::from(d - b'0') * 10u32.pow(8 - k as u32);
-        }
-    }
-    let offset = match b.get(i..)? {
-        [b'Z' | b'z'] => 0,
-        [sign @ (b'+' | b'-'), _, _, b':', _, _] => {
-            let (h, m) = (num(i + 1..i + 3)?, num(i + 4..i + 6)?);
-            if h > 23 || m > 59 {
-                return None;
-            }
-            let off = h * 3600 + m * 60;
-            if *sign == b'+' {
-                off
-            } else {
-                -off
-            }
-        }
-        _ => return None,
-    };
-    let days = crate::calendar::days_from_civil(year, month, day);
-    // A leap second (:60) is folded into the next second, as most systems do.
-    let secs = days * 86_400 + hour * 3600 + minute * 60 + second - offset;
-    Some(EventTime::new(secs, nanos))
 }

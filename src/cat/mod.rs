@@ -432,5 +432,5 @@ mod line;
 #[cfg(test)]
 mod tests;
 
+pub use crate::calendar::parse_rfc3339;
 use line::parse_line;
-pub use line::parse_rfc3339;
