@@ -23,6 +23,7 @@ mod aws;
 mod buffer;
 pub mod capacity;
 pub mod cloudwatch;
+pub mod drain;
 pub mod elasticsearch;
 pub mod enrich;
 mod env;
@@ -40,6 +41,7 @@ pub use aws::AwsAuth;
 pub use buffer::{BufferConfig, SyncMode, WhenFull};
 pub use capacity::{CapacityConfig, Dimension, EcsConfig, TaskShape};
 pub use cloudwatch::CloudWatchConfig;
+pub use drain::{DrainConfig, LifecycleResult, Watch};
 pub use elasticsearch::{ElasticsearchConfig, EsAuth, SigV4Auth, SigV4Service};
 pub use enrich::{
     ApplyTo, CopyKey, DockerEnrichConfig, DockerField, Ec2EnrichConfig, EnrichConfig,
@@ -103,6 +105,8 @@ pub struct Config {
     pub ecs: EcsConfig,
     /// `[capacity]`: per-host free capacity, its publishers, scale-in protection.
     pub capacity: CapacityConfig,
+    /// `[drain]`: safe draining of this host.
+    pub drain: DrainConfig,
     /// `[[sink]]`: at least one, names unique, in file order.
     pub sinks: Vec<SinkConfig>,
     /// Where the config came from: the file path, or [`BUILTIN_SOURCE`].
@@ -270,11 +274,13 @@ fn build(
     let enrich = enrich::build(raw.enrich, ctx)?;
     let ecs = capacity::build_ecs(raw.ecs, ctx)?;
     let capacity = capacity::build(raw.capacity, ctx)?;
+    let drain = drain::build(raw.drain, ctx)?;
 
     Ok(Config {
         enrich,
         ecs,
         capacity,
+        drain,
         input,
         admin: AdminConfig { listen: raw.admin.listen.0 },
         buffer,
@@ -303,6 +309,7 @@ fn to_raw(c: &Config) -> RawConfig {
         enrich: enrich::to_raw(&c.enrich),
         ecs: capacity::ecs_to_raw(&c.ecs),
         capacity: capacity::to_raw(&c.capacity),
+        drain: drain::to_raw(&c.drain),
         sink_keys: serde::de::IgnoredAny,
         sink: c.sinks.iter().map(sink::to_raw).collect(),
     }

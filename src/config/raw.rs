@@ -10,6 +10,7 @@
 
 use super::buffer::RawBuffer;
 use super::capacity::{RawCapacity, RawEcs};
+use super::drain::RawDrain;
 use super::enrich::RawEnrich;
 use super::forward::RawInput;
 use super::units;
@@ -44,6 +45,9 @@ pub(super) struct RawConfig {
     /// published to Prometheus and CloudWatch, and scale-in protection while busy.
     #[serde(default)]
     pub capacity: RawCapacity,
+    /// Safe draining of this host before it is terminated.
+    #[serde(default)]
+    pub drain: RawDrain,
     /// `[[sink]]`: where logs go; at least one, names unique. Read by `sink::read` (one
     /// struct per type), so only named here for serde's list of keys.
     #[serde(default, rename = "sink", skip_serializing)]

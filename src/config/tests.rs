@@ -929,3 +929,59 @@ fn capacity_errors_name_the_key_and_line() {
         assert!(got.starts_with(FILE), "{got}");
     }
 }
+
+// --- [drain] ------------------------------------------------------------------------------
+
+#[test]
+fn drain_section_loads_checks_and_round_trips() {
+    let d = load(SINK).unwrap().drain;
+    assert!(!d.enabled);
+    assert_eq!(d.watch, [Watch::AsgLifecycle, Watch::SpotInterruption]);
+    assert_eq!(d.poll_interval, Duration::from_secs(5));
+    assert_eq!(d.max_duration, Duration::from_secs(48 * 3600));
+    assert_eq!(d.heartbeat_fraction, 0.5);
+    assert_eq!(d.result_on_timeout, LifecycleResult::Continue);
+    assert_eq!((d.lifecycle_hook_name, d.auto_scaling_group_name), (None, None));
+
+    let text = format!(
+        "[drain]\nwatch = [\"asg_lifecycle\", \"rebalance\"]\npoll_interval = \"2s\"\n\
+         lifecycle_hook_name = \"drain-hook\"\nmax_duration = \"8h\"\nheartbeat_fraction = 0.25\n\
+         result_on_timeout = \"ABANDON\"\ndrain_on_shutdown = true\n{SINK}"
+    );
+    let c = load(&text).unwrap();
+    assert_eq!(c.drain.watch, [Watch::AsgLifecycle, Watch::Rebalance]);
+    assert_eq!(c.drain.lifecycle_hook_name.as_deref(), Some("drain-hook"));
+    assert_eq!(c.drain.result_on_timeout, LifecycleResult::Abandon);
+    let again = Config::from_toml_str(&c.to_redacted_toml(), "printed", NO_ENV).unwrap();
+    assert_eq!(again.drain.watch, c.drain.watch);
+    assert_eq!(again.drain.max_duration, Duration::from_secs(8 * 3600));
+    assert_eq!(again.drain.heartbeat_fraction, 0.25);
+    assert!(again.drain.drain_on_shutdown);
+
+    for (text, want) in [
+        (
+            "[drain]\nwatch = [\"spot\"]\n",
+            "line 2: drain.watch[0]: unknown trigger \"spot\" (expected one of asg_lifecycle",
+        ),
+        (
+            "[drain]\nwatch = [\"rebalance\", \"rebalance\"]\n",
+            "drain.watch: \"rebalance\" is listed twice",
+        ),
+        ("[drain]\nenabled = true\nwatch = []\n", "drain.watch: nothing would start a drain"),
+        ("[drain]\npoll_interval = \"100ms\"\n", "drain.poll_interval: must be at least 1s"),
+        ("[drain]\nmax_duration = \"0s\"\n", "drain.max_duration: must be more than 0s"),
+        (
+            "[drain]\nheartbeat_fraction = 1.0\n",
+            "line 2: drain.heartbeat_fraction: 1 must be more than 0 and less than 1",
+        ),
+        ("[drain]\nresult_on_timeout = \"continue\"\n", "unknown result \"continue\""),
+        ("[drain]\nhook = \"x\"\n", "unknown key \"hook\""),
+        (
+            "[drain]\nenabled = true\n",
+            "line 2: drain.enabled: draining is not available in this version of berth yet",
+        ),
+    ] {
+        let got = err(&format!("{text}\n{SINK}"));
+        assert!(got.contains(want), "for:\n{text}\nwant: {want}\n got: {got}");
+    }
+}
