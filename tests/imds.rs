@@ -55,3 +55,31 @@ fn nothing_listening_is_an_error_not_absent() {
     // Off EC2 a start must not wait long for it (connection refused is not retried).
     assert!(started.elapsed() < std::time::Duration::from_secs(5), "{:?}", started.elapsed());
 }
+
+/// The drain's triggers flip on command in the fake (its tests rely on it), read through
+/// berth's own IMDS client: absent (404) is `None`, not an error.
+#[test]
+fn event_paths_are_absent_until_set_and_absent_again_when_cleared() {
+    let fake = FakeImds::start();
+    let imds = Imds::new(&fake.endpoint).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        assert_eq!(imds.get(path::TARGET_LIFECYCLE_STATE).await.unwrap(), None);
+        fake.set(path::TARGET_LIFECYCLE_STATE, Some("InService"));
+        assert_eq!(
+            imds.get(path::TARGET_LIFECYCLE_STATE).await.unwrap().as_deref(),
+            Some("InService")
+        );
+        fake.set(path::TARGET_LIFECYCLE_STATE, Some("Terminated"));
+        assert_eq!(
+            imds.get(path::TARGET_LIFECYCLE_STATE).await.unwrap().as_deref(),
+            Some("Terminated")
+        );
+        let notice = r#"{"action": "terminate", "time": "2017-09-18T08:22:00Z"}"#;
+        fake.set(path::SPOT_INSTANCE_ACTION, Some(notice));
+        let got = imds.get(path::SPOT_INSTANCE_ACTION).await.unwrap().unwrap();
+        assert_eq!(berth::drain::plan::parse_spot_notice(&got).unwrap().action, "terminate");
+        fake.set(path::SPOT_INSTANCE_ACTION, None);
+        assert_eq!(imds.get(path::SPOT_INSTANCE_ACTION).await.unwrap(), None);
+    });
+}

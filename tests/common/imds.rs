@@ -26,6 +26,9 @@ pub struct Request {
 pub struct FakeImds {
     pub endpoint: String,
     pub requests: Arc<Mutex<Vec<Request>>>,
+    /// Paths whose answers a test flips (`set`): the Auto Scaling target lifecycle state,
+    /// the Spot notice, a rebalance recommendation.
+    paths: Arc<Mutex<std::collections::HashMap<String, String>>>,
 }
 
 pub const INSTANCE_ID: &str = "i-0123456789abcdef0";
@@ -35,6 +38,7 @@ pub const INSTANCE_TYPE: &str = "m6i.large";
 
 struct State {
     instance_id: String,
+    paths: Arc<Mutex<std::collections::HashMap<String, String>>>,
     tokens: Vec<String>,
     requests: Arc<Mutex<Vec<Request>>>,
 }
@@ -49,8 +53,10 @@ impl FakeImds {
         let l = TcpListener::bind("127.0.0.1:0").expect("bind fake imds");
         let endpoint = format!("http://{}", l.local_addr().expect("addr"));
         let requests = Arc::new(Mutex::new(Vec::new()));
+        let paths: Arc<Mutex<std::collections::HashMap<String, String>>> = Arc::default();
         let state = Arc::new(Mutex::new(State {
             instance_id: instance_id.to_string(),
+            paths: Arc::clone(&paths),
             tokens: Vec::new(),
             requests: Arc::clone(&requests),
         }));
@@ -62,7 +68,17 @@ impl FakeImds {
                 std::thread::spawn(move || serve(s, &st));
             }
         });
-        FakeImds { endpoint, requests }
+        FakeImds { endpoint, requests, paths }
+    }
+
+    /// Answer `path` (e.g. `/latest/meta-data/autoscaling/target-lifecycle-state`) with
+    /// `value` from now on; `None`: 404 again, as before the event.
+    pub fn set(&self, path: &str, value: Option<&str>) {
+        let mut p = self.paths.lock().unwrap();
+        match value {
+            Some(v) => p.insert(path.to_string(), v.to_string()),
+            None => p.remove(path),
+        };
     }
 
     pub fn requests(&self) -> Vec<Request> {
@@ -128,7 +144,10 @@ fn serve(s: TcpStream, state: &Mutex<State>) {
                             }
                             "/latest/meta-data/placement/region" => (200, REGION.to_string()),
                             "/latest/meta-data/instance-type" => (200, INSTANCE_TYPE.to_string()),
-                            _ => (404, String::new()),
+                            other => match st.paths.lock().unwrap().get(other) {
+                                Some(v) => (200, v.clone()),
+                                None => (404, String::new()),
+                            },
                         }
                     }
                 }
