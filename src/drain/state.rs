@@ -69,6 +69,8 @@ pub struct DrainState {
     pub draining_set: bool,
     pub heartbeats: u64,
     pub last_heartbeat_ms: Option<u64>,
+    /// The buffer's head when the last task had exited: the sinks must deliver up to it.
+    pub flush_mark: Option<u64>,
     pub completion: Option<Completion>,
     pub instance_id: Option<String>,
     pub container_instance_arn: Option<String>,
@@ -87,6 +89,7 @@ impl DrainState {
             draining_set: false,
             heartbeats: 0,
             last_heartbeat_ms: None,
+            flush_mark: None,
             completion: None,
             instance_id: None,
             container_instance_arn: None,
