@@ -250,26 +250,46 @@ async fn the_proxy_checks_parameters_and_records_what_it_refused() {
 
     let base =
         format!("Version=2011-01-01&AutoScalingGroupName={}&LifecycleHookName={HOOK}", host.group);
+    let i = &host.instance;
+    let call = |action: &str, rest: String| format!("Action={action}&{base}{rest}");
+    let no_group = format!("Action={HEARTBEAT}&Version=2011-01-01&LifecycleHookName={HOOK}");
     let cases: &[(String, u16, &str)] = &[
-        (format!("Action={COMPLETE}&{base}&LifecycleActionResult=MAYBE&InstanceId={}", host.instance), 400, "MAYBE"),
-        (format!("Action={COMPLETE}&{base}&InstanceId={}", host.instance), 400, "LifecycleActionResult"),
-        (format!("Action={HEARTBEAT}&{base}"), 400, "InstanceId or LifecycleActionToken"),
-        (format!("Action={HEARTBEAT}&Version=2011-01-01&LifecycleHookName={HOOK}&InstanceId=i-0"), 400, "AutoScalingGroupName"),
-        (format!("Action={HEARTBEAT}&{base}&LifecycleActionToken=nope"), 400, "No active Lifecycle Action found with token nope"),
+        (call(COMPLETE, format!("&LifecycleActionResult=MAYBE&InstanceId={i}")), 400, "MAYBE"),
+        (call(COMPLETE, format!("&InstanceId={i}")), 400, "LifecycleActionResult"),
+        (call(HEARTBEAT, String::new()), 400, "InstanceId or LifecycleActionToken"),
+        (format!("{no_group}&InstanceId={i}"), 400, "AutoScalingGroupName"),
+        (
+            call(HEARTBEAT, "&LifecycleActionToken=nope".into()),
+            400,
+            "No active Lifecycle Action found with token nope",
+        ),
         // By token: the same action the instance id names.
-        (format!("Action={HEARTBEAT}&{base}&LifecycleActionToken={token}"), 200, "<RecordLifecycleActionHeartbeatResult/>"),
-        (format!("Action={COMPLETE}&{base}&LifecycleActionToken={token}&LifecycleActionResult=CONTINUE"), 200, "<CompleteLifecycleActionResult/>"),
-        (format!("Action={COMPLETE}&{base}&LifecycleActionToken={token}&LifecycleActionResult=CONTINUE"), 400, "No active Lifecycle Action found with token"),
+        (
+            call(HEARTBEAT, format!("&LifecycleActionToken={token}")),
+            200,
+            "<RecordLifecycleActionHeartbeatResult/>",
+        ),
+        (
+            call(COMPLETE, format!("&LifecycleActionToken={token}&LifecycleActionResult=CONTINUE")),
+            200,
+            "<CompleteLifecycleActionResult/>",
+        ),
+        (
+            call(COMPLETE, format!("&LifecycleActionToken={token}&LifecycleActionResult=CONTINUE")),
+            400,
+            "No active Lifecycle Action found with token",
+        ),
     ];
+    const ERROR_HEAD: &str = concat!(
+        "<ErrorResponse xmlns=\"http://autoscaling.amazonaws.com/doc/2011-01-01/\">",
+        "<Error><Type>Sender</Type><Code>ValidationError</Code><Message>"
+    );
     for (body, status, needle) in cases {
         let (got, text) = proxy.post(body);
         assert_eq!(got, *status, "{body}: {text}");
         assert!(text.contains(needle), "{body}: {text}");
         if *status == 400 {
-            assert!(
-                text.starts_with("<ErrorResponse xmlns=\"http://autoscaling.amazonaws.com/doc/2011-01-01/\"><Error><Type>Sender</Type><Code>ValidationError</Code><Message>"),
-                "{text}"
-            );
+            assert!(text.starts_with(ERROR_HEAD), "{text}");
             assert!(text.contains("</Error><RequestId>"), "{text}");
         } else {
             assert!(text.contains("<ResponseMetadata><RequestId>"), "{text}");

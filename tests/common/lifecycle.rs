@@ -15,8 +15,10 @@
 //! - success is the documented empty result (`<…Response><…Result/><ResponseMetadata>…`).
 //!
 //! One action per instance (the group's terminating hooks are not told apart): enough for
-//! a host with one terminating hook, which is what the drain tests set up. Every request is
-//! recorded ([`LifecycleCall`]): action, parameters, when, and what it was answered.
+//! a host with one terminating hook, which is what the drain tests set up. The codes and
+//! the "No active Lifecycle Action found with …" wording are the service's; the messages
+//! for malformed parameters are the proxy's own (only their code is the service's). Every
+//! request is recorded ([`LifecycleCall`]): action, parameters, when, what it was answered.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufReader, Write};
@@ -245,7 +247,10 @@ fn answer(s: &mut State, action: &str, p: &BTreeMap<String, String>) -> Result<(
 fn required<'a>(p: &'a BTreeMap<String, String>, name: &str) -> Result<&'a str, String> {
     match p.get(name).map(String::as_str) {
         Some(v) if !v.is_empty() => Ok(v),
-        _ => Err(format!("1 validation error detected: Value null at '{name}' failed to satisfy constraint: Member must not be null")),
+        _ => Err(format!(
+            "1 validation error detected: Value null at '{name}' failed to satisfy \
+             constraint: Member must not be null"
+        )),
     }
 }
 
