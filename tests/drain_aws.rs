@@ -99,10 +99,13 @@ async fn set_draining_is_read_back_as_draining() {
     assert_eq!(ci.status, "DRAINING");
     // Idempotent: a drain resumed after a restart sets it again.
     assert_eq!(bounded(ecs.set_draining(&host.cluster, &host.arn)).await.unwrap(), "DRAINING");
-    // The JSON calls went through the proxy, forwarded (no Query `Action`).
+    // The JSON calls went through the proxy, forwarded and named by their target.
     let forwarded = proxy.calls();
-    assert_eq!(forwarded.len(), 3, "{forwarded:?}");
+    let names: Vec<&str> = forwarded.iter().map(|c| c.action.as_str()).collect();
+    let (update, describe) = ("UpdateContainerInstancesState", "DescribeContainerInstances");
+    assert_eq!(names, [update, describe, update]);
     assert!(forwarded.iter().all(|c| !c.answered_here && c.status == 200), "{forwarded:?}");
+    assert!(forwarded.iter().all(|c| c.params.is_empty()), "{forwarded:?}");
 
     let missing = host.arn.replace(host.arn.rsplit('/').next().unwrap(), "0000-gone");
     let e = bounded(ecs.set_draining(&host.cluster, &missing)).await.unwrap_err();

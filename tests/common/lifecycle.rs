@@ -33,10 +33,12 @@ pub const COMPLETE: &str = "CompleteLifecycleAction";
 /// One request that reached the proxy.
 #[derive(Debug, Clone)]
 pub struct LifecycleCall {
-    /// The `Action` parameter (`CompleteLifecycleAction`, `DescribeLifecycleHooks`, …);
-    /// empty for a request that is not a Query call (ECS's JSON calls, say).
+    /// The operation: a Query call's `Action` parameter (`CompleteLifecycleAction`,
+    /// `DescribeLifecycleHooks`, …), a JSON call's `X-Amz-Target` operation
+    /// (`UpdateContainerInstancesState` for ECS); empty when it names neither.
     pub action: String,
-    /// Every form parameter, decoded (`Action` and `Version` included).
+    /// Every form parameter of a Query call, decoded (`Action` and `Version` included);
+    /// empty for a JSON call.
     pub params: BTreeMap<String, String>,
     /// When it arrived.
     pub at: Instant,
@@ -162,8 +164,16 @@ fn serve(c: TcpStream, target: &str, state: &Mutex<State>) {
     let mut r = BufReader::new(c);
     while let Some(req) = super::read_http_request(&mut r) {
         let at = Instant::now();
-        let params = form(&req.body);
-        let action = params.get("Action").cloned().unwrap_or_default();
+        // A Query call names its action in the form; a JSON call (ECS) in its target header.
+        let is_form = req
+            .header("content-type")
+            .is_some_and(|c| c.starts_with("application/x-www-form-urlencoded"));
+        let params = if is_form { form(&req.body) } else { BTreeMap::new() };
+        let action = match (params.get("Action"), req.header("x-amz-target")) {
+            (Some(a), _) => a.clone(),
+            (None, Some(t)) => t.rsplit('.').next().unwrap_or(t).to_string(),
+            (None, None) => String::new(),
+        };
         let mut call =
             LifecycleCall { action, params, at, answered_here: false, status: 0, error: None };
         let reply = if call.action == HEARTBEAT || call.action == COMPLETE {
@@ -276,8 +286,8 @@ fn xml_escape(s: &str) -> String {
     s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('\'', "&apos;")
 }
 
-/// `application/x-www-form-urlencoded` decoded: `+` is a space, `%XX` a byte. A body that is
-/// not a form (a JSON call forwarded to moto) gives whatever pairs it happens to split into.
+/// `application/x-www-form-urlencoded` decoded: `+` is a space, `%XX` a byte; a pair that
+/// does not decode (a bad escape, not UTF-8) is left out.
 pub fn form(body: &[u8]) -> BTreeMap<String, String> {
     let text = String::from_utf8_lossy(body);
     text.split('&')
