@@ -14,16 +14,12 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed unwrap is a failed test
 
 mod common;
-use aws_credential_types::provider::SharedCredentialsProvider;
-use aws_credential_types::Credentials;
 use berth::autoscaling::{AsgInstance, AutoScaling};
-use berth::aws::{ApiError, ApiErrorKind, Aws, AwsConfig};
+use berth::aws::{ApiError, ApiErrorKind, AwsConfig};
 use berth::capacity::compute::Resources;
-use berth::config::AwsAuth;
 use berth::ecs::api::EcsApi;
-use berth::imds::Imds;
 use common::moto::{ecs_tool, Moto};
-use common::package_file;
+use common::{arn_like, package_file};
 use std::collections::BTreeSet;
 use std::time::Duration;
 
@@ -39,16 +35,7 @@ const BOUND: Duration = Duration::from_secs(60);
 
 /// The configuration berth's `[ecs]` section would give, with `creds` and `endpoint`.
 async fn config_for(endpoint: &str, creds: (&str, &str)) -> AwsConfig {
-    std::env::set_var("AWS_ENDPOINT_URL", endpoint);
-    // No profile file or instance metadata of the machine running the tests.
-    std::env::set_var("AWS_CONFIG_FILE", "/dev/null");
-    std::env::set_var("AWS_SHARED_CREDENTIALS_FILE", "/dev/null");
-    std::env::set_var("AWS_EC2_METADATA_DISABLED", "true");
-    let provider =
-        SharedCredentialsProvider::new(Credentials::new(creds.0, creds.1, None, None, "test"));
-    let aws = Aws::with_credentials_provider(Imds::disabled(), provider);
-    let auth = AwsAuth { region: Some("us-east-1".into()), role_arn: None, external_id: None };
-    aws.load(&auth).await.unwrap()
+    common::moto::aws_config(endpoint, creds).await
 }
 
 /// What `setup` made.
@@ -308,20 +295,6 @@ fn policy_actions() -> BTreeSet<String> {
         .iter()
         .flat_map(|s| one_or_many(&s["Action"]))
         .collect()
-}
-
-/// IAM's ARN matching: `*` any run of characters (colons and slashes included), `?` one.
-fn arn_like(pattern: &str, arn: &str) -> bool {
-    fn go(p: &[u8], s: &[u8]) -> bool {
-        match (p.first(), s.first()) {
-            (None, None) => true,
-            (Some(b'*'), _) => go(&p[1..], s) || (!s.is_empty() && go(p, &s[1..])),
-            (Some(b'?'), Some(_)) => go(&p[1..], &s[1..]),
-            (Some(a), Some(b)) if a == b => go(&p[1..], &s[1..]),
-            _ => false,
-        }
-    }
-    go(pattern.as_bytes(), arn.as_bytes())
 }
 
 #[test]

@@ -203,6 +203,26 @@ impl ApiError {
     ) -> ApiError {
         ApiError { action, code, message, status: None, kind }
     }
+
+    /// A lifecycle heartbeat or completion refused because the action is not active: it was
+    /// completed already, its timeout passed, or the instance never entered the wait. The
+    /// service answers all of these with a plain `ValidationError` (HTTP 400), "No active
+    /// Lifecycle Action found with instance ID i-…" (or "… with token …"), not with a code
+    /// of their own — as reported against the real service in convox/rack#2432 and
+    /// department-of-veterans-affairs/va.gov-cms#1719 (CompleteLifecycleAction by instance
+    /// id) and spacelift-io/terraform-aws-spacelift-workerpool-on-ec2#197 (by token); the
+    /// API reference lists no other error for these calls but ResourceContention. Hence
+    /// a check of the code on these two actions only, rather than a new [`ApiErrorKind`]
+    /// (the kind stays `Other`: for any other call a `ValidationError` is a bug of ours).
+    /// The message is not matched: its wording is not a contract. A request the service
+    /// finds malformed also answers `ValidationError`; berth only names hooks that
+    /// `DescribeLifecycleHooks` listed and its own instance id, so for the drain both
+    /// readings mean "there is nothing left to complete".
+    pub fn is_no_active_action(&self) -> bool {
+        use crate::autoscaling::{COMPLETE, HEARTBEAT};
+        (self.action == HEARTBEAT || self.action == COMPLETE)
+            && self.code.as_deref() == Some("ValidationError")
+    }
 }
 
 /// Per attempt: a Describe or SetInstanceProtection answers in well under a second; 10 s
@@ -314,5 +334,27 @@ mod tests {
             kind: Unreachable,
         };
         assert_eq!(e.to_string(), "autoscaling:SetInstanceProtection unreachable");
+    }
+
+    #[test]
+    fn no_active_action_is_a_validation_error_of_a_lifecycle_call() {
+        let e = |action: &'static str, code: Option<&str>| ApiError {
+            action,
+            code: code.map(str::to_owned),
+            message: "No active Lifecycle Action found with instance ID i-0".into(),
+            status: Some(400),
+            kind: Other,
+        };
+        let heartbeat = "autoscaling:RecordLifecycleActionHeartbeat";
+        let complete = "autoscaling:CompleteLifecycleAction";
+        assert!(e(heartbeat, Some("ValidationError")).is_no_active_action());
+        assert!(e(complete, Some("ValidationError")).is_no_active_action());
+        assert!(!e(complete, Some("ResourceContention")).is_no_active_action());
+        assert!(!e(complete, None).is_no_active_action());
+        assert!(
+            !e("autoscaling:SetInstanceProtection", Some("ValidationError")).is_no_active_action()
+        );
+        // Classified as any validation error: not transient, not "not found".
+        assert_eq!(classify(Transport::Response, Some("ValidationError"), Some(400)), Other);
     }
 }

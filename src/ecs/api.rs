@@ -1,20 +1,25 @@
 //! The ECS API calls of this host, as ECS itself sees it: `DescribeContainerInstances` for
 //! this host's container instance (what it registered, what ECS thinks is left, its task
-//! counts) — capacity's cross-check of its own accounting.
+//! counts) — capacity's cross-check of its own accounting — and the drain's
+//! `UpdateContainerInstancesState` to `DRAINING` (ECS stops placing tasks here and moves
+//! service tasks away).
 //!
-//! Only this host's instance, one ARN per call: the policy can then be scoped to container
-//! instances (packaging/iam/berth-capacity-policy.json). Reading the answer is a pure
-//! function ([`container_instance`]) tested without the network.
+//! Only this host's instance, one ARN per call: the policies can then be scoped to container
+//! instances (packaging/iam/berth-capacity-policy.json, berth-drain-policy.json). Reading
+//! the answers is pure functions ([`container_instance`], [`state_after_update`]) tested
+//! without the network.
 
 use crate::aws::api::{self, ApiError, ApiErrorKind};
 use crate::aws::AwsConfig;
 use crate::capacity::compute::Resources;
 use aws_sdk_ecs as ecs;
 use ecs::operation::describe_container_instances::DescribeContainerInstancesOutput;
-use ecs::types::Resource;
+use ecs::operation::update_container_instances_state::UpdateContainerInstancesStateOutput;
+use ecs::types::{Failure, Resource};
 
 const DESCRIBE: &str = "ecs:DescribeContainerInstances";
 const PUT_ATTRIBUTES: &str = "ecs:PutAttributes";
+const UPDATE_STATE: &str = "ecs:UpdateContainerInstancesState";
 /// ECS's limit of custom attributes on one resource (and in one call).
 pub const MAX_ATTRIBUTES: usize = 10;
 
@@ -93,6 +98,73 @@ impl EcsApi {
         req.send().await.map_err(|e| ApiError::from_sdk(PUT_ATTRIBUTES, e))?;
         Ok(())
     }
+
+    /// `UpdateContainerInstancesState` to `DRAINING` for this instance; the status ECS
+    /// answers it has now (`DRAINING`). Idempotent: draining a draining instance succeeds,
+    /// so the SDK's retries and a drain resumed after a restart are both safe. A `failures`
+    /// entry is an error naming its reason (`MISSING`: not registered in that cluster, kind
+    /// `NotFound`). There is no `set_active`: berth never undoes a drain (an operator who
+    /// cancels one sets the instance `ACTIVE` themselves).
+    pub async fn set_draining(
+        &self,
+        cluster: &str,
+        container_instance_arn: &str,
+    ) -> Result<String, ApiError> {
+        let out = self
+            .client
+            .update_container_instances_state()
+            .cluster(cluster)
+            .container_instances(container_instance_arn)
+            .status(ecs::types::ContainerInstanceStatus::Draining)
+            .send()
+            .await
+            .map_err(|e| ApiError::from_sdk(UPDATE_STATE, e))?;
+        state_after_update(&out, container_instance_arn)
+    }
+}
+
+/// The status of the one container instance an `UpdateContainerInstancesState` changed.
+pub fn state_after_update(
+    out: &UpdateContainerInstancesStateOutput,
+    arn: &str,
+) -> Result<String, ApiError> {
+    if let Some(ci) = out.container_instances().first() {
+        return ci.status().map(str::to_owned).ok_or_else(|| {
+            ApiError::in_response(
+                UPDATE_STATE,
+                ApiErrorKind::Other,
+                None,
+                format!("the answer gives container instance {arn} no status"),
+            )
+        });
+    }
+    if let Some(f) = out.failures().first() {
+        // MISSING is the one reason that means "not there"; any other (the API documents no
+        // list) is a refusal to read from its message.
+        let kind = match f.reason() {
+            Some("MISSING") => ApiErrorKind::NotFound,
+            _ => ApiErrorKind::Other,
+        };
+        return Err(failure(UPDATE_STATE, kind, f, arn));
+    }
+    Err(ApiError::in_response(
+        UPDATE_STATE,
+        ApiErrorKind::Other,
+        None,
+        format!("the answer names neither container instance {arn} nor a failure"),
+    ))
+}
+
+/// An ECS `failures` entry as an error: its reason is the code, the message names the
+/// instance, the reason and the detail.
+fn failure(action: &'static str, kind: ApiErrorKind, f: &Failure, arn: &str) -> ApiError {
+    let reason = f.reason().unwrap_or("unknown reason");
+    let mut message = format!("container instance {} {reason}", f.arn().unwrap_or(arn));
+    if let Some(d) = f.detail().filter(|d| !d.is_empty()) {
+        message.push_str(": ");
+        message.push_str(d);
+    }
+    ApiError::in_response(action, kind, Some(reason.to_owned()), message)
 }
 
 /// The one container instance asked for, from a `DescribeContainerInstances` answer.
@@ -114,18 +186,7 @@ pub fn container_instance(
         });
     }
     if let Some(f) = out.failures().first() {
-        let reason = f.reason().unwrap_or("unknown reason");
-        let mut message = format!("container instance {} {reason}", f.arn().unwrap_or(arn));
-        if let Some(d) = f.detail().filter(|d| !d.is_empty()) {
-            message.push_str(": ");
-            message.push_str(d);
-        }
-        return Err(ApiError::in_response(
-            DESCRIBE,
-            ApiErrorKind::NotFound,
-            Some(reason.to_owned()),
-            message,
-        ));
+        return Err(failure(DESCRIBE, ApiErrorKind::NotFound, f, arn));
     }
     Err(ApiError::in_response(
         DESCRIBE,
@@ -171,7 +232,7 @@ fn value(r: &Resource) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ecs::types::{ContainerInstance as SdkInstance, Failure};
+    use ecs::types::ContainerInstance as SdkInstance;
 
     fn int(name: &str, v: i32) -> Resource {
         Resource::builder().name(name).r#type("INTEGER").integer_value(v).build()
@@ -270,5 +331,37 @@ mod tests {
         );
         let e = container_instance(&answer(None, None), "abc").unwrap_err();
         assert_eq!(e.kind, ApiErrorKind::Other);
+    }
+
+    #[test]
+    fn set_draining_reads_the_status_now_or_names_the_failure() {
+        let ok = UpdateContainerInstancesStateOutput::builder()
+            .container_instances(SdkInstance::builder().status("DRAINING").build())
+            .build();
+        assert_eq!(state_after_update(&ok, "arn:x").unwrap(), "DRAINING");
+
+        let missing = UpdateContainerInstancesStateOutput::builder()
+            .failures(Failure::builder().arn("arn:x").reason("MISSING").build())
+            .build();
+        let e = state_after_update(&missing, "arn:x").unwrap_err();
+        assert_eq!((e.kind, e.code.as_deref()), (ApiErrorKind::NotFound, Some("MISSING")));
+        assert_eq!(
+            e.to_string(),
+            "ecs:UpdateContainerInstancesState not found (MISSING): container instance arn:x MISSING"
+        );
+
+        let other = UpdateContainerInstancesStateOutput::builder()
+            .failures(Failure::builder().reason("INACTIVE").detail("deregistered").build())
+            .build();
+        let e = state_after_update(&other, "arn:x").unwrap_err();
+        assert_eq!((e.kind, e.code.as_deref()), (ApiErrorKind::Other, Some("INACTIVE")));
+        assert_eq!(e.message, "container instance arn:x INACTIVE: deregistered");
+
+        let empty = UpdateContainerInstancesStateOutput::builder().build();
+        assert_eq!(state_after_update(&empty, "arn:x").unwrap_err().kind, ApiErrorKind::Other);
+        let no_status = UpdateContainerInstancesStateOutput::builder()
+            .container_instances(SdkInstance::builder().build())
+            .build();
+        assert_eq!(state_after_update(&no_status, "arn:x").unwrap_err().kind, ApiErrorKind::Other);
     }
 }

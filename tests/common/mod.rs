@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 pub mod docker;
 pub mod ecs_agent;
 pub mod imds;
+pub mod lifecycle;
 
 pub const WAIT: Duration = Duration::from_secs(20);
 
@@ -64,6 +65,20 @@ path = "{dir}/buffer"
 [shutdown]
 grace_period = "2s"
 "#;
+
+/// IAM's ARN matching: `*` any run of characters (colons and slashes included), `?` one.
+pub fn arn_like(pattern: &str, arn: &str) -> bool {
+    fn go(p: &[u8], s: &[u8]) -> bool {
+        match (p.first(), s.first()) {
+            (None, None) => true,
+            (Some(b'*'), _) => go(&p[1..], s) || (!s.is_empty() && go(p, &s[1..])),
+            (Some(b'?'), Some(_)) => go(&p[1..], &s[1..]),
+            (Some(a), Some(b)) if a == b => go(&p[1..], &s[1..]),
+            _ => false,
+        }
+    }
+    go(pattern.as_bytes(), arn.as_bytes())
+}
 
 /// Poll `f` until it returns `Some` or `timeout` passes (no blind sleeps: the loop exits as
 /// soon as the condition holds).

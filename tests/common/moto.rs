@@ -336,7 +336,7 @@ fn serve(c: TcpStream, target: &str, f: Faults, calls: &Mutex<Vec<PutCall>>) {
 }
 
 /// One request to moto with `Connection: close`: (status, content type, body).
-fn forward(
+pub(super) fn forward(
     target: &str,
     request_line: &str,
     headers: &[String],
@@ -391,4 +391,27 @@ pub fn ecs_tool(url: &str, args: &[&str], creds: (&str, &str)) -> serde_json::Va
         String::from_utf8_lossy(&out.stderr)
     );
     serde_json::from_slice(&out.stdout).expect("ecs_tool.py json")
+}
+
+/// The AWS configuration berth's `[ecs]` section would give (region us-east-1, no role),
+/// with `creds` and every service at `endpoint`: the SDK reads `AWS_ENDPOINT_URL` when it
+/// loads, so this sets it, and keeps out the profile files and instance metadata of the
+/// machine running the tests. Process state: nextest runs each test in a process of its
+/// own; under `cargo test` the caller holds its crate's lock for the whole test.
+pub async fn aws_config(endpoint: &str, creds: (&str, &str)) -> berth::aws::AwsConfig {
+    use aws_credential_types::provider::SharedCredentialsProvider;
+    use aws_credential_types::Credentials;
+    std::env::set_var("AWS_ENDPOINT_URL", endpoint);
+    std::env::set_var("AWS_CONFIG_FILE", "/dev/null");
+    std::env::set_var("AWS_SHARED_CREDENTIALS_FILE", "/dev/null");
+    std::env::set_var("AWS_EC2_METADATA_DISABLED", "true");
+    let provider =
+        SharedCredentialsProvider::new(Credentials::new(creds.0, creds.1, None, None, "test"));
+    let aws = berth::aws::Aws::with_credentials_provider(berth::imds::Imds::disabled(), provider);
+    let auth = berth::config::AwsAuth {
+        region: Some("us-east-1".into()),
+        role_arn: None,
+        external_id: None,
+    };
+    aws.load(&auth).await.unwrap()
 }
