@@ -56,33 +56,17 @@ pub struct LifecycleHook {
     pub default_result: LifecycleResult,
 }
 
-/// `LifecycleActionResult` of a completion, and a hook's `DefaultResult`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LifecycleResult {
-    /// `CONTINUE`: the termination goes on (for a terminating hook, `ABANDON` ends in
-    /// termination too, but skips the group's other terminating hooks).
-    Continue,
-    /// `ABANDON`.
-    Abandon,
-}
+/// `LifecycleActionResult` of a completion, and a hook's `DefaultResult`: the one type,
+/// also `[drain] result_on_timeout`'s.
+pub use crate::config::LifecycleResult;
 
-impl LifecycleResult {
-    /// The API's spelling.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            LifecycleResult::Continue => "CONTINUE",
-            LifecycleResult::Abandon => "ABANDON",
-        }
-    }
-
-    /// From a hook's `DefaultResult`. The service accepts only `CONTINUE` and `ABANDON` and
-    /// answers `ABANDON` when none was given, so anything else (nothing, a value from a
-    /// newer API) is read as `ABANDON`, its documented default.
-    fn from_default(s: Option<&str>) -> LifecycleResult {
-        match s {
-            Some(r) if r.eq_ignore_ascii_case("CONTINUE") => LifecycleResult::Continue,
-            _ => LifecycleResult::Abandon,
-        }
+/// From a hook's `DefaultResult`. The service accepts only `CONTINUE` and `ABANDON` and
+/// answers `ABANDON` when none was given, so anything else (nothing, a value from a newer
+/// API) is read as `ABANDON`, its documented default.
+fn result_from_default(s: Option<&str>) -> LifecycleResult {
+    match s {
+        Some(r) if r.eq_ignore_ascii_case("CONTINUE") => LifecycleResult::Continue,
+        _ => LifecycleResult::Abandon,
     }
 }
 
@@ -218,7 +202,7 @@ pub fn terminating_hooks(hooks: &[asg::types::LifecycleHook]) -> Vec<LifecycleHo
                 transition: TERMINATING.to_owned(),
                 heartbeat_timeout: h.heartbeat_timeout().map_or(DEFAULT_HEARTBEAT_TIMEOUT, secs),
                 global_timeout: h.global_timeout().map(secs),
-                default_result: LifecycleResult::from_default(h.default_result()),
+                default_result: result_from_default(h.default_result()),
             })
         })
         .collect()
@@ -282,7 +266,7 @@ mod tests {
             (None, LifecycleResult::Abandon),
             (Some("SOMETHING-NEW"), LifecycleResult::Abandon),
         ] {
-            assert_eq!(LifecycleResult::from_default(given), want, "{given:?}");
+            assert_eq!(result_from_default(given), want, "{given:?}");
         }
     }
 }

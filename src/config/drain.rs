@@ -51,10 +51,14 @@ impl Watch {
     }
 }
 
-/// How the lifecycle action is completed when the deadline comes first.
+/// How a lifecycle action is completed (`LifecycleActionResult`), and a hook's
+/// `DefaultResult`. For a terminating hook both end in termination; `ABANDON` skips the
+/// group's other terminating hooks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LifecycleResult {
+    /// `CONTINUE`.
     Continue,
+    /// `ABANDON`.
     Abandon,
 }
 
