@@ -43,6 +43,49 @@ pub enum AppError {
     Sink(#[from] sink::SinkError),
     #[error("cannot open the buffer: {0}")]
     Buffer(#[from] BufferError),
+    /// A setting that cannot work, found before serving (exit 78, as a config error).
+    #[error("{0}")]
+    Config(String),
+}
+
+impl AppError {
+    /// A configuration problem (the operator must change something), not a runtime failure.
+    pub fn is_config(&self) -> bool {
+        matches!(self, AppError::Config(_))
+    }
+}
+
+/// The AWS identities the config uses, each with the key path that names it.
+fn aws_identities(config: &Config) -> Vec<(String, crate::config::AwsAuth)> {
+    let mut out = Vec::new();
+    for (i, s) in config.sinks.iter().enumerate() {
+        match &s.kind {
+            SinkKind::CloudWatchLogs(c) => {
+                out.push((format!("sink[{i}] ({:?})", s.name), c.aws.clone()))
+            }
+            SinkKind::Elasticsearch(e) => {
+                if let crate::config::EsAuth::AwsSigV4(a) = &e.auth {
+                    out.push((format!("sink[{i}].auth ({:?})", s.name), a.aws.clone()));
+                }
+            }
+            _ => {}
+        }
+    }
+    if config.capacity.enabled {
+        out.push(("ecs (for [capacity])".to_string(), config.ecs.aws.clone()));
+    }
+    out
+}
+
+/// Every AWS identity has a region before anything is served: without one, no call could
+/// be signed, and a sink would retry for ever. Found here, it is a config error (exit 78).
+async fn check_regions(config: &Config, aws: &Aws) -> Result<(), AppError> {
+    for (key, auth) in aws_identities(config) {
+        if let Err(e) = aws.load(&auth).await {
+            return Err(AppError::Config(format!("{}: {key}: {e}", config.source)));
+        }
+    }
+    Ok(())
 }
 
 pub fn sink_type(kind: &SinkKind) -> &'static str {
@@ -114,6 +157,7 @@ pub async fn run(config: Config) -> Result<(), AppError> {
         Imds::disabled()
     });
     let aws = Arc::new(Aws::new(imds.clone()));
+    check_regions(&config, &aws).await?;
     // The host's one Docker connection (events, container list): the enrichment cache
     // subscribes to it, and so will anything else that needs the containers.
     let engine = (config.enrich.docker.enabled || config.capacity.enabled).then(|| {

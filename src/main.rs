@@ -1,6 +1,7 @@
 //! The `berth` binary: parse the command line, set up logging, hand over to the library.
 //! Exit codes: 0 clean, 1 runtime failure, 2 `check-config` found an error, 78 (EX_CONFIG)
-//! when `run` cannot load its config.
+//! when `run` cannot load its config or finds before serving that a setting cannot work
+//! (an AWS section without a region).
 
 use berth::cli::{Cli, Command, LogFormat};
 use clap::Parser;
@@ -35,6 +36,11 @@ fn main() -> ExitCode {
             block_on(async move {
                 match berth::app::run(config).await {
                     Ok(()) => ExitCode::SUCCESS,
+                    Err(e) if e.is_config() => {
+                        tracing::error!("{e}");
+                        eprintln!("berth: {e}");
+                        ExitCode::from(EX_CONFIG)
+                    }
                     Err(e) => {
                         tracing::error!("{e}");
                         ExitCode::FAILURE

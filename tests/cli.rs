@@ -112,3 +112,36 @@ fn capacity_says_when_berth_is_not_running_or_capacity_is_off() {
     let out = berth(&["capacity", "--config", bad.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(78), "a config error is EX_CONFIG");
 }
+
+#[test]
+fn an_aws_sink_without_a_region_is_a_config_error_before_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("b.toml");
+    let buf = dir.path().join("buffer");
+    std::fs::write(
+        &p,
+        format!(
+            "[input.forward]\nlisten = [\"tcp://127.0.0.1:0\"]\n[admin]\nlisten = \"\"\n[buffer]\npath = {:?}\n\
+             [[sink]]\nname = \"cw\"\ntype = \"cloudwatch_logs\"\nmatch = \"**\"\nlog_group = \"/ecs/app\"\nlog_stream = \"s\"\n",
+            buf.display().to_string()
+        ),
+    )
+    .unwrap();
+    let out = Command::new(berth_bin())
+        .args(["run", "--config", p.to_str().unwrap()])
+        .env_remove("BERTH_CONFIG")
+        .env_remove("AWS_REGION")
+        .env_remove("AWS_DEFAULT_REGION")
+        .env("AWS_CONFIG_FILE", "/dev/null")
+        .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(78), "{err}");
+    assert!(
+        err.contains(&format!("berth: {}: sink[0] (\"cw\"): no aws region", p.display())),
+        "{err}"
+    );
+    assert!(!err.contains("berth is running"), "it never served: {err}");
+}
