@@ -225,7 +225,7 @@ async fn sigv4_and_iam_the_policy_allows_every_call_and_nothing_else_does() {
         assert!(!shown.contains(&denied.1), "an error shows the secret: {shown}");
     }
     // What each refused call needs is an action of the policy.
-    let granted: BTreeSet<String> = policy_actions();
+    let granted: BTreeSet<String> = common::iam::actions(POLICY);
     for e in &refused {
         assert!(granted.contains(e.action), "{} is not in {POLICY}", e.action);
     }
@@ -275,28 +275,6 @@ async fn emf_calls(config: &AwsConfig) -> Result<(), ApiError> {
     Ok(())
 }
 
-fn policy() -> serde_json::Value {
-    let text = std::fs::read_to_string(package_file(POLICY)).unwrap();
-    serde_json::from_str(&text).unwrap()
-}
-
-fn one_or_many(v: &serde_json::Value) -> Vec<String> {
-    match v {
-        serde_json::Value::String(s) => vec![s.clone()],
-        serde_json::Value::Array(a) => a.iter().map(|s| s.as_str().unwrap().to_owned()).collect(),
-        other => panic!("not a string or a list: {other}"),
-    }
-}
-
-fn policy_actions() -> BTreeSet<String> {
-    policy()["Statement"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .flat_map(|s| one_or_many(&s["Action"]))
-        .collect()
-}
-
 #[test]
 fn arn_like_is_iam_wildcard_matching() {
     assert!(arn_like("a*c", "abbc") && arn_like("a*c", "ac") && arn_like("a?c", "abc"));
@@ -316,7 +294,7 @@ fn the_policy_grants_exactly_capacitys_actions_on_the_documented_arn_formats() {
     ]
     .map(str::to_owned)
     .into();
-    assert_eq!(policy_actions(), want);
+    assert_eq!(common::iam::actions(POLICY), want);
 
     // Per action: ARNs of the documented formats (Service Authorization Reference) that must
     // match a Resource of its statement, and neighbours that must not.
@@ -364,27 +342,5 @@ fn the_policy_grants_exactly_capacitys_actions_on_the_documented_arn_formats() {
         ),
         ("logs:PutLogEvents", &[log_group, log_stream], &[]),
     ];
-    let statements = policy()["Statement"].as_array().unwrap().clone();
-    for (action, must, must_not) in cases {
-        let resources: Vec<String> = statements
-            .iter()
-            .filter(|s| one_or_many(&s["Action"]).iter().any(|a| a == action))
-            .flat_map(|s| one_or_many(&s["Resource"]))
-            .collect();
-        assert!(!resources.is_empty(), "no statement grants {action}");
-        for arn in *must {
-            if *arn == "*" {
-                assert_eq!(resources, ["*"], "{action} supports no resource-level permissions");
-            } else {
-                assert!(resources.iter().any(|p| arn_like(p, arn)), "{action}: {arn} not matched");
-            }
-        }
-        for arn in *must_not {
-            assert!(!resources.iter().any(|p| arn_like(p, arn)), "{action}: {arn} matched");
-        }
-        for s in statements.iter().filter(|s| one_or_many(&s["Action"]).iter().any(|a| a == action))
-        {
-            assert_eq!(s["Effect"], "Allow");
-        }
-    }
+    common::iam::check_resources(POLICY, cases);
 }

@@ -353,34 +353,13 @@ async fn sigv4_and_iam_the_drain_policy_allows_its_calls_and_nothing_else_does()
             .await
             .unwrap_err(),
     ];
-    let granted = policy_actions();
+    let granted = common::iam::actions(POLICY);
     for e in &refused {
         assert_eq!(e.kind, ApiErrorKind::AccessDenied, "{e}");
         assert_eq!(e.status, Some(403), "{e}");
         assert!(granted.contains(e.action), "{} is not in {POLICY}", e.action);
         assert!(!format!("{e} {e:?}").contains(&denied.1), "an error shows the secret");
     }
-}
-
-fn policy() -> serde_json::Value {
-    serde_json::from_str(&std::fs::read_to_string(package_file(POLICY)).unwrap()).unwrap()
-}
-
-fn one_or_many(v: &serde_json::Value) -> Vec<String> {
-    match v {
-        serde_json::Value::String(s) => vec![s.clone()],
-        serde_json::Value::Array(a) => a.iter().map(|s| s.as_str().unwrap().to_owned()).collect(),
-        other => panic!("not a string or a list: {other}"),
-    }
-}
-
-fn policy_actions() -> BTreeSet<String> {
-    policy()["Statement"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .flat_map(|s| one_or_many(&s["Action"]))
-        .collect()
 }
 
 #[test]
@@ -393,7 +372,7 @@ fn the_drain_policy_grants_exactly_its_actions_on_the_documented_arn_formats() {
     ]
     .map(str::to_owned)
     .into();
-    assert_eq!(policy_actions(), want);
+    assert_eq!(common::iam::actions(POLICY), want);
     // Every action berth's clients name for these calls is one of them.
     for a in ["autoscaling:RecordLifecycleActionHeartbeat", "autoscaling:CompleteLifecycleAction"] {
         assert!(want.contains(a));
@@ -420,28 +399,5 @@ fn the_drain_policy_grants_exactly_its_actions_on_the_documented_arn_formats() {
         ("autoscaling:RecordLifecycleActionHeartbeat", &[group], &[launch_config]),
         ("autoscaling:CompleteLifecycleAction", &[group], &[launch_config]),
     ];
-    let statements = policy()["Statement"].as_array().unwrap().clone();
-    for (action, must, must_not) in cases {
-        let of_action: Vec<_> = statements
-            .iter()
-            .filter(|s| one_or_many(&s["Action"]).iter().any(|a| a == action))
-            .collect();
-        let resources: Vec<String> =
-            of_action.iter().flat_map(|s| one_or_many(&s["Resource"])).collect();
-        assert!(!resources.is_empty(), "no statement grants {action}");
-        for arn in *must {
-            if *arn == "*" {
-                assert_eq!(resources, ["*"], "{action} supports no resource-level permissions");
-            } else {
-                assert!(
-                    resources.iter().any(|p| common::arn_like(p, arn)),
-                    "{action}: {arn} not matched"
-                );
-            }
-        }
-        for arn in *must_not {
-            assert!(!resources.iter().any(|p| common::arn_like(p, arn)), "{action}: {arn} matched");
-        }
-        assert!(of_action.iter().all(|s| s["Effect"] == "Allow"));
-    }
+    common::iam::check_resources(POLICY, cases);
 }

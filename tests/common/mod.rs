@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 pub mod docker;
 pub mod ecs_agent;
+pub mod iam;
 pub mod imds;
 pub mod lifecycle;
 
