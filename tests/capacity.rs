@@ -124,6 +124,22 @@ fn wait_report(b: &Berth, what: &str, ok: impl Fn(&Value) -> bool) -> Value {
     panic!("capacity never showed {what}; last report:\n{last:#}\n{}", b.stderr_text());
 }
 
+/// What both tests' berth has: ports the OS picks, a null sink, no EC2 fields.
+const BASE_CONFIG: &str = r#"
+[input.forward]
+listen = ["tcp://127.0.0.1:0"]
+[admin]
+listen = "127.0.0.1:0"
+[buffer]
+path = "{dir}/buffer"
+[[sink]]
+name = "null"
+type = "null"
+match = "**"
+[enrich.ec2]
+enabled = false
+"#;
+
 fn protected(moto: &Moto, instance: &str) -> Value {
     ecs_tool(&moto.url(), &["protected", instance], ROOT)
 }
@@ -192,20 +208,7 @@ fn capacity_follows_tasks_protects_while_busy_and_publishes() {
     }
 
     let config = format!(
-        r#"
-[input.forward]
-listen = ["tcp://127.0.0.1:0"]
-[admin]
-listen = "127.0.0.1:0"
-[buffer]
-path = "{{dir}}/buffer"
-[[sink]]
-name = "null"
-type = "null"
-match = "**"
-[enrich.ec2]
-enabled = false
-[ecs]
+        r#"{base}[ecs]
 agent_url = "{agent}"
 region = "us-east-1"
 [capacity]
@@ -226,6 +229,7 @@ ecs_attributes = true
 enabled = true
 idle_grace = "8s"
 "#,
+        base = BASE_CONFIG,
         agent = agent.url
     );
     let mut b = start_in(
@@ -479,20 +483,7 @@ fn a_throttled_ecs_api_backs_off_is_reported_and_never_holds_the_log_path() {
         tasks: vec![],
     });
     let config = format!(
-        r#"
-[input.forward]
-listen = ["tcp://127.0.0.1:0"]
-[admin]
-listen = "127.0.0.1:0"
-[buffer]
-path = "{{dir}}/buffer"
-[[sink]]
-name = "null"
-type = "null"
-match = "**"
-[enrich.ec2]
-enabled = false
-[enrich.docker]
+        r#"{base}[enrich.docker]
 enabled = false
 [ecs]
 agent_url = "{agent}"
@@ -501,6 +492,7 @@ region = "us-east-1"
 enabled = true
 interval = "1s"
 "#,
+        base = BASE_CONFIG,
         agent = agent.url
     );
     let b = start_in(
