@@ -146,6 +146,15 @@ impl Cgroups {
         self.layout
     }
 
+    /// The `CgroupParent` the agent gives the containers of task `task_id` on this host's
+    /// layout (`BuildCgroupRoot`): for a task none of whose containers exists yet.
+    pub fn task_parent(&self, task_id: &str) -> Option<String> {
+        (!task_id.is_empty()).then(|| match self.layout {
+            Layout::V1 => format!("/ecs/{task_id}"),
+            Layout::V2 => format!("ecstasks-{task_id}.slice"),
+        })
+    }
+
     /// The task-level sizes of the cgroup `parent` (a container's `CgroupParent`). No
     /// parent, or a parent whose cgroup does not exist: no task-level size (the
     /// containers' figures stand). A cgroup that exists but cannot be read is an error.
@@ -300,6 +309,8 @@ mod tests {
         assert_eq!(cg.task_size("/ecs/t3").unwrap(), ts(None, None));
         assert_eq!(cg.task_size("/ecs/gone").unwrap(), ts(None, None));
         assert_eq!(cg.task_size("").unwrap(), ts(None, None));
+        assert_eq!(cg.task_parent("t1").as_deref(), Some("/ecs/t1"));
+        assert_eq!(cg.task_parent(""), None);
         write(&r.join("cpu/ecs/bad/cpu.cfs_quota_us"), "garbage\n");
         write(&r.join("cpu/ecs/bad/cpu.cfs_period_us"), "100000\n");
         let e = cg.task_size("/ecs/bad").unwrap_err();
@@ -324,5 +335,8 @@ mod tests {
             TaskSize { cpu_units: Some(2048), memory_mib: Some(2048) }
         );
         assert_eq!(cg.task_size("ecstasks-def.slice").unwrap(), TaskSize::default());
+        let parent = cg.task_parent("abc").unwrap();
+        assert_eq!(parent, "ecstasks-abc.slice");
+        assert_eq!(cg.task_size(&parent).unwrap().cpu_units, Some(2048));
     }
 }

@@ -7,7 +7,7 @@
 //! Runs on the shutdown tracker beside the log path; nothing here is awaited by an input,
 //! and every call it makes is bounded by a timeout.
 
-use super::cgroup::{Cgroups, Layout};
+use super::cgroup::Cgroups;
 use super::compute::{self, ContainerSize, Resources, TaskSize};
 use super::report::{Identity, Report, ShapeFit, Source, SourceState, TaskView};
 use crate::config::TaskShape;
@@ -210,10 +210,6 @@ impl Local {
         }
     }
 
-    pub fn agent(&self) -> &Agent {
-        &self.agent
-    }
-
     pub fn source_ok(&mut self, s: Source, now: Instant) {
         self.sources.entry(s).or_default().ok(now);
     }
@@ -326,16 +322,9 @@ impl Local {
                     }
                 }
             }
-            // The agent's task cgroup, where no container told it (a task still pulling):
-            // the same path the agent builds (see `cgroup`).
+            // The agent's task cgroup, where no container told it (a task still pulling).
             if holds && parent.is_empty() {
-                let id = labels::task_id(&t.arn);
-                if !id.is_empty() {
-                    parent = match self.cgroups.layout() {
-                        Layout::V1 => format!("/ecs/{id}"),
-                        Layout::V2 => format!("ecstasks-{id}.slice"),
-                    };
-                }
+                parent = self.cgroups.task_parent(labels::task_id(&t.arn)).unwrap_or_default();
             }
             let task_size = if holds {
                 match self.cgroups.task_size(&parent) {

@@ -17,7 +17,7 @@
 
 use super::compute::Resources;
 use super::protection;
-use super::report::{Drift, Source};
+use super::report::Drift;
 use crate::autoscaling::AutoScaling;
 use crate::aws::api::{ApiError, ApiErrorKind};
 use crate::aws::Aws;
@@ -116,8 +116,6 @@ pub struct Control {
     /// ECS's answer, kept until a tick has the complete local view to compare it with (at
     /// start Docker may not have answered yet).
     unchecked: Option<(ContainerInstance, u64)>,
-    pub error: Option<String>,
-    pub last_ok: Option<Instant>,
     attributes: bool,
     interval: Duration,
     /// The attributes as last put, and when.
@@ -193,8 +191,6 @@ impl Control {
             group_backoff: Backoff::from_entropy(RETRY_MIN, RETRY_MAX),
             last_drift_logged: None,
             unchecked: None,
-            error: None,
-            last_ok: None,
             attributes: cfg.publish.ecs_attributes,
             interval: cfg.interval,
             put: None,
@@ -210,31 +206,26 @@ impl Control {
         self.metrics.api_call(action, result);
     }
 
-    async fn clients(&mut self) -> Option<&Clients> {
+    async fn clients(&mut self) -> Result<&Clients, String> {
         if self.clients.is_none() {
-            match self.aws.load(&self.auth).await {
-                Ok(c) => {
-                    self.clients = Some(Clients { ecs: EcsApi::new(&c), asg: AutoScaling::new(&c) })
-                }
-                Err(e) => {
-                    self.error = Some(format!("AWS configuration: {e}"));
-                    return None;
-                }
-            }
+            let c =
+                self.aws.load(&self.auth).await.map_err(|e| format!("AWS configuration: {e}"))?;
+            self.clients = Some(Clients { ecs: EcsApi::new(&c), asg: AutoScaling::new(&c) });
         }
-        self.clients.as_ref()
+        self.clients.as_ref().ok_or_else(|| "AWS configuration: not loaded".to_string())
     }
 
     /// The registered resources and the cross-check, when due. `local` is this tick's
     /// view, `None` when incomplete (the agent or Docker did not answer, a container not
-    /// sized yet): the comparison then waits for a tick that has it.
+    /// sized yet): the comparison then waits for a tick that has it. The outcome when a
+    /// call was made (or could not be: no AWS configuration), `None` when none was due.
     pub async fn describe(
         &mut self,
         cluster: Option<&str>,
         arn: Option<&str>,
         local: impl FnOnce(Resources) -> Option<LocalFigures>,
         now: Instant,
-    ) -> Option<Source> {
+    ) -> Option<Result<(), String>> {
         let (Some(cluster), Some(arn)) = (cluster, arn) else { return None };
         if let Some((ci, at)) = self.unchecked.take() {
             match local(ci.registered) {
@@ -251,15 +242,16 @@ impl Control {
         if !due || self.retry_at.is_some_and(|t| now < t) {
             return None;
         }
-        let clients = self.clients().await?;
+        let clients = match self.clients().await {
+            Ok(c) => c,
+            Err(e) => return Some(Err(e)),
+        };
         let r = clients.ecs.describe_container_instance(cluster, arn).await;
         self.count("DescribeContainerInstances", &r);
         match r {
             Ok(ci) => {
                 self.retry_at = None;
                 self.backoff.reset();
-                self.error = None;
-                self.last_ok = Some(now);
                 if self.registered.is_none() {
                     tracing::info!(
                         cpu_units = ci.registered.cpu_units,
@@ -277,6 +269,7 @@ impl Control {
                     Some(l) => self.compare(l, &ci, at),
                     None => self.unchecked = Some((ci, at)),
                 }
+                Some(Ok(()))
             }
             Err(e) => {
                 let delay = if e.kind == ApiErrorKind::Throttled {
@@ -287,10 +280,9 @@ impl Control {
                     self.backoff.next_delay()
                 };
                 self.retry_at = Some(now + delay);
-                self.error = Some(e.to_string());
+                Some(Err(e.to_string()))
             }
         }
-        Some(Source::EcsApi)
     }
 
     /// The cross-check itself; a drift is logged once per change.
@@ -319,7 +311,7 @@ impl Control {
         if !self.wants_group || self.group_known || self.group_retry_at.is_some_and(|t| now < t) {
             return;
         }
-        let Some(clients) = self.clients().await else { return };
+        let Ok(clients) = self.clients().await else { return };
         let r = clients.asg.describe_instance(id).await;
         self.count("DescribeAutoScalingInstances", &r);
         match r {
@@ -359,7 +351,7 @@ impl Control {
         if !attributes_due(self.put.as_ref(), &want, self.interval, now) {
             return;
         }
-        let Some(clients) = self.clients().await else { return };
+        let Ok(clients) = self.clients().await else { return };
         let r = clients.ecs.put_attributes(&cluster, &arn, &want).await;
         self.count("PutAttributes", &r);
         match r {
@@ -384,7 +376,7 @@ impl Control {
         let Some(want) = protection::decide(&mut self.protection, obs, self.idle_grace) else {
             return;
         };
-        let Some(clients) = self.clients().await else { return };
+        let Ok(clients) = self.clients().await else { return };
         let r = clients.asg.set_protection(&group, id, want).await;
         self.count("SetInstanceProtection", &r);
         match r {

@@ -129,15 +129,10 @@ async fn collect_loop(
                     now,
                 )
                 .await;
-            if asked.is_some() {
-                match &control.error {
-                    None => local.source_ok(Source::EcsApi, now),
-                    Some(e) => local.source_failed(Source::EcsApi, e.clone()),
-                }
-            } else if control.registered.is_none() {
-                if let Some(e) = &control.error {
-                    local.source_failed(Source::EcsApi, e.clone());
-                }
+            match asked {
+                Some(Ok(())) => local.source_ok(Source::EcsApi, now),
+                Some(Err(e)) => local.source_failed(Source::EcsApi, e),
+                None => {}
             }
             control.lookup_group(id.instance_id.as_deref(), now).await;
             local.identity.auto_scaling_group = control.group.clone();
