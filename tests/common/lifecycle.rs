@@ -190,15 +190,7 @@ fn serve(c: TcpStream, target: &str, state: &Mutex<State>) {
                 }
             })
         } else {
-            // Unchanged but for the connection header: every forwarded request closes its
-            // connection to moto, while the client's stays open.
-            let headers: Vec<String> = req
-                .headers
-                .iter()
-                .filter(|h| !h.to_ascii_lowercase().starts_with("connection:"))
-                .cloned()
-                .collect();
-            super::moto::forward(target, &req.line, &headers, &req.body)
+            super::moto::forward(target, &req.line, &req.headers, &req.body)
         };
         call.status = reply.as_ref().map_or(0, |r| r.0);
         state.lock().unwrap().calls.push(call);

@@ -243,15 +243,8 @@ fn serve(c: TcpStream, target: &str, f: Faults, calls: &Mutex<Vec<PutCall>>) {
     while let Some(req) = super::read_http_request(&mut r) {
         let amz_target = req.header("x-amz-target").unwrap_or_default().to_string();
         let req_headers = req.headers.clone();
-        // Every forwarded request closes its connection to moto; the client's stays open.
-        let headers: Vec<String> = req
-            .headers
-            .iter()
-            .filter(|h| !h.to_ascii_lowercase().starts_with("connection:"))
-            .cloned()
-            .collect();
         let (request_line, mut body) = (req.line, req.body);
-        let mut headers = headers;
+        let mut headers = req.headers;
         if f.age_first_event && amz_target.ends_with(".PutLogEvents") {
             let mut v: serde_json::Value =
                 serde_json::from_slice(&body).expect("PutLogEvents json");
@@ -335,7 +328,8 @@ fn serve(c: TcpStream, target: &str, f: Faults, calls: &Mutex<Vec<PutCall>>) {
     }
 }
 
-/// One request to moto with `Connection: close`: (status, content type, body).
+/// One request to moto with `Connection: close` instead of the client's own `Connection`
+/// header (the client's connection to the proxy stays open): (status, content type, body).
 pub(super) fn forward(
     target: &str,
     request_line: &str,
@@ -345,7 +339,7 @@ pub(super) fn forward(
     let mut s = TcpStream::connect(target).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(60))).ok()?;
     let mut req = request_line.as_bytes().to_vec();
-    for h in headers {
+    for h in headers.iter().filter(|h| !h.to_ascii_lowercase().starts_with("connection:")) {
         req.extend_from_slice(h.as_bytes());
     }
     req.extend_from_slice(b"Connection: close\r\n\r\n");
