@@ -211,11 +211,11 @@ fn capacity_follows_tasks_protects_while_busy_and_publishes() {
         r#"{base}[ecs]
 agent_url = "{agent}"
 region = "us-east-1"
+daemon_task_families = ["log-router"]
 [capacity]
 enabled = true
 interval = "1s"
 ecs_api_interval = "1h"
-daemon_task_families = ["log-router"]
 task_shapes = [ {{ name = "worker", cpu = 1024, memory = 2048 }},
                 {{ name = "large", cpu = 4096, memory = 15722 }},
                 {{ name = "small-mem", memory = 512 }} ]
@@ -365,7 +365,7 @@ idle_grace = "8s"
     // The call counts: start-up calls once, SetInstanceProtection once per change.
     let calls = |action: &str, result: &str| {
         b.metric(&format!(
-            "berth_capacity_api_calls_total{{action=\"{action}\",result=\"{result}\"}}"
+            "berth_aws_api_calls_total{{action=\"{action}\",result=\"{result}\"}}"
         ))
     };
     assert_eq!(calls("DescribeContainerInstances", "ok"), 1.0, "one call in an hour-long interval");
@@ -518,7 +518,7 @@ interval = "1s"
     assert_eq!(r["registered"], Value::Null);
     assert_eq!(r["fresh"], false);
     let calls = || {
-        b.metric("berth_capacity_api_calls_total{action=\"DescribeContainerInstances\",result=\"throttled\"}")
+        b.metric("berth_aws_api_calls_total{action=\"DescribeContainerInstances\",result=\"throttled\"}")
     };
     assert_eq!(calls(), 1.0);
     // Ticks go on every second; the call does not: the SDK's attempts of that one call,

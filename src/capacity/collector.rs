@@ -12,6 +12,7 @@ use super::compute::{self, ContainerSize, Resources, TaskSize};
 use super::report::{Identity, Report, ShapeFit, Source, SourceState, TaskView};
 use crate::config::TaskShape;
 use crate::docker::{self, labels};
+use crate::ecs::daemons::Daemons;
 use crate::ecs::agent::{Agent, Task};
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -110,32 +111,6 @@ pub fn fits(free: Option<Resources>, shapes: &[TaskShape]) -> Vec<ShapeFit> {
         .collect()
 }
 
-/// berth's own container id when it runs in a container: Docker bind-mounts the
-/// container's `hostname`, `hosts` and `resolv.conf` from
-/// `/var/lib/docker/containers/<id>/`, which `/proc/self/mountinfo` shows whatever the
-/// cgroup version or namespace; `/proc/self/cgroup` (v1: `.../docker/<id>` or
-/// `/ecs/<task>/<id>`) is the fallback. Pure over the two files' text.
-pub fn own_container_id(mountinfo: &str, cgroup: &str) -> Option<String> {
-    let is_id = |s: &str| s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit());
-    for line in mountinfo.lines() {
-        if let Some(rest) = line.split("/containers/").nth(1) {
-            if let Some(id) = rest.split('/').next().filter(|id| is_id(id)) {
-                return Some(id.to_string());
-            }
-        }
-    }
-    for line in cgroup.lines() {
-        let path = line.splitn(3, ':').nth(2).unwrap_or("");
-        let last = path.rsplit('/').next().unwrap_or("");
-        let last =
-            last.strip_prefix("docker-").and_then(|l| l.strip_suffix(".scope")).unwrap_or(last);
-        if is_id(last) {
-            return Some(last.to_string());
-        }
-    }
-    None
-}
-
 pub(crate) fn unix_ms(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
@@ -169,10 +144,7 @@ pub struct Local {
     engine: Option<std::sync::Arc<docker::Engine>>,
     cgroups: Cgroups,
     shapes: Vec<TaskShape>,
-    daemon_families: HashSet<String>,
-    /// berth's own family, once found from its container's labels.
-    own_family: Option<String>,
-    own_container: Option<String>,
+    daemons: Daemons,
     sizes: HashMap<String, (ContainerSize, String)>,
     sources: HashMap<Source, SourceTrack>,
     pub identity: Identity,
@@ -188,20 +160,14 @@ impl Local {
         engine: Option<std::sync::Arc<docker::Engine>>,
         cgroups: Cgroups,
         shapes: Vec<TaskShape>,
-        daemon_families: &[String],
+        daemons: Daemons,
     ) -> Local {
-        let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
         Local {
             agent,
             engine,
             cgroups,
             shapes,
-            daemon_families: daemon_families.iter().cloned().collect(),
-            own_family: None,
-            own_container: own_container_id(
-                &read("/proc/self/mountinfo"),
-                &read("/proc/self/cgroup"),
-            ),
+            daemons,
             sizes: HashMap::new(),
             sources: HashMap::new(),
             identity: Identity::default(),
@@ -229,10 +195,6 @@ impl Local {
 
     fn up(&self, s: Source) -> bool {
         self.sources.get(&s).is_some_and(|t| t.up)
-    }
-
-    fn is_daemon(&self, family: &str) -> bool {
-        self.daemon_families.contains(family) || self.own_family.as_deref() == Some(family)
     }
 
     /// The agent's identity (until it has registered the instance).
@@ -265,23 +227,9 @@ impl Local {
         Ok((size, r.cgroup_parent))
     }
 
-    /// berth's own family, from its own container's labels in Docker's list.
-    fn find_own_family(&mut self) {
-        if self.own_family.is_some() {
-            return;
-        }
-        let (Some(id), Some(engine)) = (&self.own_container, &self.engine) else { return };
-        if let Some(c) = engine.snapshot().containers.get(id.as_str()) {
-            if let Some(f) = c.label(labels::ECS_TASK_DEFINITION_FAMILY) {
-                tracing::info!(family = f, "capacity: berth's own task family is a daemon");
-                self.own_family = Some(f.to_string());
-            }
-        }
-    }
-
     /// Read the tasks and size them.
     pub async fn observe(&mut self, now: Instant) -> Option<Vec<TaskObs>> {
-        self.find_own_family();
+        self.daemons.find_own_family(self.engine.as_deref());
         let tasks: Vec<Task> = match self.agent.tasks().await {
             Ok(t) => {
                 self.source_ok(Source::Agent, now);
@@ -374,7 +322,7 @@ impl Local {
         now: Instant,
         wall: SystemTime,
     ) -> Report {
-        let summary = tasks.map(|t| summarize(t, |f| self.is_daemon(f)));
+        let summary = tasks.map(|t| summarize(t, |f| self.daemons.is_daemon(f)));
         if let Some(s) = &summary {
             if s.running + s.pending == 0 {
                 self.idle_since.get_or_insert((now, wall));
@@ -498,25 +446,5 @@ mod tests {
         let f = fits(Some(free), &shapes);
         assert_eq!(f.iter().map(|s| s.schedulable).collect::<Vec<_>>(), [Some(0), Some(3)]);
         assert!(fits(None, &shapes).iter().all(|s| s.schedulable.is_none()));
-    }
-
-    #[test]
-    fn own_container_id_from_mountinfo_else_cgroup() {
-        let id = "4c5ac2b1e9e0f7a9d6b2c1e3f4a5b6c7d8e9f0a1b2c3d4e5f6a7b8c9d0e1f2a3";
-        let mountinfo = format!(
-            "610 590 0:52 / / rw,relatime master:1 - overlay overlay rw\n\
-             631 610 259:1 /var/lib/docker/containers/{id}/hostname /etc/hostname rw,relatime - ext4 /dev/root rw\n"
-        );
-        assert_eq!(own_container_id(&mountinfo, ""), Some(id.to_string()));
-        let v1 = format!("12:memory:/ecs/5a0d5a0b1b7c4f6c/{id}\n11:cpu:/docker/{id}\n");
-        assert_eq!(own_container_id("", &v1), Some(id.to_string()));
-        let systemd = format!("0::/system.slice/docker-{id}.scope\n");
-        assert_eq!(own_container_id("", &systemd), Some(id.to_string()));
-        assert_eq!(
-            own_container_id("1 2 0:1 / / rw - ext4 /dev/root rw\n", "0::/\n"),
-            None,
-            "not a container"
-        );
-        assert_eq!(own_container_id("", "0::/user.slice/user-0.slice/session-1.scope\n"), None);
     }
 }

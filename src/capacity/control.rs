@@ -13,7 +13,7 @@
 //!   changed, and at most once per `interval` (changes in between are coalesced).
 //!
 //! The SDK retries a throttled or failed call itself (standard mode, with backoff); what
-//! reaches here is the outcome, counted in `berth_capacity_api_calls_total`.
+//! reaches here is the outcome, counted in `berth_aws_api_calls_total`.
 
 use super::compute::Resources;
 use super::protection;

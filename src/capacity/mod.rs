@@ -91,7 +91,7 @@ async fn collect_loop(
         deps.engine.clone(),
         cgroups,
         cfg.task_shapes.clone(),
-        &cfg.daemon_task_families,
+        crate::ecs::daemons::Daemons::new(&ecs.daemon_task_families),
     );
     let mut control =
         control::Control::new(&cfg, &ecs.aws, Arc::clone(&deps.aws), Arc::clone(&deps.metrics));
@@ -243,7 +243,7 @@ async fn emf_loop(
 }
 
 /// `true` when a container started, stopped or was removed; pends for ever without Docker.
-async fn changed(rx: &mut Option<tokio::sync::broadcast::Receiver<docker::Change>>) -> bool {
+pub(crate) async fn changed(rx: &mut Option<tokio::sync::broadcast::Receiver<docker::Change>>) -> bool {
     let Some(rx) = rx else { return std::future::pending().await };
     loop {
         match rx.recv().await {

@@ -18,6 +18,9 @@ pub struct EcsConfig {
     pub agent_url: String,
     /// Region and credentials of the ECS, Auto Scaling and CloudWatch Logs calls.
     pub aws: AwsAuth,
+    /// Task definition families that are daemons: they hold resources but are not work
+    /// (capacity does not count them as work, the drain does not wait for them).
+    pub daemon_task_families: Vec<String>,
 }
 
 /// `[capacity]`
@@ -29,7 +32,6 @@ pub struct CapacityConfig {
     pub ecs_api_interval: Option<Duration>,
     pub drift_tolerance_cpu_units: u64,
     pub drift_tolerance_memory_mib: u64,
-    pub daemon_task_families: Vec<String>,
     pub task_shapes: Vec<TaskShape>,
     pub cgroup_root: PathBuf,
     pub publish: PublishConfig,
@@ -120,6 +122,11 @@ pub(super) struct RawEcs {
     /// host: `http://HOST:PORT`. Shared by capacity and the drain.
     #[serde(default = "default_agent_url")]
     pub agent_url: Spanned<String>,
+    /// Task definition families that are daemons (they hold resources but are not work:
+    /// capacity does not count them, the drain does not wait for them); berth's own family
+    /// is found from its container's labels.
+    #[serde(default)]
+    pub daemon_task_families: Vec<Spanned<String>>,
     /// The region of the ECS, Auto Scaling and CloudWatch Logs calls of capacity and the
     /// drain; empty or absent: `AWS_REGION`, the profile, then IMDS.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -135,7 +142,13 @@ pub(super) struct RawEcs {
 
 impl Default for RawEcs {
     fn default() -> Self {
-        RawEcs { agent_url: default_agent_url(), region: None, role_arn: None, external_id: None }
+        RawEcs {
+            agent_url: default_agent_url(),
+            daemon_task_families: Vec::new(),
+            region: None,
+            role_arn: None,
+            external_id: None,
+        }
     }
 }
 
@@ -165,10 +178,6 @@ pub(super) struct RawCapacity {
     /// The same for memory MiB.
     #[serde(default)]
     pub drift_tolerance_memory_mib: u64,
-    /// Task definition families that are daemons (they hold resources but are not work);
-    /// berth's own family is found from its container's labels.
-    #[serde(default)]
-    pub daemon_task_families: Vec<Spanned<String>>,
     /// Task sizes whose schedulable count is reported: `{ name, cpu, memory }`, names
     /// unique.
     #[serde(default)]
@@ -193,7 +202,6 @@ impl Default for RawCapacity {
             ecs_api_interval: default_ecs_api_interval(),
             drift_tolerance_cpu_units: 0,
             drift_tolerance_memory_mib: 0,
-            daemon_task_families: Vec::new(),
             task_shapes: Vec::new(),
             cgroup_root: default_cgroup_root(),
             publish: RawPublish::default(),
@@ -315,8 +323,25 @@ pub(super) fn build_ecs(raw: RawEcs, ctx: &Ctx<'_>) -> Result<EcsConfig, ConfigE
         ));
     }
     // The same three keys, spelled and checked as in every section that talks to AWS.
+    let mut families = Vec::new();
+    for f in &raw.daemon_task_families {
+        let name = f.get_ref().trim();
+        if name.is_empty() {
+            return Err(ctx.error(
+                f.span(),
+                "ecs.daemon_task_families".into(),
+                "a family name is empty".into(),
+                true,
+            ));
+        }
+        families.push(name.to_string());
+    }
     let keys = RawAws { region: raw.region, role_arn: raw.role_arn, external_id: raw.external_id };
-    Ok(EcsConfig { agent_url: url, aws: aws::build(&keys, "ecs", ctx)? })
+    Ok(EcsConfig {
+        agent_url: url,
+        aws: aws::build(&keys, "ecs", ctx)?,
+        daemon_task_families: families,
+    })
 }
 
 pub(super) fn build(raw: RawCapacity, ctx: &Ctx<'_>) -> Result<CapacityConfig, ConfigError> {
@@ -333,14 +358,6 @@ pub(super) fn build(raw: RawCapacity, ctx: &Ctx<'_>) -> Result<CapacityConfig, C
             "ecs_api_interval",
             "must be \"0s\" (off) or at least 1s".into(),
         ));
-    }
-    let mut families = Vec::new();
-    for f in &raw.daemon_task_families {
-        let name = f.get_ref().trim();
-        if name.is_empty() {
-            return Err(err(f.span(), "daemon_task_families", "a family name is empty".into()));
-        }
-        families.push(name.to_string());
     }
     let mut shapes = Vec::new();
     let mut names = HashSet::new();
@@ -383,7 +400,6 @@ pub(super) fn build(raw: RawCapacity, ctx: &Ctx<'_>) -> Result<CapacityConfig, C
         ecs_api_interval: (!api.is_zero()).then_some(api),
         drift_tolerance_cpu_units: raw.drift_tolerance_cpu_units,
         drift_tolerance_memory_mib: raw.drift_tolerance_memory_mib,
-        daemon_task_families: families,
         task_shapes: shapes,
         cgroup_root: raw.cgroup_root,
         publish,
@@ -476,6 +492,7 @@ pub(super) fn ecs_to_raw(c: &EcsConfig) -> RawEcs {
     let keys = aws::to_raw(&c.aws);
     RawEcs {
         agent_url: Spanned::new(0..0, c.agent_url.clone()),
+        daemon_task_families: c.daemon_task_families.iter().map(|f| sp(f.clone())).collect(),
         region: keys.region,
         role_arn: keys.role_arn,
         external_id: keys.external_id,
@@ -493,7 +510,6 @@ pub(super) fn to_raw(c: &CapacityConfig) -> RawCapacity {
         ecs_api_interval: sp(Dur(c.ecs_api_interval.unwrap_or_default())),
         drift_tolerance_cpu_units: c.drift_tolerance_cpu_units,
         drift_tolerance_memory_mib: c.drift_tolerance_memory_mib,
-        daemon_task_families: c.daemon_task_families.iter().map(|f| sp(f.clone())).collect(),
         task_shapes: c.task_shapes.iter().map(|s| sp(s.clone())).collect(),
         cgroup_root: c.cgroup_root.clone(),
         publish: RawPublish {

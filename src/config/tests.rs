@@ -823,13 +823,13 @@ const CAPACITY: &str = r#"
 [ecs]
 agent_url = "http://127.0.0.1:51678/"
 region = "eu-west-1"
+daemon_task_families = ["datadog-agent", " node-exporter "]
 
 [capacity]
 enabled = true
 interval = "30s"
 ecs_api_interval = "0s"
 drift_tolerance_memory_mib = 64
-daemon_task_families = ["datadog-agent", " node-exporter "]
 task_shapes = [ { name = "batch-large", cpu = 4096, memory = 15722 },
                 { name = "worker", cpu = 1024, memory = 2048 },
                 { name = "mem-only", memory = 512 } ]
@@ -865,7 +865,7 @@ fn capacity_sections_load_with_their_defaults_and_round_trip() {
     assert_eq!(c.ecs.aws.region.as_deref(), Some("eu-west-1"));
     assert_eq!(c.capacity.ecs_api_interval, None, "0s turns the cross-check off");
     assert_eq!(c.capacity.drift_tolerance_memory_mib, 64);
-    assert_eq!(c.capacity.daemon_task_families, ["datadog-agent", "node-exporter"]);
+    assert_eq!(c.ecs.daemon_task_families, ["datadog-agent", "node-exporter"]);
     assert_eq!(c.capacity.task_shapes.len(), 3);
     assert_eq!(
         c.capacity.task_shapes[2],
@@ -901,7 +901,7 @@ fn capacity_errors_name_the_key_and_line() {
         ("[ecs]\nagent = 1\n", "unknown key \"agent\""),
         ("[capacity]\ninterval = \"500ms\"\n", "line 2: capacity.interval: must be at least 1s"),
         ("[capacity]\necs_api_interval = \"10ms\"\n", "capacity.ecs_api_interval: must be \"0s\" (off) or at least 1s"),
-        ("[capacity]\ndaemon_task_families = [\"\"]\n", "capacity.daemon_task_families: a family name is empty"),
+        ("[ecs]\ndaemon_task_families = [\"\"]\n", "ecs.daemon_task_families: a family name is empty"),
         (
             "[capacity]\ntask_shapes = [{ name = \"a\", cpu = 1 },\n  { name = \"a\", cpu = 2 }]\n",
             "line 3: capacity.task_shapes: shape \"a\" is named twice",

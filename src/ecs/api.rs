@@ -2,7 +2,7 @@
 //! this host's container instance (what it registered, what ECS thinks is left, its task
 //! counts) — capacity's cross-check of its own accounting — and the drain's
 //! `UpdateContainerInstancesState` to `DRAINING` (ECS stops placing tasks here and moves
-//! service tasks away).
+//! service tasks away), and back to `ACTIVE` when an operator aborts their own drain.
 //!
 //! Only this host's instance, one ARN per call: the policies can then be scoped to container
 //! instances (packaging/iam/berth-capacity-policy.json, berth-drain-policy.json). Reading
@@ -103,19 +103,40 @@ impl EcsApi {
     /// answers it has now (`DRAINING`). Idempotent: draining a draining instance succeeds,
     /// so the SDK's retries and a drain resumed after a restart are both safe. A `failures`
     /// entry is an error naming its reason (`MISSING`: not registered in that cluster, kind
-    /// `NotFound`). There is no `set_active`: berth never undoes a drain (an operator who
-    /// cancels one sets the instance `ACTIVE` themselves).
+    /// `NotFound`).
     pub async fn set_draining(
         &self,
         cluster: &str,
         container_instance_arn: &str,
+    ) -> Result<String, ApiError> {
+        self.set_state(cluster, container_instance_arn, ecs::types::ContainerInstanceStatus::Draining)
+            .await
+    }
+
+    /// `UpdateContainerInstancesState` back to `ACTIVE`: only when an operator aborts a
+    /// drain an operator started (`berth drain --abort`). A drain the Auto Scaling group or
+    /// Spot started is never undone — the instance is going anyway.
+    pub async fn set_active(
+        &self,
+        cluster: &str,
+        container_instance_arn: &str,
+    ) -> Result<String, ApiError> {
+        self.set_state(cluster, container_instance_arn, ecs::types::ContainerInstanceStatus::Active)
+            .await
+    }
+
+    async fn set_state(
+        &self,
+        cluster: &str,
+        container_instance_arn: &str,
+        status: ecs::types::ContainerInstanceStatus,
     ) -> Result<String, ApiError> {
         let out = self
             .client
             .update_container_instances_state()
             .cluster(cluster)
             .container_instances(container_instance_arn)
-            .status(ecs::types::ContainerInstanceStatus::Draining)
+            .status(status)
             .send()
             .await
             .map_err(|e| ApiError::from_sdk(UPDATE_STATE, e))?;
