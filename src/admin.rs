@@ -36,6 +36,8 @@ pub struct AdminState {
     pub sinks: Vec<SinkInfo>,
     /// `[capacity] enabled`: `/v1/capacity` answers.
     pub capacity_enabled: bool,
+    /// `[drain] enabled`: `/v1/drain` answers.
+    pub drain: Option<crate::drain::runner::Handle>,
     /// Docker and IMDS state for /v1/status.
     pub enricher: Arc<crate::enrich::Enricher>,
 }
@@ -59,6 +61,7 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/metrics", get(metrics))
         .route("/v1/status", get(status))
         .route("/v1/capacity", get(capacity))
+        .route("/v1/drain", get(drain_view).post(drain_request))
         .with_state(state)
 }
 
@@ -82,6 +85,59 @@ async fn capacity(State(s): State<Arc<AdminState>>) -> Response {
     match s.metrics.capacity.get() {
         Some(r) => Json(&*r).into_response(),
         None => (StatusCode::SERVICE_UNAVAILABLE, "capacity: no report yet\n").into_response(),
+    }
+}
+
+/// The drain in progress or the last one; 404 with draining off.
+async fn drain_view(State(s): State<Arc<AdminState>>) -> Response {
+    match &s.drain {
+        Some(d) => Json(d.view()).into_response(),
+        None => drain_off(),
+    }
+}
+
+fn drain_off() -> Response {
+    (StatusCode::NOT_FOUND, "draining is not enabled ([drain] enabled = false)\n").into_response()
+}
+
+/// `POST /v1/drain` body: `{}` or `{"deadline": "2h"}` starts an operator's drain (if none
+/// is in progress), `{"abort": true}` aborts the one in progress. Answers the view.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DrainRequest {
+    #[serde(default)]
+    deadline: Option<String>,
+    #[serde(default)]
+    abort: bool,
+}
+
+async fn drain_request(State(s): State<Arc<AdminState>>, body: axum::body::Bytes) -> Response {
+    use crate::drain::runner::Request;
+    let Some(d) = &s.drain else { return drain_off() };
+    let bad = |m: String| (StatusCode::BAD_REQUEST, format!("{m}\n")).into_response();
+    let req: DrainRequest =
+        if body.iter().all(u8::is_ascii_whitespace) {
+            DrainRequest { deadline: None, abort: false }
+        } else {
+            match serde_json::from_slice(&body) {
+                Ok(r) => r,
+                Err(e) => return bad(format!(
+                    "not a drain request ({e}): {{\"deadline\": \"2h\"}} or {{\"abort\": true}}"
+                )),
+            }
+        };
+    let r = match (req.abort, req.deadline) {
+        (true, Some(_)) => return bad("abort and deadline together: choose one".into()),
+        (true, None) => Request::Abort,
+        (false, None) => Request::Start { deadline: None },
+        (false, Some(t)) => match crate::config::parse_duration(&t) {
+            Ok(d) => Request::Start { deadline: Some(d) },
+            Err(e) => return bad(format!("deadline {t:?}: {e}")),
+        },
+    };
+    match d.request(r).await {
+        Ok(v) => Json(v).into_response(),
+        Err(e) => (StatusCode::CONFLICT, format!("{e}\n")).into_response(),
     }
 }
 

@@ -74,6 +74,9 @@ fn aws_identities(config: &Config) -> Vec<(String, crate::config::AwsAuth)> {
     if config.capacity.enabled {
         out.push(("ecs (for [capacity])".to_string(), config.ecs.aws.clone()));
     }
+    if config.drain.enabled {
+        out.push(("ecs (for [drain])".to_string(), config.ecs.aws.clone()));
+    }
     out
 }
 
@@ -160,12 +163,13 @@ pub async fn run(config: Config) -> Result<(), AppError> {
     check_regions(&config, &aws).await?;
     // The host's one Docker connection (events, container list): the enrichment cache
     // subscribes to it, and so will anything else that needs the containers.
-    let engine = (config.enrich.docker.enabled || config.capacity.enabled).then(|| {
-        Arc::new(docker::Engine::new(docker::Options {
-            socket: config.enrich.docker.socket.clone(),
-            request_timeout: docker::REQUEST_TIMEOUT.max(config.enrich.docker.inspect_wait),
-        }))
-    });
+    let engine = (config.enrich.docker.enabled || config.capacity.enabled || config.drain.enabled)
+        .then(|| {
+            Arc::new(docker::Engine::new(docker::Options {
+                socket: config.enrich.docker.socket.clone(),
+                request_timeout: docker::REQUEST_TIMEOUT.max(config.enrich.docker.inspect_wait),
+            }))
+        });
     if let Some(e) = &engine {
         shutdown.tracker().spawn(Arc::clone(e).run(shutdown.background().clone()));
     }
@@ -210,6 +214,29 @@ pub async fn run(config: Config) -> Result<(), AppError> {
         .collect();
     let (pipeline, readers) = Pipeline::new(buffer.clone(), routes, Arc::clone(&metrics))?;
 
+    // The drain: beside the log path, asking it only "delivered up to here?". Its state
+    // lives in the buffer's directory.
+    let drain = if config.drain.enabled {
+        let deps = crate::drain::runner::Deps {
+            engine: engine.clone(),
+            imds: imds.clone(),
+            aws: Arc::clone(&aws),
+            metrics: Arc::clone(&metrics),
+            buffer: buffer.clone(),
+        };
+        let h = crate::drain::runner::spawn(
+            config.drain.clone(),
+            config.ecs.clone(),
+            deps,
+            shutdown.background().clone(),
+            shutdown.tracker(),
+        )
+        .map_err(|e| AppError::Config(format!("{}: ecs.agent_url: {e}", config.source)))?;
+        Some(h)
+    } else {
+        None
+    };
+
     let mut sinks = JoinSet::new();
     for (cfg, reader) in config.sinks.iter().cloned().zip(readers) {
         let label = SinkLabel { sink: cfg.name.clone() };
@@ -235,6 +262,7 @@ pub async fn run(config: Config) -> Result<(), AppError> {
         listeners: described.clone(),
         enricher: Arc::clone(&enrich.enricher),
         capacity_enabled: config.capacity.enabled,
+        drain: drain.clone(),
         sinks: config
             .sinks
             .iter()
@@ -287,6 +315,31 @@ pub async fn run(config: Config) -> Result<(), AppError> {
                 Ok(Ok(())) | Err(_) => AppError::Sink(sink::SinkError::Stopped),
             });
             tracing::error!(error = %failure.as_ref().map(|e| e.to_string()).unwrap_or_default(), "a sink stopped: shutting down");
+        }
+    }
+    // A SIGTERM during a drain is part of it (ECS stops daemon tasks, berth's own, as soon
+    // as the other tasks have left RUNNING): the inputs stay open for the stopping tasks'
+    // last lines and the drain goes on — flush, completion — until it is done or the stop
+    // timeout leaves only the grace period. A second signal cuts it short.
+    if let (None, Some(d)) = (&failure, &drain) {
+        match d.request(crate::drain::runner::Request::Shutdown).await {
+            Ok(v) if v.active => {
+                let wait = config.drain.stop_timeout.saturating_sub(config.shutdown.grace_period);
+                tracing::info!(wait = ?wait, "a drain is in progress: finishing it before shutting down");
+                let finished = tokio::select! {
+                    _ = d.until_idle() => true,
+                    _ = tokio::time::sleep(wait) => false,
+                    _ = sigterm.recv() => false,
+                    _ = sigint.recv() => false,
+                };
+                if finished {
+                    tracing::info!("the drain is done: shutting down");
+                } else {
+                    tracing::warn!("shutting down with the drain still in progress (it resumes if berth starts again)");
+                }
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "cannot ask the drain whether one is in progress"),
         }
     }
     state.ready.store(false, Ordering::Relaxed);

@@ -5,6 +5,7 @@ use crate::config::Config;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
 
 /// Per-host log shipper for Amazon ECS container instances: receives container logs over
 /// the Fluentd Forward protocol and delivers them to sinks.
@@ -64,6 +65,10 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Drain this host through the running daemon: set it DRAINING, wait for its tasks
+    /// (heart-beating the lifecycle hook, if the group is terminating it), flush their
+    /// logs, complete.
+    Drain(DrainArgs),
     /// Print the version.
     Version,
 }
@@ -170,6 +175,89 @@ pub fn inspect_command_to(
     }
 }
 
+/// The running daemon's admin endpoint, found through its config.
+struct AdminClient {
+    client: reqwest::Client,
+    base: String,
+    addr: std::net::SocketAddr,
+    source: String,
+}
+
+impl AdminClient {
+    /// `Err(exit code)` with the message written to `err`: 78 for a config that cannot be
+    /// loaded, 1 for an admin endpoint that is off.
+    fn new(config: Option<&Path>, timeout: Duration, err: &mut Vec<u8>) -> Result<Self, ExitCode> {
+        let config = match Config::load(config) {
+            Ok(c) => c,
+            Err(e) => {
+                let _ = writeln!(err, "berth: {e}");
+                return Err(ExitCode::from(EX_CONFIG));
+            }
+        };
+        let Some(addr) = config.admin.listen else {
+            let _ = writeln!(
+                err,
+                "berth: the admin endpoint is off in {} ([admin] listen = \"\"): nothing to ask",
+                config.source
+            );
+            return Err(ExitCode::FAILURE);
+        };
+        match reqwest::Client::builder().no_proxy().timeout(timeout).build() {
+            Ok(client) => Ok(AdminClient {
+                client,
+                base: format!("http://{addr}"),
+                addr,
+                source: config.source,
+            }),
+            Err(e) => {
+                let _ = writeln!(err, "berth: cannot build an HTTP client: {e}");
+                Err(ExitCode::FAILURE)
+            }
+        }
+    }
+
+    /// GET (or POST `body`) `path`: the body of a 2xx answer; else the message written to
+    /// `err` (berth not running, the daemon's own error text).
+    async fn call(
+        &self,
+        path: &str,
+        body: Option<String>,
+        err: &mut Vec<u8>,
+    ) -> Result<bytes::Bytes, ExitCode> {
+        let url = format!("{}{path}", self.base);
+        let req = match body {
+            Some(b) => self.client.post(&url).header("content-type", "application/json").body(b),
+            None => self.client.get(&url),
+        };
+        let fail = |err: &mut Vec<u8>, m: String| {
+            let _ = writeln!(err, "berth: {m}");
+            Err(ExitCode::FAILURE)
+        };
+        let resp = match req.send().await {
+            Ok(r) => r,
+            Err(e) if e.is_connect() => {
+                return fail(
+                    err,
+                    format!(
+                        "berth is not running (nothing answers on its admin endpoint {}, from {})",
+                        self.addr, self.source
+                    ),
+                )
+            }
+            Err(e) => return fail(err, format!("{url}: {}", crate::error::describe(&e))),
+        };
+        let status = resp.status();
+        let body = match resp.bytes().await {
+            Ok(b) => b,
+            Err(e) => return fail(err, format!("{url}: {}", crate::error::describe(&e))),
+        };
+        if !status.is_success() {
+            return fail(err, String::from_utf8_lossy(&body).trim().to_string());
+        }
+        Ok(body)
+    }
+}
+
 /// `berth capacity`: ask the running daemon (its `[admin] listen`) for its capacity report
 /// and print it. Exit 0 with the report; 1 when the daemon does not answer, capacity is off
 /// or has no report yet; 78 when the config cannot be loaded. Messages go to stderr.
@@ -188,61 +276,14 @@ pub async fn capacity_command_to(
     out: &mut Vec<u8>,
     err: &mut Vec<u8>,
 ) -> ExitCode {
-    let config = match Config::load(config) {
-        Ok(c) => c,
-        Err(e) => {
-            let _ = writeln!(err, "berth: {e}");
-            return ExitCode::from(EX_CONFIG);
-        }
+    let admin = match AdminClient::new(config, Duration::from_secs(5), err) {
+        Ok(a) => a,
+        Err(code) => return code,
     };
-    let Some(addr) = config.admin.listen else {
-        let _ = writeln!(
-            err,
-            "berth: the admin endpoint is off in {} ([admin] listen = \"\"): nothing to ask",
-            config.source
-        );
-        return ExitCode::FAILURE;
-    };
-    let url = format!("http://{addr}/v1/capacity");
-    let client = match reqwest::Client::builder()
-        .no_proxy()
-        .timeout(std::time::Duration::from_secs(5))
-        .build()
-    {
-        Ok(c) => c,
-        Err(e) => {
-            let _ = writeln!(err, "berth: cannot build an HTTP client: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let resp = match client.get(&url).send().await {
-        Ok(r) => r,
-        Err(e) if e.is_connect() => {
-            let _ = writeln!(
-                err,
-                "berth: berth is not running (nothing answers on its admin endpoint {addr}, from {})",
-                config.source
-            );
-            return ExitCode::FAILURE;
-        }
-        Err(e) => {
-            let _ = writeln!(err, "berth: {url}: {}", crate::error::describe(&e));
-            return ExitCode::FAILURE;
-        }
-    };
-    let status = resp.status();
-    let body = match resp.bytes().await {
+    let body = match admin.call("/v1/capacity", None, err).await {
         Ok(b) => b,
-        Err(e) => {
-            let _ = writeln!(err, "berth: {url}: {}", crate::error::describe(&e));
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
-    if !status.is_success() {
-        let text = String::from_utf8_lossy(&body);
-        let _ = writeln!(err, "berth: {}", text.trim());
-        return ExitCode::FAILURE;
-    }
     if json {
         out.extend_from_slice(&body);
         out.push(b'\n');
@@ -254,9 +295,128 @@ pub async fn capacity_command_to(
             ExitCode::SUCCESS
         }
         Err(e) => {
-            let _ = writeln!(err, "berth: {url}: not a capacity report: {e}");
+            let _ = writeln!(err, "berth: /v1/capacity: not a capacity report: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// What `berth drain` was asked.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct DrainArgs {
+    /// Config file whose `[admin] listen` to ask, found as `run` finds it.
+    #[arg(long, short)]
+    pub config: Option<PathBuf>,
+    /// The drain ends by then at the latest (e.g. "2h", "30m"); never beyond the hook's
+    /// own limit or a Spot notice's time.
+    #[arg(long, conflicts_with_all = ["abort", "status"])]
+    pub deadline: Option<String>,
+    /// Show the drain as it goes, until it ends: exit 0 when it completed, 1 when the
+    /// deadline came first or it was aborted or rejected.
+    #[arg(long, conflicts_with = "abort")]
+    pub wait: bool,
+    /// Abort the drain in progress (no more heartbeats; an operator's drain sets the
+    /// instance ACTIVE again).
+    #[arg(long)]
+    pub abort: bool,
+    /// Only show the drain in progress or the last one.
+    #[arg(long, conflicts_with = "abort")]
+    pub status: bool,
+    /// Print the daemon's answers as JSON (one object per line with --wait).
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `berth drain`: start, watch or abort a drain of this host through the running daemon
+/// (`POST`/`GET /v1/drain`). Exit 0 when done as asked; 1 when berth does not answer, the
+/// drain is off, or (with `--wait`) the drain did not complete; 78 for a config error.
+pub async fn drain_command(args: DrainArgs) -> ExitCode {
+    let mut out = std::io::stdout();
+    let mut err = Vec::new();
+    let code = drain_command_to(args, &mut out, &mut err, Duration::from_secs(1)).await;
+    let _ = std::io::stderr().write_all(&err);
+    code
+}
+
+/// [`drain_command`] writing to the given sinks, polling every `every` with `--wait`.
+pub async fn drain_command_to(
+    args: DrainArgs,
+    out: &mut dyn Write,
+    err: &mut Vec<u8>,
+    every: Duration,
+) -> ExitCode {
+    // The daemon answers a request between two steps of its drain: one may be a slow AWS
+    // call (30 s at most).
+    let admin = match AdminClient::new(args.config.as_deref(), Duration::from_secs(60), err) {
+        Ok(a) => a,
+        Err(code) => return code,
+    };
+    let body = if args.status {
+        None
+    } else if args.abort {
+        Some(r#"{"abort": true}"#.to_string())
+    } else {
+        Some(match &args.deadline {
+            Some(d) => serde_json::json!({ "deadline": d }).to_string(),
+            None => "{}".to_string(),
+        })
+    };
+    let started = body.is_some() && !args.abort;
+    let first = match admin.call("/v1/drain", body, err).await {
+        Ok(b) => b,
+        Err(code) => return code,
+    };
+    let mut v: serde_json::Value = match serde_json::from_slice(&first) {
+        Ok(v) => v,
+        Err(e) => {
+            let _ = writeln!(err, "berth: /v1/drain: not a drain view: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if let Some(note) = v.get("note").and_then(|n| n.as_str()) {
+        let _ = writeln!(err, "berth: {note}");
+    } else if started {
+        let _ = writeln!(err, "berth: drain started");
+    } else if args.abort {
+        let _ = writeln!(err, "berth: drain aborted");
+    }
+    let show = |out: &mut dyn Write, v: &serde_json::Value| {
+        let _ = if args.json {
+            writeln!(out, "{v}")
+        } else {
+            writeln!(out, "{}", crate::drain::runner::line(v))
+        };
+        let _ = out.flush();
+    };
+    show(out, &v);
+    if !args.wait {
+        return ExitCode::SUCCESS;
+    }
+    let mut last = crate::drain::runner::line(&v);
+    while v.get("active").and_then(|a| a.as_bool()).unwrap_or(false) {
+        tokio::time::sleep(every).await;
+        let body = match admin.call("/v1/drain", None, err).await {
+            Ok(b) => b,
+            Err(code) => return code,
+        };
+        let Ok(next) = serde_json::from_slice::<serde_json::Value>(&body) else { continue };
+        v = next;
+        let line = crate::drain::runner::line(&v);
+        if line != last {
+            show(out, &v);
+            last = line;
+        }
+    }
+    let outcome = v.pointer("/drain/outcome").and_then(|o| o.as_str()).unwrap_or("");
+    if outcome == "drained" {
+        ExitCode::SUCCESS
+    } else {
+        let _ = writeln!(
+            err,
+            "berth: the drain ended: {}",
+            if outcome.is_empty() { "unknown" } else { outcome }
+        );
+        ExitCode::FAILURE
     }
 }
 

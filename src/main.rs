@@ -25,6 +25,7 @@ fn main() -> ExitCode {
         Command::Capacity { config, json } => {
             block_on(async move { berth::cli::capacity_command(config.as_deref(), json).await })
         }
+        Command::Drain(args) => block_on(async move { berth::cli::drain_command(args).await }),
         Command::Run { config } => {
             let config = match berth::config::Config::load(config.as_deref()) {
                 Ok(c) => c,

@@ -104,7 +104,24 @@ pub struct Metrics {
     /// Entries in the Docker metadata cache (removed containers in their grace period
     /// included).
     pub enrich_docker_cache_size: Gauge,
+    /// The drain's step: 1 for the current one (`idle` when no drain is in progress).
+    pub drain_state: Family<StepLabel, Gauge>,
+    pub drain_remaining_tasks: Gauge,
+    pub drain_heartbeats: Counter,
+    /// Seconds to the deadline of the drain in progress (0 when none).
+    pub drain_deadline_seconds: Gauge,
+    /// Seconds since the drain started (its whole length once finished).
+    pub drain_duration_seconds: Gauge,
 }
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StepLabel {
+    pub step: &'static str,
+}
+
+/// The values of `berth_drain_state{step}`.
+pub const DRAIN_STEPS: [&str; 6] =
+    ["idle", "set_draining", "wait_tasks", "flush", "complete", "done"];
 
 impl Default for Metrics {
     fn default() -> Self {
@@ -119,6 +136,11 @@ impl Metrics {
             registry: Registry::default(),
             capacity: std::sync::Arc::default(),
             api_calls: Family::default(),
+            drain_state: Family::default(),
+            drain_remaining_tasks: Gauge::default(),
+            drain_heartbeats: Counter::default(),
+            drain_deadline_seconds: Gauge::default(),
+            drain_duration_seconds: Gauge::default(),
             input_records: Counter::default(),
             input_bytes: Counter::default(),
             input_requests: Counter::default(),
@@ -279,9 +301,34 @@ impl Metrics {
             m.enrich_docker_cache_size.clone(),
         );
         registry.register(
-            "capacity_api_calls",
-            "AWS API calls made by capacity, by action and result",
+            "aws_api_calls",
+            "AWS API calls made by capacity and the drain, by action and result",
             m.api_calls.clone(),
+        );
+        registry.register(
+            "drain_state",
+            "The drain's step (1 for the current one)",
+            m.drain_state.clone(),
+        );
+        registry.register(
+            "drain_remaining_tasks",
+            "Non-daemon tasks the drain in progress waits for",
+            m.drain_remaining_tasks.clone(),
+        );
+        registry.register(
+            "drain_heartbeats",
+            "Lifecycle action heartbeats sent",
+            m.drain_heartbeats.clone(),
+        );
+        registry.register(
+            "drain_deadline_seconds",
+            "Seconds to the deadline of the drain in progress",
+            m.drain_deadline_seconds.clone(),
+        );
+        registry.register(
+            "drain_duration_seconds",
+            "Seconds since the drain started, or its whole length once finished",
+            m.drain_duration_seconds.clone(),
         );
         registry.register_collector(Box::new(std::sync::Arc::clone(&m.capacity)));
         Metrics { registry, ..m }
@@ -322,6 +369,26 @@ impl Metrics {
             });
             self.sink_oldest_age.get_or_create(&label).set(age.max(0.0));
         }
+    }
+
+    /// Copy the drain's view into its gauges (at each of its ticks).
+    pub fn observe_drain(&self, v: &crate::drain::runner::View) {
+        let step = match &v.drain {
+            Some(d) if v.active => d.step.as_str(),
+            Some(_) => "done",
+            None => "idle",
+        };
+        for s in DRAIN_STEPS {
+            self.drain_state.get_or_create(&StepLabel { step: s }).set(i64::from(s == step));
+        }
+        self.drain_remaining_tasks.set(i64::from(v.remaining_tasks.unwrap_or(0)));
+        self.drain_deadline_seconds.set(v.deadline_in_seconds.unwrap_or(0).max(0));
+        let now = crate::capacity::collector::unix_ms(std::time::SystemTime::now());
+        let took = v
+            .drain
+            .as_ref()
+            .map_or(0, |d| d.done_ms.unwrap_or(now).saturating_sub(d.started_ms) / 1000);
+        self.drain_duration_seconds.set(took as i64);
     }
 
     /// The OpenMetrics text exposition.

@@ -364,9 +364,7 @@ idle_grace = "8s"
 
     // The call counts: start-up calls once, SetInstanceProtection once per change.
     let calls = |action: &str, result: &str| {
-        b.metric(&format!(
-            "berth_aws_api_calls_total{{action=\"{action}\",result=\"{result}\"}}"
-        ))
+        b.metric(&format!("berth_aws_api_calls_total{{action=\"{action}\",result=\"{result}\"}}"))
     };
     assert_eq!(calls("DescribeContainerInstances", "ok"), 1.0, "one call in an hour-long interval");
     assert_eq!(calls("DescribeAutoScalingInstances", "ok"), 1.0);
@@ -518,7 +516,9 @@ interval = "1s"
     assert_eq!(r["registered"], Value::Null);
     assert_eq!(r["fresh"], false);
     let calls = || {
-        b.metric("berth_aws_api_calls_total{action=\"DescribeContainerInstances\",result=\"throttled\"}")
+        b.metric(
+            "berth_aws_api_calls_total{action=\"DescribeContainerInstances\",result=\"throttled\"}",
+        )
     };
     assert_eq!(calls(), 1.0);
     // Ticks go on every second; the call does not: the SDK's attempts of that one call,

@@ -12,8 +12,8 @@ use super::compute::{self, ContainerSize, Resources, TaskSize};
 use super::report::{Identity, Report, ShapeFit, Source, SourceState, TaskView};
 use crate::config::TaskShape;
 use crate::docker::{self, labels};
-use crate::ecs::daemons::Daemons;
 use crate::ecs::agent::{Agent, Task};
+use crate::ecs::daemons::Daemons;
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 

@@ -243,7 +243,9 @@ async fn emf_loop(
 }
 
 /// `true` when a container started, stopped or was removed; pends for ever without Docker.
-pub(crate) async fn changed(rx: &mut Option<tokio::sync::broadcast::Receiver<docker::Change>>) -> bool {
+pub(crate) async fn changed(
+    rx: &mut Option<tokio::sync::broadcast::Receiver<docker::Change>>,
+) -> bool {
     let Some(rx) = rx else { return std::future::pending().await };
     loop {
         match rx.recv().await {

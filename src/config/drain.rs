@@ -22,6 +22,10 @@ pub struct DrainConfig {
     pub heartbeat_fraction: f64,
     pub result_on_timeout: LifecycleResult,
     pub drain_on_shutdown: bool,
+    /// The time between SIGTERM and SIGKILL (the ECS task's `stopTimeout`, the unit's
+    /// `TimeoutStopSec`): a SIGTERM during a drain waits for it until this minus
+    /// `shutdown.grace_period`, then shuts down as usual.
+    pub stop_timeout: Duration,
 }
 
 /// What starts a drain.
@@ -141,6 +145,11 @@ pub(super) struct RawDrain {
     /// Drain when berth is stopped (SIGTERM) outside a drain: the systemd unit's stop.
     #[serde(default)]
     pub drain_on_shutdown: bool,
+    /// The time berth is given between SIGTERM and SIGKILL (the ECS daemon task's
+    /// `stopTimeout`, at most 120 s; the systemd unit's `TimeoutStopSec`). A SIGTERM during
+    /// a drain lets the drain go on until this minus `shutdown.grace_period`.
+    #[serde(default = "default_stop_timeout")]
+    pub stop_timeout: Spanned<Dur>,
 }
 
 impl Default for RawDrain {
@@ -155,6 +164,7 @@ impl Default for RawDrain {
             heartbeat_fraction: default_fraction(),
             result_on_timeout: default_result(),
             drain_on_shutdown: false,
+            stop_timeout: default_stop_timeout(),
         }
     }
 }
@@ -177,11 +187,19 @@ fn default_max_duration() -> Spanned<Dur> {
 fn default_fraction() -> Spanned<f64> {
     Spanned::new(0..0, 0.5)
 }
+fn default_stop_timeout() -> Spanned<Dur> {
+    Spanned::new(0..0, Dur(Duration::from_secs(120)))
+}
 fn default_result() -> LifecycleResult {
     LifecycleResult::Continue
 }
 
-pub(super) fn build(raw: RawDrain, ctx: &Ctx<'_>) -> Result<DrainConfig, ConfigError> {
+/// `grace_period`: `[shutdown] grace_period`, which the stop timeout must leave room for.
+pub(super) fn build(
+    raw: RawDrain,
+    grace_period: Duration,
+    ctx: &Ctx<'_>,
+) -> Result<DrainConfig, ConfigError> {
     let err = |span: std::ops::Range<usize>, key: &str, message: String| {
         ctx.error(span, format!("drain.{key}"), message, true)
     };
@@ -218,15 +236,14 @@ pub(super) fn build(raw: RawDrain, ctx: &Ctx<'_>) -> Result<DrainConfig, ConfigE
             format!("{f} must be more than 0 and less than 1 (a heartbeat before the timeout)"),
         ));
     }
-    if enabled {
-        // The keys are checked already, the drain itself is not built yet: refuse rather
-        // than accept a setting that would do nothing on the day a host is terminated.
-        return Err(ctx.error(
-            raw.enabled.span(),
-            "drain.enabled".into(),
-            "draining is not available in this version of berth yet; set drain.enabled = false"
-                .into(),
-            true,
+    let stop = raw.stop_timeout.get_ref().0;
+    if enabled && stop <= grace_period {
+        return Err(err(
+            raw.stop_timeout.span(),
+            "stop_timeout",
+            format!(
+                "{stop:?} leaves no time to finish a drain after SIGTERM: it must be more than shutdown.grace_period ({grace_period:?})"
+            ),
         ));
     }
     let opt = |s: &str| Some(s.trim().to_string()).filter(|s| !s.is_empty());
@@ -240,6 +257,7 @@ pub(super) fn build(raw: RawDrain, ctx: &Ctx<'_>) -> Result<DrainConfig, ConfigE
         heartbeat_fraction: f,
         result_on_timeout: raw.result_on_timeout,
         drain_on_shutdown: raw.drain_on_shutdown,
+        stop_timeout: stop,
     })
 }
 
@@ -255,5 +273,6 @@ pub(super) fn to_raw(c: &DrainConfig) -> RawDrain {
         heartbeat_fraction: Spanned::new(0..0, c.heartbeat_fraction),
         result_on_timeout: c.result_on_timeout,
         drain_on_shutdown: c.drain_on_shutdown,
+        stop_timeout: Spanned::new(0..0, Dur(c.stop_timeout)),
     }
 }

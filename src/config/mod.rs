@@ -274,7 +274,7 @@ fn build(
     let enrich = enrich::build(raw.enrich, ctx)?;
     let ecs = capacity::build_ecs(raw.ecs, ctx)?;
     let capacity = capacity::build(raw.capacity, ctx)?;
-    let drain = drain::build(raw.drain, ctx)?;
+    let drain = drain::build(raw.drain, raw.shutdown.grace_period.0, ctx)?;
 
     Ok(Config {
         enrich,

@@ -942,6 +942,9 @@ fn drain_section_loads_checks_and_round_trips() {
     assert_eq!(d.heartbeat_fraction, 0.5);
     assert_eq!(d.result_on_timeout, LifecycleResult::Continue);
     assert_eq!((d.lifecycle_hook_name, d.auto_scaling_group_name), (None, None));
+    assert_eq!(d.stop_timeout, Duration::from_secs(120));
+    let on = load(&format!("[drain]\nenabled = true\n{SINK}")).unwrap().drain;
+    assert!(on.enabled, "draining can be turned on");
 
     let text = format!(
         "[drain]\nwatch = [\"asg_lifecycle\", \"rebalance\"]\npoll_interval = \"2s\"\n\
@@ -977,8 +980,8 @@ fn drain_section_loads_checks_and_round_trips() {
         ("[drain]\nresult_on_timeout = \"continue\"\n", "unknown result \"continue\""),
         ("[drain]\nhook = \"x\"\n", "unknown key \"hook\""),
         (
-            "[drain]\nenabled = true\n",
-            "line 2: drain.enabled: draining is not available in this version of berth yet",
+            "[shutdown]\ngrace_period = \"30s\"\n[drain]\nenabled = true\nstop_timeout = \"30s\"\n",
+            "line 5: drain.stop_timeout: 30s leaves no time to finish a drain after SIGTERM: it must be more than shutdown.grace_period (30s)",
         ),
     ] {
         let got = err(&format!("{text}\n{SINK}"));

@@ -48,6 +48,18 @@ pub enum Step {
     Done,
 }
 
+impl Step {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Step::SetDraining => "set_draining",
+            Step::WaitTasks => "wait_tasks",
+            Step::Flush => "flush",
+            Step::Complete => "complete",
+            Step::Done => "done",
+        }
+    }
+}
+
 /// How the lifecycle action ended.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Completion {
@@ -55,6 +67,42 @@ pub struct Completion {
     /// action any more (completed by someone else, or expired).
     pub result: String,
     pub at_ms: u64,
+}
+
+/// How a finished drain ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// The tasks exited and their logs were delivered before the deadline (the action, if
+    /// any, completed with `CONTINUE`).
+    Drained,
+    /// The deadline came first (the action, if any, completed with `result_on_timeout`).
+    TimedOut,
+    /// The lifecycle action was no longer there (a heartbeat or completion was answered
+    /// "no active lifecycle action"): someone else completed it, or it expired.
+    Rejected,
+    /// An operator aborted the drain.
+    Aborted,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Drained => "drained",
+            Outcome::TimedOut => "timed_out",
+            Outcome::Rejected => "rejected",
+            Outcome::Aborted => "aborted",
+        }
+    }
+}
+
+/// The lifecycle action a drain keeps alive and completes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hook {
+    pub group: String,
+    pub name: String,
+    /// The hook's `HeartbeatTimeout`.
+    pub heartbeat_timeout_ms: u64,
 }
 
 /// The persisted drain.
@@ -73,9 +121,17 @@ pub struct DrainState {
     pub flush_mark: Option<u64>,
     pub completion: Option<Completion>,
     pub instance_id: Option<String>,
+    pub cluster: Option<String>,
     pub container_instance_arn: Option<String>,
-    pub group: Option<String>,
-    pub hook: Option<String>,
+    /// The lifecycle action to heart-beat and complete; `None`: none (yet).
+    pub hook: Option<Hook>,
+    /// The hook was looked for (found or not): the deadline includes its limit.
+    pub hook_resolved: bool,
+    /// When the last work task had exited.
+    pub tasks_done_ms: Option<u64>,
+    /// How it ended, once `step` is `Done`.
+    pub outcome: Option<Outcome>,
+    pub done_ms: Option<u64>,
 }
 
 impl DrainState {
@@ -92,15 +148,24 @@ impl DrainState {
             flush_mark: None,
             completion: None,
             instance_id: None,
+            cluster: None,
             container_instance_arn: None,
-            group: None,
             hook: None,
+            hook_resolved: false,
+            tasks_done_ms: None,
+            outcome: None,
+            done_ms: None,
         }
     }
 
     /// The lifecycle action may still be completed: never twice.
     pub fn may_complete(&self) -> bool {
         self.completion.is_none()
+    }
+
+    /// Still to finish.
+    pub fn active(&self) -> bool {
+        self.step != Step::Done
     }
 }
 
@@ -178,7 +243,12 @@ mod tests {
         s.heartbeats = 3;
         s.last_heartbeat_ms = Some(1_505_722_860_000);
         s.instance_id = Some("i-0abc".into());
-        s.group = Some("prod-hosts".into());
+        s.hook = Some(Hook {
+            group: "prod-hosts".into(),
+            name: "drain".into(),
+            heartbeat_timeout_ms: 600_000,
+        });
+        s.hook_resolved = true;
         s
     }
 

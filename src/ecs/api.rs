@@ -109,8 +109,12 @@ impl EcsApi {
         cluster: &str,
         container_instance_arn: &str,
     ) -> Result<String, ApiError> {
-        self.set_state(cluster, container_instance_arn, ecs::types::ContainerInstanceStatus::Draining)
-            .await
+        self.set_state(
+            cluster,
+            container_instance_arn,
+            ecs::types::ContainerInstanceStatus::Draining,
+        )
+        .await
     }
 
     /// `UpdateContainerInstancesState` back to `ACTIVE`: only when an operator aborts a
