@@ -115,17 +115,18 @@ async fn drain_request(State(s): State<Arc<AdminState>>, body: axum::body::Bytes
     use crate::drain::runner::Request;
     let Some(d) = &s.drain else { return drain_off() };
     let bad = |m: String| (StatusCode::BAD_REQUEST, format!("{m}\n")).into_response();
-    let req: DrainRequest =
-        if body.iter().all(u8::is_ascii_whitespace) {
-            DrainRequest { deadline: None, abort: false }
-        } else {
-            match serde_json::from_slice(&body) {
-                Ok(r) => r,
-                Err(e) => return bad(format!(
+    let req: DrainRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        DrainRequest { deadline: None, abort: false }
+    } else {
+        match serde_json::from_slice(&body) {
+            Ok(r) => r,
+            Err(e) => {
+                return bad(format!(
                     "not a drain request ({e}): {{\"deadline\": \"2h\"}} or {{\"abort\": true}}"
-                )),
+                ))
             }
-        };
+        }
+    };
     let r = match (req.abort, req.deadline) {
         (true, Some(_)) => return bad("abort and deadline together: choose one".into()),
         (true, None) => Request::Abort,

@@ -39,7 +39,7 @@ use tokio_util::sync::CancellationToken;
 /// output until the pipe's end and closes its connection after the container exited.
 pub const DRIVER_DRAIN: Duration = Duration::from_secs(3);
 /// How often, at most, the ECS API is asked to confirm that no work is left.
-pub const CONFIRM_EVERY: Duration = Duration::from_secs(30);
+pub const CONFIRM_EVERY: Duration = Duration::from_secs(10);
 /// The hook ECS managed instance draining puts on a capacity provider's group: a second
 /// drainer on the same instances.
 pub const MANAGED_DRAINING_HOOK: &str = "ecs-managed-draining-termination-hook";

@@ -189,6 +189,14 @@ pub fn restart(mut b: Berth, config: &str) -> Berth {
     start_in(dir, config, &[])
 }
 
+/// [`restart`] with environment variables for the new process.
+pub fn restart_with(mut b: Berth, config: &str, env: &[(&str, &str)]) -> Berth {
+    assert!(b.child.try_wait().expect("try_wait").is_some(), "restart of a running berth");
+    let dir = std::mem::replace(&mut b.dir, tempfile::tempdir().expect("tempdir"));
+    drop(b);
+    start_in(dir, config, env)
+}
+
 fn collect(r: impl Read + Send + 'static) -> Arc<Mutex<Vec<String>>> {
     let lines = Arc::new(Mutex::new(Vec::new()));
     let l2 = Arc::clone(&lines);
