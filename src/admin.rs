@@ -171,6 +171,22 @@ struct Status {
     enrich: crate::enrich::EnrichStatus,
     buffer: BufferStatus,
     sinks: Vec<SinkStatus>,
+    /// The drain's step, trigger, deadline and outcome (`GET /v1/drain` has the rest);
+    /// absent with draining off.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    drain: Option<DrainStatus>,
+}
+
+#[derive(Serialize)]
+struct DrainStatus {
+    active: bool,
+    step: Option<&'static str>,
+    trigger: Option<serde_json::Value>,
+    outcome: Option<&'static str>,
+    remaining_tasks: Option<u32>,
+    deadline_in_seconds: Option<i64>,
+    heartbeats: u64,
+    error: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -251,5 +267,19 @@ async fn status(State(s): State<Arc<AdminState>>) -> Json<Status> {
             corrupt_records: st.recovery.lost_events,
         },
         sinks,
+        drain: s.drain.as_ref().map(|d| {
+            let v = d.view();
+            let st = v.drain.as_ref();
+            DrainStatus {
+                active: v.active,
+                step: st.map(|s| s.step.as_str()),
+                trigger: st.and_then(|s| serde_json::to_value(&s.trigger).ok()),
+                outcome: st.and_then(|s| s.outcome.map(|o| o.as_str())),
+                remaining_tasks: v.remaining_tasks,
+                deadline_in_seconds: v.deadline_in_seconds,
+                heartbeats: st.map_or(0, |s| s.heartbeats),
+                error: v.error.clone(),
+            }
+        }),
     })
 }

@@ -21,11 +21,15 @@
 //!             list; subscribers: enrich's container cache, capacity)
 //!             capacity:: what ECS can still place here: collector (agent, Docker, task
 //!             cgroups) → report → Prometheus, /v1/capacity, EMF; scale-in protection
-//!             drain:: safe draining (so far: the pure plan and the persisted state)
-//!             ecs:: the ECS agent's introspection API (the tasks on this host) and the
-//!             ECS API's view of this container instance (ecs::api)
+//!             drain:: safe draining: triggers (IMDS) → DRAINING → heartbeats while the
+//!             tasks finish → the sinks deliver up to the buffer's head → completion; a
+//!             persisted state, /v1/drain, `berth drain`
+//!             ecs:: the ECS agent's introspection API (the tasks on this host), the ECS
+//!             API's view of this container instance (ecs::api), which tasks are daemons
+//!             (ecs::daemons)
 //!             autoscaling:: this instance's Auto Scaling group and scale-in protection
-//!             admin (127.0.0.1:24220) /healthz, /metrics, /v1/status; metrics; config; cli
+//!             admin (127.0.0.1:24220) /healthz, /metrics, /v1/status, /v1/capacity,
+//!             /v1/drain; metrics; config; cli
 //! shared:     aws:: one loader (region, credentials cache, AssumeRole) for every AWS client,
 //!             and aws::api's one error type (and retry/timeout settings) for API calls
 //!             imds:: the process's one IMDSv2 client (404 = absent)

@@ -247,6 +247,10 @@ fn a_lifecycle_drain_survives_sigkill_and_sigterm_and_completes_once_after_the_l
     assert_eq!(v["remaining_tasks"], 1, "the daemon is not work: {v:#}");
     assert_eq!(world.status(), "DRAINING");
     assert_eq!(world.calls_of(UPDATE_STATE).len(), 1);
+    let (_, status) = b.http_get("/v1/status");
+    let status: Value = serde_json::from_str(&dechunk(&status)).unwrap();
+    assert_eq!(status["drain"]["step"], "wait_tasks", "{status:#}");
+    assert_eq!(status["drain"]["trigger"]["kind"], "asg_lifecycle");
     let beat = &world.calls_of(HEARTBEAT)[0];
     assert_eq!(beat.param("InstanceId"), Some(world.instance.as_str()));
     assert_eq!(beat.param("LifecycleHookName"), Some(HOOK));

@@ -321,6 +321,7 @@ impl Runner {
                     None => break,
                 },
                 _ = tick.tick() => {}
+                _ = tokio::time::sleep(self.heartbeat_in()) => {}
                 true = crate::capacity::changed(&mut changes) => {}
             }
             let once = async {
@@ -337,6 +338,25 @@ impl Runner {
                 _ = once => {}
             }
         }
+    }
+
+    /// Until the next heartbeat is due (on time, not at the next poll); a day when none is.
+    fn heartbeat_in(&self) -> Duration {
+        let far = Duration::from_secs(86_400);
+        let Some(s) = self.state.as_ref().filter(|s| s.active() && s.may_complete()) else {
+            return far;
+        };
+        let (Some(h), Some(last)) = (&s.hook, s.last_heartbeat_ms) else { return far };
+        let every = plan::heartbeat_every(
+            Duration::from_millis(h.heartbeat_timeout_ms),
+            self.cfg.heartbeat_fraction,
+        );
+        let due = at(last) + every;
+        let wait = due.duration_since(SystemTime::now()).unwrap_or_default();
+        // After a failed call the backoff decides; a due heartbeat is not a busy loop.
+        let retry =
+            self.retry_at.map_or(Duration::ZERO, |t| t.saturating_duration_since(Instant::now()));
+        wait.max(retry).max(Duration::from_millis(500))
     }
 
     async fn clients(&mut self) -> Result<&Clients, String> {
