@@ -463,3 +463,85 @@ fn berth_drain_starts_waits_for_and_aborts_an_operators_drain() {
     assert_eq!(v["drain"]["outcome"], "drained");
     assert_eq!(v["active"], false);
 }
+
+#[test]
+fn the_preflight_says_what_would_keep_a_drain_from_working() {
+    let world = World::start();
+    ecs_tool(
+        &world.moto.url(),
+        &[
+            "hook",
+            &world.group,
+            "ecs-managed-draining-termination-hook",
+            "terminating",
+            "30",
+            "CONTINUE",
+        ],
+        ROOT,
+    );
+    world.agent.state.lock().unwrap().down = true;
+    let env = world.env();
+    let b = start_in(tmpfs_dir(), &config(&world, NULL_SINK, ""), &envs(&env));
+    let v =
+        wait_view(&b, "the preflight", |v| v["preflight"].as_array().is_some_and(|p| p.len() >= 2));
+    let text = v["preflight"].to_string();
+    assert!(text.contains("ECS agent's introspection API does not answer"), "{text}");
+    assert!(text.contains("ECS managed draining's hook"), "{text}");
+    assert!(text.contains("two drainers"), "{text}");
+    assert!(b.stderr_text().contains("drain preflight"));
+
+    // No terminating hook of its own: said too.
+    let world = World::start();
+    let other = ecs_tool(
+        &world.moto.url(),
+        &["hook", &world.group, HOOK, "launching", "30", "CONTINUE"],
+        ROOT,
+    );
+    assert_eq!(other["LifecycleTransition"], "autoscaling:EC2_INSTANCE_LAUNCHING");
+    let env = world.env();
+    let b = start_in(tmpfs_dir(), &config(&world, NULL_SINK, ""), &envs(&env));
+    let v = wait_view(&b, "the preflight", |v| !v["preflight"].as_array().unwrap().is_empty());
+    assert!(
+        v["preflight"].to_string().contains("has no terminating lifecycle hook of its own"),
+        "{v:#}"
+    );
+}
+
+#[test]
+fn a_rebalance_recommendation_and_a_shutdown_start_soft_drains_when_asked() {
+    let world = World::start();
+    world.stop_ecs_tasks();
+    let env = world.env();
+    let b =
+        start_in(tmpfs_dir(), &config(&world, NULL_SINK, "watch = [\"rebalance\"]"), &envs(&env));
+    world.imds.set(
+        "/latest/meta-data/events/recommendations/rebalance",
+        Some(r#"{"noticeTime": "2026-12-02T10:00:00Z"}"#),
+    );
+    let v = wait_view(&b, "the soft drain done", |v| v["drain"]["step"] == "done");
+    assert_eq!(v["drain"]["trigger"]["kind"], "advisory", "{v:#}");
+    assert_eq!(v["drain"]["outcome"], "drained");
+    assert_eq!(world.status(), "DRAINING");
+    assert!(world.calls_of(HEARTBEAT).is_empty(), "no lifecycle action to keep alive");
+    drop(b);
+
+    // drain_on_shutdown: the stop drains the host, then berth exits.
+    let world = World::start();
+    world.stop_ecs_tasks();
+    let env = world.env();
+    let mut b = start_in(
+        tmpfs_dir(),
+        &config(&world, NULL_SINK, "watch = []\ndrain_on_shutdown = true"),
+        &envs(&env),
+    );
+    assert_eq!(world.status(), "ACTIVE");
+    b.signal(15);
+    let status = wait_exit(&mut b.child, LONG);
+    assert!(status.success(), "{status}\n{}", b.stderr_text());
+    assert_eq!(world.status(), "DRAINING");
+    let state: Value =
+        serde_json::from_slice(&std::fs::read(b.path().join("buffer/drain.json")).unwrap())
+            .unwrap();
+    assert_eq!(state["trigger"]["kind"], "shutdown");
+    assert_eq!(state["outcome"], "drained");
+}
