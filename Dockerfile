@@ -9,5 +9,7 @@ COPY ca-certificates.crt /etc/ssl/certs/ca-certificates.crt
 COPY berth.toml /etc/berth/berth.toml
 ENV SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt
 EXPOSE 24224
+# The image has no shell: berth asks its own admin endpoint.
+HEALTHCHECK --interval=30s --timeout=5s --retries=3 CMD ["/usr/bin/berth", "health", "--config", "/etc/berth/berth.toml"]
 ENTRYPOINT ["/usr/bin/berth"]
 CMD ["run", "--config", "/etc/berth/berth.toml"]

@@ -137,11 +137,120 @@ async fn open_buffer(config: &Config, metrics: &Metrics) -> Result<Buffer, AppEr
     Ok(buffer)
 }
 
+/// Replaces berth's log filter with a level or a tracing filter.
+pub type SetFilter = Box<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
+
+/// berth's own log filter, replaceable while it runs.
+pub struct LogControl {
+    pub set: SetFilter,
+    /// The command line gave the level: the config's `[log] level` does not change it.
+    pub pinned: bool,
+}
+
+/// What SIGHUP needs: where the config came from, and the log filter.
+#[derive(Default)]
+pub struct Reload {
+    /// `--config` as given (`None`: `$BERTH_CONFIG`, the default path or the built-in
+    /// defaults, found again as at start).
+    pub path: Option<std::path::PathBuf>,
+    pub log: Option<LogControl>,
+}
+
+/// The sections of `new` that differ from `old`, by their names in the file. Compared
+/// field by field in memory (secrets included, never printed).
+pub fn changed_sections(old: &Config, new: &Config) -> Vec<&'static str> {
+    let d = |v: &dyn std::fmt::Debug| format!("{v:?}");
+    let mut out = Vec::new();
+    for (name, a, b) in [
+        ("input", d(&old.input), d(&new.input)),
+        ("admin", d(&old.admin), d(&new.admin)),
+        ("buffer", d(&old.buffer), d(&new.buffer)),
+        ("shutdown", d(&old.shutdown), d(&new.shutdown)),
+        ("log", d(&old.log_level), d(&new.log_level)),
+        ("enrich", d(&old.enrich), d(&new.enrich)),
+        ("ecs", d(&old.ecs), d(&new.ecs)),
+        ("capacity", d(&old.capacity), d(&new.capacity)),
+        ("drain", d(&old.drain), d(&new.drain)),
+        ("sink", d(&old.sinks), d(&new.sinks)),
+    ] {
+        if a != b {
+            out.push(name);
+        }
+    }
+    out
+}
+
+/// SIGHUP: re-read and check the config; apply the log level; say what else changed and
+/// needs a restart. A config that does not load changes nothing (the error is logged).
+fn reload(running: &mut Config, r: &Reload, notifier: &crate::notify::Notifier) {
+    notifier.send(&format!("RELOADING=1\nMONOTONIC_USEC={}", monotonic_usec()));
+    match Config::load(r.path.as_deref()) {
+        Err(e) => {
+            tracing::error!(error = %e, "SIGHUP: the config is not valid; the running one is kept")
+        }
+        Ok(new) => {
+            let changed = changed_sections(running, &new);
+            let mut applied = Vec::new();
+            if changed.contains(&"log") {
+                match (&r.log, &new.log_level) {
+                    (Some(l), _) if l.pinned => tracing::info!("SIGHUP: [log] level ignored: the command line's --log-level (BERTH_LOG) is kept"),
+                    (Some(l), level) => match (l.set)(level.as_deref().unwrap_or("info")) {
+                        Ok(()) => {
+                            applied.push("log");
+                            // Seen only when the new filter lets debug through.
+                            tracing::debug!(level = ?level, "SIGHUP: the log filter is replaced");
+                        }
+                        Err(e) => tracing::error!(error = %e, "SIGHUP: cannot change the log level"),
+                    },
+                    (None, _) => {}
+                }
+            }
+            let restart: Vec<&str> =
+                changed.iter().copied().filter(|c| !applied.contains(c)).collect();
+            running.log_level = new.log_level.clone();
+            if restart.is_empty() {
+                tracing::info!(source = %new.source, applied = ?applied, "SIGHUP: config reloaded");
+            } else {
+                tracing::warn!(
+                    source = %new.source,
+                    applied = ?applied,
+                    needs_restart = ?restart,
+                    "SIGHUP: config reloaded; these sections changed and take effect only after a restart"
+                );
+            }
+        }
+    }
+    notifier.send("READY=1");
+}
+
+/// `CLOCK_MONOTONIC` in microseconds, as `RELOADING=1` wants it.
+fn monotonic_usec() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes one timespec into the valid pointer given.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000 + ts.tv_nsec as u64 / 1_000
+}
+
 /// Run the daemon until a signal (or a fatal error) and a clean shutdown.
 pub async fn run(config: Config) -> Result<(), AppError> {
+    run_with(config, Reload::default()).await
+}
+
+/// [`run`], with SIGHUP re-reading the config as `reload` says.
+pub async fn run_with(mut config: Config, reload_with: Reload) -> Result<(), AppError> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut sigterm = signal(SignalKind::terminate()).map_err(AppError::Signal)?;
     let mut sigint = signal(SignalKind::interrupt()).map_err(AppError::Signal)?;
+    // SIGHUP never kills berth: it re-reads the config.
+    let mut sighup = signal(SignalKind::hangup()).map_err(AppError::Signal)?;
+    let notifier = crate::notify::Notifier::from_env();
+    if let (Some(level), Some(l)) = (&config.log_level, &reload_with.log) {
+        if !l.pinned {
+            if let Err(e) = (l.set)(level) {
+                tracing::error!(error = %e, "cannot set the log level from [log] level");
+            }
+        }
+    }
 
     let metrics = Arc::new(Metrics::new());
     let buffer = open_buffer(&config, &metrics).await?;
@@ -303,20 +412,42 @@ pub async fn run(config: Config) -> Result<(), AppError> {
         tokio::spawn(input::serve(listeners, ctx, fwd.max_connections, shutdown.intake().clone()));
     state.ready.store(true, Ordering::Relaxed);
     tracing::info!(listeners = ?described, sinks = config.sinks.len(), "berth is running");
+    // Every listener is bound, the buffer recovered: systemd may start what comes after.
+    notifier.send("READY=1");
+    if let Some(every) = notifier.watchdog_every() {
+        // Not on the shutdown tracker: the watchdog is fed until the process ends.
+        let n = notifier.clone();
+        tokio::spawn(async move {
+            let mut t = tokio::time::interval(every);
+            loop {
+                t.tick().await;
+                n.send("WATCHDOG=1");
+            }
+        });
+    }
 
     // Run until a signal or a sink fails.
     let mut failure = None;
-    tokio::select! {
-        _ = sigterm.recv() => tracing::info!("SIGTERM: shutting down"),
-        _ = sigint.recv() => tracing::info!("SIGINT: shutting down"),
-        Some(res) = sinks.join_next() => {
-            failure = Some(match res {
-                Ok(Err(e)) => AppError::Sink(e),
-                Ok(Ok(())) | Err(_) => AppError::Sink(sink::SinkError::Stopped),
-            });
-            tracing::error!(error = %failure.as_ref().map(|e| e.to_string()).unwrap_or_default(), "a sink stopped: shutting down");
+    loop {
+        tokio::select! {
+            _ = sigterm.recv() => tracing::info!("SIGTERM: shutting down"),
+            _ = sigint.recv() => tracing::info!("SIGINT: shutting down"),
+            _ = sighup.recv() => {
+                tracing::info!("SIGHUP: re-reading the config");
+                reload(&mut config, &reload_with, &notifier);
+                continue;
+            }
+            Some(res) = sinks.join_next() => {
+                failure = Some(match res {
+                    Ok(Err(e)) => AppError::Sink(e),
+                    Ok(Ok(())) | Err(_) => AppError::Sink(sink::SinkError::Stopped),
+                });
+                tracing::error!(error = %failure.as_ref().map(|e| e.to_string()).unwrap_or_default(), "a sink stopped: shutting down");
+            }
         }
+        break;
     }
+    notifier.send("STOPPING=1");
     // A SIGTERM during a drain is part of it (ECS stops daemon tasks, berth's own, as soon
     // as the other tasks have left RUNNING): the inputs stay open for the stopping tasks'
     // last lines and the drain goes on — flush, completion — until it is done or the stop

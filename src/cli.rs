@@ -15,9 +15,10 @@ pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
 
-    /// Log filter: a level ("info", "debug") or a tracing filter ("berth=debug,info").
-    #[arg(long, global = true, env = "BERTH_LOG", default_value = "info")]
-    pub log_level: String,
+    /// Log filter: a level ("info", "debug") or a tracing filter ("berth=debug,info")
+    /// [default: the config's `[log] level`, else "info"]. Given here, SIGHUP keeps it.
+    #[arg(long, global = true, env = "BERTH_LOG")]
+    pub log_level: Option<String>,
 
     /// Format of berth's own log lines on stderr.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
@@ -69,6 +70,13 @@ pub enum Command {
     /// (heart-beating the lifecycle hook, if the group is terminating it), flush their
     /// logs, complete.
     Drain(DrainArgs),
+    /// Ask the running daemon whether it is healthy (`GET /healthz`): exit 0 when it is,
+    /// 1 when it is not or does not answer. The container image's health check.
+    Health {
+        /// Config file whose `[admin] listen` to ask, found as `run` finds it.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
     /// Print the version.
     Version,
 }
@@ -301,6 +309,25 @@ pub async fn capacity_command_to(
     }
 }
 
+/// `berth health`: the daemon's `/healthz` — 0 when it answers 200, 1 otherwise (the
+/// reason on stderr), 78 for a config that cannot be loaded. Quick (3 s at most): health
+/// checks run it every few seconds.
+pub async fn health_command(config: Option<&Path>) -> ExitCode {
+    let mut err = Vec::new();
+    let code = match AdminClient::new(config, Duration::from_secs(3), &mut err) {
+        Ok(admin) => match admin.call("/healthz", None, &mut err).await {
+            Ok(body) => {
+                let _ = std::io::stdout().write_all(&body);
+                ExitCode::SUCCESS
+            }
+            Err(code) => code,
+        },
+        Err(code) => code,
+    };
+    let _ = std::io::stderr().write_all(&err);
+    code
+}
+
 /// What `berth drain` was asked.
 #[derive(clap::Args, Debug, Clone, Default)]
 pub struct DrainArgs {
@@ -446,7 +473,7 @@ mod tests {
 
         let cli = Cli::try_parse_from(["berth", "--log-level", "debug", "version"]).unwrap();
         assert!(matches!(cli.command, Command::Version));
-        assert_eq!(cli.log_level, "debug");
+        assert_eq!(cli.log_level.as_deref(), Some("debug"));
 
         let cli = Cli::try_parse_from(["berth", "run"]).unwrap();
         assert!(matches!(cli.command, Command::Run { config: None }));

@@ -65,6 +65,7 @@ pub mod imds;
 pub mod input;
 pub mod metrics;
 pub mod msgpack;
+pub mod notify;
 pub mod pipeline;
 pub mod ratelimit;
 pub mod reassemble;

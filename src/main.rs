@@ -12,7 +12,7 @@ use berth::cli::EX_CONFIG;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(&cli.log_level, cli.log_format);
+    let log = init_logging(cli.log_level.as_deref(), cli.log_format);
     match cli.command {
         Command::Version => {
             println!("berth {}", env!("CARGO_PKG_VERSION"));
@@ -25,17 +25,22 @@ fn main() -> ExitCode {
         Command::Capacity { config, json } => {
             block_on(async move { berth::cli::capacity_command(config.as_deref(), json).await })
         }
+        Command::Health { config } => {
+            block_on(async move { berth::cli::health_command(config.as_deref()).await })
+        }
         Command::Drain(args) => block_on(async move { berth::cli::drain_command(args).await }),
         Command::Run { config } => {
-            let config = match berth::config::Config::load(config.as_deref()) {
+            let config_arg = config;
+            let config = match berth::config::Config::load(config_arg.as_deref()) {
                 Ok(c) => c,
                 Err(e) => {
                     eprintln!("berth: {e}");
                     return ExitCode::from(EX_CONFIG);
                 }
             };
+            let reload = berth::app::Reload { path: config_arg.clone(), log: Some(log) };
             block_on(async move {
-                match berth::app::run(config).await {
+                match berth::app::run_with(config, reload).await {
                     Ok(()) => ExitCode::SUCCESS,
                     Err(e) if e.is_config() => {
                         tracing::error!("{e}");
@@ -83,16 +88,35 @@ fn block_on<F: std::future::Future<Output = ExitCode>>(f: F) -> ExitCode {
     }
 }
 
-/// Logs go to stderr: stdout belongs to the stdout sink.
-fn init_logging(level: &str, format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_new(level)
+/// Logs go to stderr: stdout belongs to the stdout sink. The filter can be replaced later
+/// (the config's `[log] level`, at start and on SIGHUP) unless the command line pinned it.
+fn init_logging(level: Option<&str>, format: LogFormat) -> berth::app::LogControl {
+    let filter = |l: &str| tracing_subscriber::EnvFilter::try_new(l).map_err(|e| e.to_string());
+    let initial = filter(level.unwrap_or("info"))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal());
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
+    let ansi = std::io::stderr().is_terminal();
+    let set: berth::app::SetFilter = match format {
+        LogFormat::Text => {
+            let builder = tracing_subscriber::fmt()
+                .with_env_filter(initial)
+                .with_writer(std::io::stderr)
+                .with_ansi(ansi)
+                .with_filter_reloading();
+            let handle = builder.reload_handle();
+            builder.init();
+            Box::new(move |l| handle.reload(filter(l)?).map_err(|e| e.to_string()))
+        }
+        LogFormat::Json => {
+            let builder = tracing_subscriber::fmt()
+                .json()
+                .with_env_filter(initial)
+                .with_writer(std::io::stderr)
+                .with_ansi(ansi)
+                .with_filter_reloading();
+            let handle = builder.reload_handle();
+            builder.init();
+            Box::new(move |l| handle.reload(filter(l)?).map_err(|e| e.to_string()))
+        }
+    };
+    berth::app::LogControl { set, pinned: level.is_some() }
 }

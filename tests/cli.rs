@@ -145,3 +145,24 @@ fn an_aws_sink_without_a_region_is_a_config_error_before_serving() {
     );
     assert!(!err.contains("berth is running"), "it never served: {err}");
 }
+
+#[test]
+fn health_is_zero_when_serving_and_one_when_not_running() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("b.toml");
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let sink = "[[sink]]\nname = \"n\"\ntype = \"null\"\nmatch = \"**\"\n";
+    std::fs::write(&p, format!("[admin]\nlisten = \"127.0.0.1:{port}\"\n{sink}")).unwrap();
+    let out = berth(&["health", "--config", p.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("berth is not running"));
+
+    let b = start(&format!(
+        "[input.forward]\nlisten = [\"tcp://127.0.0.1:0\"]\n[admin]\nlisten = \"127.0.0.1:0\"\n[buffer]\npath = \"{{dir}}/buffer\"\n{sink}"
+    ));
+    std::fs::write(&p, format!("[admin]\nlisten = \"{}\"\n{sink}", b.admin.clone().unwrap()))
+        .unwrap();
+    let out = berth(&["health", "--config", p.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "ok\n");
+}

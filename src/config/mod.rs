@@ -98,6 +98,8 @@ pub struct Config {
     pub buffer: BufferConfig,
     /// `[shutdown]`: the SIGTERM sequence.
     pub shutdown: ShutdownConfig,
+    /// `[log]`: berth's own log filter; `None`: the command line's (default `info`).
+    pub log_level: Option<String>,
     /// `[enrich]`: Docker, ECS and EC2 fields added at the input; split lines and
     /// multiline groups joined on the way to the sinks.
     pub enrich: EnrichConfig,
@@ -275,6 +277,21 @@ fn build(
     let ecs = capacity::build_ecs(raw.ecs, ctx)?;
     let capacity = capacity::build(raw.capacity, ctx)?;
     let drain = drain::build(raw.drain, raw.shutdown.grace_period.0, ctx)?;
+    let log_level = match &raw.log.level {
+        Some(l) => {
+            let level = l.get_ref().trim().to_string();
+            if let Err(e) = tracing_subscriber::EnvFilter::try_new(&level) {
+                return Err(ctx.error(
+                    l.span(),
+                    "log.level".into(),
+                    format!("{level:?} is not a level or a filter (e.g. \"info\", \"berth=debug,info\"): {e}"),
+                    true,
+                ));
+            }
+            Some(level).filter(|l| !l.is_empty())
+        }
+        None => None,
+    };
 
     Ok(Config {
         enrich,
@@ -285,6 +302,7 @@ fn build(
         admin: AdminConfig { listen: raw.admin.listen.0 },
         buffer,
         shutdown: ShutdownConfig { grace_period: raw.shutdown.grace_period.0 },
+        log_level,
         sinks,
         source: ctx.file.to_string(),
         overrides: ctx.overrides.iter().map(|o| o.var.clone()).collect(),
@@ -306,6 +324,7 @@ fn to_raw(c: &Config) -> RawConfig {
         admin: raw::RawAdmin { listen: values::AdminListen(c.admin.listen) },
         buffer: buffer::to_raw(&c.buffer),
         shutdown: raw::RawShutdown { grace_period: values::Dur(c.shutdown.grace_period) },
+        log: raw::RawLog { level: c.log_level.clone().map(|l| toml::Spanned::new(0..0, l)) },
         enrich: enrich::to_raw(&c.enrich),
         ecs: capacity::ecs_to_raw(&c.ecs),
         capacity: capacity::to_raw(&c.capacity),

@@ -34,6 +34,9 @@ pub(super) struct RawConfig {
     /// How berth stops on SIGTERM.
     #[serde(default)]
     pub shutdown: RawShutdown,
+    /// berth's own log lines.
+    #[serde(default)]
+    pub log: RawLog,
     /// Docker-aware processing: metadata added to records as they arrive (Docker, ECS,
     /// EC2), split lines and multiline groups joined on the way to the sinks.
     #[serde(default)]
@@ -71,6 +74,16 @@ impl Default for RawAdmin {
     fn default() -> Self {
         RawAdmin { listen: default_admin_listen() }
     }
+}
+
+/// `[log]`
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawLog {
+    /// A level (`info`, `debug`) or a tracing filter (`berth=debug,info`); re-read on SIGHUP.
+    /// `--log-level` (or `BERTH_LOG`) on the command line wins over it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub level: Option<toml::Spanned<String>>,
 }
 
 /// `[shutdown]`
