@@ -13,8 +13,10 @@
 //!   `crc u32 | secs i64 | nanos u32 | record_len u32 | record | metadata_len u32 | metadata`,
 //!   all little-endian (see [`record`]). Records are stored as received. `head_crc` covers
 //!   `body_len` and the body up to the end of the tag (offsets included); each event's
-//!   `crc` covers the rest of that event. Entries in the log have strictly increasing
-//!   `first_offset`; gaps exist only where damaged entries were skipped. Entries of the
+//!   `crc` covers the rest of that event. Entries in a segment are dense: the first starts
+//!   at the segment's name, each next one where the one before ends; gaps exist only where
+//!   damaged entries were skipped, and between segments (recovery starts a new segment
+//!   when the head moves past the newest one's end). Entries of the
 //!   previous format (version 1: one CRC over the whole body, no event CRCs) are still
 //!   read, never written.
 //! - **Segments.** `<path>/segments/<first offset, 20 digits>.seg`; every entry in a
@@ -41,6 +43,11 @@
 //! - **Recovery.** `Buffer::open` scans every segment. An entry whose header is damaged
 //!   (bad magic, length or header CRC) is stepped over by searching for the next magic that
 //!   starts a valid entry; the events it held are counted as lost in the [`RecoveryReport`].
+//!   Records are client bytes and may hold complete entries, so only what berth wrote is
+//!   believed (see [`segment`]): an entry whose body runs past the end of the newest segment
+//!   is a torn write, and the scan ends there instead of searching its body; an entry found
+//!   after damaged bytes is taken only if it continues the offsets, with a gap of at most
+//!   what those bytes could hold (never a jump towards `u64::MAX`).
 //!   An event whose own CRC fails inside a valid entry is lost alone: it is counted
 //!   (`damaged_events`, part of `lost_events`), and readers hand out a tombstone in its
 //!   place, which sinks skip and acknowledge, so offsets stay dense and the entry's other

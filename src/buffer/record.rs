@@ -51,6 +51,9 @@ pub const MAX_BODY_LEN: usize = 128 << 20;
 /// crc + secs + nanos + record_len + metadata_len.
 const EVENT_FIXED: usize = 4 + 8 + 4 + 4 + 4;
 const EVENT_FIXED_V1: usize = 8 + 4 + 4 + 4;
+/// The fewest bytes an event takes in either version: `n` damaged bytes held at most
+/// `n / MIN_EVENT_LEN` events.
+pub const MIN_EVENT_LEN: usize = EVENT_FIXED_V1;
 
 /// The entry format version, from its magic.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -184,6 +187,16 @@ pub fn check_entry(header: &Header, entry: &[u8]) -> bool {
     match header.version {
         Version::V2 => head_crc(entry) == Some(header.crc),
         Version::V1 => crc32c::crc32c(&entry[HEADER_LEN..]) == header.crc,
+    }
+}
+
+/// Whether the v2 header CRC of the entry starting `front` (its first bytes, possibly not
+/// all of it) matches: `None` when `front` ends before the tag does, or for v1 (whose CRC
+/// covers the whole body).
+pub fn check_head(header: &Header, front: &[u8]) -> Option<bool> {
+    match header.version {
+        Version::V2 => head_crc(front).map(|crc| crc == header.crc),
+        Version::V1 => None,
     }
 }
 
