@@ -51,8 +51,8 @@
 //!   An event whose own CRC fails inside a valid entry is lost alone: it is counted
 //!   (`damaged_events`, part of `lost_events`), and readers hand out a tombstone in its
 //!   place, which sinks skip and acknowledge, so offsets stay dense and the entry's other
-//!   events are delivered (a damaged length field loses the rest of its entry: see
-//!   [`record`]). Bytes after the last valid entry of the newest segment (a torn write) are
+//!   events are delivered (after a damaged length field the walk resumes at the next
+//!   event whose own CRC verifies: see [`record`]). Bytes after the last valid entry of the newest segment (a torn write) are
 //!   truncated. Every entry whose append returned `Ok` before a crash is read back. The
 //!   next offset is one past the last valid entry (or past every cursor, whichever is
 //!   larger), so cursors stay meaningful.
