@@ -6,7 +6,9 @@
 //!
 //! - **Offsets count events.** Events are numbered 0, 1, 2, … for the life of the buffer
 //!   directory (u64, never reused once durable). `(instance_id, offset)` identifies an event
-//!   for ever: `instance_id` is a random u64 written once to `<path>/instance-id`.
+//!   for ever: `instance_id` is a random u64 written to `<path>/instance-id`, bound to the
+//!   host in `<path>/host-id`; a buffer found written on another host (a copied disk
+//!   image) takes a new one, so two hosts never share ids (see [`identity`]).
 //! - **Entries.** One entry per appended `Batch`, covering offsets `[first, first+count)`:
 //!   `magic u32 | body_len u32 | head_crc u32 | body`, body =
 //!   `first_offset u64 | count u32 | tag_len u16 | tag | events`, each event
@@ -69,6 +71,7 @@
 //! [`Reader::next`], `ack(seq)` → [`Reader::ack`]`(first, count)` or an [`Acker`].
 
 pub mod cursor;
+mod identity;
 pub mod inspect;
 mod reader;
 pub mod record;
@@ -79,6 +82,7 @@ pub mod storage;
 mod tests;
 mod writer;
 
+pub use identity::{HostId, HostIdSources};
 pub use reader::{Acker, ReadBatch, Reader};
 pub use storage::{DiskStorage, FaultyStorage, Storage};
 
@@ -134,10 +138,14 @@ pub struct BufferOptions {
     /// that fsync runs), so no append waits longer than one write and fsync.
     pub sync_interval: Duration,
     pub when_full: WhenFull,
+    /// Where the host's identity is read, to which the instance id is bound (see
+    /// [`identity`]).
+    pub host_id: HostIdSources,
 }
 
 impl BufferOptions {
-    /// Defaults: 1 GiB, 64 MiB segments, group commit, block when full.
+    /// Defaults: 1 GiB, 64 MiB segments, group commit, block when full, the host's
+    /// identity from `/etc/machine-id` and the EC2 instance id in DMI.
     pub fn new(path: impl Into<PathBuf>) -> Self {
         BufferOptions {
             path: path.into(),
@@ -146,6 +154,7 @@ impl BufferOptions {
             sync: SyncMode::Batch,
             sync_interval: Duration::from_millis(200),
             when_full: WhenFull::Block,
+            host_id: HostIdSources::default(),
         }
     }
 }
@@ -208,6 +217,9 @@ pub struct RecoveryReport {
     pub truncated_bytes: u64,
     /// Cursor files that could not be read and were reset to the oldest offset.
     pub bad_cursors: usize,
+    /// The buffer was written on another host (`host-id` names another machine or EC2
+    /// instance: a disk image copied between instances) and took a new instance id.
+    pub host_changed: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

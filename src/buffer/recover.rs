@@ -8,7 +8,6 @@ use super::segment::{parse_segment_name, segment_path, RawEntry, Scanner};
 use super::storage::{AppendFile, Storage};
 use super::{BufferError, BufferOptions, RecoveryReport, SegmentInfo};
 use std::collections::BTreeMap;
-use std::io;
 use std::path::Path;
 
 pub(super) struct Recovered {
@@ -31,35 +30,6 @@ fn mkdir(storage: &dyn Storage, path: &Path) -> Result<(), BufferError> {
 
 fn list(storage: &dyn Storage, path: &Path) -> Result<Vec<std::path::PathBuf>, BufferError> {
     storage.list_dir(path).map_err(|source| BufferError::ListDir { path: path.to_owned(), source })
-}
-
-fn instance_id(storage: &dyn Storage, dir: &Path) -> Result<u64, BufferError> {
-    let path = dir.join("instance-id");
-    let err = |source: io::Error| BufferError::InstanceId { path: path.clone(), source };
-    match storage.read_small(&path) {
-        Ok(b) => {
-            let text = String::from_utf8_lossy(&b);
-            if let Ok(id) = u64::from_str_radix(text.trim(), 16) {
-                return Ok(id);
-            }
-            // Only disk damage gets here (it is written once, atomically). Record ids are
-            // made of it: the events still buffered get new ones too.
-            tracing::warn!(
-                path = %path.display(),
-                "instance id is unreadable, creating a new one: buffered events get new record ids, so a sink with stable ids may store those it had delivered once more"
-            );
-        }
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(e) => return Err(err(e)),
-    }
-    let id: u64 = rand::random();
-    let tmp = dir.join("instance-id.tmp");
-    storage.write_file(&tmp, format!("{id:016x}\n").as_bytes(), true).map_err(err)?;
-    storage.rename(&tmp, &path).map_err(err)?;
-    storage
-        .sync_dir(dir)
-        .map_err(|source| BufferError::SyncDir { path: dir.to_owned(), source })?;
-    Ok(id)
 }
 
 /// What one segment file holds, found without changing it: shared by recovery (which then
@@ -201,8 +171,9 @@ pub(super) fn recover(
     mkdir(storage, &opts.path)?;
     mkdir(storage, &segdir)?;
     mkdir(storage, &curdir)?;
-    let instance_id = instance_id(storage, &opts.path)?;
-    let mut report = RecoveryReport::default();
+    let identity = super::identity::open(storage, &opts.path, &opts.host_id)?;
+    let instance_id = identity.instance_id;
+    let mut report = RecoveryReport { host_changed: identity.host_changed, ..Default::default() };
 
     let mut names: Vec<u64> =
         list(storage, &segdir)?.iter().filter_map(|p| parse_segment_name(p)).collect();

@@ -884,3 +884,47 @@ async fn a_head_raised_to_meet_a_cursor_starts_a_new_segment() {
     assert_eq!(got.len(), 1);
     assert_eq!((got[0].first_offset, got[0].batch.events[0].record[0]), (6, 9));
 }
+
+/// A buffer directory copied to another instance (an AMI, a restored snapshot) keeps its
+/// events but not its instance id: the two hosts' event ids must never meet.
+#[tokio::test]
+async fn a_buffer_copied_to_another_host_takes_a_new_instance_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = |name: &str, machine: &str, ec2: &str| {
+        let d = dir.path().join(name);
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(d.join("machine-id"), format!("{machine}\n")).unwrap();
+        std::fs::write(d.join("board_asset_tag"), format!("{ec2}\n")).unwrap();
+        HostIdSources {
+            machine_id: Some(d.join("machine-id")),
+            ec2_instance_id: Some(d.join("board_asset_tag")),
+        }
+    };
+    let mut o = opts(&dir);
+    o.host_id = host("a", "5f0c6a1e2b3d4c5e6f708192a3b4c5d6", "i-0aaaaaaaaaaaaaaaa");
+    let (buf, report) = Buffer::open(o.clone()).unwrap();
+    assert!(!report.host_changed);
+    let id = buf.instance_id();
+    let mut r = buf.reader("es").unwrap();
+    assert_eq!(buf.append(&batch("a", 3, 1)).await.unwrap(), 0..3);
+    drop(r);
+    buf.close().await.unwrap();
+    drop(buf);
+    let (buf, report) = Buffer::open(o.clone()).unwrap();
+    assert_eq!((buf.instance_id(), report.host_changed), (id, false), "same host, same id");
+    drop(buf);
+
+    // Baked into an image: same machine id, another instance.
+    o.host_id = host("b", "5f0c6a1e2b3d4c5e6f708192a3b4c5d6", "i-0bbbbbbbbbbbbbbbb");
+    let (buf, report) = Buffer::open(o.clone()).unwrap();
+    assert!(report.host_changed && buf.stats().recovery.host_changed);
+    assert_ne!(buf.instance_id(), id);
+    let moved = buf.instance_id();
+    r = buf.reader("es").unwrap();
+    let got = read_all(&mut r).await;
+    assert_eq!(got.len(), 1, "the events stay");
+    drop(r);
+    drop(buf);
+    let (buf, report) = Buffer::open(o).unwrap();
+    assert_eq!((buf.instance_id(), report.host_changed), (moved, false), "and the new id stays");
+}
