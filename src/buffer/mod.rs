@@ -8,7 +8,7 @@
 //!   directory (u64, never reused once durable). `(instance_id, offset)` identifies an event
 //!   for ever: `instance_id` is a random u64 written to `<path>/instance-id`, bound to the
 //!   host in `<path>/host-id`; a buffer found written on another host (a copied disk
-//!   image) takes a new one, so two hosts never share ids (see [`identity`]).
+//!   image) takes a new one, so two hosts never share ids (see `identity.rs`).
 //! - **Entries.** One entry per appended `Batch`, covering offsets `[first, first+count)`:
 //!   `magic u32 | body_len u32 | head_crc u32 | body`, body =
 //!   `first_offset u64 | count u32 | tag_len u16 | tag | events`, each event
@@ -139,7 +139,7 @@ pub struct BufferOptions {
     pub sync_interval: Duration,
     pub when_full: WhenFull,
     /// Where the host's identity is read, to which the instance id is bound (see
-    /// [`identity`]).
+    /// `identity.rs`).
     pub host_id: HostIdSources,
 }
 
