@@ -111,11 +111,6 @@ impl Scanner {
         }
     }
 
-    /// The offset the next entry must start at.
-    pub fn next_offset(&self) -> u64 {
-        self.next
-    }
-
     /// Whether the entry at the front (`first`, `count`) continues the offsets.
     fn verdict(&self, first: u64, count: u32) -> Verdict {
         if first.checked_add(u64::from(count)).is_none() {
@@ -344,6 +339,42 @@ mod tests {
         let (got, end, corrupt) = scan_all(&bytes);
         assert_eq!(got, vec![(0, 2, 0), (5, 1, 0)]);
         assert_eq!((end, corrupt), (bytes.len() as u64, (third - second) as u64));
+    }
+
+    /// A length flipped to run past the end of the file, at a trusted position: not a torn
+    /// write (the header CRC gives it away), so the entries after it are kept, not cut off.
+    #[test]
+    fn a_length_damaged_past_the_end_is_stepped_over_not_taken_for_a_torn_write() {
+        let mut bytes = entry(0, 2, 10);
+        let second = bytes.len();
+        bytes.extend(entry(2, 3, 100));
+        let third = bytes.len();
+        bytes.extend(entry(5, 1, 10));
+        bytes[second + 7] ^= 0x04; // + 64 MiB: still a plausible length
+        assert!(record::parse_header(&bytes[second..]).is_some());
+        let (got, end, corrupt) = scan_all(&bytes);
+        assert_eq!(got, vec![(0, 2, 0), (5, 1, 0)]);
+        assert_eq!((end, corrupt), (bytes.len() as u64, (third - second) as u64));
+    }
+
+    /// After damaged bytes, an entry may skip at most the events those bytes could hold.
+    #[test]
+    fn a_gap_after_damage_is_bounded_by_the_bytes_stepped_over() {
+        let mut bytes = entry(0, 2, 10);
+        let damaged = bytes.len();
+        bytes.extend(entry(2, 3, 10)); // 12 + 15 + 3 * 34 = 129 bytes: at most 6 events
+        bytes.extend(entry(5, 1, 10)); // continues after the 3 lost
+        bytes[damaged] ^= 0x01;
+        let (got, _, _) = scan_all(&bytes);
+        assert_eq!(got, vec![(0, 2, 0), (5, 1, 0)]);
+        let mut far = entry(0, 2, 10);
+        far.extend(entry(2, 3, 10));
+        far.extend(entry(9, 1, 10)); // 7 past the damage: more than 129 bytes could hold
+        far.extend(entry(20, 1, 10)); // 18 past it: more than those 190 bytes could hold
+        far[damaged] ^= 0x01;
+        let (got, _, corrupt) = scan_all(&far);
+        assert_eq!(got, vec![(0, 2, 0)], "nothing after an impossible jump continues");
+        assert_eq!(corrupt, (far.len() - damaged) as u64);
     }
 
     #[test]
