@@ -95,6 +95,7 @@ pub struct Metrics {
     pub buffer_recovered_records: Counter,
     pub buffer_corrupt_records: Counter,
     pub buffer_cursor_errors: Counter,
+    pub buffer_host_changed: Gauge,
     pub sink_lag_records: Family<SinkLabel, Gauge>,
     pub sink_oldest_age: Family<SinkLabel, Gauge<f64, std::sync::atomic::AtomicU64>>,
     /// Records seen by enrichment, by `result`: `enriched`, `no_metadata`, `not_docker`.
@@ -165,6 +166,7 @@ impl Metrics {
             buffer_recovered_records: Counter::default(),
             buffer_corrupt_records: Counter::default(),
             buffer_cursor_errors: Counter::default(),
+            buffer_host_changed: Gauge::default(),
             sink_lag_records: Family::default(),
             sink_oldest_age: Family::default(),
             enrich_records: Family::default(),
@@ -271,6 +273,11 @@ impl Metrics {
             m.buffer_corrupt_records.clone(),
         );
         registry.register(
+            "buffer_host_changed",
+            "1 when the buffer was found written on another host at start (a copied disk image) and took a new instance id",
+            m.buffer_host_changed.clone(),
+        );
+        registry.register(
             "buffer_cursor_errors",
             "Failed writes of a sink cursor",
             m.buffer_cursor_errors.clone(),
@@ -360,6 +367,7 @@ impl Metrics {
         self.buffer_healthy.set(stats.healthy as i64);
         self.buffer_fsyncs.set(stats.segment_fsyncs as i64);
         self.buffer_write_errors.set(stats.write_errors as i64);
+        self.buffer_host_changed.set(stats.recovery.host_changed as i64);
         let now = crate::event::EventTime::now();
         for s in &stats.sinks {
             let label = SinkLabel { sink: s.name.clone() };

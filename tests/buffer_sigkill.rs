@@ -597,7 +597,25 @@ fn damaged_records_and_entries_lose_exactly_their_events() {
         victim.ids
     );
     lost.extend(victim.ids.iter().copied());
-    assert_eq!(lost.len() as u64, 1 + DAMAGE_BATCH);
+
+    // One event's record length, its high bit flipped: that event is lost, and the walk
+    // resumes at the next event whose own CRC verifies (the rest of the entry was lost
+    // before, 4 of these 10 events).
+    let victim = middle_entry(&segs[2]);
+    let which = victim.ids.len() / 2;
+    let len_at = victim.records[which].start - 4;
+    let mut bytes = std::fs::read(&victim.segment).unwrap();
+    let wrong = u32_at(&bytes, len_at) ^ (1 << 30);
+    bytes[len_at..len_at + 4].copy_from_slice(&wrong.to_le_bytes());
+    std::fs::write(&victim.segment, bytes).unwrap();
+    eprintln!(
+        "flipped the length of record id {} in the entry at {} of {}",
+        victim.ids[which],
+        victim.pos,
+        victim.segment.display()
+    );
+    lost.insert(victim.ids[which]);
+    assert_eq!(lost.len() as u64, 2 + DAMAGE_BATCH);
 
     let expected: BTreeSet<u64> =
         (0..DAMAGE_REQUESTS * DAMAGE_BATCH).filter(|id| !lost.contains(id)).collect();

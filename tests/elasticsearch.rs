@@ -93,11 +93,14 @@ fn records_arrive_field_by_field_with_stable_ids_and_timestamp() {
                 (BASE_TIME + n as i64, 0)
             );
             assert_eq!(src.as_object().unwrap().len(), 5, "no other fields: {src}");
-            // `_id` = `{instance_id:016x}-{offset:x}`: one instance, offsets in send order.
+            // `_id` = `{instance_id:016x}-{offset:x}-{content crc:08x}`: one instance,
+            // offsets in send order.
             let id = h["_id"].as_str().unwrap();
-            let (inst, off) = id.split_once('-').unwrap_or_else(|| panic!("id {id}"));
+            let parts: Vec<&str> = id.split('-').collect();
+            let [inst, off, crc] = parts[..] else { panic!("id {id}") };
             assert_eq!(inst.len(), 16, "{id}");
             assert_eq!(u64::from_str_radix(off, 16).unwrap(), n as u64, "{id}");
+            assert!(crc.len() == 8 && u32::from_str_radix(crc, 16).is_ok(), "{id}");
             ids.insert(inst.to_string());
         }
         assert_eq!(ids.len(), 1, "one buffer instance: {ids:?} ({instance:?})");
@@ -523,4 +526,68 @@ fn concurrency_4_through_413_503_and_item_429_ends_with_every_record_exactly_onc
     );
     wait_acknowledged(&b);
     assert!(read_ndjson(&b.path().join("dead/search.ndjson")).is_empty(), "no dead letters");
+}
+
+/// A Docker part of a split line (`partial_*` keys), for index `logs-join-…`.
+fn join_part(id: &str, ordinal: u32, last: bool, log: &str) -> rmpv::Value {
+    rec(&[
+        ("app", "join"),
+        ("container_id", "c0ffee"),
+        ("source", "stdout"),
+        ("log", log),
+        ("partial_message", "true"),
+        ("partial_id", id),
+        ("partial_ordinal", &ordinal.to_string()),
+        ("partial_last", if last { "true" } else { "false" }),
+    ])
+}
+
+/// What the joiner sends for an offset depends on what the buffer held when it read: at
+/// shutdown a line still waiting for its other part is delivered incomplete; a host crash
+/// before the cursor's fsync sends the sink over that offset again after the restart, when
+/// the other part is there and the line is joined whole — at the same offset. The whole
+/// line is another document: a 409 on the incomplete one's `_id` must not pass it off as
+/// delivered.
+#[test]
+fn a_line_joined_whole_after_a_restart_is_stored_though_its_first_part_was() {
+    let os = Osmem::start();
+    let cfg = config(&os.url(), "") + "\n[enrich.partial]\ntimeout = \"60s\"\n";
+    let index = "logs-join-2026.11.22";
+    let mut b = start(&cfg);
+    send_acked(&b, "docker.web", &[rec(&[("app", "join"), ("log", "before")])]);
+    wait_count(&os, index, 1, "the line before");
+    send_acked(&b, "docker.web", &[join_part("p1", 1, false, "AAA")]);
+    b.wait_metric("berth_sink_lag_records{sink=\"search\"}", 1.0);
+    // The cursor as a host crash would leave it: not past the held part.
+    let cursor = b.path().join("buffer/cursors/search");
+    let saved = std::fs::read(&cursor).unwrap();
+    assert!(b.stop().success());
+    let logs = |os: &Osmem| {
+        let mut v: Vec<String> = os
+            .search_all(index)
+            .iter()
+            .map(|h| h["_source"]["log"].as_str().unwrap().to_owned())
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(logs(&os), vec!["AAA", "before"], "the held part, flushed incomplete");
+    std::fs::write(&cursor, &saved).unwrap();
+
+    let b = restart(b, &cfg);
+    send_acked(
+        &b,
+        "docker.web",
+        &[join_part("p1", 2, true, "BBB"), rec(&[("app", "join"), ("log", "after")])],
+    );
+    wait_count(&os, index, 4, "the joined line and the one after");
+    assert_eq!(logs(&os), vec!["AAA", "AAABBB", "after", "before"]);
+    let ids: std::collections::BTreeSet<String> =
+        os.search_all(index).iter().map(|h| h["_id"].as_str().unwrap().to_owned()).collect();
+    assert_eq!(ids.len(), 4, "distinct ids: {ids:?}");
+    let admin = b.admin.clone().unwrap();
+    wait_for(WAIT, "the buffer to be fully acknowledged", || {
+        let (_, m) = http_get(&admin, "/metrics");
+        (metric_value(&m, "berth_sink_lag_records{sink=\"search\"}") == 0.0).then_some(())
+    });
 }

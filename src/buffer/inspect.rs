@@ -260,7 +260,9 @@ pub fn inspect(path: &Path) -> Result<Inspection, InspectError> {
     }
 
     let max_cursor = sinks.iter().filter_map(|s| s.committed).max().unwrap_or(0);
-    let head = expected.unwrap_or(0).max(max_cursor);
+    // As recovery works it out (never below the newest segment's name).
+    let newest = segments.last().map_or(0, |s| s.first_offset);
+    let head = expected.unwrap_or(0).max(max_cursor).max(newest);
     let oldest = segments.first().map_or(head, |s| s.first_offset.min(head));
     for (s, t) in sinks.iter_mut().zip(times) {
         let from = s.committed.unwrap_or(oldest).max(oldest);

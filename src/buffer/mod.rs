@@ -6,15 +6,19 @@
 //!
 //! - **Offsets count events.** Events are numbered 0, 1, 2, … for the life of the buffer
 //!   directory (u64, never reused once durable). `(instance_id, offset)` identifies an event
-//!   for ever: `instance_id` is a random u64 written once to `<path>/instance-id`.
+//!   for ever: `instance_id` is a random u64 written to `<path>/instance-id`, bound to the
+//!   host in `<path>/host-id`; a buffer found written on another host (a copied disk
+//!   image) takes a new one, so two hosts never share ids (see `identity.rs`).
 //! - **Entries.** One entry per appended `Batch`, covering offsets `[first, first+count)`:
 //!   `magic u32 | body_len u32 | head_crc u32 | body`, body =
 //!   `first_offset u64 | count u32 | tag_len u16 | tag | events`, each event
 //!   `crc u32 | secs i64 | nanos u32 | record_len u32 | record | metadata_len u32 | metadata`,
 //!   all little-endian (see [`record`]). Records are stored as received. `head_crc` covers
 //!   `body_len` and the body up to the end of the tag (offsets included); each event's
-//!   `crc` covers the rest of that event. Entries in the log have strictly increasing
-//!   `first_offset`; gaps exist only where damaged entries were skipped. Entries of the
+//!   `crc` covers the rest of that event. Entries in a segment are dense: the first starts
+//!   at the segment's name, each next one where the one before ends; gaps exist only where
+//!   damaged entries were skipped, and between segments (recovery starts a new segment
+//!   when the head moves past the newest one's end). Entries of the
 //!   previous format (version 1: one CRC over the whole body, no event CRCs) are still
 //!   read, never written.
 //! - **Segments.** `<path>/segments/<first offset, 20 digits>.seg`; every entry in a
@@ -41,11 +45,16 @@
 //! - **Recovery.** `Buffer::open` scans every segment. An entry whose header is damaged
 //!   (bad magic, length or header CRC) is stepped over by searching for the next magic that
 //!   starts a valid entry; the events it held are counted as lost in the [`RecoveryReport`].
+//!   Records are client bytes and may hold complete entries, so only what berth wrote is
+//!   believed (see [`segment`]): an entry whose body runs past the end of the newest segment
+//!   is a torn write, and the scan ends there instead of searching its body; an entry found
+//!   after damaged bytes is taken only if it continues the offsets, with a gap of at most
+//!   what those bytes could hold (never a jump towards `u64::MAX`).
 //!   An event whose own CRC fails inside a valid entry is lost alone: it is counted
 //!   (`damaged_events`, part of `lost_events`), and readers hand out a tombstone in its
 //!   place, which sinks skip and acknowledge, so offsets stay dense and the entry's other
-//!   events are delivered (a damaged length field loses the rest of its entry: see
-//!   [`record`]). Bytes after the last valid entry of the newest segment (a torn write) are
+//!   events are delivered (after a damaged length field the walk resumes at the next
+//!   event whose own CRC verifies: see [`record`]). Bytes after the last valid entry of the newest segment (a torn write) are
 //!   truncated. Every entry whose append returned `Ok` before a crash is read back. The
 //!   next offset is one past the last valid entry (or past every cursor, whichever is
 //!   larger), so cursors stay meaningful.
@@ -62,6 +71,7 @@
 //! [`Reader::next`], `ack(seq)` → [`Reader::ack`]`(first, count)` or an [`Acker`].
 
 pub mod cursor;
+mod identity;
 pub mod inspect;
 mod reader;
 pub mod record;
@@ -72,6 +82,7 @@ pub mod storage;
 mod tests;
 mod writer;
 
+pub use identity::{HostId, HostIdSources};
 pub use reader::{Acker, ReadBatch, Reader};
 pub use storage::{DiskStorage, FaultyStorage, Storage};
 
@@ -127,10 +138,14 @@ pub struct BufferOptions {
     /// that fsync runs), so no append waits longer than one write and fsync.
     pub sync_interval: Duration,
     pub when_full: WhenFull,
+    /// Where the host's identity is read, to which the instance id is bound (see
+    /// `identity.rs`).
+    pub host_id: HostIdSources,
 }
 
 impl BufferOptions {
-    /// Defaults: 1 GiB, 64 MiB segments, group commit, block when full.
+    /// Defaults: 1 GiB, 64 MiB segments, group commit, block when full, the host's
+    /// identity from `/etc/machine-id` and the EC2 instance id in DMI.
     pub fn new(path: impl Into<PathBuf>) -> Self {
         BufferOptions {
             path: path.into(),
@@ -139,6 +154,7 @@ impl BufferOptions {
             sync: SyncMode::Batch,
             sync_interval: Duration::from_millis(200),
             when_full: WhenFull::Block,
+            host_id: HostIdSources::default(),
         }
     }
 }
@@ -201,6 +217,9 @@ pub struct RecoveryReport {
     pub truncated_bytes: u64,
     /// Cursor files that could not be read and were reset to the oldest offset.
     pub bad_cursors: usize,
+    /// The buffer was written on another host (`host-id` names another machine or EC2
+    /// instance: a disk image copied between instances) and took a new instance id.
+    pub host_changed: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

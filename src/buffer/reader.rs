@@ -341,7 +341,7 @@ impl Reader {
             let mut sc = match scanner {
                 Some(s) => s,
                 None => match storage.open_read(&path) {
-                    Ok(f) => Box::new(Scanner::new(f)),
+                    Ok(f) => Box::new(Scanner::new(f, seg)),
                     Err(source) => return (None, Err(BufferError::OpenSegment { path, source })),
                 },
             };

@@ -3,12 +3,11 @@
 //! truncates bytes no append was acknowledged for, and creates files atomically.
 
 use super::cursor;
-use super::record::{self, HEADER_LEN};
+use super::record;
 use super::segment::{parse_segment_name, segment_path, RawEntry, Scanner};
 use super::storage::{AppendFile, Storage};
 use super::{BufferError, BufferOptions, RecoveryReport, SegmentInfo};
 use std::collections::BTreeMap;
-use std::io;
 use std::path::Path;
 
 pub(super) struct Recovered {
@@ -31,35 +30,6 @@ fn mkdir(storage: &dyn Storage, path: &Path) -> Result<(), BufferError> {
 
 fn list(storage: &dyn Storage, path: &Path) -> Result<Vec<std::path::PathBuf>, BufferError> {
     storage.list_dir(path).map_err(|source| BufferError::ListDir { path: path.to_owned(), source })
-}
-
-fn instance_id(storage: &dyn Storage, dir: &Path) -> Result<u64, BufferError> {
-    let path = dir.join("instance-id");
-    let err = |source: io::Error| BufferError::InstanceId { path: path.clone(), source };
-    match storage.read_small(&path) {
-        Ok(b) => {
-            let text = String::from_utf8_lossy(&b);
-            if let Ok(id) = u64::from_str_radix(text.trim(), 16) {
-                return Ok(id);
-            }
-            // Only disk damage gets here (it is written once, atomically). Record ids are
-            // made of it: the events still buffered get new ones too.
-            tracing::warn!(
-                path = %path.display(),
-                "instance id is unreadable, creating a new one: buffered events get new record ids, so a sink with stable ids may store those it had delivered once more"
-            );
-        }
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(e) => return Err(err(e)),
-    }
-    let id: u64 = rand::random();
-    let tmp = dir.join("instance-id.tmp");
-    storage.write_file(&tmp, format!("{id:016x}\n").as_bytes(), true).map_err(err)?;
-    storage.rename(&tmp, &path).map_err(err)?;
-    storage
-        .sync_dir(dir)
-        .map_err(|source| BufferError::SyncDir { path: dir.to_owned(), source })?;
-    Ok(id)
 }
 
 /// What one segment file holds, found without changing it: shared by recovery (which then
@@ -89,8 +59,12 @@ pub(super) struct SegmentScan {
     /// Bytes of entries that checked out but repeat older offsets, and junk past
     /// `usable_len`.
     stale_bytes: u64,
-    /// Bytes the scanner stepped over, a torn tail included.
+    /// Bytes the scanner stepped over, a torn tail included unless the scan stopped at it
+    /// (`torn`).
     scanner_corrupt: u64,
+    /// The scan stopped at an entry whose body runs past the end of the file (see
+    /// [`Scanner::torn_at`]): the bytes from `valid_end` on were not stepped over.
+    torn: bool,
 }
 
 impl SegmentScan {
@@ -99,7 +73,9 @@ impl SegmentScan {
     /// Anywhere else they are damage.
     pub fn damage(&self, last: bool) -> (u64, u64) {
         let tail = if last { self.len - self.valid_end.min(self.len) } else { 0 };
-        (self.stale_bytes + self.scanner_corrupt - tail.min(self.scanner_corrupt), tail)
+        // The part of the tail the scanner counted as stepped over.
+        let stepped = if self.torn { 0 } else { tail.min(self.scanner_corrupt) };
+        (self.stale_bytes + self.scanner_corrupt - stepped, tail)
     }
 }
 
@@ -126,10 +102,12 @@ pub(super) fn scan_segment(
             lost_events += first - e;
         }
     }
-    let mut next = expected.map_or(first, |e| e.max(first));
     let (mut entries, mut events, mut damaged_events, mut stale_bytes, mut end) =
         (0, 0, 0, 0, None);
-    let mut sc = Scanner::new(file);
+    // The scanner returns only entries that continue the offsets from `first` (the
+    // segment's name) on, with a gap only where it stepped over damaged bytes.
+    let mut sc = Scanner::new(file, first);
+    let mut next = first;
     // Where junk starts: the rest of the file is not read by anyone.
     let mut junk_from = None;
     while let Some(entry) = sc
@@ -144,13 +122,8 @@ pub(super) fn scan_segment(
             junk_from = Some(entry.pos);
             break;
         }
-        if entry.first_offset < next {
-            // Offsets only grow; an older entry here is stale data that happened to
-            // check out. Its bytes count as damage.
-            stale_bytes += entry.body.len() as u64 + HEADER_LEN as u64;
-            continue;
-        }
-        lost_events += entry.first_offset - next;
+        // The events the damaged bytes before this entry held (the scanner bounds it).
+        lost_events += entry.first_offset.saturating_sub(next);
         entries += 1;
         // The header checked out; the events are checked one by one. A body whose head
         // does not parse although its CRC matched (a writer bug) loses all its events.
@@ -162,6 +135,13 @@ pub(super) fn scan_segment(
         next = entry.end_offset();
         end = Some(next);
         on_entry(&entry);
+    }
+    if before.is_some() {
+        if let Some(pos) = sc.torn_at {
+            // A sealed segment ending in a write that never completed (it failed and could
+            // not be cut off, and the writer moved on): junk, not read by anyone.
+            junk_from = Some(pos);
+        }
     }
     if let Some(pos) = junk_from {
         stale_bytes += len - pos;
@@ -178,6 +158,7 @@ pub(super) fn scan_segment(
         end,
         stale_bytes,
         scanner_corrupt: sc.corrupt_bytes,
+        torn: junk_from.is_none() && sc.torn_at.is_some(),
     })
 }
 
@@ -190,8 +171,9 @@ pub(super) fn recover(
     mkdir(storage, &opts.path)?;
     mkdir(storage, &segdir)?;
     mkdir(storage, &curdir)?;
-    let instance_id = instance_id(storage, &opts.path)?;
-    let mut report = RecoveryReport::default();
+    let identity = super::identity::open(storage, &opts.path, &opts.host_id)?;
+    let instance_id = identity.instance_id;
+    let mut report = RecoveryReport { host_changed: identity.host_changed, ..Default::default() };
 
     let mut names: Vec<u64> =
         list(storage, &segdir)?.iter().filter_map(|p| parse_segment_name(p)).collect();
@@ -202,6 +184,9 @@ pub(super) fn recover(
     // One past the last valid event seen; `None` before the first entry.
     let mut expected: Option<u64> = None;
     let mut active_len = 0;
+    // The offset the newest segment's next entry would get: one past its last entry, or
+    // its name when it holds none.
+    let mut active_next = None;
     for (i, &first) in names.iter().enumerate() {
         let path = segment_path(&segdir, first);
         let last = i + 1 == names.len();
@@ -230,6 +215,7 @@ pub(super) fn recover(
         }
         if last {
             active_len = seg_len;
+            active_next = Some(scan.end.unwrap_or(first));
         }
         segments.insert(first, SegmentInfo { path, len: seg_len });
     }
@@ -257,16 +243,21 @@ pub(super) fn recover(
     }
 
     let max_cursor = cursors.iter().map(|c| c.1).max().unwrap_or(0);
-    let head = expected.unwrap_or(0).max(max_cursor);
-    let (active_first, active_file, active_len) = match names.last() {
-        Some(&first) => {
+    // Never below the newest segment's name: the offsets below it were all handed out
+    // (some may be lost to damage, and delivered), and none is ever given to a new event.
+    let head = expected.unwrap_or(0).max(max_cursor).max(names.last().copied().unwrap_or(0));
+    let (active_first, active_file, active_len) = match (names.last(), active_next) {
+        (Some(&first), Some(next)) if next == head => {
             let path = segment_path(&segdir, first);
             let f = storage
                 .open_append(&path)
                 .map_err(|source| BufferError::OpenSegment { path, source })?;
             (first, f, active_len)
         }
-        None => {
+        // No segment, or the head moved past the newest segment's end (to meet a cursor,
+        // after the events there were lost): a new segment starts at the head, so offsets
+        // inside a segment stay dense (see `segment`'s rules).
+        _ => {
             let path = segment_path(&segdir, head);
             let f = storage
                 .open_append(&path)

@@ -6,6 +6,27 @@
 //! not check the events inside an entry: their own CRCs are checked when the body is
 //! decoded, so damage to an event loses that event, not its entry. It never holds more
 //! than one chunk plus one entry.
+//!
+//! Records are client bytes, and a client can put a complete, CRC-valid entry inside one
+//! of its records. The scanner never looks inside an entry it returned, so such an entry
+//! is only ever met after the scanner stepped into damaged (or torn) bytes. Three rules
+//! keep it from being believed there:
+//! - **A torn write ends the scan.** At a trusted position (the segment start, or the end
+//!   of the entry just returned) a header whose body runs past the limit is a write that
+//!   never completed: the scan stops there ([`Scanner::torn_at`]) instead of searching
+//!   that body for the next magic. Only a v2 header whose own CRC (complete below the
+//!   limit) fails is taken as a damaged length and stepped over.
+//! - **Offsets continue densely.** Entries of a segment start at its name and each one at
+//!   the end of the one before. An entry that does not continue is not returned (its
+//!   bytes are stepped over as damage), except after damaged bytes, where a gap of at most
+//!   one event per [`record::MIN_EVENT_LEN`] bytes stepped over stands for the events
+//!   those bytes held. A stale entry (offsets below the expected one) is not returned
+//!   either.
+//! - **Offset arithmetic is checked**: an entry whose offsets would pass `u64::MAX` is
+//!   damage.
+//!
+//! Gaps elsewhere are between segments only: a new segment is started wherever offsets
+//! jump (see `recover`).
 
 use super::record::{self, Version, HEADER_LEN, MAGIC_BYTES, MAGIC_V1_BYTES};
 use super::storage::ReadFile;
@@ -45,7 +66,8 @@ pub struct RawEntry {
 
 impl RawEntry {
     pub fn end_offset(&self) -> u64 {
-        self.first_offset + u64::from(self.count)
+        // The scanner returns no entry whose end overflows.
+        self.first_offset.saturating_add(u64::from(self.count))
     }
 }
 
@@ -56,13 +78,62 @@ pub struct Scanner {
     pos: u64,
     /// End of the last valid entry returned.
     pub valid_end: u64,
-    /// Bytes stepped over because they did not form a valid entry.
+    /// Bytes stepped over because they did not form a valid entry, entries that do not
+    /// continue the offsets included.
     pub corrupt_bytes: u64,
+    /// The first offset the next entry must have: the segment's first offset, then the end
+    /// of each entry returned.
+    next: u64,
+    /// Where the scan stopped at a torn write: an entry whose header checks out (or cannot
+    /// be checked yet) and whose body runs past the limit, at a trusted position. Cleared
+    /// when a later call gets past it (a larger limit).
+    pub torn_at: Option<u64>,
+}
+
+/// What to do with an entry whose header checked out.
+enum Verdict {
+    Take,
+    /// Not a continuation of the offsets: stepped over as damage.
+    Reject,
 }
 
 impl Scanner {
-    pub fn new(file: Box<dyn ReadFile>) -> Self {
-        Scanner { file, buf: BytesMut::new(), pos: 0, valid_end: 0, corrupt_bytes: 0 }
+    /// A scanner of the segment named `first_offset`, from its start.
+    pub fn new(file: Box<dyn ReadFile>, first_offset: u64) -> Self {
+        Scanner {
+            file,
+            buf: BytesMut::new(),
+            pos: 0,
+            valid_end: 0,
+            corrupt_bytes: 0,
+            next: first_offset,
+            torn_at: None,
+        }
+    }
+
+    /// Whether the entry at the front (`first`, `count`) continues the offsets.
+    fn verdict(&self, first: u64, count: u32) -> Verdict {
+        if first.checked_add(u64::from(count)).is_none() {
+            return Verdict::Reject;
+        }
+        if first == self.next {
+            return Verdict::Take;
+        }
+        // Bytes stepped over since the last entry returned: they held at most this many
+        // events, so the offsets may jump by no more (a forged entry near `u64::MAX` after
+        // a torn record cannot move the head).
+        let stepped = self.pos - self.valid_end;
+        let most = stepped / record::MIN_EVENT_LEN as u64;
+        match first.checked_sub(self.next) {
+            Some(gap) if gap <= most => Verdict::Take,
+            _ => Verdict::Reject,
+        }
+    }
+
+    /// Whether the scanner stands where an entry must start (nothing stepped over since
+    /// the segment start or the last entry returned).
+    fn trusted(&self) -> bool {
+        self.pos == self.valid_end
     }
 
     /// The next valid entry that ends at or before `limit`, or `None` when none is left
@@ -81,15 +152,37 @@ impl Scanner {
             };
             let total = HEADER_LEN + h.body_len;
             if !self.fill(total, limit)? {
-                // The length runs past the limit: a torn or damaged header.
+                // The length runs past the limit. Where an entry must start, that is a
+                // write that never completed, unless the header's own CRC says the length
+                // is damaged: its body may hold a client's record shaped like an entry, so
+                // it is not searched for one. Anywhere else it is damage.
+                if self.trusted() && record::check_head(&h, &self.buf) != Some(false) {
+                    self.torn_at = Some(self.pos);
+                    return Ok(None);
+                }
                 self.resync();
                 continue;
             }
+            self.torn_at = None;
             if !record::check_entry(&h, &self.buf[..total]) {
                 self.resync();
                 continue;
             }
-            return Ok(Some(self.take(total, h.version)));
+            let body = &self.buf[HEADER_LEN..total];
+            let (first, count) = record::body_span(body);
+            match self.verdict(first, count) {
+                Verdict::Take => return Ok(Some(self.take(total, h.version))),
+                Verdict::Reject => {
+                    tracing::debug!(
+                        at = self.pos,
+                        first_offset = first,
+                        count,
+                        expected = self.next,
+                        "buffer entry does not continue the offsets: stepped over"
+                    );
+                    self.resync();
+                }
+            }
         }
     }
 
@@ -104,7 +197,11 @@ impl Scanner {
         if !record::check_entry(&h, &self.buf[..total]) {
             return None;
         }
-        Some(self.take(total, h.version))
+        let (first, count) = record::body_span(&self.buf[HEADER_LEN..total]);
+        match self.verdict(first, count) {
+            Verdict::Take => Some(self.take(total, h.version)),
+            Verdict::Reject => None,
+        }
     }
 
     fn take(&mut self, total: usize, version: Version) -> RawEntry {
@@ -114,6 +211,8 @@ impl Scanner {
         self.valid_end = self.pos;
         let body = entry.slice(HEADER_LEN..);
         let (first_offset, count) = record::body_span(&body);
+        // `verdict` checked that the end does not overflow.
+        self.next = first_offset.saturating_add(u64::from(count));
         RawEntry { pos, first_offset, count, version, body }
     }
 
@@ -186,7 +285,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("x.seg");
         std::fs::write(&p, bytes).unwrap();
-        let mut s = Scanner::new(DiskStorage.open_read(&p).unwrap());
+        let mut s = Scanner::new(DiskStorage.open_read(&p).unwrap(), 0);
         let mut out = vec![];
         while let Some(e) = s.next_entry(bytes.len() as u64).unwrap() {
             let d = record::decode_body(&e.body, e.version).unwrap();
@@ -223,7 +322,8 @@ mod tests {
         let (got, end, corrupt) = scan_all(&bytes);
         assert_eq!(got, vec![(0, 2, 0), (2, 3, 1), (6, 2, 0)]);
         assert_eq!(end, good_end as u64);
-        assert_eq!(corrupt, (fourth - third + 20) as u64);
+        // The torn write is where the scan stopped, not damage it stepped over.
+        assert_eq!(corrupt, (fourth - third) as u64);
     }
 
     #[test]
@@ -239,6 +339,42 @@ mod tests {
         let (got, end, corrupt) = scan_all(&bytes);
         assert_eq!(got, vec![(0, 2, 0), (5, 1, 0)]);
         assert_eq!((end, corrupt), (bytes.len() as u64, (third - second) as u64));
+    }
+
+    /// A length flipped to run past the end of the file, at a trusted position: not a torn
+    /// write (the header CRC gives it away), so the entries after it are kept, not cut off.
+    #[test]
+    fn a_length_damaged_past_the_end_is_stepped_over_not_taken_for_a_torn_write() {
+        let mut bytes = entry(0, 2, 10);
+        let second = bytes.len();
+        bytes.extend(entry(2, 3, 100));
+        let third = bytes.len();
+        bytes.extend(entry(5, 1, 10));
+        bytes[second + 7] ^= 0x04; // + 64 MiB: still a plausible length
+        assert!(record::parse_header(&bytes[second..]).is_some());
+        let (got, end, corrupt) = scan_all(&bytes);
+        assert_eq!(got, vec![(0, 2, 0), (5, 1, 0)]);
+        assert_eq!((end, corrupt), (bytes.len() as u64, (third - second) as u64));
+    }
+
+    /// After damaged bytes, an entry may skip at most the events those bytes could hold.
+    #[test]
+    fn a_gap_after_damage_is_bounded_by_the_bytes_stepped_over() {
+        let mut bytes = entry(0, 2, 10);
+        let damaged = bytes.len();
+        bytes.extend(entry(2, 3, 10)); // 12 + 15 + 3 * 34 = 129 bytes: at most 6 events
+        bytes.extend(entry(5, 1, 10)); // continues after the 3 lost
+        bytes[damaged] ^= 0x01;
+        let (got, _, _) = scan_all(&bytes);
+        assert_eq!(got, vec![(0, 2, 0), (5, 1, 0)]);
+        let mut far = entry(0, 2, 10);
+        far.extend(entry(2, 3, 10));
+        far.extend(entry(9, 1, 10)); // 7 past the damage: more than 129 bytes could hold
+        far.extend(entry(20, 1, 10)); // 18 past it: more than those 190 bytes could hold
+        far[damaged] ^= 0x01;
+        let (got, _, corrupt) = scan_all(&far);
+        assert_eq!(got, vec![(0, 2, 0)], "nothing after an impossible jump continues");
+        assert_eq!(corrupt, (far.len() - damaged) as u64);
     }
 
     #[test]

@@ -719,3 +719,212 @@ async fn delivered_up_to_an_offset_ignores_what_came_after_it() {
     assert!(buf.delivered_all() && buf.delivered_up_to(buf.head()));
     buf.close().await.unwrap();
 }
+
+/// Complete, CRC-valid entries as a client could build them, at offsets of its choosing.
+fn forged_entries(offsets: &[u64]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for &first in offsets {
+        let mut e = record::encode(&batch("forged", 3, 0xf0)).unwrap();
+        record::seal(&mut e, first);
+        out.extend(e);
+    }
+    out
+}
+
+/// A Fluentd record `{"log": <bytes>}` (msgpack bin): what a client sends.
+fn record_holding(bytes: &[u8]) -> Bytes {
+    let v = rmpv::Value::Map(vec![(rmpv::Value::from("log"), rmpv::Value::Binary(bytes.to_vec()))]);
+    let mut out = Vec::new();
+    rmpv::encode::write_value(&mut out, &v).unwrap();
+    Bytes::from(out)
+}
+
+fn is_forged(b: &ReadBatch) -> bool {
+    b.batch.tag.as_str() == "forged"
+        || b.batch.events.iter().any(|e| e.record.first() == Some(&0xf0))
+}
+
+/// berth dies while writing an entry whose record holds complete entries: the one at the
+/// offset the torn entry had (a dense continuation), and one near `u64::MAX` that would
+/// move the head (and so the cursors and GC) past every real event. Recovery must stop at
+/// the torn write and believe neither.
+#[tokio::test]
+async fn entries_inside_a_torn_record_are_not_recovered() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = opts(&dir);
+    let (buf, _) = Buffer::open(o.clone()).unwrap();
+    buf.reader("s").unwrap();
+    for i in 0..3 {
+        buf.append(&batch("a", 2, i)).await.unwrap();
+    }
+    let good_len = buf.stats().total_bytes;
+    let forged = forged_entries(&[6, u64::MAX - 10]);
+    let hostile = Batch {
+        tag: Tag::from_static("a"),
+        events: vec![Event {
+            time: EventTime::new(1_700_000_100, 0),
+            record: record_holding(&forged),
+            metadata: Bytes::from_static(&[0x80]),
+        }],
+    };
+    assert_eq!(buf.append(&hostile).await.unwrap(), 6..7);
+    drop(buf);
+    // The kill came before the last bytes of the entry (its metadata) were written: the
+    // forged entries are whole on disk, their container is not.
+    let seg = segment_files(&o).pop().unwrap();
+    let full = std::fs::metadata(&seg).unwrap().len();
+    assert_eq!(full, good_len + entry_size(&hostile));
+    let torn_len = full - 3;
+    std::fs::OpenOptions::new().write(true).open(&seg).unwrap().set_len(torn_len).unwrap();
+
+    let (buf, report) = Buffer::open(o.clone()).unwrap();
+    assert_eq!((report.entries, report.events, report.lost_events), (3, 6, 0), "{report:?}");
+    assert_eq!((report.truncated_bytes, report.corrupt_bytes), (torn_len - good_len, 0));
+    assert_eq!(buf.head(), 6, "the head stays where the real events end");
+    assert_eq!(std::fs::metadata(&seg).unwrap().len(), good_len);
+    let mut r = buf.reader("s").unwrap();
+    let got = read_all(&mut r).await;
+    assert!(!got.iter().any(is_forged), "forged events were recovered");
+    let firsts: Vec<u64> = got.iter().map(|b| b.first_offset).collect();
+    assert_eq!(firsts, vec![0, 2, 4]);
+    for b in &got {
+        r.ack(b.first_offset, b.batch.len() as u64).unwrap();
+    }
+    assert_eq!(r.committed(), 6);
+    assert_eq!(buf.append(&batch("a", 1, 7)).await.unwrap(), 6..7);
+    drop(r);
+    buf.close().await.unwrap();
+    drop(buf);
+    let (buf, report) = Buffer::open(o).unwrap();
+    assert_eq!((report.events, report.lost_events, buf.head()), (7, 0, 7));
+}
+
+/// The same record in an entry whose header is damaged, with real entries after it: the
+/// scanner steps into that entry's body and meets the forged entries. One that does not
+/// continue the offsets (a jump to near `u64::MAX`, or past what the damaged bytes could
+/// have held) is not believed, and the real entries after it are read at their offsets.
+#[tokio::test]
+async fn entries_that_do_not_continue_the_offsets_are_not_believed() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut o = opts(&dir);
+    o.segment_size = 1 << 20;
+    o.max_size = 4 << 20;
+    let (buf, _) = Buffer::open(o.clone()).unwrap();
+    buf.reader("s").unwrap();
+    buf.append(&batch("a", 2, 0)).await.unwrap();
+    let damaged_at = buf.stats().total_bytes as usize;
+    let forged = forged_entries(&[u64::MAX - 10, 1_000, u64::MAX - 2]);
+    let hostile = Batch {
+        tag: Tag::from_static("a"),
+        events: vec![Event {
+            time: EventTime::new(1_700_000_100, 0),
+            record: record_holding(&forged),
+            metadata: Bytes::new(),
+        }],
+    };
+    assert_eq!(buf.append(&hostile).await.unwrap(), 2..3);
+    for i in 0..3 {
+        buf.append(&batch("a", 2, 10 + i)).await.unwrap();
+    }
+    drop(buf);
+    let seg = segment_files(&o).pop().unwrap();
+    let mut bytes = std::fs::read(&seg).unwrap();
+    bytes[damaged_at] ^= 0x01; // the hostile entry's magic
+    std::fs::write(&seg, &bytes).unwrap();
+
+    let (buf, report) = Buffer::open(o.clone()).unwrap();
+    assert_eq!((report.entries, report.events, report.lost_events), (4, 8, 1), "{report:?}");
+    assert_eq!(report.corrupt_bytes, entry_size(&hostile));
+    assert_eq!(buf.head(), 9);
+    let mut r = buf.reader("s").unwrap();
+    let got = read_all(&mut r).await;
+    assert!(!got.iter().any(is_forged), "forged events were read");
+    let firsts: Vec<u64> = got.iter().map(|b| b.first_offset).collect();
+    assert_eq!(firsts, vec![0, 3, 5, 7]);
+    for b in &got {
+        r.ack(b.first_offset, b.batch.len() as u64).unwrap();
+    }
+    assert_eq!(r.committed(), 9);
+    assert_eq!(buf.append(&batch("a", 1, 7)).await.unwrap(), 9..10);
+}
+
+/// The head moves past the newest segment's end when a sink's cursor is beyond what
+/// survived (the events there were lost): appends then go to a new segment, so offsets
+/// stay dense inside each segment and a later recovery reads them all.
+#[tokio::test]
+async fn a_head_raised_to_meet_a_cursor_starts_a_new_segment() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut o = opts(&dir);
+    o.segment_size = 1 << 20;
+    o.max_size = 4 << 20;
+    let (buf, _) = Buffer::open(o.clone()).unwrap();
+    let mut r = buf.reader("s").unwrap();
+    for i in 0..3 {
+        buf.append(&batch("a", 2, i)).await.unwrap();
+    }
+    let two = entry_size(&batch("a", 2, 0)) * 2;
+    read_all(&mut r).await;
+    r.ack(0, 6).unwrap();
+    drop(r);
+    buf.close().await.unwrap();
+    drop(buf);
+    // The last entry is lost (as after a host crash that took back a delivered write).
+    let seg = segment_files(&o).pop().unwrap();
+    std::fs::OpenOptions::new().write(true).open(&seg).unwrap().set_len(two).unwrap();
+    let (buf, report) = Buffer::open(o.clone()).unwrap();
+    assert_eq!((report.events, buf.head()), (4, 6));
+    assert_eq!(buf.append(&batch("a", 2, 9)).await.unwrap(), 6..8);
+    assert_eq!(segment_files(&o).len(), 2, "a new segment at the raised head");
+    buf.close().await.unwrap();
+    drop(buf);
+    let (buf, report) = Buffer::open(o).unwrap();
+    assert_eq!((report.events, report.lost_events, buf.head()), (6, 2, 8), "{report:?}");
+    let mut r = buf.reader("s").unwrap();
+    let got = read_all(&mut r).await;
+    assert_eq!(got.len(), 1);
+    assert_eq!((got[0].first_offset, got[0].batch.events[0].record[0]), (6, 9));
+}
+
+/// A buffer directory copied to another instance (an AMI, a restored snapshot) keeps its
+/// events but not its instance id: the two hosts' event ids must never meet.
+#[tokio::test]
+async fn a_buffer_copied_to_another_host_takes_a_new_instance_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = |name: &str, machine: &str, ec2: &str| {
+        let d = dir.path().join(name);
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(d.join("machine-id"), format!("{machine}\n")).unwrap();
+        std::fs::write(d.join("board_asset_tag"), format!("{ec2}\n")).unwrap();
+        HostIdSources {
+            machine_id: Some(d.join("machine-id")),
+            ec2_instance_id: Some(d.join("board_asset_tag")),
+        }
+    };
+    let mut o = opts(&dir);
+    o.host_id = host("a", "5f0c6a1e2b3d4c5e6f708192a3b4c5d6", "i-0aaaaaaaaaaaaaaaa");
+    let (buf, report) = Buffer::open(o.clone()).unwrap();
+    assert!(!report.host_changed);
+    let id = buf.instance_id();
+    let mut r = buf.reader("es").unwrap();
+    assert_eq!(buf.append(&batch("a", 3, 1)).await.unwrap(), 0..3);
+    drop(r);
+    buf.close().await.unwrap();
+    drop(buf);
+    let (buf, report) = Buffer::open(o.clone()).unwrap();
+    assert_eq!((buf.instance_id(), report.host_changed), (id, false), "same host, same id");
+    drop(buf);
+
+    // Baked into an image: same machine id, another instance.
+    o.host_id = host("b", "5f0c6a1e2b3d4c5e6f708192a3b4c5d6", "i-0bbbbbbbbbbbbbbbb");
+    let (buf, report) = Buffer::open(o.clone()).unwrap();
+    assert!(report.host_changed && buf.stats().recovery.host_changed);
+    assert_ne!(buf.instance_id(), id);
+    let moved = buf.instance_id();
+    r = buf.reader("es").unwrap();
+    let got = read_all(&mut r).await;
+    assert_eq!(got.len(), 1, "the events stay");
+    drop(r);
+    drop(buf);
+    let (buf, report) = Buffer::open(o).unwrap();
+    assert_eq!((buf.instance_id(), report.host_changed), (moved, false), "and the new id stays");
+}

@@ -31,6 +31,7 @@ impl BufferConfig {
             sync: self.sync,
             sync_interval: self.sync_interval,
             when_full: self.when_full,
+            host_id: crate::buffer::HostIdSources::default(),
         }
     }
 }

@@ -49,7 +49,9 @@ impl BulkAction {
 /// Where `_id` comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum IdMode {
-    /// `{instance_id:016x}-{offset:x}`: the buffer's identity of the event.
+    /// `{instance_id:016x}-{offset:x}-{crc:08x}`: the buffer's identity of the event and a
+    /// checksum of what its document is made of (tag, time, record), so a 409 means this
+    /// same event is stored.
     Stable,
     /// No `_id`: the cluster assigns one (required by OpenSearch Serverless time series).
     None,
@@ -173,7 +175,8 @@ pub(super) struct RawElasticsearch {
     /// `create` (exactly-once with stable ids; data streams need it) or `index`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub action: Option<Spanned<String>>,
-    /// `stable` (`_id` from the buffer's record identity) or `none` (the cluster assigns).
+    /// `stable` (`_id` from the buffer's record identity and the document's checksum) or
+    /// `none` (the cluster assigns).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub id: Option<Spanned<String>>,
     /// Ingest pipeline; empty for none.

@@ -6,11 +6,17 @@
 //!
 //! Per event, into one reused body buffer and without allocating:
 //! ```text
-//! {"create":{"_index":"logs-web-2026.11.22","_id":"00c0ffee00c0ffee-2a"}}
+//! {"create":{"_index":"logs-web-2026.11.22","_id":"00c0ffee00c0ffee-2a-5d1e07c3"}}
 //! {"log":"hello","@timestamp":"2026-11-22T07:00:05.000000005Z","tag":"app.web"}
 //! ```
-//! The `_id` is the buffer's `(instance_id, offset)`: a retry after a lost response or a
-//! restart writes the same id, and `create` answers 409 instead of indexing a duplicate.
+//! The `_id` is the buffer's `(instance_id, offset)` and a checksum of what the document is
+//! made of (tag, time, record): a retry after a lost response or a restart writes the same
+//! id, and `create` answers 409 instead of indexing a duplicate. The checksum makes that
+//! 409 mean "this same event is stored", not only "something was stored at this offset":
+//! what is sent for an offset can differ between two reads of the buffer (a partial line
+//! flushed incomplete at shutdown, and joined whole after the restart; see
+//! `crate::reassemble`), and the second, different document must not be taken as
+//! delivered (`a_different_document_at_the_same_offset_gets_another_id`).
 //!
 //! Lossy choices, each covered by a test named after it:
 //! - a record that already has `timestamp_key` (or `tag_key`) keeps its own value
@@ -244,6 +250,8 @@ impl BulkEncoder {
             write_hex(body, self.instance_id, 16);
             body.push(b'-');
             write_hex(body, offset, 1);
+            body.push(b'-');
+            write_hex(body, u64::from(content_crc(tag, ev)), 8);
             body.push(b'"');
         }
         body.extend_from_slice(&self.pipeline);
@@ -281,6 +289,18 @@ impl BulkEncoder {
         body.push(b'\n');
         Ok(())
     }
+}
+
+/// The checksum in a stable `_id`: CRC-32C of what the document is made of — the tag
+/// (length first, so tag and record cannot trade bytes), the event time and the record.
+/// Options (keys added, index) are not in it: they are the same for every read of an event
+/// within one configuration.
+pub fn content_crc(tag: &str, ev: &crate::event::Event) -> u32 {
+    let mut c = crc32c::crc32c(&(tag.len() as u32).to_le_bytes());
+    c = crc32c::crc32c_append(c, tag.as_bytes());
+    c = crc32c::crc32c_append(c, &ev.time.secs.to_le_bytes());
+    c = crc32c::crc32c_append(c, &ev.time.nanos.to_le_bytes());
+    crc32c::crc32c_append(c, &ev.record)
 }
 
 /// gzip `body` into `out` (replacing its contents) at the fast level: the CPU matters more
@@ -352,21 +372,22 @@ mod tests {
     #[test]
     fn table_of_action_and_document_lines() {
         let r = rec(&[("log", Value::from("hi")), ("app", Value::from("Web"))]);
-        let cases: Vec<(EncodeOptions, &str)> = vec![
+        let crc = content_crc("app.\"x\"", &ev(r.clone()));
+        let cases: Vec<(EncodeOptions, String)> = vec![
             (
                 EncodeOptions::default(),
-                "{\"create\":{\"_index\":\"logs-web-2026.11.22\",\"_id\":\"00c0ffee00c0ffee-2a\"}}\n\
-                 {\"log\":\"hi\",\"app\":\"Web\",\"@timestamp\":\"2026-11-22T07:00:05.000000005Z\",\"tag\":\"app.\\\"x\\\"\"}\n",
+                format!("{{\"create\":{{\"_index\":\"logs-web-2026.11.22\",\"_id\":\"00c0ffee00c0ffee-2a-{crc:08x}\"}}}}\n\
+                 {{\"log\":\"hi\",\"app\":\"Web\",\"@timestamp\":\"2026-11-22T07:00:05.000000005Z\",\"tag\":\"app.\\\"x\\\"\"}}\n"),
             ),
             (
                 EncodeOptions { action: BulkAction::Index, id: IdMode::None, pipeline: "p\"1".into(), tag_key: String::new(), ..Default::default() },
                 "{\"index\":{\"_index\":\"logs-web-2026.11.22\",\"pipeline\":\"p\\\"1\"}}\n\
-                 {\"log\":\"hi\",\"app\":\"Web\",\"@timestamp\":\"2026-11-22T07:00:05.000000005Z\"}\n",
+                 {\"log\":\"hi\",\"app\":\"Web\",\"@timestamp\":\"2026-11-22T07:00:05.000000005Z\"}\n".to_owned(),
             ),
             (
                 EncodeOptions { timestamp_key: "time".into(), tag_key: "t\n".into(), ..Default::default() },
-                "{\"create\":{\"_index\":\"logs-web-2026.11.22\",\"_id\":\"00c0ffee00c0ffee-2a\"}}\n\
-                 {\"log\":\"hi\",\"app\":\"Web\",\"time\":\"2026-11-22T07:00:05.000000005Z\",\"t\\n\":\"app.\\\"x\\\"\"}\n",
+                format!("{{\"create\":{{\"_index\":\"logs-web-2026.11.22\",\"_id\":\"00c0ffee00c0ffee-2a-{crc:08x}\"}}}}\n\
+                 {{\"log\":\"hi\",\"app\":\"Web\",\"time\":\"2026-11-22T07:00:05.000000005Z\",\"t\\n\":\"app.\\\"x\\\"\"}}\n"),
             ),
         ];
         for (opts, want) in cases {
@@ -390,12 +411,36 @@ mod tests {
         enc.encode(&[delivery(0, "t", vec![rec(&[])])], Position::default(), &mut out);
         assert_eq!(
             text(&out),
-            "{\"create\":{\"_index\":\"i\",\"_id\":\"0000000000000000-0\"}}\n\
+            "{\"create\":{\"_index\":\"i\",\"_id\":\"0000000000000000-0-34a1a82b\"}}\n\
              {\"@timestamp\":\"2026-11-22T07:00:05.000000005Z\",\"tag\":\"t\"}\n"
         );
         let mut hex = Vec::new();
         write_hex(&mut hex, u64::MAX, 1);
         assert_eq!(hex, b"ffffffffffffffff");
+    }
+
+    /// The joiner's shutdown flush then restart: the same offset first carries the
+    /// incomplete line, then the whole one. The second must not hit the first's `_id` (a
+    /// 409 would take it as delivered and it would never be stored); sending the same event
+    /// again must hit it.
+    #[test]
+    fn a_different_document_at_the_same_offset_gets_another_id() {
+        let id_of = |tag: &'static str, r: Bytes| {
+            let mut enc = encoder(EncodeOptions::default());
+            let mut out = BulkBody::default();
+            enc.encode(&[delivery(7, tag, vec![r])], Position::default(), &mut out);
+            let action: serde_json::Value =
+                serde_json::from_str(text(&out).lines().next().unwrap()).unwrap();
+            action["create"]["_id"].as_str().unwrap().to_owned()
+        };
+        let part =
+            rec(&[("log", Value::from("first half ")), ("partial_incomplete", Value::from(true))]);
+        let whole = rec(&[("log", Value::from("first half second half"))]);
+        let a = id_of("app", part.clone());
+        assert!(a.starts_with("00c0ffee00c0ffee-7-"), "{a}");
+        assert_eq!(a, id_of("app", part.clone()), "the same event, the same id");
+        assert_ne!(a, id_of("app", whole), "another document at the same offset");
+        assert_ne!(a, id_of("app2", part), "the tag is part of the document");
     }
 
     #[test]

@@ -568,12 +568,19 @@ mod tests {
             }
             prop_assert!(window.is_empty());
             prop_assert_eq!(acked, final_seq);
+            let mut ids = BTreeMap::new();
+            for d in &ds {
+                for (i, e) in d.batch.events.iter().enumerate() {
+                    let crc = encode::content_crc(d.batch.tag.as_str(), e);
+                    ids.insert(d.offset_of(i), format!("{:016x}-{:x}-{crc:08x}", 0xabc, d.offset_of(i)));
+                }
+            }
             for (offset, kind) in &kinds {
-                let id = format!("{:016x}-{offset:x}", 0xabc);
+                let id = &ids[offset];
                 match *kind {
                     GOOD => {
                         prop_assert!(delivered.contains(offset), "{} not delivered", offset);
-                        prop_assert_eq!(server.stored.get(&id), Some(&GOOD));
+                        prop_assert_eq!(server.stored.get(id), Some(&GOOD));
                     }
                     NOT_A_MAP => prop_assert_eq!(dead.get(offset), Some(&0)),
                     MAPPING_CONFLICT => prop_assert_eq!(dead.get(offset), Some(&400)),

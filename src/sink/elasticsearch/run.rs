@@ -10,7 +10,8 @@
 //! flight; the owner reads more only once every encoded body is in a worker's hands.
 //!
 //! Exactly-once rests on three things: `_id`s are the buffer's stable identity of each
-//! event (`create` answers 409 for a retry of something already stored), a buffer position
+//! event with a checksum of its document (`create` answers 409 for a retry of the same
+//! document already stored, and only for that), a buffer position
 //! is acknowledged only when it and everything before it is settled (`AckWindow`), and a
 //! dead-lettered event is synced to the dead-letter file before it counts as settled.
 //!
