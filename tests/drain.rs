@@ -545,3 +545,28 @@ fn a_rebalance_recommendation_and_a_shutdown_start_soft_drains_when_asked() {
     assert_eq!(state["trigger"]["kind"], "shutdown");
     assert_eq!(state["outcome"], "drained");
 }
+
+#[test]
+fn another_instances_drain_state_is_set_aside_not_resumed() {
+    let world = World::start();
+    let env = world.env();
+    let dir = tmpfs_dir();
+    std::fs::create_dir_all(dir.path().join("buffer")).unwrap();
+    let foreign = serde_json::json!({
+        "version": 1, "trigger": {"kind": "asg_lifecycle"}, "step": "wait_tasks",
+        "started_ms": 1, "deadline_ms": 4_000_000_000_000u64, "draining_set": true,
+        "heartbeats": 3, "last_heartbeat_ms": 1, "flush_mark": null, "completion": null,
+        "instance_id": "i-0someoneelse", "cluster": "prod", "container_instance_arn": "arn:x",
+        "hook": {"group": "g", "name": "h", "heartbeat_timeout_ms": 30000},
+        "hook_resolved": true, "tasks_done_ms": null, "outcome": null, "done_ms": null,
+    });
+    std::fs::write(dir.path().join("buffer/drain.json"), foreign.to_string()).unwrap();
+    let b = start_in(dir, &config(&world, NULL_SINK, ""), &envs(&env));
+    wait_for(WAIT, "the foreign state set aside", || {
+        b.path().join("buffer/drain.json.foreign").exists().then_some(())
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(view(&b)["drain"], Value::Null);
+    assert!(world.proxy.calls_of(HEARTBEAT).is_empty(), "never heart-beats another host's action");
+    assert!(b.stderr_text().contains("another instance's"));
+}

@@ -484,11 +484,36 @@ impl Runner {
     async fn instance_id(&mut self) -> Option<String> {
         if self.instance_id.is_none() && self.deps.imds.is_enabled() {
             match self.deps.imds.require(imds::path::INSTANCE_ID).await {
-                Ok(id) => self.instance_id = Some(id.trim().to_string()),
+                Ok(id) => {
+                    let id = id.trim().to_string();
+                    self.forget_foreign(&id);
+                    self.instance_id = Some(id);
+                }
                 Err(e) => self.error = Some(format!("IMDS: {e}")),
             }
         }
         self.instance_id.clone()
+    }
+
+    /// A state written on another instance (a data volume or disk image copied between
+    /// hosts) is not this host's drain: it is set aside, never resumed or completed here.
+    fn forget_foreign(&mut self, id: &str) {
+        let Some(theirs) = self.state.as_ref().and_then(|s| s.instance_id.clone()) else { return };
+        if theirs == id {
+            return;
+        }
+        tracing::warn!(state_instance = theirs, instance = id, "drain: the drain state is another instance's (a copied disk?); set aside as drain.json.foreign");
+        let (from, to) =
+            (self.dir.join(state::FILE), self.dir.join(format!("{}.foreign", state::FILE)));
+        if let Err(e) = std::fs::rename(&from, &to) {
+            tracing::error!(error = %e, "drain: cannot set the other instance's state aside; draining is off");
+            self.broken = Some(format!(
+                "{}: another instance's drain state ({theirs}); move it away",
+                from.display()
+            ));
+            return;
+        }
+        self.state = None;
     }
 
     /// Once, at the first tick: what would keep a drain from working.
@@ -509,8 +534,9 @@ impl Runner {
             found.push("instance metadata (IMDS) is disabled: no trigger but `berth drain` can start a drain".into());
             None
         };
-        if id.is_some() {
-            self.instance_id = id.clone();
+        if let Some(id) = &id {
+            self.instance_id = Some(id.clone());
+            self.forget_foreign(id);
         }
         if let Err(e) = self.agent.metadata().await {
             found.push(format!("the ECS agent's introspection API does not answer ({e}): the drain cannot set DRAINING or see the tasks"));
@@ -991,7 +1017,12 @@ impl Runner {
     }
 
     async fn heartbeat(&mut self, s: &DrainState) -> bool {
-        let (Some(h), Some(id)) = (s.hook.clone(), s.instance_id.clone()) else { return false };
+        // This host's id as IMDS gives it now, never only the state's: a state from
+        // another host must not act on that host's action.
+        let (Some(h), Some(id)) = (s.hook.clone(), self.instance_id().await) else {
+            self.failed("the lifecycle action", "this instance's id is not known (IMDS)".into());
+            return false;
+        };
         let metrics = Arc::clone(&self.deps.metrics);
         let r = match self.clients().await {
             Ok(c) => {
@@ -1037,7 +1068,12 @@ impl Runner {
     }
 
     async fn complete(&mut self, s: &DrainState, result: LifecycleResult, now: SystemTime) -> bool {
-        let (Some(h), Some(id)) = (s.hook.clone(), s.instance_id.clone()) else { return false };
+        // This host's id as IMDS gives it now, never only the state's: a state from
+        // another host must not act on that host's action.
+        let (Some(h), Some(id)) = (s.hook.clone(), self.instance_id().await) else {
+            self.failed("the lifecycle action", "this instance's id is not known (IMDS)".into());
+            return false;
+        };
         // Recorded before the call: a restart in between makes the call again, and a
         // second completion is answered "no active action", read as done.
         if s.step != Step::Complete {
