@@ -360,17 +360,20 @@ pub struct DrainArgs {
 pub async fn drain_command(args: DrainArgs) -> ExitCode {
     let mut out = std::io::stdout();
     let mut err = Vec::new();
-    let code = drain_command_to(args, &mut out, &mut err, Duration::from_secs(1)).await;
+    let tty = std::io::IsTerminal::is_terminal(&out);
+    let code = drain_command_to(args, &mut out, &mut err, Duration::from_secs(1), tty).await;
     let _ = std::io::stderr().write_all(&err);
     code
 }
 
-/// [`drain_command`] writing to the given sinks, polling every `every` with `--wait`.
+/// [`drain_command`] writing to the given sinks, polling every `every` with `--wait`;
+/// `tty`: `out` is a terminal (one status line rewritten in place).
 pub async fn drain_command_to(
     args: DrainArgs,
     out: &mut dyn Write,
     err: &mut Vec<u8>,
     every: Duration,
+    tty: bool,
 ) -> ExitCode {
     // The daemon answers a request between two steps of its drain: one may be a slow AWS
     // call (30 s at most).
@@ -407,9 +410,14 @@ pub async fn drain_command_to(
     } else if args.abort {
         let _ = writeln!(err, "berth: drain aborted");
     }
+    // On a terminal, --wait keeps one status line up to date; elsewhere (a log, a pipe)
+    // it writes one line per change.
+    let live = args.wait && !args.json && tty;
     let show = |out: &mut dyn Write, v: &serde_json::Value| {
         let _ = if args.json {
             writeln!(out, "{v}")
+        } else if live {
+            write!(out, "\r\x1b[2K{}", crate::drain::runner::line(v))
         } else {
             writeln!(out, "{}", crate::drain::runner::line(v))
         };
@@ -433,6 +441,9 @@ pub async fn drain_command_to(
             show(out, &v);
             last = line;
         }
+    }
+    if live {
+        let _ = writeln!(out);
     }
     let outcome = v.pointer("/drain/outcome").and_then(|o| o.as_str()).unwrap_or("");
     if outcome == "drained" {
