@@ -33,6 +33,9 @@ pub(super) struct Override {
     pub var: String,
     pub path: Vec<Segment>,
     pub value: String,
+    /// Take the value as a string even when it reads as another TOML value: set when the
+    /// key it sets turned out to want a string (`SHARED_KEY=987654321`).
+    pub literal: bool,
 }
 
 impl Override {
@@ -87,7 +90,12 @@ where
                 _ => Segment::Key(seg.to_ascii_lowercase()),
             });
         }
-        out.push(Override { var: name.to_string(), path, value: value.as_ref().to_string() });
+        out.push(Override {
+            var: name.to_string(),
+            path,
+            value: value.as_ref().to_string(),
+            literal: false,
+        });
     }
     out.sort_by(|a, b| a.path.cmp(&b.path).then_with(|| a.var.cmp(&b.var)));
     Ok(out)
@@ -127,7 +135,8 @@ pub(super) fn origin<'a>(
 }
 
 /// Apply one override to the document. The value is read as TOML when it is a TOML value
-/// (`5`, `true`, `["a"]`, `'"quoted"'`) and taken as a plain string otherwise.
+/// (`5`, `true`, `["a"]`, `'"quoted"'`) and taken as a plain string otherwise (or when
+/// `literal`: the key wants a string, see `config::parse`).
 pub(super) fn apply<'i>(
     root: &mut Spanned<DeValue<'i>>,
     o: &'i Override,
@@ -139,8 +148,8 @@ pub(super) fn apply<'i>(
     // key", "unknown key") is not attributed to the key or value inside it.
     let wide = base..base + o.value.len() + 1;
     let value = match DeValue::parse(&o.value) {
-        Ok(v) => shift(v, base),
-        Err(_) => Spanned::new(span.clone(), DeValue::String(Cow::Borrowed(o.value.as_str()))),
+        Ok(v) if !o.literal => shift(v, base),
+        _ => Spanned::new(span.clone(), DeValue::String(Cow::Borrowed(o.value.as_str()))),
     };
     let mut value = Some(value);
     let mut cur = root;

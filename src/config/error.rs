@@ -94,9 +94,33 @@ impl Ctx<'_> {
         {
             message = format!("missing key \"{name}\"");
         }
-        let message = message.replace('`', "\"");
+        let mut message = message.replace('`', "\"");
+        if path.last().is_some_and(|s| matches!(s, env::Segment::Key(k) if is_secret(k))) {
+            message = without_quoted(&message);
+        }
         self.error(span, env::render_path(&path), message, false)
     }
+}
+
+/// Keys whose values are secrets: never in an error message, a log line or `check-config`.
+pub(super) const SECRET_KEYS: [&str; 3] = ["shared_key", "password", "secret_access_key"];
+
+pub(super) fn is_secret(key: &str) -> bool {
+    SECRET_KEYS.contains(&key)
+}
+
+/// A message with every "quoted" part (serde quotes the value it could not take) replaced
+/// by `<redacted>`.
+fn without_quoted(message: &str) -> String {
+    let mut out = String::new();
+    let mut parts = message.split('"');
+    if let Some(first) = parts.next() {
+        out.push_str(first);
+    }
+    for (i, part) in parts.enumerate() {
+        out.push_str(if i % 2 == 0 { "<redacted>" } else { part });
+    }
+    out
 }
 
 pub(super) fn line_of(text: &str, at: usize) -> usize {

@@ -215,7 +215,28 @@ impl Config {
     }
 }
 
+/// Parse, typing each override by the key it sets: a value that reads as a number or a
+/// boolean (`BERTH_INPUT__FORWARD__SHARED_KEY=987654321`) but sets a string key is taken as
+/// the string, found by the type error it causes and parsed again (once per such variable).
 fn parse(text: &str, file: &str, overrides: &[env::Override]) -> Result<Config, ConfigError> {
+    let mut overrides = overrides.to_vec();
+    loop {
+        match parse_once(text, file, &overrides) {
+            Err(ConfigError::Env { var, message, .. })
+                if message.starts_with("invalid type:")
+                    && message.contains("expected a string")
+                    && overrides.iter().any(|o| o.var == var && !o.literal) =>
+            {
+                for o in overrides.iter_mut().filter(|o| o.var == var) {
+                    o.literal = true;
+                }
+            }
+            other => return other,
+        }
+    }
+}
+
+fn parse_once(text: &str, file: &str, overrides: &[env::Override]) -> Result<Config, ConfigError> {
     let doc = DeTable::parse(text).map_err(|e| ConfigError::Parse {
         file: file.to_string(),
         line: line_of(text, e.span().map_or(0, |s| s.start)),

@@ -354,11 +354,9 @@ fn env_overrides_apply_to_builtin_defaults() {
 fn quoting_forces_a_string() {
     let c = load_env(SINK, &[("BERTH_INPUT__FORWARD__SHARED_KEY", "\"123\"")]).unwrap();
     assert_eq!(c.input.forward.shared_key, "123");
-    let e = env_err(SINK, &[("BERTH_INPUT__FORWARD__SHARED_KEY", "123")]);
-    assert_eq!(
-        e,
-        "environment variable BERTH_INPUT__FORWARD__SHARED_KEY: input.forward.shared_key: invalid type: integer \"123\", expected a string"
-    );
+    // Unquoted, too: the key wants a string (it used to fail, and print the secret).
+    let c = load_env(SINK, &[("BERTH_INPUT__FORWARD__SHARED_KEY", "123")]).unwrap();
+    assert_eq!(c.input.forward.shared_key, "123");
 }
 
 #[test]
@@ -987,4 +985,38 @@ fn drain_section_loads_checks_and_round_trips() {
         let got = err(&format!("{text}\n{SINK}"));
         assert!(got.contains(want), "for:\n{text}\nwant: {want}\n got: {got}");
     }
+}
+
+// --- overrides typed by their key, secrets never shown -------------------------------------
+
+#[test]
+fn an_override_is_typed_by_the_key_it_sets() {
+    let c = load_env(
+        SINK,
+        &[
+            ("BERTH_INPUT__FORWARD__SHARED_KEY", "987654321"),
+            ("BERTH_SINK__0__NAME", "true"),
+            ("BERTH_INPUT__FORWARD__MAX_CONNECTIONS", "7"),
+        ],
+    )
+    .unwrap();
+    assert_eq!(c.input.forward.shared_key, "987654321");
+    assert_eq!(c.sinks[0].name, "true");
+    assert_eq!(c.input.forward.max_connections, 7, "a number where a number is wanted");
+    // A number key given words still fails, naming the variable.
+    let e = load_env(SINK, &[("BERTH_INPUT__FORWARD__MAX_CONNECTIONS", "many")])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("BERTH_INPUT__FORWARD__MAX_CONNECTIONS"), "{e}");
+}
+
+#[test]
+fn a_secret_of_the_wrong_type_is_not_shown_in_the_error() {
+    let e = err(&format!("[input.forward]\nshared_key = 987654321\n{SINK}"));
+    assert!(e.contains("input.forward.shared_key") && e.contains("expected a string"), "{e}");
+    assert!(!e.contains("987654321"), "the secret in the error: {e}");
+    let e = err(&format!(
+        "[input.forward]\nshared_key = \"k\"\n[[input.forward.user]]\nusername = \"u\"\npassword = 4242424242\n{SINK}"
+    ));
+    assert!(e.contains("password") && !e.contains("4242424242"), "{e}");
 }
