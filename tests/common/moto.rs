@@ -163,8 +163,10 @@ pub struct Faults {
     /// answer; 0 for never.
     pub lose_every: usize,
     /// Every call's first event is forwarded 15 days older than sent, so that moto itself
-    /// answers it in `rejectedLogEventsInfo` (`tooOldLogEventEndIndex: 0`). Only for moto
-    /// without authentication: the signature no longer matches the body.
+    /// rejects it in `rejectedLogEventsInfo`. moto 5.2.5 answers the index of the last
+    /// too-old event (`tooOldLogEventEndIndex: 0`); the PutLogEvents reference says the
+    /// field "is exclusive" (1 for the first event alone), so the proxy answers that. Only
+    /// for moto without authentication: the signature no longer matches the body.
     pub age_first_event: bool,
 }
 
@@ -317,7 +319,15 @@ fn serve(c: TcpStream, target: &str, f: Faults, calls: &Mutex<Vec<PutCall>>) {
             let _ = w.shutdown(Shutdown::Both);
             return;
         }
-        let (status, ctype, body) = reply;
+        let (status, ctype, mut body) = reply;
+        if f.age_first_event && amz_target.ends_with(".PutLogEvents") && status == 200 {
+            let mut v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+            if let Some(end) = v.pointer("/rejectedLogEventsInfo/tooOldLogEventEndIndex") {
+                let exclusive = end.as_i64().unwrap_or(0) + 1;
+                v["rejectedLogEventsInfo"]["tooOldLogEventEndIndex"] = exclusive.into();
+                body = serde_json::to_vec(&v).unwrap();
+            }
+        }
         let head = format!(
             "HTTP/1.1 {status} X\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\n\r\n",
             body.len()

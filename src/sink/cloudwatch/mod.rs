@@ -27,9 +27,12 @@ use encode::DeadReason;
 pub struct RejectedInfo {
     /// Events from this index on were too far in the future.
     pub too_new_start: Option<usize>,
-    /// Events up to and including this index were too old.
+    /// Events before this index were too old: the PutLogEvents reference says
+    /// `tooOldLogEventEndIndex` "is exclusive" (the event at it was stored).
     pub too_old_end: Option<usize>,
-    /// Events up to and including this index were older than the group's retention.
+    /// Events up to and including this index were older than the group's retention (the
+    /// reference does not say; read inclusively, as the name "end index" of the events it
+    /// names — a stored event dead-lettered is a copy, a dropped one would be a loss).
     pub expired_end: Option<usize>,
 }
 
@@ -38,7 +41,7 @@ impl RejectedInfo {
     pub fn reason(&self, i: usize) -> Option<DeadReason> {
         if self.expired_end.is_some_and(|e| i <= e) {
             Some(DeadReason::BeforeRetention)
-        } else if self.too_old_end.is_some_and(|e| i <= e) {
+        } else if self.too_old_end.is_some_and(|e| i < e) {
             Some(DeadReason::TooOld)
         } else if self.too_new_start.is_some_and(|s| i >= s) {
             Some(DeadReason::TooNew)
@@ -115,10 +118,15 @@ mod tests {
     fn rejected_info_marks_the_ranges_it_names() {
         let none = RejectedInfo::default();
         assert!((0..5).all(|i| none.reason(i).is_none()));
+        // tooOldLogEventEndIndex 3 is exclusive: events 0..3 were too old, 3 was stored;
+        // tooNewLogEventStartIndex 8 is inclusive.
         let r = RejectedInfo { too_new_start: Some(8), too_old_end: Some(3), expired_end: Some(1) };
         let got: Vec<Option<&str>> = (0..10).map(|i| r.reason(i).map(DeadReason::label)).collect();
         let (e, o, n) = (Some("expired"), Some("too_old"), Some("too_new"));
-        assert_eq!(got, vec![e, e, o, o, None, None, None, None, n, n]);
+        assert_eq!(got, vec![e, e, o, None, None, None, None, None, n, n]);
+        let first_only = RejectedInfo { too_old_end: Some(1), ..RejectedInfo::default() };
+        assert_eq!(first_only.reason(0).map(DeadReason::label), o);
+        assert_eq!(first_only.reason(1), None, "the event at the exclusive end was accepted");
     }
 
     #[test]
