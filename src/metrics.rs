@@ -78,6 +78,8 @@ pub struct Metrics {
     pub output_retries: Family<SinkReasonLabel, Counter>,
     /// Events written to a sink's dead-letter file instead of being delivered.
     pub dead_letter_records: Family<SinkReasonLabel, Counter>,
+    /// Dead-letter lines dropped with the oldest generation at `dead_letter_max_size`.
+    pub dead_letter_dropped: Family<SinkLabel, Counter>,
     /// Events too large for one CloudWatch Logs event, sent as several parts.
     pub output_split_records: Family<SinkLabel, Counter>,
     /// Time from sending a request to having its whole response, per request (answered or
@@ -153,6 +155,7 @@ impl Metrics {
             output_errors: Family::default(),
             output_retries: Family::default(),
             dead_letter_records: Family::default(),
+            dead_letter_dropped: Family::default(),
             output_split_records: Family::default(),
             output_request_duration: Family::new_with_constructor(request_duration_histogram),
             reassembled_records: Family::default(),
@@ -212,6 +215,11 @@ impl Metrics {
             "dead_letter_records",
             "Events written to a dead-letter file, by reason",
             m.dead_letter_records.clone(),
+        );
+        registry.register(
+            "dead_letter_dropped_records",
+            "Dead-letter lines dropped with the oldest file generation at dead_letter_max_size",
+            m.dead_letter_dropped.clone(),
         );
         registry.register(
             "output_request_duration_seconds",

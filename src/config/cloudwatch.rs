@@ -74,6 +74,8 @@ pub struct CloudWatchConfig {
     /// file (`retry_expired`); `None`: retried for ever (the default).
     pub max_retry_duration: Option<Duration>,
     pub dead_letter_path: PathBuf,
+    /// The dead-letter file and its older generation hold at most this; `None`: no limit.
+    pub dead_letter_max_size: Option<u64>,
 }
 
 /// `type = "cloudwatch_logs"`: the sink's own keys. `region`, `role_arn` and
@@ -224,8 +226,14 @@ pub(super) fn build(
             ))
         }
     };
-    let NetworkKeys { flush_interval, concurrency, timeout, max_retry_duration, dead_letter_path } =
-        network_keys(&s.network, name, i, ctx)?;
+    let NetworkKeys {
+        flush_interval,
+        concurrency,
+        timeout,
+        max_retry_duration,
+        dead_letter_path,
+        dead_letter_max_size,
+    } = network_keys(&s.network, name, i, ctx)?;
     Ok(CloudWatchConfig {
         aws,
         endpoint_url,
@@ -245,6 +253,7 @@ pub(super) fn build(
         timeout,
         max_retry_duration,
         dead_letter_path,
+        dead_letter_max_size,
     })
 }
 
@@ -271,6 +280,7 @@ pub(super) fn to_raw(c: &CloudWatchConfig) -> RawCloudWatch {
             timeout: c.timeout,
             max_retry_duration: c.max_retry_duration,
             dead_letter_path: c.dead_letter_path.clone(),
+            dead_letter_max_size: c.dead_letter_max_size,
         }),
     }
 }

@@ -152,6 +152,8 @@ pub struct ElasticsearchConfig {
     /// dead-lettered (`retry_expired`); `None`: retried for ever (the default).
     pub max_retry_duration: Option<Duration>,
     pub dead_letter_path: PathBuf,
+    /// The dead-letter file and its older generation hold at most this; `None`: no limit.
+    pub dead_letter_max_size: Option<u64>,
     pub auth: EsAuth,
     /// Extra trusted CA certificates (PEM).
     pub ca_file: Option<PathBuf>,
@@ -413,8 +415,14 @@ pub(super) fn build(
             ))
         }
     };
-    let NetworkKeys { flush_interval, concurrency, timeout, max_retry_duration, dead_letter_path } =
-        network_keys(&s.network, name, i, ctx)?;
+    let NetworkKeys {
+        flush_interval,
+        concurrency,
+        timeout,
+        max_retry_duration,
+        dead_letter_path,
+        dead_letter_max_size,
+    } = network_keys(&s.network, name, i, ctx)?;
     let auth = match &s.auth {
         None => EsAuth::None,
         Some(a) => auth(a, i, ctx)?,
@@ -446,6 +454,7 @@ pub(super) fn build(
         timeout,
         max_retry_duration,
         dead_letter_path,
+        dead_letter_max_size,
         auth,
         ca_file,
     })
@@ -585,6 +594,7 @@ pub(super) fn to_raw(c: &ElasticsearchConfig) -> RawElasticsearch {
             timeout: c.timeout,
             max_retry_duration: c.max_retry_duration,
             dead_letter_path: c.dead_letter_path.clone(),
+            dead_letter_max_size: c.dead_letter_max_size,
         }),
         auth: sp(auth),
         tls: c.ca_file.as_ref().and_then(|f| sp(RawTls { ca_file: f.display().to_string() })),

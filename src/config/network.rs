@@ -2,7 +2,7 @@
 //! way for both: `flush_interval`, `concurrency`, `timeout`, `max_retry_duration`,
 //! `dead_letter_path`; and what an endpoint URL must look like.
 
-use super::values::{Dur, LimitDur};
+use super::values::{Dur, LimitDur, Size};
 use super::{ConfigError, Ctx};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
@@ -35,7 +35,15 @@ pub(super) struct RawNetwork {
     /// JSON lines file for the events that can never be delivered.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dead_letter_path: Option<Spanned<String>>,
+    /// The most the dead-letter file and its one older generation (`<path>.1`) hold
+    /// together; past half of it the file is rotated and the older generation dropped
+    /// (counted). `"0"`: no limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dead_letter_max_size: Option<Spanned<Size>>,
 }
+
+/// The dead-letter files' default cap: rejects must not fill the buffer's disk.
+pub const DEFAULT_DEAD_LETTER_MAX_SIZE: u64 = 256 << 20;
 
 /// The shared keys, checked.
 #[derive(Debug, Clone)]
@@ -47,6 +55,8 @@ pub(super) struct NetworkKeys {
     /// `None`: retried for ever.
     pub max_retry_duration: Option<Duration>,
     pub dead_letter_path: PathBuf,
+    /// `None`: no limit.
+    pub dead_letter_max_size: Option<u64>,
 }
 
 pub(super) fn network_keys(
@@ -100,12 +110,24 @@ pub(super) fn network_keys(
         }
         Some(p) => PathBuf::from(p.get_ref()),
     };
+    let max =
+        s.dead_letter_max_size.as_ref().map_or(DEFAULT_DEAD_LETTER_MAX_SIZE, |m| m.get_ref().0);
+    if let Some(m) =
+        s.dead_letter_max_size.as_ref().filter(|m| m.get_ref().0 != 0 && m.get_ref().0 < 1 << 20)
+    {
+        return Err(invalid(
+            m.span(),
+            "dead_letter_max_size",
+            "must be \"0\" (no limit) or at least 1MiB".into(),
+        ));
+    }
     Ok(NetworkKeys {
         flush_interval,
         concurrency,
         timeout,
         max_retry_duration: (!max_retry_duration.is_zero()).then_some(max_retry_duration),
         dead_letter_path,
+        dead_letter_max_size: (max != 0).then_some(max),
     })
 }
 
@@ -126,5 +148,6 @@ pub(super) fn to_raw(n: &NetworkKeys) -> RawNetwork {
         timeout: sp(Dur(n.timeout)),
         max_retry_duration: sp(LimitDur(n.max_retry_duration.unwrap_or(Duration::ZERO))),
         dead_letter_path: sp(n.dead_letter_path.display().to_string()),
+        dead_letter_max_size: sp(Size(n.dead_letter_max_size.unwrap_or(0))),
     }
 }

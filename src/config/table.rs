@@ -104,7 +104,14 @@ mod tests {
     fn keys_come_from_the_derive() {
         assert_eq!(
             keys_of::<RawNetwork>(),
-            ["flush_interval", "concurrency", "timeout", "max_retry_duration", "dead_letter_path"]
+            [
+                "flush_interval",
+                "concurrency",
+                "timeout",
+                "max_retry_duration",
+                "dead_letter_path",
+                "dead_letter_max_size"
+            ]
         );
         // Flattened parts are read by hand, so they are not keys of the outer struct.
         let cw = keys_of::<super::super::cloudwatch::RawCloudWatch>();

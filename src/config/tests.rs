@@ -778,7 +778,7 @@ fn sink_keys_come_from_their_type() {
     // A key of another type, and the value of one, on each side.
     for (text, want) in [
         ("[[sink]]\nname = \"s\"\ntype = \"elasticsearch\"\nendpoints = [\"http://x\"]\nindex = \"i\"\nexternal_id = \"x\"\n", "line 6: sink[0].external_id: only sinks of type \"cloudwatch_logs\" have external_id (this one is \"elasticsearch\")"),
-        ("[[sink]]\nname = \"s\"\ntype = \"cloudwatch_logs\"\nauth = { type = \"none\" }\n", "line 4: sink[0].auth: only sinks of type \"elasticsearch\" have auth (cloudwatch_logs sinks share only flush_interval, concurrency, timeout, max_retry_duration, dead_letter_path)"),
+        ("[[sink]]\nname = \"s\"\ntype = \"cloudwatch_logs\"\nauth = { type = \"none\" }\n", "line 4: sink[0].auth: only sinks of type \"elasticsearch\" have auth (cloudwatch_logs sinks share only flush_interval, concurrency, timeout, max_retry_duration, dead_letter_path, dead_letter_max_size)"),
         ("[[sink]]\nname = \"s\"\ntype = \"null\"\nconcurrency = 2\n", "line 4: sink[0].concurrency: only sinks of type \"elasticsearch\" have concurrency (this one is \"null\")"),
         ("[[sink]]\nname = \"s\"\ntype = \"stdout\"\nconcurrency = \"x\"\n", "line 4: sink[0].concurrency: invalid type: string \"x\", expected i64"),
         ("[[sink]]\nname = \"s\"\ntype = \"cloudwatch_logs\"\nregion = 5\n", "line 4: sink[0].region: invalid type: integer \"5\", expected a string"),

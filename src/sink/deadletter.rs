@@ -99,20 +99,45 @@ impl DeadLetterFile {
     /// Append the queued lines and sync them (blocking: call from the blocking pool).
     /// The queue is emptied only on success.
     pub fn flush_blocking(&mut self) -> Result<(), DeadLetterError> {
-        append_sync(&self.path, &self.buf)?;
+        append_sync(&self.path, &self.buf, None)?;
         self.buf.clear();
         Ok(())
     }
 }
 
+/// The older generation of a dead-letter file: `<path>.1`.
+pub fn older(path: &Path) -> PathBuf {
+    let mut p = path.as_os_str().to_owned();
+    p.push(".1");
+    PathBuf::from(p)
+}
+
 /// Append `lines` to the file at `path` (created with its directory) and `sync_data` it.
-pub fn append_sync(path: &Path, lines: &[u8]) -> Result<(), DeadLetterError> {
+/// With `max`: when the file would pass half of it, it becomes the older generation
+/// (`<path>.1`, replacing the one before, whose lines are dropped) and a new file is
+/// started, so the two hold at most about `max` — rejects never fill the buffer's disk.
+/// Returns how many lines were dropped.
+pub fn append_sync(path: &Path, lines: &[u8], max: Option<u64>) -> Result<u64, DeadLetterError> {
     if lines.is_empty() {
-        return Ok(());
+        return Ok(0);
     }
     let err = |source| DeadLetterError { path: path.to_path_buf(), source };
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::DirBuilder::new().recursive(true).mode(0o750).create(dir).map_err(err)?;
+    }
+    let mut dropped = 0;
+    if let Some(max) = max {
+        let len = std::fs::metadata(path).map_or(0, |m| m.len());
+        if len > 0 && len + lines.len() as u64 > max / 2 {
+            let old = older(path);
+            // The generation dropped: its lines counted (it is at most half the cap, and
+            // this happens once per half cap of rejects).
+            dropped = match std::fs::read(&old) {
+                Ok(b) => memchr::memchr_iter(b'\n', &b).count() as u64,
+                Err(_) => 0,
+            };
+            std::fs::rename(path, &old).map_err(err)?;
+        }
     }
     let mut f = std::fs::OpenOptions::new()
         .append(true)
@@ -121,7 +146,14 @@ pub fn append_sync(path: &Path, lines: &[u8]) -> Result<(), DeadLetterError> {
         .open(path)
         .map_err(err)?;
     f.write_all(lines).map_err(err)?;
-    f.sync_data().map_err(err)
+    f.sync_data().map_err(err)?;
+    if dropped > 0 || max.is_some() {
+        // The rename is durable with the directory.
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            let _ = std::fs::File::open(dir).and_then(|d| d.sync_all());
+        }
+    }
+    Ok(dropped)
 }
 
 /// Dead letters queued by one task of a sink, and the lock all its tasks take to append
@@ -132,11 +164,18 @@ pub struct DeadLetters {
     offsets: Vec<(u64, &'static str)>,
     /// One writer at a time, so that the lines of two workers never interleave.
     lock: Arc<Mutex<()>>,
+    /// `dead_letter_max_size`.
+    max: Option<u64>,
 }
 
 impl DeadLetters {
-    pub fn new(path: &Path, lock: &Arc<Mutex<()>>) -> DeadLetters {
-        DeadLetters { file: DeadLetterFile::new(path), offsets: Vec::new(), lock: Arc::clone(lock) }
+    pub fn new(path: &Path, max: Option<u64>, lock: &Arc<Mutex<()>>) -> DeadLetters {
+        DeadLetters {
+            file: DeadLetterFile::new(path),
+            offsets: Vec::new(),
+            lock: Arc::clone(lock),
+            max,
+        }
     }
 
     /// Queue the event at `offset` of `group`; `label` is the metric's reason.
@@ -165,18 +204,28 @@ impl DeadLetters {
             Backoff::from_entropy(Duration::from_millis(100), Duration::from_secs(30));
         loop {
             // A copy to the blocking pool: the lines stay queued until they are on disk.
-            let (path, lines, lock) = (
+            let (path, lines, lock, max) = (
                 self.file.path().to_path_buf(),
                 self.file.pending().to_vec(),
                 Arc::clone(&self.lock),
+                self.max,
             );
             let write = move || {
                 // A writer that panicked left no half-held state behind: the file is reopened.
                 let _one_writer = lock.lock().unwrap_or_else(PoisonError::into_inner);
-                append_sync(&path, &lines)
+                append_sync(&path, &lines, max)
             };
             match tokio::task::spawn_blocking(write).await {
-                Ok(Ok(())) => break,
+                Ok(Ok(dropped)) => {
+                    if dropped > 0 {
+                        metrics
+                            .dead_letter_dropped
+                            .get_or_create(&crate::metrics::SinkLabel { sink: sink.to_owned() })
+                            .inc_by(dropped);
+                        tracing::warn!(sink, dropped, path = %self.file.path().display(), "dead-letter file rotated at dead_letter_max_size: its oldest generation dropped");
+                    }
+                    break;
+                }
                 Ok(Err(e)) => {
                     tracing::error!(sink, error = %e, "dead letters not written; retrying")
                 }
@@ -215,6 +264,36 @@ fn json_string(out: &mut Vec<u8>, s: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_file_and_its_older_generation_stay_under_the_cap_and_drops_are_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("dl/s.ndjson");
+        let max = 1 << 20;
+        let line = format!("{}\n", "x".repeat(1023)); // 1 KiB a line
+        let chunk = line.repeat(100); // 100 KiB, 100 lines
+        let mut dropped = 0;
+        for _ in 0..30 {
+            dropped += append_sync(&path, chunk.as_bytes(), Some(max)).unwrap();
+            let cur = std::fs::metadata(&path).unwrap().len();
+            let old = std::fs::metadata(older(&path)).map_or(0, |m| m.len());
+            assert!(cur + old <= max, "{cur} + {old} over the cap");
+        }
+        // 3,000 lines written, the two generations hold at most 1,000 of them; every line
+        // not there is counted.
+        let count = |p: &Path| {
+            std::fs::read(p).map_or(0, |b| memchr::memchr_iter(b'\n', &b).count() as u64)
+        };
+        assert_eq!(dropped + count(&path) + count(&older(&path)), 3000);
+        assert!(dropped >= 2000, "{dropped}");
+        // No cap: one file grows.
+        let free = dir.path().join("free.ndjson");
+        for _ in 0..30 {
+            assert_eq!(append_sync(&free, chunk.as_bytes(), None).unwrap(), 0);
+        }
+        assert_eq!(count(&free), 3000);
+        assert!(!older(&free).exists());
+    }
     use crate::event::{Batch, EventTime};
     use bytes::Bytes;
 

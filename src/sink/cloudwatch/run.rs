@@ -199,7 +199,7 @@ fn status_of<E>(e: &SdkError<E, aws_smithy_runtime_api::http::Response>) -> Opti
 
 impl Shared {
     fn dead_letters(&self) -> DeadLetters {
-        DeadLetters::new(&self.cfg.dead_letter_path, &self.dead_lock)
+        DeadLetters::new(&self.cfg.dead_letter_path, self.cfg.dead_letter_max_size, &self.dead_lock)
     }
 
     fn retried(&self, reason: &'static str) {

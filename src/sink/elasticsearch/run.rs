@@ -82,7 +82,11 @@ pub async fn run(
             .map_err(|e| SinkError::Io { sink: name.clone(), source: std::io::Error::other(e) })?;
         idle.push(Worker {
             client,
-            dead: DeadLetters::new(&cfg.dead_letter_path, &dead_file_lock),
+            dead: DeadLetters::new(
+                &cfg.dead_letter_path,
+                cfg.dead_letter_max_size,
+                &dead_file_lock,
+            ),
             done: Vec::new(),
             settled: settled_tx.clone(),
             conflict_means_delivered,
@@ -118,7 +122,7 @@ pub async fn run(
     let mut owner = Owner {
         encoder: BulkEncoder::new(cfg.encode.clone(), cfg.template.clone(), instance_id),
         window: AckWindow::new(ctx.reader.acked()),
-        dead: DeadLetters::new(&cfg.dead_letter_path, &dead_file_lock),
+        dead: DeadLetters::new(&cfg.dead_letter_path, cfg.dead_letter_max_size, &dead_file_lock),
         name: name.clone(),
     };
     let open_limit = MAX_OPEN_DELIVERIES.max((cfg.concurrency + 1) * cfg.encode.batch_max_records);
