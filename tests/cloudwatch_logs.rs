@@ -521,3 +521,54 @@ fn sigv4_and_iam_checked_by_moto_wrong_secret_is_a_clear_error_and_loses_nothing
         (0..20).map(|i| format!("i{i}")).collect::<Vec<_>>()
     );
 }
+
+#[test]
+fn a_log_group_the_policy_refuses_is_dead_lettered_and_the_other_streams_go_on() {
+    let moto = Moto::start(&[]);
+    let proxy = FaultProxy::start(
+        &moto.addr,
+        Faults { deny_group: Some("/ecs/prod/secret"), ..Faults::default() },
+    );
+    let b = start_cw(&config(&proxy.url(), "denied_retry_duration = \"2s\""));
+    let t0 = now_secs() - 100;
+    let mut entries = Vec::new();
+    for i in 0..40 {
+        let family = if i % 2 == 0 { "app" } else { "secret" };
+        let mut r = ecs("deny", "web", &format!("d{i}"));
+        if let rmpv::Value::Map(m) = &mut r {
+            for (k, v) in m.iter_mut() {
+                if k.as_str() == Some("ecs_task_definition_family") {
+                    *v = rmpv::Value::from(family);
+                }
+            }
+        }
+        entries.push((t0 + i, r));
+    }
+    send(&b, "docker.deny", &entries, 4);
+    // Everything settles: the allowed group's events stored, the refused group's in the
+    // dead-letter file with the reason, none lost, the sink not stuck.
+    wait_acknowledged(&b);
+    let stored = Stored::read(&moto.url(), None);
+    assert_eq!(
+        stored.messages("/ecs/prod/app", "deny/web"),
+        (0..40).step_by(2).map(|i| format!("d{i}")).collect::<Vec<_>>()
+    );
+    let dl = read_ndjson(&b.path().join("dead/cw.ndjson"));
+    let mut dead: Vec<i64> = dl
+        .iter()
+        .map(|l| {
+            assert_eq!(l["error_type"], "denied", "{l}");
+            let reason = l["reason"].as_str().unwrap();
+            assert!(
+                reason.contains("/ecs/prod/secret") && reason.contains("AccessDenied"),
+                "{reason}"
+            );
+            l["record"]["log"].as_str().unwrap()[1..].parse().unwrap()
+        })
+        .collect();
+    dead.sort_unstable();
+    assert_eq!(dead, (1..40).step_by(2).collect::<Vec<_>>());
+    b.wait_metric("berth_dead_letter_records_total{sink=\"cw\",reason=\"denied\"}", 20.0);
+    assert!(b.metric("berth_output_retries_total{sink=\"cw\",reason=\"denied\"}") >= 1.0);
+    assert!(b.stderr_text().contains("refused for this log group by the policy"));
+}

@@ -295,7 +295,14 @@ fn faults_413_503_and_item_429_end_with_every_record_exactly_once() {
     let os = Osmem::start();
     let faults = FaultServer::start(
         &os.addr,
-        Faults { max_body: 1500, unavailable_every: 3, item_429_every: 4, gate: 0, retry_after: 0 },
+        Faults {
+            max_body: 1500,
+            unavailable_every: 3,
+            item_429_every: 4,
+            gate: 0,
+            retry_after: 0,
+            forbidden: false,
+        },
     );
     let (b, st) = exactly_once_through(
         &os,
@@ -332,7 +339,14 @@ fn gzip_bodies_split_on_413_and_retry_after_is_honoured() {
     let os = Osmem::start();
     let faults = FaultServer::start(
         &os.addr,
-        Faults { max_body: 700, unavailable_every: 2, item_429_every: 0, gate: 0, retry_after: 1 },
+        Faults {
+            max_body: 700,
+            unavailable_every: 2,
+            item_429_every: 0,
+            gate: 0,
+            retry_after: 1,
+            forbidden: false,
+        },
     );
     let (_b, st) =
         exactly_once_through(&os, &faults, "batch_max_records = 50\nconcurrency = 1", "gzfaults");
@@ -418,6 +432,7 @@ fn max_retry_duration_dead_letters_a_batch_answered_503_forever() {
             item_429_every: 0,
             gate: 0,
             retry_after: 0,
+            forbidden: false,
         },
     );
     let b = start(&config(
@@ -438,6 +453,38 @@ fn max_retry_duration_dead_letters_a_batch_answered_503_forever() {
         (metric_value(&m, "berth_sink_lag_records{sink=\"search\"}") == 0.0).then_some(m)
     });
     b.wait_metric("berth_dead_letter_records_total{sink=\"search\",reason=\"retry_expired\"}", 5.0);
+}
+
+/// A 403 for the whole request (the access policy refuses the role) is bounded by
+/// `max_retry_duration` like any other failure that holds the sink: one rule for both
+/// network sinks (CloudWatch's credentials errors honour it too).
+#[test]
+fn max_retry_duration_bounds_a_request_refused_403() {
+    let os = Osmem::start();
+    let faults = FaultServer::start(
+        &os.addr,
+        Faults {
+            max_body: usize::MAX,
+            unavailable_every: 0,
+            item_429_every: 0,
+            gate: 0,
+            retry_after: 0,
+            forbidden: true,
+        },
+    );
+    let b = start(&config(
+        &faults.url(),
+        "compression = \"none\"\ntimeout = \"1s\"\nmax_retry_duration = \"2s\"",
+    ));
+    send_acked(&b, "app.f", &(0..5).map(|n| rec_n("forbidden", n)).collect::<Vec<_>>());
+    let lines = wait_expired(&b.path().join("dead/search.ndjson"), 5);
+    assert_eq!(lines.len(), 5, "{lines:?}");
+    for l in &lines {
+        assert_eq!(l["error_type"], "retry_expired", "{l}");
+        assert!(l["reason"].as_str().unwrap().contains("http status 403"), "{l}");
+    }
+    assert!(b.metric("berth_output_retries_total{sink=\"search\",reason=\"unauthorized\"}") >= 2.0);
+    assert!(b.stderr_text().contains("refused as unauthorized"));
 }
 
 /// Send `records` as Forward-mode requests of `per` entries each and wait for each ack:
@@ -500,7 +547,14 @@ fn concurrency_4_through_413_503_and_item_429_ends_with_every_record_exactly_onc
     // The gate holds the first 4 requests until all 4 are in flight at once.
     let faults = FaultServer::start(
         &os.addr,
-        Faults { max_body: 1500, unavailable_every: 3, item_429_every: 4, gate: 4, retry_after: 0 },
+        Faults {
+            max_body: 1500,
+            unavailable_every: 3,
+            item_429_every: 4,
+            gate: 4,
+            retry_after: 0,
+            forbidden: false,
+        },
     );
     let b = start(&config(
         &faults.url(),

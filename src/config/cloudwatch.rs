@@ -7,7 +7,7 @@
 use super::aws::{self, AwsAuth, RawAws};
 use super::network::{self, is_http_url, network_keys, NetworkKeys, RawNetwork};
 use super::table::{self, keys_of};
-use super::values::Size;
+use super::values::{Dur, Size};
 use super::{ConfigError, Ctx};
 use crate::template::{NameTemplate, Naming};
 use serde::{Deserialize, Serialize};
@@ -66,6 +66,8 @@ pub struct CloudWatchConfig {
     pub kms_key_id: Option<String>,
     /// Bytes of one event at most, its overhead included: 1 KiB to 1 MiB.
     pub max_event_size: usize,
+    /// A batch whose destination is refused is dead-lettered after this.
+    pub denied_retry_duration: Duration,
     pub flush_interval: Duration,
     /// PutLogEvents calls in flight at once (each for a different stream).
     pub concurrency: usize,
@@ -117,6 +119,11 @@ pub(super) struct RawCloudWatch {
     /// Largest event sent, its 26 bytes of overhead included; longer messages are split.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_event_size: Option<Spanned<Size>>,
+    /// How long a batch whose group or stream is refused (AccessDenied, a group that may
+    /// not or cannot be created) is retried before its events are dead-lettered (`denied`),
+    /// so one bad destination does not hold every other stream.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub denied_retry_duration: Option<Spanned<Dur>>,
     /// `flush_interval`, `concurrency`, `timeout`, `max_retry_duration`,
     /// `dead_letter_path` (read by [`read`]).
     #[serde(flatten, skip_deserializing)]
@@ -248,6 +255,10 @@ pub(super) fn build(
         log_group_class,
         kms_key_id: opt(&s.kms_key_id),
         max_event_size,
+        denied_retry_duration: s
+            .denied_retry_duration
+            .as_ref()
+            .map_or(DEFAULT_DENIED_RETRY_DURATION, |d| d.get_ref().0),
         flush_interval,
         concurrency,
         timeout,
@@ -256,6 +267,10 @@ pub(super) fn build(
         dead_letter_max_size,
     })
 }
+
+/// How long a refused destination is retried by default: long enough for an IAM change
+/// made to fix it to propagate, short enough that the sink's other streams do not wait long.
+pub const DEFAULT_DENIED_RETRY_DURATION: Duration = Duration::from_secs(300);
 
 /// The typed config back in the file's shape.
 pub(super) fn to_raw(c: &CloudWatchConfig) -> RawCloudWatch {
@@ -274,6 +289,7 @@ pub(super) fn to_raw(c: &CloudWatchConfig) -> RawCloudWatch {
         log_group_class: sp(c.log_group_class.as_str().to_owned()),
         kms_key_id: sp(c.kms_key_id.clone().unwrap_or_default()),
         max_event_size: sp(Size(c.max_event_size as u64)),
+        denied_retry_duration: sp(Dur(c.denied_retry_duration)),
         network: network::to_raw(&NetworkKeys {
             flush_interval: c.flush_interval,
             concurrency: c.concurrency,

@@ -168,6 +168,10 @@ pub struct Faults {
     /// field "is exclusive" (1 for the first event alone), so the proxy answers that. Only
     /// for moto without authentication: the signature no longer matches the body.
     pub age_first_event: bool,
+    /// Calls naming this log group (PutLogEvents, CreateLogGroup, CreateLogStream) are
+    /// answered 400 `AccessDeniedException`, as when the IAM policy does not allow the group
+    /// (moto evaluates a policy's actions, not its resources).
+    pub deny_group: Option<&'static str>,
 }
 
 /// One PutLogEvents that reached the proxy.
@@ -247,6 +251,23 @@ fn serve(c: TcpStream, target: &str, f: Faults, calls: &Mutex<Vec<PutCall>>) {
         let req_headers = req.headers.clone();
         let (request_line, mut body) = (req.line, req.body);
         let mut headers = req.headers;
+        if let Some(denied) = f.deny_group {
+            let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+            if v["logGroupName"].as_str() == Some(denied) {
+                let action = amz_target.rsplit('.').next().unwrap_or("").to_string();
+                let msg = format!(
+                    r#"{{"__type":"AccessDeniedException","message":"User is not authorized to perform: logs:{action} on resource: log-group:{denied} (injected)"}}"#
+                );
+                let head = format!(
+                    "HTTP/1.1 400 X\r\nContent-Type: application/x-amz-json-1.1\r\nContent-Length: {}\r\n\r\n",
+                    msg.len()
+                );
+                if w.write_all(head.as_bytes()).and_then(|_| w.write_all(msg.as_bytes())).is_err() {
+                    return;
+                }
+                continue;
+            }
+        }
         if f.age_first_event && amz_target.ends_with(".PutLogEvents") {
             let mut v: serde_json::Value =
                 serde_json::from_slice(&body).expect("PutLogEvents json");

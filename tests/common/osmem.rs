@@ -276,6 +276,9 @@ pub struct Faults {
     /// 0 for no gate. A request waits at most 30 s: a client that never has that many in
     /// flight shows as `FaultStats::gate_peak` below `gate`.
     pub gate: usize,
+    /// Every request is answered 403 `security_exception` (the cluster's access policy
+    /// refuses the role), nothing stored.
+    pub forbidden: bool,
 }
 
 /// An HTTP/1.1 `_bulk` endpoint in front of osmem-server that injects [`Faults`]. Bodies
@@ -355,7 +358,13 @@ fn serve_faults(c: TcpStream, target: &str, f: Faults, stats: &Mutex<FaultStats>
             s.arrived.push(std::time::Instant::now());
             s.requests
         };
-        let (status, extra, reply) = if body.len() > f.max_body {
+        let (status, extra, reply) = if f.forbidden {
+            (
+                403,
+                String::new(),
+                r#"{"error":{"type":"security_exception","reason":"no permissions for [indices:data/write/bulk] (injected)"},"status":403}"#.to_string(),
+            )
+        } else if body.len() > f.max_body {
             stats.lock().unwrap().too_large += 1;
             (413, String::new(), String::new())
         } else if f.unavailable_every > 0 && n % f.unavailable_every == 0 {

@@ -58,8 +58,13 @@ pub enum Failure {
     NotFound,
     /// Throttled, unavailable, a 5xx or a connection error: back off, send the same batch.
     Retry { reason: &'static str },
-    /// Credentials missing, wrong or expired: back off, send again, log an error.
+    /// Credentials missing, wrong or expired: back off, send again, log an error. Holds
+    /// the sink (nothing else could get through either).
     Unauthorized,
+    /// The policy refuses this group or stream (`AccessDeniedException`): other
+    /// destinations may be allowed, so after `denied_retry_duration` its events are
+    /// dead-lettered and the sink goes on.
+    Denied,
     /// The request itself is refused and will be refused again: to the dead-letter file.
     Reject,
     /// The group or stream already exists (a create call raced another writer): done.
@@ -84,10 +89,9 @@ pub fn classify(code: Option<&str>, status: Option<u16>) -> Failure {
         Some("ServiceUnavailableException" | "InternalFailure" | "ServiceUnavailable") => {
             return Failure::Retry { reason: "unavailable" }
         }
+        Some("AccessDeniedException" | "AccessDenied") => return Failure::Denied,
         Some(
             "UnrecognizedClientException"
-            | "AccessDeniedException"
-            | "AccessDenied"
             | "InvalidSignatureException"
             | "SignatureDoesNotMatch"
             | "IncompleteSignature"
@@ -144,6 +148,7 @@ mod tests {
             (None, Some(429), Failure::Retry { reason: "throttled" }),
             (None, None, Failure::Retry { reason: "connection" }),
             (Some("UnrecognizedClientException"), Some(400), Failure::Unauthorized),
+            (Some("AccessDeniedException"), Some(400), Failure::Denied),
             (Some("InvalidSignatureException"), Some(403), Failure::Unauthorized),
             (None, Some(403), Failure::Unauthorized),
             (Some("InvalidParameterException"), Some(400), Failure::Reject),

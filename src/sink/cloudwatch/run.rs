@@ -228,6 +228,9 @@ impl Shared {
         let mut first =
             Some(events.into_iter().map(|e| log_event(e.timestamp, e.message)).collect::<Vec<_>>());
         let mut created = false;
+        // Since when this batch's destination has been refused (not the credentials: the
+        // policy, for this group or stream), and the last refusal.
+        let mut denied: Option<(Instant, String)> = None;
         loop {
             let input = first.take().unwrap_or_else(|| {
                 ids.iter()
@@ -273,11 +276,22 @@ impl Shared {
                             created = true;
                             continue;
                         }
-                        Err(e) => {
+                        Err((e, refused)) => {
+                            if refused {
+                                denied.get_or_insert_with(|| (Instant::now(), String::new())).1 =
+                                    e.clone();
+                            }
                             if let Some(suppressed) = AUTH_ERROR.check() {
                                 tracing::error!(sink = %self.name, log_group, log_stream = stream, error = %e, suppressed, "log group or stream missing and not created; retrying");
                             }
                         }
+                    }
+                }
+                Failure::Denied => {
+                    self.retried("denied");
+                    denied.get_or_insert_with(|| (Instant::now(), String::new())).1 = text.clone();
+                    if let Some(suppressed) = AUTH_ERROR.check() {
+                        tracing::error!(sink = %self.name, log_group, log_stream = stream, error = %text, suppressed, "PutLogEvents refused for this log group by the policy (logs:PutLogEvents on it); retrying, then its events go to the dead-letter file");
                     }
                 }
                 Failure::AlreadyAccepted => {
@@ -328,6 +342,12 @@ impl Shared {
                     }
                 }
             }
+            if let Some((_, why)) =
+                denied.as_ref().filter(|(at, _)| at.elapsed() >= self.cfg.denied_retry_duration)
+            {
+                self.refused(group, &ids, &log_group, &stream, why).await;
+                return;
+            }
             if self.cfg.max_retry_duration.is_some_and(|max| since.elapsed() >= max) {
                 self.expire(group, &ids, &text).await;
                 return;
@@ -373,6 +393,32 @@ impl Shared {
         dead.flush(&self.name, &self.metrics, &mut Vec::new()).await;
     }
 
+    /// The destination refused for `denied_retry_duration`: the batch's records to the
+    /// dead-letter file (`denied`), so the sink's other streams go on.
+    async fn refused(
+        &self,
+        group: &[Delivery],
+        ids: &[Sent],
+        log_group: &str,
+        stream: &str,
+        last: &str,
+    ) {
+        let reason = format!(
+            "log group {log_group:?} stream {stream:?} refused for denied_retry_duration ({}): {last}",
+            crate::config::format_duration(self.cfg.denied_retry_duration)
+        );
+        let mut dead = self.dead_letters();
+        let mut prev = None;
+        for s in ids {
+            if prev != Some(s.offset) {
+                dead.push(group, s.offset, 0, "denied", &reason, "denied");
+                prev = Some(s.offset);
+            }
+        }
+        tracing::error!(sink = %self.name, log_group, log_stream = stream, records = ids.len(), last_error = last, "destination refused: records written to the dead-letter file");
+        dead.flush(&self.name, &self.metrics, &mut Vec::new()).await;
+    }
+
     /// Retried past `max_retry_duration`: the batch's records to the dead-letter file.
     async fn expire(&self, group: &[Delivery], ids: &[Sent], last: &str) {
         let max = self.cfg.max_retry_duration.unwrap_or_default();
@@ -392,25 +438,34 @@ impl Shared {
         dead.flush(&self.name, &self.metrics, &mut Vec::new()).await;
     }
 
-    /// Create the stream, and the group first when it is missing too (as allowed).
-    async fn ensure_exists(&self, group: &str, stream: &str) -> Result<(), String> {
+    /// Create the stream, and the group first when it is missing too (as allowed). The
+    /// error says whether the destination itself is refused (not allowed to be created, the
+    /// policy denies it, its name is invalid) rather than the service unreachable.
+    async fn ensure_exists(&self, group: &str, stream: &str) -> Result<(), (String, bool)> {
+        let refused = |f: &Failure| matches!(f, Failure::Denied | Failure::Reject);
         if !self.cfg.create_missing_stream {
-            return Err(format!("log stream {stream:?} in {group:?} does not exist and create_missing_stream = false"));
+            return Err((
+                format!("log stream {stream:?} in {group:?} does not exist and create_missing_stream = false"),
+                true,
+            ));
         }
         match self.create_stream(group, stream).await {
             Ok(()) => return Ok(()),
             Err(Failure::NotFound) => {}
-            Err(other) => return Err(format!("CreateLogStream failed: {other:?}")),
+            Err(other) => {
+                return Err((format!("CreateLogStream failed: {other:?}"), refused(&other)))
+            }
         }
         if !self.cfg.create_missing_group {
-            return Err(format!(
-                "log group {group:?} does not exist and create_missing_group = false"
+            return Err((
+                format!("log group {group:?} does not exist and create_missing_group = false"),
+                true,
             ));
         }
         self.create_group(group).await?;
         self.create_stream(group, stream)
             .await
-            .map_err(|f| format!("CreateLogStream failed: {f:?}"))
+            .map_err(|f| (format!("CreateLogStream failed: {f:?}"), refused(&f)))
     }
 
     async fn create_stream(&self, group: &str, stream: &str) -> Result<(), Failure> {
@@ -439,7 +494,7 @@ impl Shared {
         }
     }
 
-    async fn create_group(&self, group: &str) -> Result<(), String> {
+    async fn create_group(&self, group: &str) -> Result<(), (String, bool)> {
         let class = cwl::types::LogGroupClass::from(self.cfg.log_group_class.as_str());
         let created = self
             .client
@@ -458,7 +513,10 @@ impl Shared {
                 return match classify(e.code(), status) {
                     // Someone else created it: its settings are theirs.
                     Failure::AlreadyExists => Ok(()),
-                    _ => Err(format!("CreateLogGroup failed: {}", DisplayErrorContext(&e))),
+                    f => Err((
+                        format!("CreateLogGroup failed: {}", DisplayErrorContext(&e)),
+                        matches!(f, Failure::Denied | Failure::Reject),
+                    )),
                 };
             }
         }

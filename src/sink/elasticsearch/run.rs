@@ -412,6 +412,13 @@ impl Worker {
             let verdict = classify(reply.status, reply.retry_after, &reply.body, info);
             match settle(&body, verdict, &mut self.settlement) {
                 Next::ResendAll { retry_after, reason, refresh_credentials: true } => {
+                    // Bounded like every failure that holds the sink (one rule for both
+                    // network sinks): refused past `max_retry_duration`, dead-lettered.
+                    if self.expired(since) {
+                        let all: Vec<usize> = (0..body.len()).collect();
+                        self.expire(group, &body, &all, reply.status, &reason).await;
+                        return;
+                    }
                     self.retried("unauthorized", 1);
                     // Credentials rotated or revoked before their expiry: load them again
                     // and retry at once, once. Refused again, it is not a passing thing.
