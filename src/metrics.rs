@@ -75,8 +75,8 @@ pub struct Metrics {
     pub input_requests: Counter,
     pub input_errors: Family<ReasonLabel, Counter>,
     pub input_connections: Gauge,
-    /// Times a listener had every slot taken: the next connection waited in the accept
-    /// queue, by listener (`tcp://…`, `unix://…`).
+    /// Times a listener had every slot taken and stopped accepting (new clients wait in
+    /// the accept queue until a connection closes), by listener (`tcp://…`, `unix://…`).
     pub input_connection_waits: Family<ListenerLabel, Counter>,
     /// `input.forward.memory_budget`, in bytes.
     pub input_memory_budget: Gauge,
@@ -186,7 +186,7 @@ impl Metrics {
         );
         registry.register(
             "input_connection_waits",
-            "Times a listener had every connection slot taken (the next connection waited), by listener",
+            "Times a listener had every connection slot taken and stopped accepting until one freed, by listener",
             m.input_connection_waits.clone(),
         );
         registry.register(

@@ -165,6 +165,7 @@ pub struct Joiner {
 }
 
 static PATTERN_WARN: crate::ratelimit::RateLimit = crate::ratelimit::RateLimit::new(5, 60);
+static READ_AHEAD_WARN: crate::ratelimit::RateLimit = crate::ratelimit::RateLimit::new(5, 60);
 
 impl Joiner {
     pub fn new(opts: JoinOptions, sink: &str, metrics: Arc<Metrics>) -> Joiner {
@@ -198,6 +199,16 @@ impl Joiner {
             && self.queue.front().is_some_and(|h| h.open > 0)
         {
             let Some(key) = self.oldest_open() else { break };
+            if let Some(suppressed) = READ_AHEAD_WARN.check() {
+                tracing::warn!(
+                    sink = %self.sink,
+                    groups = self.groups.len(),
+                    held_events = self.queued_events,
+                    held_bytes = self.held_bytes(),
+                    suppressed,
+                    "join read-ahead bound reached: the oldest open line is sent incomplete"
+                );
+            }
             self.close(&key, Outcome::ReadAhead);
         }
     }
