@@ -17,6 +17,11 @@ pub struct ReasonLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ListenerLabel {
+    pub listener: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabel {
     pub result: &'static str,
 }
@@ -70,6 +75,15 @@ pub struct Metrics {
     pub input_requests: Counter,
     pub input_errors: Family<ReasonLabel, Counter>,
     pub input_connections: Gauge,
+    /// Times a listener had every slot taken and stopped accepting (new clients wait in
+    /// the accept queue until a connection closes), by listener (`tcp://…`, `unix://…`).
+    pub input_connection_waits: Family<ListenerLabel, Counter>,
+    /// `input.forward.memory_budget`, in bytes.
+    pub input_memory_budget: Gauge,
+    /// Bytes connections hold from the memory budget now.
+    pub input_memory_bytes: Gauge,
+    /// Times a connection stopped reading to wait for the memory budget.
+    pub input_memory_waits: Counter,
     pub unmatched_records: Counter,
     pub output_records: Family<SinkLabel, Counter>,
     pub output_bytes: Family<SinkLabel, Counter>,
@@ -149,6 +163,10 @@ impl Metrics {
             input_requests: Counter::default(),
             input_errors: Family::default(),
             input_connections: Gauge::default(),
+            input_connection_waits: Family::default(),
+            input_memory_budget: Gauge::default(),
+            input_memory_bytes: Gauge::default(),
+            input_memory_waits: Counter::default(),
             unmatched_records: Counter::default(),
             output_records: Family::default(),
             output_bytes: Family::default(),
@@ -192,6 +210,26 @@ impl Metrics {
             "input_connections",
             "Open client connections",
             m.input_connections.clone(),
+        );
+        registry.register(
+            "input_connection_waits",
+            "Times a listener had every connection slot taken and stopped accepting until one freed, by listener",
+            m.input_connection_waits.clone(),
+        );
+        registry.register(
+            "input_memory_budget_bytes",
+            "Bytes connections may hold beyond their allowance (input.forward.memory_budget)",
+            m.input_memory_budget.clone(),
+        );
+        registry.register(
+            "input_memory_bytes",
+            "Bytes connections hold from the memory budget",
+            m.input_memory_bytes.clone(),
+        );
+        registry.register(
+            "input_memory_waits",
+            "Times a connection stopped reading to wait for the memory budget",
+            m.input_memory_waits.clone(),
         );
         registry.register(
             "unmatched_records",
@@ -437,6 +475,9 @@ mod tests {
             "berth_input_bytes_total",
             "berth_input_errors_total{reason=\"malformed\"} 1",
             "berth_input_connections",
+            "berth_input_memory_budget_bytes",
+            "berth_input_memory_bytes",
+            "berth_input_memory_waits_total",
             "berth_output_records_total{sink=\"console\"} 3",
         ] {
             assert!(text.contains(name), "{name} missing from\n{text}");

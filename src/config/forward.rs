@@ -74,10 +74,17 @@ pub struct ForwardConfig {
     pub self_hostname: String,
     /// Largest frame or decompressed payload, 1 KiB ..= 1 GiB.
     pub max_message_size: usize,
-    /// At least 1.
+    /// Per listener; at least 1.
     pub max_connections: usize,
     /// Longer than zero.
     pub idle_timeout: Duration,
+    /// Bytes all connections together may hold beyond their allowance; at least twice
+    /// `max_message_size` (a whole frame and its inflated payload).
+    pub memory_budget: usize,
+    /// Longer than zero.
+    pub handshake_timeout: Duration,
+    /// Longer than zero.
+    pub frame_timeout: Duration,
     /// Only with a `shared_key`; user names non-empty and unique.
     pub users: Vec<UserConfig>,
 }
@@ -110,12 +117,28 @@ pub(super) struct RawForward {
     /// Largest accepted frame or decompressed payload.
     #[serde(default = "default_max_message_size", deserialize_with = "de_message_size")]
     pub max_message_size: Size,
-    /// Most simultaneous client connections; further ones wait in the accept queue.
+    /// Most simultaneous client connections per listener; further ones wait in the accept
+    /// queue until one closes.
     #[serde(default = "default_max_connections", deserialize_with = "de_max_connections")]
     pub max_connections: usize,
     /// A connection that sends nothing for this long is closed.
     #[serde(default = "default_idle_timeout", deserialize_with = "de_idle_timeout")]
     pub idle_timeout: Dur,
+    /// Bytes all connections together may hold (unfinished frames, inflated payloads,
+    /// requests waiting for their fsync) beyond a 128 KiB allowance each; when reached,
+    /// connections stop being read until there is room. Default: 256MiB, or twice
+    /// `max_message_size` if that is more.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_budget: Option<Spanned<Size>>,
+    /// With a `shared_key`: a client that has not completed the handshake this long after
+    /// connecting is closed.
+    #[serde(default = "default_handshake_timeout", deserialize_with = "de_positive")]
+    pub handshake_timeout: Dur,
+    /// A request must be whole this long after its first byte arrived, or the connection
+    /// is closed (nothing of the request was acked); time spent waiting for the memory
+    /// budget does not count.
+    #[serde(default = "default_frame_timeout", deserialize_with = "de_positive")]
+    pub frame_timeout: Dur,
     /// `[[input.forward.user]]`: username/password pairs checked in the handshake.
     #[serde(default, rename = "user", skip_serializing_if = "Vec::is_empty")]
     pub users: Vec<Spanned<RawUser>>,
@@ -131,6 +154,9 @@ impl Default for RawForward {
             max_message_size: default_max_message_size(),
             max_connections: default_max_connections(),
             idle_timeout: default_idle_timeout(),
+            memory_budget: None,
+            handshake_timeout: default_handshake_timeout(),
+            frame_timeout: default_frame_timeout(),
             users: Vec::new(),
         }
     }
@@ -165,6 +191,17 @@ fn default_max_connections() -> usize {
 
 fn default_idle_timeout() -> Dur {
     Dur(Duration::from_secs(300))
+}
+
+/// Sized for a small host: a few large requests read at once, every small one.
+pub(super) const DEFAULT_MEMORY_BUDGET: u64 = 256 << 20;
+
+fn default_handshake_timeout() -> Dur {
+    Dur(Duration::from_secs(10))
+}
+
+fn default_frame_timeout() -> Dur {
+    Dur(Duration::from_secs(60))
 }
 
 impl<'de> Deserialize<'de> for ListenAddr {
@@ -209,6 +246,10 @@ fn de_max_connections<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error
         return Err(de::Error::custom("must be at least 1"));
     }
     Ok(n)
+}
+
+fn de_positive<'de, D: Deserializer<'de>>(d: D) -> Result<Dur, D::Error> {
+    de_idle_timeout(d)
 }
 
 fn de_idle_timeout<'de, D: Deserializer<'de>>(d: D) -> Result<Dur, D::Error> {
@@ -260,6 +301,28 @@ pub(super) fn build(raw: RawInput, ctx: &Ctx<'_>) -> Result<InputConfig, ConfigE
         users.push(UserConfig { username: u.username.into_inner(), password: u.password });
     }
 
+    let max_message_size = f.max_message_size.0;
+    // A frame of max_message_size and its inflated payload must fit, or such a request
+    // could never be read whole.
+    let min_budget = max_message_size.saturating_mul(2);
+    let memory_budget = match &f.memory_budget {
+        None => DEFAULT_MEMORY_BUDGET.max(min_budget),
+        Some(b) if b.get_ref().0 < min_budget => {
+            let message = format!(
+                "{} is less than twice max_message_size ({}): a whole request and its inflated payload must fit",
+                units::format_size(b.get_ref().0),
+                units::format_size(min_budget)
+            );
+            return Err(ctx.error(
+                b.span(),
+                "input.forward.memory_budget".to_string(),
+                message,
+                true,
+            ));
+        }
+        Some(b) => b.get_ref().0,
+    };
+
     Ok(InputConfig {
         forward: ForwardConfig {
             listen: f.listen,
@@ -270,6 +333,9 @@ pub(super) fn build(raw: RawInput, ctx: &Ctx<'_>) -> Result<InputConfig, ConfigE
             max_message_size: usize::try_from(f.max_message_size.0).unwrap_or(usize::MAX),
             max_connections: f.max_connections,
             idle_timeout: f.idle_timeout.0,
+            memory_budget: usize::try_from(memory_budget).unwrap_or(usize::MAX),
+            handshake_timeout: f.handshake_timeout.0,
+            frame_timeout: f.frame_timeout.0,
             users,
         },
     })
@@ -288,6 +354,9 @@ pub(super) fn to_raw(c: &InputConfig) -> RawInput {
             max_message_size: Size(f.max_message_size as u64),
             max_connections: f.max_connections,
             idle_timeout: Dur(f.idle_timeout),
+            memory_budget: Some(Spanned::new(none.clone(), Size(f.memory_budget as u64))),
+            handshake_timeout: Dur(f.handshake_timeout),
+            frame_timeout: Dur(f.frame_timeout),
             users: f
                 .users
                 .iter()

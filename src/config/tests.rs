@@ -46,6 +46,9 @@ fn builtin_defaults() {
     assert_eq!(f.max_message_size, 16 << 20);
     assert_eq!(f.max_connections, 1024);
     assert_eq!(f.idle_timeout, Duration::from_secs(300));
+    assert_eq!(f.memory_budget, 256 << 20);
+    assert_eq!(f.handshake_timeout, Duration::from_secs(10));
+    assert_eq!(f.frame_timeout, Duration::from_secs(60));
     assert!(f.users.is_empty());
     assert_eq!(c.admin.listen, Some("127.0.0.1:24220".parse().unwrap()));
     assert_eq!(c.shutdown.grace_period, Duration::from_secs(25));
@@ -114,6 +117,9 @@ self_hostname = "ip-10-0-0-1"
 max_message_size = "512KiB"
 max_connections = 8
 idle_timeout = "250ms"
+memory_budget = "1MiB"
+handshake_timeout = "2s"
+frame_timeout = "30s"
 [[input.forward.user]]
 username = "a"
 password = "b"
@@ -148,6 +154,9 @@ type = "null"
     assert_eq!(f.max_message_size, 512 * 1024);
     assert_eq!(f.max_connections, 8);
     assert_eq!(f.idle_timeout, Duration::from_millis(250));
+    assert_eq!(f.memory_budget, 1 << 20);
+    assert_eq!(f.handshake_timeout, Duration::from_secs(2));
+    assert_eq!(f.frame_timeout, Duration::from_secs(30));
     assert_eq!(f.users.len(), 2);
     assert_eq!((f.users[0].username.as_str(), f.users[0].password.as_str()), ("a", "b"));
     assert_eq!(c.admin.listen, None);
@@ -156,6 +165,15 @@ type = "null"
     assert!(
         matches!(&c.sinks[0].kind, SinkKind::File { path, .. } if path == "/var/log/berth/{tag}.ndjson")
     );
+}
+
+/// The default budget never forbids the largest requests max_message_size allows.
+#[test]
+fn default_memory_budget_fits_twice_max_message_size() {
+    let c = load(&format!("[input.forward]\nmax_message_size = \"1GiB\"\n{SINK}")).unwrap();
+    assert_eq!(c.input.forward.memory_budget, 2 << 30);
+    let c = load(&format!("[input.forward]\nmax_message_size = \"1MiB\"\n{SINK}")).unwrap();
+    assert_eq!(c.input.forward.memory_budget, 256 << 20);
 }
 
 #[test]
@@ -182,6 +200,11 @@ const MUST_FAIL: &[(&str, &str)] = &[
     ("[input.forward]\nmax_message_size = -1\n", "line 2: input.forward.max_message_size: invalid size -1"),
     ("[input.forward]\nmax_connections = 0\n", "line 2: input.forward.max_connections: must be at least 1"),
     ("[input.forward]\nidle_timeout = \"0s\"\n", "line 2: input.forward.idle_timeout: must be longer than 0s"),
+    ("[input.forward]\nhandshake_timeout = \"0s\"\n", "line 2: input.forward.handshake_timeout: must be longer than 0s"),
+    ("[input.forward]\nframe_timeout = \"0ms\"\n", "line 2: input.forward.frame_timeout: must be longer than 0s"),
+    ("[input.forward]\nmemory_budget = \"16MiB\"\n", "line 2: input.forward.memory_budget: 16MiB is less than twice max_message_size (32MiB): a whole request and its inflated payload must fit"),
+    ("[input.forward]\nmax_message_size = \"8MiB\"\n\nmemory_budget = \"8MiB\"\n", "line 4: input.forward.memory_budget: 8MiB is less than twice max_message_size (16MiB)"),
+    ("[input.forward]\nmemory_budget = \"lots\"\n", "line 2: input.forward.memory_budget: invalid size \"lots\""),
     ("[buffer]\nsync = \"sometimes\"\n", "line 2: buffer.sync: unknown sync mode \"sometimes\""),
     ("[buffer]\nwhen_full = \"drop_oldest\"\n", "line 2: buffer.when_full: unknown when_full \"drop_oldest\""),
     ("[buffer]\nmax_size = \"1GiB\"\nsegment_size = \"600MiB\"\n", "line 3: buffer.segment_size: buffer.segment_size (600MiB) must be more than 0 and at most half of buffer.max_size (1GiB)"),
@@ -426,6 +449,9 @@ fn printed_defaults_round_trip() {
     for line in [
         "max_message_size = \"16MiB\"",
         "idle_timeout = \"5m\"",
+        "memory_budget = \"256MiB\"",
+        "handshake_timeout = \"10s\"",
+        "frame_timeout = \"1m\"",
         "grace_period = \"25s\"",
         "socket_mode = \"0660\"",
         "[[sink]]",

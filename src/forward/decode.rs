@@ -177,6 +177,23 @@ pub fn decode_frame(frame: Bytes, limits: &Limits) -> Result<Frame, DecodeError>
     Ok(decoded)
 }
 
+/// Whether a frame (or its first bytes) may be a CompressedPackedForward request, whose
+/// payload inflates to up to `max_message_size`: a 3-element array whose second element is
+/// a `bin` or `str` (the options that say "gzip" come after the payload). True when the
+/// bytes are too few, or too odd, to tell: callers reserve memory by it.
+pub fn may_inflate(frame: &[u8]) -> bool {
+    let mut r = Reader::new(frame);
+    match r.array_len() {
+        Ok(Some(3)) => {}
+        Ok(_) => return false,
+        Err(_) => return true,
+    }
+    if r.skip().is_err() {
+        return true;
+    }
+    r.peek().map_or(true, |m| matches!(Kind::of(m), Kind::Str | Kind::Bin))
+}
+
 fn decode_value(frame: &Bytes, r: &mut Reader<'_>, max: usize) -> Result<Frame, DecodeError> {
     let first = r.peek()?;
     if first == 0xc0 {

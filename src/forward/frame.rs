@@ -6,10 +6,14 @@
 //! from the headers, before the bytes arrive: an array32 header claiming four billion
 //! elements, or a bin32 of 1 GiB, fails the moment its header is buffered.
 //!
+//! A connection reading a frame in many reads walks it with a [`FrameWalk`], which resumes
+//! where the previous read's walk stopped: a frame dripped in small reads costs one walk,
+//! not one per read.
+//!
 //! Spec: <https://github.com/msgpack/msgpack/blob/master/spec.md#formats>.
 
 use super::DecodeError;
-use crate::msgpack::value_len;
+use crate::msgpack::{value_len, ValueWalk};
 
 /// The state of a read buffer: `Complete(n)` when it starts with a whole msgpack value of
 /// `n` bytes, `Incomplete { at_least }` when the value is at least that long in total.
@@ -24,6 +28,29 @@ pub use crate::msgpack::Extent as FrameStatus;
 #[inline]
 pub fn frame_len(buf: &[u8], max: usize) -> Result<FrameStatus, DecodeError> {
     value_len(buf, max).map_err(DecodeError::from)
+}
+
+/// [`frame_len`] over a read buffer that grows between calls, resumed where the last call
+/// stopped (see [`ValueWalk`]). Start a new one for each frame: after a `Complete` frame is
+/// split off the buffer, or after an error.
+#[derive(Debug, Default)]
+pub struct FrameWalk(ValueWalk);
+
+impl FrameWalk {
+    pub fn new() -> FrameWalk {
+        FrameWalk(ValueWalk::new())
+    }
+
+    /// `buf` starts with the bytes of the previous calls; `max` is the same on every call.
+    #[inline]
+    pub fn next(&mut self, buf: &[u8], max: usize) -> Result<FrameStatus, DecodeError> {
+        self.0.walk(buf, max).map_err(DecodeError::from)
+    }
+
+    /// Headers read over every call: the walk's cost.
+    pub fn steps(&self) -> u64 {
+        self.0.steps()
+    }
 }
 
 #[cfg(test)]

@@ -16,4 +16,4 @@ pub mod handshake;
 
 pub use decode::{decode_frame, DecodeError, Frame, Limits, Mode, Options, Request};
 pub use encode::{encode_ack, encode_request, EncodeOptions};
-pub use frame::{frame_len, FrameStatus};
+pub use frame::{frame_len, FrameStatus, FrameWalk};

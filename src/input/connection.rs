@@ -1,16 +1,29 @@
 //! One client connection: optional handshake, then frames → decode → pipeline → ack.
 //!
-//! Bytes are read into one growing buffer; `frame_len` tells when a whole request is there
-//! (and how long it is at least, so a large request is not re-walked on every read). A frame
-//! is split off the buffer without copying and its records stay slices of it.
+//! Bytes are read into one growing buffer; a [`FrameWalk`] tells when a whole request is
+//! there, resuming where the previous read's walk stopped (so a request dripped in small
+//! reads is walked once), and how long it is at least. A frame is split off the buffer
+//! without copying and its records stay slices of it.
+//!
+//! Memory: what a connection holds beyond its allowance (a read buffer outgrowing it, the
+//! frames of requests not yet acked, an inflated payload) is taken from the input's
+//! [`MemoryBudget`](super::MemoryBudget) before it is allocated; when the budget has no room
+//! the connection is not read (TCP backpressure). The rules that keep that deadlock-free are
+//! in `budget.rs`.
+//!
+//! Deadlines: the handshake must be done `handshake_timeout` after the accept, a request
+//! whole `frame_timeout` after its first byte (time waiting for the budget excluded), and a
+//! connection that sends nothing for `idle_timeout` is closed. A client sending a byte now
+//! and then keeps none of them going for ever.
 
+use super::budget::{Share, CONNECTION_ALLOWANCE};
 use super::InputContext;
 use crate::backoff::Backoff;
 use crate::buffer::{Appending, BufferError};
 use crate::event::Batch;
-use crate::forward::decode::{decode_frame, Frame, Limits, Mode};
+use crate::forward::decode::{decode_frame, may_inflate, Frame, Limits, Mode};
 use crate::forward::encode::encode_ack;
-use crate::forward::frame::{frame_len, FrameStatus};
+use crate::forward::frame::{frame_len, FrameStatus, FrameWalk};
 use crate::forward::handshake::ServerHandshake;
 use crate::pipeline::SubmitError;
 use crate::ratelimit::RateLimit;
@@ -18,6 +31,7 @@ use bytes::{Bytes, BytesMut};
 use std::collections::VecDeque;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 const READ_CHUNK: usize = 64 * 1024;
@@ -26,6 +40,9 @@ static BAD_INPUT_WARN: RateLimit = RateLimit::new(10, 10);
 
 /// Full-buffer refusals and buffer write errors, shared by all connections.
 static BUFFER_WARN: RateLimit = RateLimit::new(5, 10);
+
+/// Connections pausing for the memory budget, shared by all connections.
+static MEMORY_WARN: RateLimit = RateLimit::new(5, 10);
 
 /// Why a connection ended.
 enum End {
@@ -44,8 +61,13 @@ where
         buf: BytesMut::with_capacity(READ_CHUNK),
         peer,
         ctx,
-        inflight_bytes: 0,
+        held_bytes: 0,
         retry_backoff: Backoff::doubling(RETRY_INITIAL, RETRY_MAX),
+        walk: FrameWalk::new(),
+        share: ctx.budget.share(),
+        frame_reserve: None,
+        frame_deadline: None,
+        budget_wait_since: None,
     };
     if let End::Dropped = conn.serve(shutdown).await {
         tracing::debug!(peer, "connection dropped");
@@ -57,11 +79,24 @@ struct Conn<'a, S> {
     buf: BytesMut,
     peer: &'a str,
     ctx: &'a InputContext,
-    /// Frame bytes of the in-flight requests.
-    inflight_bytes: usize,
+    /// Bytes of the requests split off the buffer and not yet acked (grouped, or in the
+    /// buffer's write queue): their frames, or the payloads they inflated to.
+    held_bytes: usize,
     /// Pause before handing a failed request over again; doubles up to `RETRY_MAX`, no
     /// jitter (the disk is this host's alone).
     retry_backoff: Backoff,
+    /// The walk of the frame at the start of `buf`, kept across reads.
+    walk: FrameWalk,
+    /// This connection's bytes of the memory budget.
+    share: Share,
+    /// Set when the frame being read outgrew the allowance: the budget bytes reserved for
+    /// the read buffer until it is whole (the largest it can become, see `budget.rs`).
+    frame_reserve: Option<usize>,
+    /// When the frame being read must be whole; `None` between frames.
+    frame_deadline: Option<Instant>,
+    /// Since when the connection has been waiting for the budget (kept if the wait is
+    /// interrupted by an ack going out), to move `frame_deadline` by the time waited.
+    budget_wait_since: Option<Instant>,
 }
 
 const RETRY_INITIAL: Duration = Duration::from_millis(50);
@@ -71,6 +106,8 @@ enum Read {
     Data,
     Eof,
     Idle,
+    /// `frame_timeout` passed with a frame unfinished.
+    FrameTimeout,
     Failed,
 }
 
@@ -118,7 +155,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<'_, S> {
             return end;
         }
         let limits = Limits { max_message_size: self.ctx.max_message_size };
-        let mut inflight = VecDeque::new();
+        let mut inflight: VecDeque<InFlight> = VecDeque::new();
         // Bytes needed before it is worth walking the buffer again.
         let mut need = 1;
         // Set when shutdown starts: read until the client is quiet, but not past this.
@@ -126,11 +163,31 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<'_, S> {
         loop {
             let mut group: Option<Group> = None;
             while self.buf.len() >= need {
-                match frame_len(&self.buf, limits.max_message_size) {
+                match self.walk.next(&self.buf, limits.max_message_size) {
                     Ok(FrameStatus::Complete(n)) => {
                         let frame = self.buf.split_to(n).freeze();
+                        self.frame_split(n);
                         need = 1;
-                        let g = match self.decode(frame, &limits) {
+                        // A gzip payload inflates to up to max_message_size: room for it
+                        // first. Without room now, what this connection holds goes out
+                        // first (stored, acked), so that it waits holding nothing but its
+                        // allowance and the frame (see budget.rs).
+                        if may_inflate(&frame) {
+                            let target = self.charge() + limits.max_message_size;
+                            if !self.share.try_hold(target) {
+                                if let Some(end) = self.store(group.take(), &mut inflight).await {
+                                    return self.finish(&mut inflight, end).await;
+                                }
+                                if let Some(end) = self.drain(&mut inflight).await {
+                                    return end;
+                                }
+                                self.wait_for_budget(self.charge() + limits.max_message_size).await;
+                            }
+                        }
+                        let decoded = self.decode(frame, &limits);
+                        // Back to what is held now: the inflated payload, not the limit.
+                        self.share.release_to(self.charge());
+                        let g = match decoded {
                             Ok(Some(g)) => g,
                             Ok(None) => continue,
                             Err(end) => {
@@ -159,6 +216,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<'_, S> {
                     }
                     Ok(FrameStatus::Incomplete { at_least }) => {
                         need = at_least.max(self.buf.len() + 1);
+                        if self.frame_deadline.is_none() {
+                            self.frame_deadline = Some(Instant::now() + self.ctx.frame_timeout);
+                        }
                         break;
                     }
                     Err(e) => {
@@ -176,16 +236,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<'_, S> {
                 return end;
             }
             // A full window: wait for the oldest request before reading more.
-            while inflight.len() >= MAX_INFLIGHT || self.inflight_bytes >= MAX_INFLIGHT_BYTES {
+            while inflight.len() >= MAX_INFLIGHT || self.held_bytes >= MAX_INFLIGHT_BYTES {
                 let res = front(&mut inflight).await;
                 if let Some(end) = self.complete(&mut inflight, res).await {
                     return end;
                 }
             }
-            let want = need
-                .saturating_sub(self.buf.len())
-                .clamp(READ_CHUNK, limits.max_message_size.max(READ_CHUNK));
-            self.buf.reserve(want);
+            let grow_to = self.grow_to(need);
             // Once shutdown starts, keep reading what the client already sent, and close when
             // it has been quiet for a moment (or at EOF).
             let timeout = match draining {
@@ -201,7 +258,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<'_, S> {
                 None => self.ctx.idle_timeout,
             };
             let read = tokio::select! {
-                r = self.read(timeout) => r,
+                r = self.fill(grow_to, need, timeout) => r,
                 res = front(&mut inflight) => {
                     if let Some(end) = self.complete(&mut inflight, res).await {
                         return end;
@@ -233,13 +290,157 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<'_, S> {
                     return self.finish(&mut inflight, end).await;
                 }
                 Read::Idle => return self.finish(&mut inflight, End::Normal).await,
+                Read::FrameTimeout => {
+                    // Nothing of the unfinished request was acked: the client sends it again.
+                    self.ctx.metrics.input_error("frame_timeout");
+                    self.warn(
+                        "frame_timeout",
+                        &format!(
+                            "a request was not complete {:?} after its first byte ({} bytes buffered)",
+                            self.ctx.frame_timeout,
+                            self.buf.len()
+                        ),
+                    );
+                    return self.finish(&mut inflight, End::Dropped).await;
+                }
                 Read::Failed => return End::Dropped,
             }
         }
     }
 
+    /// Budget bytes this connection should hold now: its read buffer (or the reservation
+    /// of the frame being read) and its requests not yet acked, beyond the allowance.
+    fn charge(&self) -> usize {
+        self.charge_with(self.buf.capacity())
+    }
+
+    fn charge_with(&self, buf_capacity: usize) -> usize {
+        let buf = self.frame_reserve.map_or(buf_capacity, |r| r.max(buf_capacity));
+        (buf + self.held_bytes).saturating_sub(CONNECTION_ALLOWANCE)
+    }
+
+    /// A whole frame of `n` bytes was split off the buffer: it is held as a request now,
+    /// and what follows it in the buffer starts the next frame.
+    fn frame_split(&mut self, n: usize) {
+        self.held_bytes += n;
+        self.walk = FrameWalk::new();
+        if self.frame_reserve.take().is_some() {
+            // After a large frame: what follows it (at most one read, see `fill`) moves to
+            // a buffer the allowance pays for, and the reservation goes back with the next
+            // `release_to`. So the next frame starts holding nothing from the budget.
+            let mut small =
+                BytesMut::with_capacity(CONNECTION_ALLOWANCE.max(self.buf.len() + READ_CHUNK));
+            small.extend_from_slice(&self.buf);
+            self.buf = small;
+        }
+        self.frame_deadline =
+            (!self.buf.is_empty()).then(|| Instant::now() + self.ctx.frame_timeout);
+    }
+
+    /// The capacity the read buffer must grow to before the next read (copying what it
+    /// holds into a new allocation of exactly that size, so the budget charge is known
+    /// before the memory is taken), or `None` if it has room for a read. It grows at most
+    /// twofold at a time towards the frame's known length: a header that claims 16 MiB
+    /// takes nothing until its bytes arrive.
+    fn grow_to(&self, need: usize) -> Option<usize> {
+        let len = self.buf.len();
+        if self.buf.capacity() - len >= READ_CHUNK {
+            return None;
+        }
+        let want = need.saturating_sub(len).clamp(READ_CHUNK, len.max(READ_CHUNK));
+        Some(len + want)
+    }
+
+    /// Wait for the budget to give this connection `target` bytes, counting the pause
+    /// against the memory, not against the client's frame deadline.
+    async fn wait_for_budget(&mut self, target: usize) {
+        if self.share.try_hold(target) {
+            self.budget_waited();
+            return;
+        }
+        if self.budget_wait_since.is_none() {
+            self.budget_wait_since = Some(Instant::now());
+            if let Some(suppressed) = MEMORY_WARN.check() {
+                tracing::warn!(
+                    peer = self.peer,
+                    suppressed,
+                    held = self.share.held(),
+                    wanted = target,
+                    "memory_budget reached: this connection is not read until there is room"
+                );
+            }
+        }
+        self.share.hold(target).await;
+        self.budget_waited();
+    }
+
+    fn budget_waited(&mut self) {
+        if let Some(since) = self.budget_wait_since.take() {
+            if let Some(d) = &mut self.frame_deadline {
+                *d += since.elapsed();
+            }
+        }
+    }
+
+    /// Room for the next read (from the budget, growing the buffer when `grow_to` says),
+    /// then the read itself, bounded by `timeout` and the frame's deadline. Cancel safe:
+    /// interrupted, it holds at most what the next call asks for anyway.
+    async fn fill(&mut self, grow_to: Option<usize>, need: usize, timeout: Duration) -> Read {
+        if let Some(cap) = grow_to {
+            if cap > CONNECTION_ALLOWANCE && self.frame_reserve.is_none() && !self.buf.is_empty() {
+                // Outgrowing the allowance: reserve the largest this frame can become,
+                // once (see budget.rs), and its inflated payload if it may be gzip.
+                let max = self.ctx.max_message_size;
+                // The inflated payload, and the allowance the next frame's bytes move to
+                // when this one is split: decoding it then needs nothing more.
+                let inflate = if may_inflate(&self.buf) { max + CONNECTION_ALLOWANCE } else { 0 };
+                let reserve = max + READ_CHUNK + inflate;
+                let target = (reserve + self.held_bytes).saturating_sub(CONNECTION_ALLOWANCE);
+                self.wait_for_budget(target).await;
+                self.frame_reserve = Some(reserve);
+            }
+            // With a reservation, the buffer grows to the frame's known length at once (a
+            // `bin` header gives it): no copy per doubling, nor freed copies the allocator
+            // keeps. Never past the reservation: `need` is at most max_message_size.
+            let cap = match self.frame_reserve {
+                Some(_) => cap.max(need + READ_CHUNK),
+                None => cap,
+            };
+            self.wait_for_budget(self.charge_with(cap)).await;
+            let mut grown = BytesMut::with_capacity(cap);
+            grown.extend_from_slice(&self.buf);
+            self.buf = grown;
+        } else {
+            // Acks sent since the last read may have freed part of the share.
+            self.share.release_to(self.charge());
+        }
+        let (timeout, frame_bound) = match self.frame_deadline {
+            Some(d) => {
+                let left = d.saturating_duration_since(Instant::now());
+                (timeout.min(left), left <= timeout)
+            }
+            None => (timeout, false),
+        };
+        // A reserved frame reads at most one read past its known length (`need` never
+        // passes the frame's end): what follows the frame when it is split fits the
+        // allowance, so the next frame never holds budget bytes while it waits for some.
+        let limit = match self.frame_reserve {
+            Some(_) => need.saturating_sub(self.buf.len()).max(READ_CHUNK),
+            None => usize::MAX,
+        };
+        match self.read_at_most(limit, timeout).await {
+            Read::Idle if frame_bound => Read::FrameTimeout,
+            r => r,
+        }
+    }
+
     async fn read(&mut self, timeout: Duration) -> Read {
-        match tokio::time::timeout(timeout, self.stream.read_buf(&mut self.buf)).await {
+        self.read_at_most(usize::MAX, timeout).await
+    }
+
+    async fn read_at_most(&mut self, limit: usize, timeout: Duration) -> Read {
+        let mut room = bytes::BufMut::limit(&mut self.buf, limit);
+        match tokio::time::timeout(timeout, self.stream.read_buf(&mut room)).await {
             Err(_) => Read::Idle,
             Ok(Ok(0)) => Read::Eof,
             Ok(Ok(_)) => Read::Data,
@@ -250,12 +451,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<'_, S> {
         }
     }
 
-    /// One complete frame, decoded and counted. `Ok(None)`: nothing to store (a heartbeat);
-    /// `Err` ends the connection.
+    /// One complete frame (already in `held_bytes`), decoded and counted. `Ok(None)`:
+    /// nothing to store (a heartbeat); `Err` ends the connection.
     fn decode(&mut self, frame: Bytes, limits: &Limits) -> Result<Option<Group>, End> {
         let len = frame.len();
         let req = match decode_frame(frame, limits) {
-            Ok(Frame::Heartbeat) => return Ok(None),
+            Ok(Frame::Heartbeat) => {
+                self.held_bytes -= len;
+                return Ok(None);
+            }
             Ok(Frame::Request(r)) => r,
             Err(e) => return Err(self.reject(e.reason(), &e)),
         };
@@ -270,6 +474,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<'_, S> {
             Mode::CompressedPackedForward => len.max(req.batch.record_bytes()),
             _ => len,
         };
+        self.held_bytes += bytes - len;
         Ok(Some(Group { batch: req.batch, chunks: req.options.chunk.into_iter().collect(), bytes }))
     }
 
@@ -282,7 +487,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<'_, S> {
     ) -> Option<End> {
         let mut g = group?;
         // Before the buffer: what is stored (and acked) is the enriched record.
-        g.bytes += self.ctx.enricher.enrich(&mut g.batch).await;
+        let added = self.ctx.enricher.enrich(&mut g.batch).await;
+        g.bytes += added;
+        self.held_bytes += added;
         let appending = match self.ctx.pipeline.enqueue(&g.batch).await {
             Ok(a) => a,
             Err(SubmitError::Full { .. }) => {
@@ -295,6 +502,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<'_, S> {
                         "buffer full: events refused (when_full = \"drop_newest\")"
                     );
                 }
+                self.held_bytes -= g.bytes;
                 return None;
             }
             Err(e @ SubmitError::TooLarge(_)) => return Some(self.reject("too_large", &e)),
@@ -302,7 +510,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<'_, S> {
             // Retried by `complete` like a failed write.
             Err(SubmitError::Buffer(e)) => Appending::Done(Some(Err(e))),
         };
-        self.inflight_bytes += g.bytes;
         inflight.push_back(InFlight {
             batch: g.batch,
             chunks: g.chunks,
@@ -334,7 +541,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<'_, S> {
         match res {
             Ok(_) => {
                 let f = inflight.pop_front()?;
-                self.inflight_bytes -= f.bytes;
+                self.held_bytes -= f.bytes;
                 self.retry_backoff.reset();
                 for chunk in &f.chunks {
                     // A client that asks for acks but never reads them would block this
@@ -368,7 +575,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<'_, S> {
                     Err(SubmitError::Full { .. }) => {
                         // drop_newest while retrying: refused like a new request.
                         let f = inflight.pop_front()?;
-                        self.inflight_bytes -= f.bytes;
+                        self.held_bytes -= f.bytes;
                     }
                     Err(SubmitError::Buffer(BufferError::Closed)) => return Some(End::Dropped),
                     Err(SubmitError::Buffer(e)) => f.appending = Appending::Done(Some(Err(e))),
@@ -382,18 +589,40 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<'_, S> {
     /// Before the connection ends: wait for what was handed over and ack it, so that a
     /// client closing its side right after sending still gets every ack it asked for.
     async fn finish(&mut self, inflight: &mut VecDeque<InFlight>, end: End) -> End {
+        self.drain(inflight).await.unwrap_or(end)
+    }
+
+    /// Wait for every in-flight request and ack it. `Some` ends the connection.
+    async fn drain(&mut self, inflight: &mut VecDeque<InFlight>) -> Option<End> {
         while !inflight.is_empty() {
             let res = front(inflight).await;
             if let Some(e) = self.complete(inflight, res).await {
-                return e;
+                return Some(e);
             }
         }
-        end
+        None
     }
 
-    /// The HELO / PING / PONG exchange when a shared key is configured. `Some` ends the
-    /// connection.
+    /// The HELO / PING / PONG exchange when a shared key is configured, all of it within
+    /// `handshake_timeout`: a client that drips its PING (each byte restarting the idle
+    /// timeout) does not keep its slot for ever. `Some` ends the connection.
     async fn handshake(&mut self, shutdown: &CancellationToken) -> Option<End> {
+        self.ctx.auth.as_ref()?;
+        let limit = self.ctx.handshake_timeout;
+        match tokio::time::timeout(limit, self.exchange(shutdown)).await {
+            Ok(end) => end,
+            Err(_) => {
+                self.ctx.metrics.input_error("handshake_timeout");
+                self.warn(
+                    "handshake_timeout",
+                    &format!("the handshake was not complete {limit:?} after connecting"),
+                );
+                Some(End::Dropped)
+            }
+        }
+    }
+
+    async fn exchange(&mut self, shutdown: &CancellationToken) -> Option<End> {
         let auth = self.ctx.auth.as_ref()?;
         let hs = ServerHandshake::new(auth);
         if self.stream.write_all(&hs.helo()).await.is_err() {
@@ -415,7 +644,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<'_, S> {
             };
             match read {
                 Read::Data => {}
-                Read::Eof | Read::Idle => return Some(End::Normal),
+                Read::Eof | Read::Idle | Read::FrameTimeout => return Some(End::Normal),
                 Read::Failed => return Some(End::Dropped),
             }
         };

@@ -4,7 +4,10 @@
 //! is the pipeline's business. A client's `chunk` is acknowledged only after `submit`
 //! returned, i.e. after the pipeline took responsibility for the events.
 
+mod budget;
 mod connection;
+
+pub use budget::{MemoryBudget, CONNECTION_ALLOWANCE};
 
 use crate::config::{ForwardConfig, ListenAddr};
 use crate::forward::handshake::ServerAuth;
@@ -108,6 +111,12 @@ pub struct InputContext {
     pub metrics: Arc<Metrics>,
     pub max_message_size: usize,
     pub idle_timeout: Duration,
+    /// With `auth`: the whole handshake must be done this long after the accept.
+    pub handshake_timeout: Duration,
+    /// A frame must be whole this long after its first byte (budget waits not counted).
+    pub frame_timeout: Duration,
+    /// Bytes held by every connection of every listener, beyond their allowances.
+    pub budget: Arc<MemoryBudget>,
     /// `Some` when `shared_key` is set: the handshake is required.
     pub auth: Option<ServerAuth>,
     /// After shutdown starts, a connection is closed once it has been quiet this long...
@@ -126,10 +135,13 @@ impl InputContext {
             users: cfg.users.iter().map(|u| (u.username.clone(), u.password.clone())).collect(),
         });
         InputContext {
+            budget: MemoryBudget::new(cfg.memory_budget, Arc::clone(&metrics)),
             pipeline,
             metrics,
             max_message_size: cfg.max_message_size,
             idle_timeout: cfg.idle_timeout,
+            handshake_timeout: cfg.handshake_timeout,
+            frame_timeout: cfg.frame_timeout,
             auth,
             drain_quiet: Duration::from_millis(300),
             drain_max: Duration::from_secs(3),
@@ -141,6 +153,13 @@ impl InputContext {
 /// Accept on every listener until `shutdown`; then stop accepting, let each connection finish
 /// what its client already sent, and return when all connections are closed. Unix socket
 /// files are removed on the way out.
+///
+/// Each listener has its own `max_connections` slots: clients that hold every TCP slot
+/// (a neighbour on the host sending a byte now and then) cannot lock the Docker driver out
+/// of the Unix socket. A listener whose slots are all taken stops accepting; new clients
+/// wait in the kernel's accept queue until a connection closes (and, once that queue is
+/// full, their connects are retried or refused by the kernel), rather than being accepted
+/// and closed at once.
 pub async fn serve(
     listeners: Vec<Listener>,
     ctx: InputContext,
@@ -148,7 +167,6 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) {
     let ctx = Arc::new(ctx);
-    let slots = Arc::new(Semaphore::new(max_connections));
     let connections = TaskTracker::new();
     let accepters = TaskTracker::new();
     let mut unix_paths = Vec::new();
@@ -159,7 +177,7 @@ pub async fn serve(
         accepters.spawn(accept_loop(
             listener,
             Arc::clone(&ctx),
-            Arc::clone(&slots),
+            Arc::new(Semaphore::new(max_connections)),
             connections.clone(),
             shutdown.clone(),
         ));
@@ -183,7 +201,30 @@ async fn accept_loop(
     connections: TaskTracker,
     shutdown: CancellationToken,
 ) {
+    let name = listener.describe();
     loop {
+        // A slot first: without one, the next client is not accepted at all (it waits in
+        // the accept queue) instead of being accepted and closed.
+        let permit = match Arc::clone(&slots).try_acquire_owned() {
+            Ok(p) => p,
+            Err(_) => {
+                ctx.metrics
+                    .input_connection_waits
+                    .get_or_create(&crate::metrics::ListenerLabel { listener: name.clone() })
+                    .inc();
+                if let Some(n) = ACCEPT_WARN.check() {
+                    tracing::warn!(listener = %name, suppressed = n, "max_connections reached: new connections wait until one closes");
+                }
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    p = Arc::clone(&slots).acquire_owned() => match p {
+                        Ok(p) => p,
+                        // Never closed.
+                        Err(_) => return,
+                    },
+                }
+            }
+        };
         let accepted = tokio::select! {
             _ = shutdown.cancelled() => return,
             a = accept(&listener) => a,
@@ -198,13 +239,6 @@ async fn accept_loop(
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
-        };
-        let Ok(permit) = Arc::clone(&slots).try_acquire_owned() else {
-            ctx.metrics.input_error("too_many_connections");
-            if let Some(n) = ACCEPT_WARN.check() {
-                tracing::warn!(%peer, suppressed = n, "connection refused: max_connections reached");
-            }
-            continue;
         };
         let ctx = Arc::clone(&ctx);
         let shutdown = shutdown.clone();

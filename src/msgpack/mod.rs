@@ -204,48 +204,114 @@ fn be_len(b: &[u8]) -> usize {
 /// than `max`, and with [`Error::Reserved`] on the marker 0xc1. `Incomplete { at_least }`
 /// is a lower bound of the whole value's length: walking again before that many bytes are
 /// buffered would only say the same again.
+#[inline]
 pub fn value_len(buf: &[u8], max: usize) -> Result<Extent, Error> {
-    let mut pos = 0usize;
-    // Values still to be read, the current one included. Never more than `max` (checked
-    // below), so it cannot overflow.
-    let mut pending = 1usize;
-    while pending > 0 {
-        let Some(&marker) = buf.get(pos) else {
-            return Ok(Extent::Incomplete { at_least: pos + pending });
-        };
-        pending -= 1;
-        let next = match shape(marker) {
-            Shape::Fixed(n) => pos + n,
-            Shape::Sized { len_bytes, extra } => {
-                let hdr = 1 + len_bytes + extra;
-                let Some(len) = buf.get(pos + 1..pos + 1 + len_bytes) else {
-                    return incomplete(pos + hdr, pending, max);
-                };
-                (pos + hdr).saturating_add(be_len(len))
-            }
-            Shape::Container { hdr, inline, per } => {
-                let n = match inline {
-                    Some(n) => n,
-                    None => match buf.get(pos + 1..pos + hdr) {
-                        Some(len) => be_len(len),
-                        None => return incomplete(pos + hdr, pending, max),
-                    },
-                };
-                pending = pending.saturating_add(n.saturating_mul(per));
-                pos + hdr
-            }
-            Shape::Reserved => return Err(Error::Reserved { offset: pos }),
-        };
-        let at_least = next.saturating_add(pending);
-        if at_least > max {
-            return Err(Error::TooLarge { size: at_least, max });
-        }
-        if next > buf.len() {
-            return Ok(Extent::Incomplete { at_least });
-        }
-        pos = next;
+    ValueWalk::new().walk(buf, max)
+}
+
+/// A [`value_len`] walk that keeps its place between calls, for a buffer that only grows
+/// at its end (a connection's read buffer between two frames).
+///
+/// A fresh `value_len` on every read of an unfinished frame walks it again from byte 0:
+/// a 16 MiB frame of small records dripped in small reads costs reads × headers, quadratic
+/// in the frame's size. `walk` resumes at the first header it could not finish, so the
+/// whole frame costs one walk plus one re-read header per call. Its state is only valid
+/// while the bytes already walked stay where they are: start a new walk for the next
+/// frame (after the complete one is split off the buffer).
+#[derive(Debug, Clone)]
+pub struct ValueWalk {
+    /// Where the next header starts: every value before it is accounted for.
+    pos: usize,
+    /// Values still to be read, the one at `pos` included. Never more than the `max` the
+    /// walk was given (checked as it grows), so it cannot overflow.
+    pending: usize,
+    /// Headers read, over every call: the walk's cost, which tests check is linear.
+    steps: u64,
+}
+
+impl Default for ValueWalk {
+    fn default() -> Self {
+        ValueWalk::new()
     }
-    Ok(Extent::Complete(pos))
+}
+
+impl ValueWalk {
+    #[inline]
+    pub const fn new() -> ValueWalk {
+        ValueWalk { pos: 0, pending: 1, steps: 0 }
+    }
+
+    /// Headers read so far, over every call.
+    pub fn steps(&self) -> u64 {
+        self.steps
+    }
+
+    /// [`value_len`] of `buf`, resumed where the previous call on the same walk stopped.
+    /// `buf` must start with the bytes the previous calls saw (more may follow), and `max`
+    /// must be the same on every call. After `Complete` or an error, start a new walk.
+    pub fn walk(&mut self, buf: &[u8], max: usize) -> Result<Extent, Error> {
+        let mut pos = self.pos;
+        let mut pending = self.pending;
+        while pending > 0 {
+            let Some(&marker) = buf.get(pos) else {
+                self.save(pos, pending);
+                return Ok(Extent::Incomplete { at_least: pos.saturating_add(pending) });
+            };
+            self.steps += 1;
+            // Values still to be read once this one is.
+            let rest = pending - 1;
+            let (next, rest) = match shape(marker) {
+                Shape::Fixed(n) => (pos + n, rest),
+                Shape::Sized { len_bytes, extra } => {
+                    let hdr = 1 + len_bytes + extra;
+                    let Some(len) = buf.get(pos + 1..pos + 1 + len_bytes) else {
+                        // The header is read again once the rest of it is here.
+                        self.save(pos, pending);
+                        return incomplete(pos + hdr, rest, max);
+                    };
+                    ((pos + hdr).saturating_add(be_len(len)), rest)
+                }
+                Shape::Container { hdr, inline, per } => {
+                    let n = match inline {
+                        Some(n) => n,
+                        None => match buf.get(pos + 1..pos + hdr) {
+                            Some(len) => be_len(len),
+                            None => {
+                                self.save(pos, pending);
+                                return incomplete(pos + hdr, rest, max);
+                            }
+                        },
+                    };
+                    (pos + hdr, rest.saturating_add(n.saturating_mul(per)))
+                }
+                Shape::Reserved => return Err(Error::Reserved { offset: pos }),
+            };
+            pending = rest;
+            let at_least = next.saturating_add(pending);
+            if at_least > max {
+                return Err(Error::TooLarge { size: at_least, max });
+            }
+            if next > buf.len() {
+                // A `str`/`bin`/`ext` body still arriving: the walk goes on after it,
+                // without reading it again.
+                self.save(next, pending);
+                return Ok(Extent::Incomplete { at_least });
+            }
+            pos = next;
+        }
+        if pos > buf.len() {
+            // Resumed after the body of the last value, which is still arriving.
+            return Ok(Extent::Incomplete { at_least: pos });
+        }
+        self.save(pos, 0);
+        Ok(Extent::Complete(pos))
+    }
+
+    #[inline]
+    fn save(&mut self, pos: usize, pending: usize) {
+        self.pos = pos;
+        self.pending = pending;
+    }
 }
 
 #[inline]

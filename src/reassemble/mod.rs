@@ -18,6 +18,12 @@
 //! for multiline, the next start line of the container), when it grows past `max_size`, when
 //! `timeout` passes (partial: since its first part; multiline: since its last line), or when
 //! the read-ahead bound is reached. Incomplete records are marked and counted.
+//!
+//! Memory: the read-ahead bound counts both the deliveries held and the pieces held by open
+//! groups. A later part's (or line's) record becomes a tombstone, so its piece is copied out
+//! of it: a slice would pin the whole chunk read from the buffer that the record points into.
+//! The joined record is built by copying the base record's pairs as bytes, never by decoding
+//! it into a value tree (40–48 bytes a value: a 16 MiB record of nils would take ~1 GB).
 
 use crate::event::{Batch, Event};
 use crate::metrics::Metrics;
@@ -119,6 +125,9 @@ struct Group {
     /// Pieces of the message in order: ordinal → bytes (multiline: line number → line).
     pieces: BTreeMap<u64, Bytes>,
     bytes: usize,
+    /// Bytes of the pieces copied out of tombstoned records (all but the first piece),
+    /// counted in the joiner's `group_bytes`.
+    owned: usize,
     /// The ordinal marked last, once seen (partial only).
     last: Option<u64>,
     /// The ordinal this group starts at: 1, or where a line split by `max_size` goes on.
@@ -141,6 +150,8 @@ pub struct Joiner {
     queue: VecDeque<Held>,
     queued_events: usize,
     queued_bytes: usize,
+    /// Bytes of pieces open groups hold beyond the queued records (see `Group::owned`).
+    group_bytes: usize,
     groups: HashMap<Key, Group>,
     /// Lines split by `max_size`: the ordinal their next piece starts at.
     split: HashMap<Key, u64>,
@@ -154,6 +165,7 @@ pub struct Joiner {
 }
 
 static PATTERN_WARN: crate::ratelimit::RateLimit = crate::ratelimit::RateLimit::new(5, 60);
+static READ_AHEAD_WARN: crate::ratelimit::RateLimit = crate::ratelimit::RateLimit::new(5, 60);
 
 impl Joiner {
     pub fn new(opts: JoinOptions, sink: &str, metrics: Arc<Metrics>) -> Joiner {
@@ -162,6 +174,7 @@ impl Joiner {
             queue: VecDeque::new(),
             queued_events: 0,
             queued_bytes: 0,
+            group_bytes: 0,
             groups: HashMap::new(),
             split: HashMap::new(),
             patterns: HashMap::new(),
@@ -182,10 +195,20 @@ impl Joiner {
         }
         // Too much held: close the oldest groups (those holding the front back) as
         // incomplete until the front can go.
-        while (self.queued_events > READ_AHEAD_EVENTS || self.queued_bytes > READ_AHEAD_BYTES)
+        while (self.queued_events > READ_AHEAD_EVENTS || self.held_bytes() > READ_AHEAD_BYTES)
             && self.queue.front().is_some_and(|h| h.open > 0)
         {
             let Some(key) = self.oldest_open() else { break };
+            if let Some(suppressed) = READ_AHEAD_WARN.check() {
+                tracing::warn!(
+                    sink = %self.sink,
+                    groups = self.groups.len(),
+                    held_events = self.queued_events,
+                    held_bytes = self.held_bytes(),
+                    suppressed,
+                    "join read-ahead bound reached: the oldest open line is sent incomplete"
+                );
+            }
             self.close(&key, Outcome::ReadAhead);
         }
     }
@@ -234,6 +257,11 @@ impl Joiner {
         self.queued_events
     }
 
+    /// Bytes held: records read and not yet handed out, and the pieces of open groups.
+    pub fn held_bytes(&self) -> usize {
+        self.queued_bytes + self.group_bytes
+    }
+
     fn oldest_open(&self) -> Option<Key> {
         self.groups.iter().min_by_key(|(_, g)| g.at).map(|(k, _)| k.clone())
     }
@@ -270,7 +298,10 @@ impl Joiner {
         if let (false, Some(g)) = (is_start, self.groups.get_mut(&key)) {
             let n = g.pieces.len() as u64;
             g.bytes += line.log.len() + 1;
-            g.pieces.insert(n, line.log);
+            // Its record becomes a tombstone: the line is copied out of the read chunk.
+            g.owned += line.log.len();
+            self.group_bytes += line.log.len();
+            g.pieces.insert(n, Bytes::copy_from_slice(&line.log));
             g.deadline = now + limits.timeout;
             let over = g.bytes > limits.max_size;
             self.tombstone(first, i);
@@ -355,7 +386,10 @@ impl Joiner {
             return;
         };
         g.bytes += p.log.len();
-        g.pieces.insert(p.ordinal, p.log);
+        // Its record becomes a tombstone: the piece is copied out of the read chunk.
+        g.owned += p.log.len();
+        self.group_bytes += p.log.len();
+        g.pieces.insert(p.ordinal, Bytes::copy_from_slice(&p.log));
         if p.last {
             g.last = Some(p.ordinal);
         }
@@ -397,7 +431,8 @@ impl Joiner {
             h.open += 1;
         }
         let from = self.split.remove(&key).unwrap_or(if kind == Kind::Partial { 1 } else { 0 });
-        self.groups.insert(key, Group { kind, at, base, pieces, bytes, last, from, deadline });
+        self.groups
+            .insert(key, Group { kind, at, base, pieces, bytes, owned: 0, last, from, deadline });
     }
 
     fn tombstone(&mut self, first: u64, i: usize) {
@@ -413,6 +448,7 @@ impl Joiner {
     /// Writes the group's record into its first slot and releases that slot's delivery.
     fn close(&mut self, key: &Key, outcome: Outcome) {
         let Some(g) = self.groups.remove(key) else { return };
+        self.group_bytes -= g.owned;
         let outcome = match (g.kind, outcome) {
             // The rest of a line split by max_size is a piece too, however it ends.
             (Kind::Partial, Outcome::Complete) if g.from > 1 => Outcome::MaxSize,
@@ -533,40 +569,66 @@ fn str_fields<'r, const N: usize>(
     Some(out)
 }
 
-fn read_map(record: &[u8]) -> Option<Vec<(rmpv::Value, rmpv::Value)>> {
-    let mut rd = record;
-    match rmpv::decode::read_value(&mut rd).ok()? {
-        rmpv::Value::Map(m) => Some(m),
-        _ => None,
-    }
-}
-
 /// `base` with its message replaced by `message`, Docker's partial fields dropped when the
 /// line is whole, and a marker when it is not.
+///
+/// The base's other pairs are copied as bytes, as the client encoded them: memory is the
+/// record's size, whatever it holds (decoding it into `rmpv::Value`s cost 40–48 bytes a
+/// value). `None` when `base` is not one whole map.
 fn joined_record(base: &[u8], kind: Kind, message: &[u8], incomplete: bool) -> Option<Vec<u8>> {
-    let mut map = read_map(base)?;
-    let is_partial_key = |k: &rmpv::Value| {
-        matches!(k.as_str(), Some("partial_message" | "partial_ordinal" | "partial_last"))
-    };
-    map.retain(|(k, _)| !(is_partial_key(k) || (!incomplete && k.as_str() == Some("partial_id"))));
-    let text = match String::from_utf8(message.to_vec()) {
-        Ok(s) => rmpv::Value::from(s),
-        Err(e) => rmpv::Value::Binary(e.into_bytes()),
-    };
-    match map.iter_mut().find(|(k, _)| k.as_str() == Some(MESSAGE_KEY)) {
-        Some((_, v)) => *v = text,
-        None => map.push((rmpv::Value::from(MESSAGE_KEY), text)),
+    let mut r = crate::msgpack::Reader::new(base);
+    let len = r.map_len().ok()??;
+    let mut body = Vec::with_capacity(base.len() + message.len() + 32);
+    let mut count = 0u64;
+    let mut message_written = false;
+    for _ in 0..len {
+        let start = r.position();
+        let key = r.str().ok()?;
+        if key.is_none() {
+            r.skip().ok()?;
+        }
+        let key_end = r.position();
+        r.skip().ok()?;
+        match key {
+            Some(b"partial_message" | b"partial_ordinal" | b"partial_last") => continue,
+            Some(b"partial_id") if !incomplete => continue,
+            // The first `log` takes the message, where it was.
+            Some(k) if k == MESSAGE_KEY.as_bytes() && !message_written => {
+                body.extend_from_slice(&base[start..key_end]);
+                write_text(&mut body, message);
+                message_written = true;
+            }
+            _ => body.extend_from_slice(&base[start..r.position()]),
+        }
+        count += 1;
+    }
+    if !message_written {
+        let _ = rmp::encode::write_str(&mut body, MESSAGE_KEY);
+        write_text(&mut body, message);
+        count += 1;
     }
     if incomplete {
         let marker = match kind {
             Kind::Partial => "partial_incomplete",
             Kind::Multiline => "multiline_incomplete",
         };
-        map.push((rmpv::Value::from(marker), rmpv::Value::Boolean(true)));
+        let _ = rmp::encode::write_str(&mut body, marker);
+        let _ = rmp::encode::write_bool(&mut body, true);
+        count += 1;
     }
-    let mut out = Vec::with_capacity(base.len() + message.len());
-    rmpv::encode::write_value(&mut out, &rmpv::Value::Map(map)).ok()?;
+    let mut out = Vec::with_capacity(body.len() + 5);
+    let _ = rmp::encode::write_map_len(&mut out, u32::try_from(count).ok()?);
+    out.extend_from_slice(&body);
     Some(out)
+}
+
+/// The message as a msgpack `str`, or a `bin` when it is not UTF-8 (writing into a `Vec`
+/// cannot fail).
+fn write_text(out: &mut Vec<u8>, message: &[u8]) {
+    let _ = match std::str::from_utf8(message) {
+        Ok(text) => rmp::encode::write_str(out, text),
+        Err(_) => rmp::encode::write_bin(out, message),
+    };
 }
 
 #[cfg(test)]

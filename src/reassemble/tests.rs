@@ -381,3 +381,60 @@ fn a_split_line_closes_the_containers_multiline_group_first() {
     let out = drain(&mut j);
     assert_eq!(logs(&out[0].2), vec![Some("Start\n cont".into()), None, Some("L1L2".into()), None]);
 }
+
+/// The record as `joined_record` built it with rmpv (decode, edit, encode): the oracle of
+/// the byte-copying one, compared as values.
+fn joined_by_rmpv(base: &[u8], kind: Kind, message: &[u8], incomplete: bool) -> Option<Value> {
+    let mut rd = base;
+    let Value::Map(mut map) = rmpv::decode::read_value(&mut rd).ok()? else { return None };
+    let is_partial_key = |k: &Value| {
+        matches!(k.as_str(), Some("partial_message" | "partial_ordinal" | "partial_last"))
+    };
+    map.retain(|(k, _)| !(is_partial_key(k) || (!incomplete && k.as_str() == Some("partial_id"))));
+    let text = match String::from_utf8(message.to_vec()) {
+        Ok(s) => Value::from(s),
+        Err(e) => Value::Binary(e.into_bytes()),
+    };
+    match map.iter_mut().find(|(k, _)| k.as_str() == Some("log")) {
+        Some((_, v)) => *v = text,
+        None => map.push((Value::from("log"), text)),
+    }
+    if incomplete {
+        let marker =
+            if kind == Kind::Partial { "partial_incomplete" } else { "multiline_incomplete" };
+        map.push((Value::from(marker), Value::Boolean(true)));
+    }
+    Some(Value::Map(map))
+}
+
+#[test]
+fn joined_record_matches_the_value_tree_edit() {
+    let records = [
+        part("c", "id", 1, false, "x"),
+        line("c", "y"),
+        // No log; a non-string key; two logs (the first takes the message); nested values.
+        encode(&Value::Map(vec![
+            (Value::from(1), Value::from("one")),
+            (Value::from("partial_message"), Value::from("true")),
+            (Value::from("nested"), Value::Array(vec![Value::Nil, map(&[("log", "inner")])])),
+        ])),
+        encode(&Value::Map(vec![
+            (Value::from("log"), Value::from("first")),
+            (Value::from("partial_id"), Value::from("p")),
+            (Value::from("log"), Value::from("second")),
+            (Value::from("f"), Value::F64(1.5)),
+        ])),
+    ];
+    for base in &records {
+        for kind in [Kind::Partial, Kind::Multiline] {
+            for incomplete in [false, true] {
+                for message in [&b"joined text"[..], b"", b"\xff\xfe not utf-8"] {
+                    let ours = joined_record(base, kind, message, incomplete).map(|r| decode(&r));
+                    let want = joined_by_rmpv(base, kind, message, incomplete);
+                    assert_eq!(ours, want, "{:?} {incomplete} {message:?}", decode(base));
+                }
+            }
+        }
+    }
+    assert_eq!(joined_record(b"\x92\x01\x02", Kind::Partial, b"m", false), None, "not a map");
+}

@@ -316,3 +316,22 @@ fn hostile_entry_count_does_not_preallocate() {
     let e = err(b"\x92\xa1t\xdd\xff\xff\xff\xff");
     assert_eq!(e.to_string(), "malformed msgpack at byte 8: value truncated");
 }
+
+/// Only a packed request with options may be gzip; a prefix too short to tell may be.
+#[test]
+fn may_inflate_tells_packed_requests_with_options() {
+    let entry = [&[0x92, 0x01][..], REC].concat();
+    let gz = packed("t", &gzip(&entry), Some("gzip"));
+    let text = packed("t", REC, None);
+    let message = b"\x94\xa1t\x01\x81\xa1a\x01\x80";
+    let forward = b"\x93\xa1t\x91\x92\x01\x81\xa1a\x01\x80";
+    assert!(may_inflate(&gz));
+    assert!(matches!(req(&gz).mode, Mode::CompressedPackedForward));
+    assert!(!may_inflate(&text), "two elements: no options, no compression");
+    assert!(!may_inflate(message));
+    assert!(!may_inflate(forward));
+    assert!(!may_inflate(b"\xc0"), "a heartbeat");
+    for cut in 0..4 {
+        assert!(may_inflate(&gz[..cut]), "{cut} bytes cannot tell");
+    }
+}
