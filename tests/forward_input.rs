@@ -295,6 +295,14 @@ fn stale_unix_socket_is_replaced_and_live_one_is_not_stolen() {
         &std::fs::metadata(b.unix_path()).unwrap().permissions(),
     );
     assert_eq!(mode & 0o777, 0o660, "default socket mode");
+    // Bound in a private directory beside it and renamed into place (never reachable with a
+    // wider mode): nothing of that is left.
+    let left: Vec<_> = std::fs::read_dir(b.unix_path().parent().unwrap())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().contains(".bind-"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
 
     // A second berth on the same path must refuse, naming the path.
     let cfg2 = cfg.replace("{dir}/forward.sock", &b.unix_path().display().to_string());

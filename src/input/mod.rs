@@ -14,7 +14,7 @@ use crate::forward::handshake::ServerAuth;
 use crate::metrics::Metrics;
 use crate::pipeline::Pipeline;
 use std::io;
-use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -99,10 +99,26 @@ async fn bind_unix(path: &Path, mode: u32) -> Result<Listener, InputError> {
             std::fs::create_dir_all(dir).map_err(bind_err)?;
         }
     }
-    let listener = UnixListener::bind(path).map_err(bind_err)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
-        .map_err(|source| InputError::SocketMode { path: path.to_path_buf(), mode, source })?;
-    Ok(Listener::Unix { listener, path: path.to_path_buf() })
+    // The socket never exists at `path` with wider permissions than `mode`: it is bound in
+    // a private directory (0700) beside it, given its mode there, then renamed into place
+    // (atomic, same file system). Binding at `path` and then chmodding it would leave a
+    // moment where anyone the umask allows could connect; changing the umask instead is
+    // process-wide and races with other threads creating files.
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let private = dir.join(format!(".{name}.bind-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&private);
+    std::fs::DirBuilder::new().mode(0o700).create(&private).map_err(bind_err)?;
+    let staged = private.join("s");
+    let bound = (|| {
+        let listener = UnixListener::bind(&staged).map_err(bind_err)?;
+        std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(mode))
+            .map_err(|source| InputError::SocketMode { path: path.to_path_buf(), mode, source })?;
+        std::fs::rename(&staged, path).map_err(bind_err)?;
+        Ok(listener)
+    })();
+    let _ = std::fs::remove_dir_all(&private);
+    Ok(Listener::Unix { listener: bound?, path: path.to_path_buf() })
 }
 
 /// What every connection needs; shared by `Arc`.
