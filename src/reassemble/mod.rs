@@ -400,8 +400,10 @@ impl Joiner {
     /// Closes a partial group that is complete or too large.
     fn settle_partial(&mut self, key: &Key, limits: Limits) {
         let Some(g) = self.groups.get(key) else { return };
+        // Checked: ordinals come from clients (a hostile `partial_ordinal` of u64::MAX, or a
+        // last part below where a split line goes on, must not overflow).
         let complete = g.last.is_some_and(|last| {
-            g.pieces.len() as u64 == last + 1 - g.from
+            last.checked_add(1).and_then(|n| n.checked_sub(g.from)) == Some(g.pieces.len() as u64)
                 && g.pieces.keys().next() == Some(&g.from)
                 && g.pieces.keys().next_back() == Some(&last)
         });
@@ -460,8 +462,10 @@ impl Joiner {
             if self.split.len() >= 1024 {
                 self.split.clear();
             }
-            let next = g.pieces.keys().next_back().map_or(1, |o| o + 1);
-            self.split.insert(key.clone(), next);
+            // Where the rest of the line goes on; none after the largest ordinal there is.
+            if let Some(next) = g.pieces.keys().next_back().map_or(Some(1), |o| o.checked_add(1)) {
+                self.split.insert(key.clone(), next);
+            }
         }
         let incomplete = outcome != Outcome::Complete;
         let sep: &[u8] = if g.kind == Kind::Multiline { b"\n" } else { b"" };

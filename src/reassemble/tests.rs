@@ -438,3 +438,25 @@ fn joined_record_matches_the_value_tree_edit() {
     }
     assert_eq!(joined_record(b"\x92\x01\x02", Kind::Partial, b"m", false), None, "not a map");
 }
+
+#[test]
+fn hostile_ordinals_do_not_overflow() {
+    // A last part at u64::MAX (ordinal + 1 overflows), and one below where the group
+    // starts: neither panics (a debug build would), neither counts as complete, and the
+    // groups end at their timeout with what they had.
+    let mut j = partial_only(1 << 20);
+    let now = Instant::now();
+    j.push(0, 1, batch("a", vec![part("c1", "x", 1, false, "one-")], 1), now);
+    j.push(1, 2, batch("a", vec![part("c1", "x", u64::MAX, true, "max")], 1), now);
+    assert!(drain(&mut j).is_empty(), "not complete: ordinals 2..u64::MAX are missing");
+    // A line split by max_size whose last piece is u64::MAX: no next ordinal to go on at.
+    let mut small = partial_only(8);
+    small.push(0, 1, batch("a", vec![part("c2", "y", u64::MAX, false, "0123456789")], 1), now);
+    let later = now + std::time::Duration::from_secs(3600);
+    small.push(1, 2, batch("a", vec![part("c2", "y", 1, true, "z")], 1), later);
+    let mut j2 = partial_only(1 << 20);
+    j2.push(0, 1, batch("a", vec![part("c3", "z", 0, true, "zero")], 1), now);
+    let _ = drain(&mut j2);
+    let _ = drain(&mut small);
+    let _ = drain(&mut j);
+}
