@@ -94,29 +94,24 @@ fn init_logging(level: Option<&str>, format: LogFormat) -> berth::app::LogContro
     let filter = |l: &str| tracing_subscriber::EnvFilter::try_new(l).map_err(|e| e.to_string());
     let initial = filter(level.unwrap_or("info"))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let ansi = std::io::stderr().is_terminal();
-    let set: berth::app::SetFilter = match format {
-        LogFormat::Text => {
-            let builder = tracing_subscriber::fmt()
+    // The same builder for both formats; `json()` changes its type, hence the macro.
+    macro_rules! install {
+        ($builder:expr) => {{
+            let builder = $builder
                 .with_env_filter(initial)
                 .with_writer(std::io::stderr)
-                .with_ansi(ansi)
+                .with_ansi(std::io::stderr().is_terminal())
                 .with_filter_reloading();
             let handle = builder.reload_handle();
             builder.init();
-            Box::new(move |l| handle.reload(filter(l)?).map_err(|e| e.to_string()))
-        }
-        LogFormat::Json => {
-            let builder = tracing_subscriber::fmt()
-                .json()
-                .with_env_filter(initial)
-                .with_writer(std::io::stderr)
-                .with_ansi(ansi)
-                .with_filter_reloading();
-            let handle = builder.reload_handle();
-            builder.init();
-            Box::new(move |l| handle.reload(filter(l)?).map_err(|e| e.to_string()))
-        }
+            let set: berth::app::SetFilter =
+                Box::new(move |l| handle.reload(filter(l)?).map_err(|e| e.to_string()));
+            set
+        }};
+    }
+    let set = match format {
+        LogFormat::Text => install!(tracing_subscriber::fmt()),
+        LogFormat::Json => install!(tracing_subscriber::fmt().json()),
     };
     berth::app::LogControl { set, pinned: level.is_some() }
 }

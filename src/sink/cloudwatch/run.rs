@@ -407,16 +407,8 @@ impl Shared {
             "log group {log_group:?} stream {stream:?} refused for denied_retry_duration ({}): {last}",
             crate::config::format_duration(self.cfg.denied_retry_duration)
         );
-        let mut dead = self.dead_letters();
-        let mut prev = None;
-        for s in ids {
-            if prev != Some(s.offset) {
-                dead.push(group, s.offset, 0, "denied", &reason, "denied");
-                prev = Some(s.offset);
-            }
-        }
         tracing::error!(sink = %self.name, log_group, log_stream = stream, records = ids.len(), last_error = last, "destination refused: records written to the dead-letter file");
-        dead.flush(&self.name, &self.metrics, &mut Vec::new()).await;
+        self.dead_letter_all(group, ids, "denied", &reason).await;
     }
 
     /// Retried past `max_retry_duration`: the batch's records to the dead-letter file.
@@ -426,15 +418,27 @@ impl Shared {
             "not delivered after retrying for max_retry_duration ({}); last error: {last}",
             crate::config::format_duration(max)
         );
+        tracing::warn!(sink = %self.name, records = ids.len(), last_error = last, "retries expired (max_retry_duration)");
+        self.dead_letter_all(group, ids, "retry_expired", &reason).await;
+    }
+
+    /// Every record of a batch to the dead-letter file, once each (a record sent in parts
+    /// has several `Sent`), as `kind` (its `error_type` and metric reason).
+    async fn dead_letter_all(
+        &self,
+        group: &[Delivery],
+        ids: &[Sent],
+        kind: &'static str,
+        reason: &str,
+    ) {
         let mut dead = self.dead_letters();
         let mut prev = None;
         for s in ids {
             if prev != Some(s.offset) {
-                dead.push(group, s.offset, 0, "retry_expired", &reason, "retry_expired");
+                dead.push(group, s.offset, 0, kind, reason, kind);
                 prev = Some(s.offset);
             }
         }
-        tracing::warn!(sink = %self.name, records = ids.len(), last_error = last, "retries expired (max_retry_duration)");
         dead.flush(&self.name, &self.metrics, &mut Vec::new()).await;
     }
 
