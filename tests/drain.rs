@@ -570,3 +570,35 @@ fn another_instances_drain_state_is_set_aside_not_resumed() {
     assert!(world.proxy.calls_of(HEARTBEAT).is_empty(), "never heart-beats another host's action");
     assert!(b.stderr_text().contains("another instance's"));
 }
+
+#[test]
+fn the_group_and_hook_from_config_are_used_without_discovery() {
+    let world = World::start();
+    world.stop_ecs_tasks();
+    // A second terminating hook: the configured one is chosen, not the first listed.
+    ecs_tool(
+        &world.moto.url(),
+        &["hook", &world.group, "other-hook", "terminating", "30", "CONTINUE"],
+        ROOT,
+    );
+    world.proxy.register_hook(&world.group, "other-hook");
+    let env = world.env();
+    let extra = format!(
+        "auto_scaling_group_name = \"{}\"\nlifecycle_hook_name = \"other-hook\"",
+        world.group
+    );
+    let b = start_in(tmpfs_dir(), &config(&world, NULL_SINK, &extra), &envs(&env));
+    world.proxy.start_action(&world.instance);
+    world.imds.set(LIFECYCLE, Some("Terminated"));
+    let v = wait_view(&b, "the drain done", |v| v["drain"]["step"] == "done");
+    assert_eq!(v["drain"]["outcome"], "drained", "{v:#}");
+    assert_eq!(v["drain"]["hook"]["name"], "other-hook");
+    let completes = world.calls_of(COMPLETE);
+    assert_eq!(completes.len(), 1);
+    assert_eq!(completes[0].param("LifecycleHookName"), Some("other-hook"));
+    assert_eq!(completes[0].param("AutoScalingGroupName"), Some(world.group.as_str()));
+    assert!(
+        world.calls_of("DescribeAutoScalingInstances").is_empty(),
+        "the group is not looked up when configured"
+    );
+}
