@@ -173,3 +173,224 @@ fn the_packaged_config_serves() {
         body.lines().any(|l| l == "berth_sink_lag_records{sink=\"unconfigured\"} 0").then_some(())
     });
 }
+
+/// `scripts/package` into a temp dir: the .deb and the .rpm. The static binary is built
+/// once per target dir (scripts/test builds it before the suite, so here it is a no-op).
+fn build_packages() -> (tempfile::TempDir, std::path::PathBuf, std::path::PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(package_file("scripts/package")).arg(dir.path()).output().unwrap();
+    assert!(out.status.success(), "scripts/package:\n{}", String::from_utf8_lossy(&out.stderr));
+    let find = |suffix: &str| {
+        let found: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.to_str().unwrap().ends_with(suffix))
+            .collect();
+        assert_eq!(found.len(), 1, "one {suffix} in {found:?}");
+        found[0].clone()
+    };
+    let (deb, rpm) = (find("_amd64.deb"), find(".x86_64.rpm"));
+    (dir, deb, rpm)
+}
+
+fn run_ok(cmd: &str, args: &[&str]) -> String {
+    let out = Command::new(cmd)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{cmd} ({e}): scripts/test-deps installs it"));
+    assert!(out.status.success(), "{cmd} {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// What both packages' scripts must do to create the user: the docker group first when
+/// missing (Docker may be installed later; the unit's SupplementaryGroups=docker needs it),
+/// then the system user in it.
+fn assert_creates_the_user(script: &str, which: &str) {
+    for step in [
+        "getent group docker >/dev/null || groupadd --system docker",
+        "useradd --system $own --groups docker --home-dir /var/lib/berth --no-create-home",
+        "--shell /usr/sbin/nologin --comment \"berth log shipper\" berth",
+        "usermod --append --groups docker berth",
+    ] {
+        assert!(script.contains(step), "{which} lacks `{step}`:\n{script}");
+    }
+}
+
+#[test]
+fn the_packages_hold_the_binary_the_unit_the_config_and_create_the_user() {
+    let (dir, deb, rpm) = build_packages();
+    let deb = deb.to_str().unwrap();
+    let rpm = rpm.to_str().unwrap();
+    let version = env!("CARGO_PKG_VERSION");
+
+    // The .deb: the files, the conffile, the maintainer scripts.
+    assert_eq!(run_ok("dpkg-deb", &["-f", deb, "Package"]).trim(), "berth");
+    assert_eq!(run_ok("dpkg-deb", &["-f", deb, "Version"]).trim(), format!("{version}-1"));
+    let listing = run_ok("dpkg-deb", &["-c", deb]);
+    let files: Vec<&str> = listing.lines().filter_map(|l| l.split_whitespace().nth(5)).collect();
+    for f in ["./usr/bin/berth", "./usr/lib/systemd/system/berth.service", "./etc/berth/berth.toml"]
+    {
+        assert!(files.contains(&f), "{f} in the .deb:\n{listing}");
+    }
+    assert!(
+        listing.lines().any(|l| l.starts_with("-rwxr-xr-x 0/0 ") && l.ends_with("./usr/bin/berth")),
+        "{listing}"
+    );
+    assert_eq!(run_ok("dpkg-deb", &["-I", deb, "conffiles"]).trim(), "/etc/berth/berth.toml");
+    let postinst = run_ok("dpkg-deb", &["-I", deb, "postinst"]);
+    assert_creates_the_user(&postinst, "the .deb's postinst");
+    for step in [
+        "install -d -o berth -g berth -m 0750 /var/lib/berth",
+        "systemctl daemon-reload",
+        "systemctl try-restart berth.service",
+    ] {
+        assert!(postinst.contains(step), "postinst lacks `{step}`:\n{postinst}");
+    }
+    assert!(
+        !postinst.contains("systemctl enable"),
+        "installing does not enable berth:\n{postinst}"
+    );
+    let prerm = run_ok("dpkg-deb", &["-I", deb, "prerm"]);
+    assert!(prerm.contains("remove)") && prerm.contains("disable --now berth.service"), "{prerm}");
+    assert!(run_ok("dpkg-deb", &["-I", deb, "postrm"]).contains("systemctl daemon-reload"));
+
+    // What the .deb holds is the tree's: the config and unit as they are, the static binary.
+    let root = dir.path().join("root");
+    run_ok("dpkg-deb", &["-x", deb, root.to_str().unwrap()]);
+    for (packed, source) in [
+        ("etc/berth/berth.toml", "packaging/berth.toml"),
+        ("usr/lib/systemd/system/berth.service", "systemd/berth.service"),
+    ] {
+        assert_eq!(
+            std::fs::read(root.join(packed)).unwrap(),
+            std::fs::read(package_file(source)).unwrap(),
+            "{packed} is {source}"
+        );
+    }
+    let bin = root.join("usr/bin/berth");
+    // Static (static-pie): no program interpreter, no library needed.
+    let elf = run_ok("readelf", &["--program-headers", "--dynamic", bin.to_str().unwrap()]);
+    assert!(!elf.contains("INTERP") && !elf.contains("(NEEDED)"), "not static:\n{elf}");
+    assert!(run_ok(bin.to_str().unwrap(), &["version"]).contains(version));
+
+    // The .rpm: the same files, the config noreplace.
+    let qf =
+        "[%{FILENAMES} %{FILEMODES:perms} %{FILEUSERNAME}:%{FILEGROUPNAME} %{FILEFLAGS:fflags}\n]";
+    let files = run_ok("rpm", &["-qp", "--qf", qf, rpm]);
+    for want in [
+        "/usr/bin/berth -rwxr-xr-x root:root ",
+        "/usr/lib/systemd/system/berth.service -rw-r--r-- root:root ",
+        "/etc/berth/berth.toml -rw-r--r-- root:root cn",
+    ] {
+        assert!(files.lines().any(|l| l.starts_with(want)), "`{want}` in the .rpm:\n{files}");
+    }
+    let listed = run_ok("rpm", &["-qlp", rpm]);
+    assert_eq!(
+        listed.lines().collect::<Vec<_>>(),
+        [
+            "/etc/berth/berth.toml",
+            "/usr/bin/berth",
+            "/usr/lib/systemd/system/berth.service",
+            "/usr/share/doc/berth/README.md"
+        ]
+    );
+    assert_eq!(
+        run_ok("rpm", &["-qp", "--qf", "%{NAME} %{VERSION}-%{RELEASE} %{ARCH}", rpm]),
+        format!("berth {version}-1 x86_64")
+    );
+    let requires = run_ok("rpm", &["-qp", "--requires", rpm]);
+    assert!(requires.lines().any(|l| l.starts_with("shadow-utils")), "{requires}");
+    assert!(!requires.contains(".so"), "static: no library requirement:\n{requires}");
+    let scripts = run_ok("rpm", &["-qp", "--scripts", rpm]);
+    // `<name> scriptlet:` (or `<name> scriptlet (using /bin/sh):`) heads each script.
+    let mut sections = std::collections::BTreeMap::<String, String>::new();
+    let mut current = String::new();
+    for l in scripts.lines() {
+        let head =
+            l.strip_suffix(" scriptlet:").or_else(|| Some(l.split_once(" scriptlet (using ")?.0));
+        match head {
+            Some(name) => current = name.to_string(),
+            None => sections.entry(current.clone()).or_default().push_str(&format!("{l}\n")),
+        }
+    }
+    let section = |name: &str| -> String {
+        sections.get(name).cloned().unwrap_or_else(|| panic!("no {name} scriptlet:\n{scripts}"))
+    };
+    assert_creates_the_user(&section("preinstall"), "the .rpm's %pre");
+    let post = section("postinstall");
+    for step in ["install -d -o berth -g berth -m 0750 /var/lib/berth", "systemctl daemon-reload"] {
+        assert!(post.contains(step), "%post lacks `{step}`:\n{post}");
+    }
+    assert!(!post.contains("systemctl enable"), "installing does not enable berth:\n{post}");
+    let preun = section("preuninstall");
+    assert!(preun.contains("[ \"$1\" -eq 0 ]") && preun.contains("disable --now"), "{preun}");
+    let postun = section("postuninstall");
+    assert!(postun.contains("[ \"$1\" -ge 1 ]") && postun.contains("try-restart"), "{postun}");
+}
+
+/// The .deb installed, upgraded, removed and purged in a throwaway copy of this machine's
+/// root: overlayfs over `/` with the writes on tmpfs, in a private mount namespace
+/// (`unshare --mount`), `chroot`ed into; nothing of it reaches the host. No systemd runs
+/// there (no /run/systemd/system), so the scripts skip systemctl as in any image build.
+#[test]
+fn the_deb_installs_creates_the_user_and_its_unit_verifies() {
+    if run_ok("id", &["-u"]).trim() != "0" {
+        eprintln!("skipping: installing into an overlay root needs root (CI runs as root)");
+        return;
+    }
+    let (_dir, deb, _) = build_packages();
+    let layers = tmpfs_dir();
+    let l = layers.path().display().to_string();
+    let script = format!(
+        r#"set -eu
+mkdir {l}/upper {l}/work {l}/root
+mount -t overlay overlay -o lowerdir=/,upperdir={l}/upper,workdir={l}/work {l}/root
+mount -t proc proc {l}/root/proc
+mount --bind /dev {l}/root/dev
+mkdir -p {l}/root/tmp/pkg
+cp {deb} {l}/root/tmp/pkg/berth.deb
+chroot {l}/root /bin/sh -eu -c '
+dpkg -i /tmp/pkg/berth.deb >/dev/null
+echo "user: $(getent passwd berth | cut -d: -f6,7)"
+echo "groups: $(id -nG berth)"
+echo "state: $(stat -c %U:%G:%a /var/lib/berth)"
+echo "conffiles: $(dpkg-query -W -f="\${{Conffiles}}" berth | cut -d" " -f2)"
+systemd-analyze verify /usr/lib/systemd/system/berth.service
+berth check-config >/dev/null && echo "check-config: ok"
+sed -i "s/name = \"unconfigured\"/name = \"edited\"/" /etc/berth/berth.toml
+dpkg -i /tmp/pkg/berth.deb >/dev/null
+echo "after upgrade: $(grep -c "name = \"edited\"" /etc/berth/berth.toml)"
+dpkg -r berth >/dev/null
+echo "removed: $(test -e /usr/bin/berth && echo binary; test -e /etc/berth/berth.toml && echo config)"
+dpkg --purge berth >/dev/null 2>&1
+echo "purged: $(test -e /etc/berth/berth.toml && echo config; test -d /var/lib/berth && echo state)"
+'
+"#,
+        deb = deb.display()
+    );
+    let out = Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c", &script])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout).to_string();
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(out.status.success(), "install in the overlay root:\n{said}{err}");
+    let expect = [
+        "user: /var/lib/berth:/usr/sbin/nologin",
+        "state: berth:berth:750",
+        "conffiles: /etc/berth/berth.toml",
+        "check-config: ok",
+        // The user's edit survives a reinstall of the package.
+        "after upgrade: 1",
+        // A removal keeps the conffile; a purge removes it and keeps the buffer's directory.
+        "removed: config",
+        "purged: state",
+    ];
+    for line in expect {
+        assert!(said.lines().any(|l| l == line), "`{line}` in:\n{said}{err}");
+    }
+    let groups = said.lines().find_map(|l| l.strip_prefix("groups: ")).unwrap();
+    assert!(groups.split(' ').any(|g| g == "docker"), "berth in docker: {groups}");
+    // systemd-analyze verify said nothing: the installed unit, binary and all, verifies.
+    assert!(err.trim().is_empty(), "{err}");
+}
