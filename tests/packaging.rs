@@ -174,11 +174,16 @@ fn the_packaged_config_serves() {
     });
 }
 
-/// `scripts/package` into a temp dir: the .deb and the .rpm. The static binary is built
-/// once per target dir (scripts/test builds it before the suite, so here it is a no-op).
+/// `scripts/package` into a temp dir: the .deb and the .rpm, compressed the quick way
+/// (`BERTH_PACKAGE_FAST`: same contents). The static binary is built once per target dir
+/// and change (scripts/test builds it before the suite, so here it is a no-op).
 fn build_packages() -> (tempfile::TempDir, std::path::PathBuf, std::path::PathBuf) {
     let dir = tempfile::tempdir().unwrap();
-    let out = Command::new(package_file("scripts/package")).arg(dir.path()).output().unwrap();
+    let out = Command::new(package_file("scripts/package"))
+        .arg(dir.path())
+        .env("BERTH_PACKAGE_FAST", "1")
+        .output()
+        .unwrap();
     assert!(out.status.success(), "scripts/package:\n{}", String::from_utf8_lossy(&out.stderr));
     let find = |suffix: &str| {
         let found: Vec<_> = std::fs::read_dir(dir.path())
@@ -393,4 +398,137 @@ echo "purged: $(test -e /etc/berth/berth.toml && echo config; test -d /var/lib/b
     assert!(groups.split(' ').any(|g| g == "docker"), "berth in docker: {groups}");
     // systemd-analyze verify said nothing: the installed unit, binary and all, verifies.
     assert!(err.trim().is_empty(), "{err}");
+}
+
+const TEMPLATE: &str = "packaging/cloudformation/berth.yaml";
+
+/// The CloudFormation template as JSON (PyYAML from the test venv; its short-form tags kept
+/// as `{"!Sub": …}`, `{"!Ref": …}`, `{"!GetAtt": …}`).
+fn template() -> serde_json::Value {
+    let script = r#"
+import json, sys, yaml
+class Loader(yaml.SafeLoader):
+    pass
+def tag(loader, suffix, node):
+    if isinstance(node, yaml.ScalarNode):
+        value = loader.construct_scalar(node)
+    elif isinstance(node, yaml.SequenceNode):
+        value = loader.construct_sequence(node, deep=True)
+    else:
+        value = loader.construct_mapping(node, deep=True)
+    return {"!" + suffix: value}
+Loader.add_multi_constructor("!", tag)
+print(json.dumps(yaml.load(open(sys.argv[1]), Loader=Loader)))
+"#;
+    let out = Command::new(test_python())
+        .args(["-c", script])
+        .arg(package_file(TEMPLATE))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn the_cloudformation_template_passes_cfn_lint() {
+    let out = Command::new(test_python().with_file_name("cfn-lint"))
+        .arg(package_file(TEMPLATE))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "cfn-lint (scripts/test-deps installs it):\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The template's task role holds packaging/iam's policies statement for statement (only
+/// the ARNs narrowed to the stack's partition, region, account and group), the hook and
+/// the daemon service are as the drain needs, and the container's environment loads.
+#[test]
+fn the_cloudformation_template_matches_the_policies_and_its_config_loads() {
+    let t = template();
+    let r = &t["Resources"];
+    let narrowed = |v: &serde_json::Value| -> serde_json::Value {
+        let widen = |s: &str| {
+            s.replace("${AWS::Partition}", "aws")
+                .replace("${AWS::Region}", "*")
+                .replace("${AWS::AccountId}", "*")
+                .replace("${AutoScalingGroupName}", "*")
+        };
+        match v {
+            serde_json::Value::Object(m) if m.contains_key("!Sub") => {
+                widen(m["!Sub"].as_str().unwrap()).into()
+            }
+            serde_json::Value::Array(a) => a
+                .iter()
+                .map(|x| x.get("!Sub").map_or(x.clone(), |s| widen(s.as_str().unwrap()).into()))
+                .collect(),
+            other => other.clone(),
+        }
+    };
+    let policies = r["TaskRole"]["Properties"]["Policies"].as_array().unwrap();
+    for (name, file) in [
+        ("berth-capacity", "packaging/iam/berth-capacity-policy.json"),
+        ("berth-drain", "packaging/iam/berth-drain-policy.json"),
+    ] {
+        let want = common::iam::policy(file);
+        let got = policies.iter().find(|p| p["PolicyName"] == name).unwrap();
+        let got = got["PolicyDocument"]["Statement"].as_array().unwrap();
+        let want = want["Statement"].as_array().unwrap();
+        assert_eq!(got.len(), want.len(), "{name}");
+        for (g, w) in got.iter().zip(want) {
+            assert_eq!(g["Sid"], w["Sid"]);
+            assert_eq!(g["Effect"], w["Effect"]);
+            assert_eq!(g["Action"], w["Action"], "{}", w["Sid"]);
+            assert_eq!(narrowed(&g["Resource"]), w["Resource"], "{}", w["Sid"]);
+        }
+    }
+
+    let hook = &r["DrainHook"]["Properties"];
+    assert_eq!(hook["LifecycleTransition"], "autoscaling:EC2_INSTANCE_TERMINATING");
+    assert_eq!(hook["HeartbeatTimeout"], 1800);
+    assert_eq!(r["Service"]["Properties"]["SchedulingStrategy"], "DAEMON");
+    let ecs_config = t["Outputs"]["EcsConfigLines"]["Value"].as_str().unwrap();
+    assert!(ecs_config
+        .lines()
+        .any(|l| l == r#"ECS_AVAILABLE_LOGGING_DRIVERS=["json-file","awslogs","fluentd"]"#));
+    assert!(ecs_config.lines().any(|l| l == "ECS_ENABLE_TASK_IAM_ROLE_NETWORK_HOST=true"));
+
+    let task = &r["TaskDefinition"]["Properties"];
+    assert_eq!(task["NetworkMode"], "host");
+    let c = &task["ContainerDefinitions"][0];
+    assert_eq!(c["StopTimeout"], 120);
+    assert_eq!(c["LogConfiguration"]["LogDriver"], "awslogs", "berth's own logs never go to berth");
+    assert_eq!(
+        c["HealthCheck"]["Command"],
+        serde_json::json!(["CMD", "/usr/bin/berth", "health", "--config", "/etc/berth/berth.toml"])
+    );
+
+    // The image's config with the task's environment (stack values filled in) loads.
+    let mut cmd = Command::new(berth_bin());
+    cmd.args(["check-config", "--config"]).arg(package_file("packaging/berth-container.toml"));
+    cmd.env_remove("BERTH_CONFIG").env_remove("BERTH_LOG");
+    for e in c["Environment"].as_array().unwrap() {
+        let value = match &e["Value"] {
+            serde_json::Value::String(s) => s.clone(),
+            v if v.get("!Ref") == Some(&"AWS::Region".into()) => "eu-west-1".into(),
+            v if v.get("!Ref").is_some() => "30".into(),
+            v => v["!Sub"].as_str().unwrap().replace("${ClusterName}", "prod"),
+        };
+        let value = if e["Name"] == "BERTH_DRAIN__AUTO_SCALING_GROUP_NAME" {
+            "hosts".into()
+        } else {
+            value
+        };
+        cmd.env(e["Name"].as_str().unwrap(), value);
+    }
+    let out = cmd.output().unwrap();
+    assert!(out.status.success(), "the task's config: {}", String::from_utf8_lossy(&out.stderr));
+    let effective: toml::Value = toml::from_str(&String::from_utf8_lossy(&out.stdout)).unwrap();
+    let sink = &effective["sink"][0];
+    assert_eq!(sink["type"].as_str(), Some("cloudwatch_logs"));
+    assert_eq!(sink["log_group"].as_str(), Some("/ecs/prod/{ecs_task_definition_family}"));
+    assert_eq!(effective["drain"]["enabled"].as_bool(), Some(true));
 }
