@@ -336,7 +336,8 @@ fn the_packages_hold_the_binary_the_unit_the_config_and_create_the_user() {
 /// The .deb installed, upgraded, removed and purged in a throwaway copy of this machine's
 /// root: overlayfs over `/` with the writes on tmpfs, in a private mount namespace
 /// (`unshare --mount`), `chroot`ed into; nothing of it reaches the host. No systemd runs
-/// there (no /run/systemd/system), so the scripts skip systemctl as in any image build.
+/// there (no /run/systemd/system), so the scripts skip systemctl as in any image build. The
+/// docker group is removed first: berth is installed before Docker on a fresh AMI.
 #[test]
 fn the_deb_installs_creates_the_user_and_its_unit_verifies() {
     if run_ok("id", &["-u"]).trim() != "0" {
@@ -355,6 +356,8 @@ mount --bind /dev {l}/root/dev
 mkdir -p {l}/root/tmp/pkg
 cp {deb} {l}/root/tmp/pkg/berth.deb
 chroot {l}/root /bin/sh -eu -c '
+# Docker not installed yet: no docker group (the unit needs it; the package makes it).
+if getent group docker >/dev/null; then groupdel docker; fi
 dpkg -i /tmp/pkg/berth.deb >/dev/null
 echo "user: $(getent passwd berth | cut -d: -f6,7)"
 echo "groups: $(id -nG berth)"
