@@ -67,3 +67,471 @@ fn the_daemon_task_definition_gives_a_drain_the_ecs_maximum_stop_timeout() {
     assert_eq!(c["stopTimeout"], 120, "the ECS maximum: a drain finishes after SIGTERM");
     assert_eq!(v["networkMode"], "host");
 }
+
+/// `berth check-config` on a config text: the effective config as TOML, or the error.
+fn check_config(text: &str) -> Result<toml::Value, String> {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("berth.toml");
+    std::fs::write(&path, text).unwrap();
+    let out = Command::new(berth_bin())
+        .args(["check-config", "--config"])
+        .arg(&path)
+        .env_remove("BERTH_CONFIG")
+        .output()
+        .unwrap();
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+    }
+    Ok(toml::from_str(&String::from_utf8_lossy(&out.stdout)).unwrap())
+}
+
+fn packaged_config() -> String {
+    std::fs::read_to_string(package_file("packaging/berth.toml")).unwrap()
+}
+
+#[test]
+fn the_packaged_config_is_safe_on_a_production_host() {
+    let text = packaged_config();
+    let c = check_config(&text).unwrap_or_else(|e| panic!("packaging/berth.toml: {e}"));
+    let listen: Vec<&str> = c["input"]["forward"]["listen"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert_eq!(listen, ["unix:///run/berth/forward.sock", "tcp://127.0.0.1:24224"]);
+    assert_eq!(c["admin"]["listen"].as_str(), Some("127.0.0.1:24220"), "admin on loopback");
+    let buffer = c["buffer"]["path"].as_str().unwrap();
+    assert!(buffer.starts_with("/var/lib/berth/"), "buffer under the StateDirectory: {buffer}");
+    assert_eq!(c["buffer"]["when_full"].as_str(), Some("block"), "a full buffer loses nothing");
+    // Nothing copied to the journal (stdout is the journal under systemd), nothing sent to
+    // an endpoint that does not exist, nothing growing on disk without a bound: one sink,
+    // a null one, named so that /v1/status and the metrics say it is not configured.
+    let sinks = c["sink"].as_array().unwrap();
+    assert_eq!(sinks.len(), 1, "{sinks:?}");
+    assert_eq!(sinks[0]["type"].as_str(), Some("null"));
+    assert_eq!(sinks[0]["name"].as_str(), Some("unconfigured"));
+    assert!(c.get("drain").is_none_or(|d| d["enabled"].as_bool() == Some(false)));
+    // The file tells the user the one edit to make.
+    assert!(text.contains("THE ONE EDIT TO MAKE: the [[sink]]"), "the edit is named");
+}
+
+/// The sinks the packaged config offers, commented out, each uncommented in place of the
+/// null sink: what a user does with the file must load.
+#[test]
+fn each_sink_the_packaged_config_offers_loads() {
+    let text = packaged_config();
+    let (head, tail) = text.split_once("[[sink]]\nname = \"unconfigured\"").unwrap();
+    let offered: Vec<String> = tail
+        .split("\n# [[sink]]\n")
+        .skip(1)
+        .map(|block| {
+            let body: String = block
+                .lines()
+                .take_while(|l| l.starts_with("# "))
+                .map(|l| format!("{}\n", &l[2..]))
+                .collect();
+            format!("{head}[[sink]]\n{body}")
+        })
+        .collect();
+    assert_eq!(offered.len(), 3, "cloudwatch_logs, elasticsearch, file");
+    let mut types = Vec::new();
+    for config in &offered {
+        let c = check_config(config).unwrap_or_else(|e| panic!("{e}\nin:\n{config}"));
+        let sinks = c["sink"].as_array().unwrap();
+        assert_eq!(sinks.len(), 1);
+        types.push(sinks[0]["type"].as_str().unwrap().to_string());
+    }
+    assert_eq!(types, ["cloudwatch_logs", "elasticsearch", "file"]);
+}
+
+/// The packaged config serves: with its sockets and buffer moved under a temp dir (the
+/// only change), an event sent to the Unix socket is acknowledged and delivered.
+#[test]
+fn the_packaged_config_serves() {
+    let text = packaged_config()
+        .replace("unix:///run/berth/", "unix://{dir}/")
+        .replace("tcp://127.0.0.1:24224", "tcp://127.0.0.1:0")
+        .replace("\"127.0.0.1:24220\"", "\"127.0.0.1:0\"")
+        .replace("/var/lib/berth/", "{dir}/");
+    let b = start_in(tmpfs_dir(), &text, &[("BERTH_ENRICH__DOCKER__ENABLED", "false")]);
+    let socket = format!("unix://{}/forward.sock", b.path().display());
+    let mut cat = Command::new(berth_bin())
+        .args(["cat", "--ack", "--address", &socket, "app.hello"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut cat.stdin.take().unwrap(), b"{\"log\":\"hello\"}\n").unwrap();
+    let out = cat.wait_with_output().unwrap();
+    assert!(out.status.success(), "berth cat --ack: {}", String::from_utf8_lossy(&out.stderr));
+    b.wait_metric("berth_input_records_total", 1.0);
+    // Delivered: the null sink's lag, present in /metrics, is back to 0.
+    wait_for(WAIT, "the null sink to deliver", || {
+        let (_, body) = b.http_get("/metrics");
+        body.lines().any(|l| l == "berth_sink_lag_records{sink=\"unconfigured\"} 0").then_some(())
+    });
+}
+
+/// `scripts/package` into a temp dir: the .deb and the .rpm, compressed the quick way
+/// (`BERTH_PACKAGE_FAST`: same contents). The static binary is built once per target dir
+/// and change (scripts/test builds it before the suite, so here it is a no-op).
+fn build_packages() -> (tempfile::TempDir, std::path::PathBuf, std::path::PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(package_file("scripts/package"))
+        .arg(dir.path())
+        .env("BERTH_PACKAGE_FAST", "1")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "scripts/package:\n{}", String::from_utf8_lossy(&out.stderr));
+    let find = |suffix: &str| {
+        let found: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.to_str().unwrap().ends_with(suffix))
+            .collect();
+        assert_eq!(found.len(), 1, "one {suffix} in {found:?}");
+        found[0].clone()
+    };
+    let (deb, rpm) = (find("_amd64.deb"), find(".x86_64.rpm"));
+    (dir, deb, rpm)
+}
+
+fn run_ok(cmd: &str, args: &[&str]) -> String {
+    let out = Command::new(cmd)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{cmd} ({e}): scripts/test-deps installs it"));
+    assert!(out.status.success(), "{cmd} {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// What both packages' scripts must do to create the user: the docker group first when
+/// missing (Docker may be installed later; the unit's SupplementaryGroups=docker needs it),
+/// then the system user in it.
+fn assert_creates_the_user(script: &str, which: &str) {
+    for step in [
+        "getent group docker >/dev/null || groupadd --system docker",
+        "useradd --system $own --groups docker --home-dir /var/lib/berth --no-create-home",
+        "--shell /usr/sbin/nologin --comment \"berth log shipper\" berth",
+        "usermod --append --groups docker berth",
+    ] {
+        assert!(script.contains(step), "{which} lacks `{step}`:\n{script}");
+    }
+}
+
+#[test]
+fn the_packages_hold_the_binary_the_unit_the_config_and_create_the_user() {
+    let (dir, deb, rpm) = build_packages();
+    let deb = deb.to_str().unwrap();
+    let rpm = rpm.to_str().unwrap();
+    let version = env!("CARGO_PKG_VERSION");
+
+    // The .deb: the files, the conffile, the maintainer scripts.
+    assert_eq!(run_ok("dpkg-deb", &["-f", deb, "Package"]).trim(), "berth");
+    assert_eq!(run_ok("dpkg-deb", &["-f", deb, "Version"]).trim(), format!("{version}-1"));
+    let listing = run_ok("dpkg-deb", &["-c", deb]);
+    let files: Vec<&str> = listing.lines().filter_map(|l| l.split_whitespace().nth(5)).collect();
+    for f in ["./usr/bin/berth", "./usr/lib/systemd/system/berth.service", "./etc/berth/berth.toml"]
+    {
+        assert!(files.contains(&f), "{f} in the .deb:\n{listing}");
+    }
+    assert!(
+        listing.lines().any(|l| l.starts_with("-rwxr-xr-x 0/0 ") && l.ends_with("./usr/bin/berth")),
+        "{listing}"
+    );
+    assert_eq!(run_ok("dpkg-deb", &["-I", deb, "conffiles"]).trim(), "/etc/berth/berth.toml");
+    let postinst = run_ok("dpkg-deb", &["-I", deb, "postinst"]);
+    assert_creates_the_user(&postinst, "the .deb's postinst");
+    for step in [
+        "install -d -o berth -g berth -m 0750 /var/lib/berth",
+        "systemctl daemon-reload",
+        "systemctl try-restart berth.service",
+    ] {
+        assert!(postinst.contains(step), "postinst lacks `{step}`:\n{postinst}");
+    }
+    assert!(
+        !postinst.contains("systemctl enable"),
+        "installing does not enable berth:\n{postinst}"
+    );
+    let prerm = run_ok("dpkg-deb", &["-I", deb, "prerm"]);
+    assert!(prerm.contains("remove)") && prerm.contains("disable --now berth.service"), "{prerm}");
+    assert!(run_ok("dpkg-deb", &["-I", deb, "postrm"]).contains("systemctl daemon-reload"));
+
+    // What the .deb holds is the tree's: the config and unit as they are, the static binary.
+    let root = dir.path().join("root");
+    run_ok("dpkg-deb", &["-x", deb, root.to_str().unwrap()]);
+    for (packed, source) in [
+        ("etc/berth/berth.toml", "packaging/berth.toml"),
+        ("usr/lib/systemd/system/berth.service", "systemd/berth.service"),
+    ] {
+        assert_eq!(
+            std::fs::read(root.join(packed)).unwrap(),
+            std::fs::read(package_file(source)).unwrap(),
+            "{packed} is {source}"
+        );
+    }
+    let bin = root.join("usr/bin/berth");
+    // Static (static-pie): no program interpreter, no library needed.
+    let elf = run_ok("readelf", &["--program-headers", "--dynamic", bin.to_str().unwrap()]);
+    assert!(!elf.contains("INTERP") && !elf.contains("(NEEDED)"), "not static:\n{elf}");
+    assert!(run_ok(bin.to_str().unwrap(), &["version"]).contains(version));
+
+    // The .rpm: the same files, the config noreplace.
+    let qf =
+        "[%{FILENAMES} %{FILEMODES:perms} %{FILEUSERNAME}:%{FILEGROUPNAME} %{FILEFLAGS:fflags}\n]";
+    let files = run_ok("rpm", &["-qp", "--qf", qf, rpm]);
+    for want in [
+        "/usr/bin/berth -rwxr-xr-x root:root ",
+        "/usr/lib/systemd/system/berth.service -rw-r--r-- root:root ",
+        "/etc/berth/berth.toml -rw-r--r-- root:root cn",
+    ] {
+        assert!(files.lines().any(|l| l.starts_with(want)), "`{want}` in the .rpm:\n{files}");
+    }
+    let listed = run_ok("rpm", &["-qlp", rpm]);
+    assert_eq!(
+        listed.lines().collect::<Vec<_>>(),
+        [
+            "/etc/berth/berth.toml",
+            "/usr/bin/berth",
+            "/usr/lib/systemd/system/berth.service",
+            "/usr/share/doc/berth/README.md"
+        ]
+    );
+    assert_eq!(
+        run_ok("rpm", &["-qp", "--qf", "%{NAME} %{VERSION}-%{RELEASE} %{ARCH}", rpm]),
+        format!("berth {version}-1 x86_64")
+    );
+    let requires = run_ok("rpm", &["-qp", "--requires", rpm]);
+    assert!(requires.lines().any(|l| l.starts_with("shadow-utils")), "{requires}");
+    assert!(!requires.contains(".so"), "static: no library requirement:\n{requires}");
+    let scripts = run_ok("rpm", &["-qp", "--scripts", rpm]);
+    // `<name> scriptlet:` (or `<name> scriptlet (using /bin/sh):`) heads each script.
+    let mut sections = std::collections::BTreeMap::<String, String>::new();
+    let mut current = String::new();
+    for l in scripts.lines() {
+        let head =
+            l.strip_suffix(" scriptlet:").or_else(|| Some(l.split_once(" scriptlet (using ")?.0));
+        match head {
+            Some(name) => current = name.to_string(),
+            None => sections.entry(current.clone()).or_default().push_str(&format!("{l}\n")),
+        }
+    }
+    let section = |name: &str| -> String {
+        sections.get(name).cloned().unwrap_or_else(|| panic!("no {name} scriptlet:\n{scripts}"))
+    };
+    assert_creates_the_user(&section("preinstall"), "the .rpm's %pre");
+    let post = section("postinstall");
+    for step in ["install -d -o berth -g berth -m 0750 /var/lib/berth", "systemctl daemon-reload"] {
+        assert!(post.contains(step), "%post lacks `{step}`:\n{post}");
+    }
+    assert!(!post.contains("systemctl enable"), "installing does not enable berth:\n{post}");
+    let preun = section("preuninstall");
+    assert!(preun.contains("[ \"$1\" -eq 0 ]") && preun.contains("disable --now"), "{preun}");
+    let postun = section("postuninstall");
+    assert!(postun.contains("[ \"$1\" -ge 1 ]") && postun.contains("try-restart"), "{postun}");
+}
+
+/// The .deb installed, upgraded, removed and purged in a throwaway copy of this machine's
+/// root: overlayfs over `/` with the writes on tmpfs, in a private mount namespace
+/// (`unshare --mount`), `chroot`ed into; nothing of it reaches the host. No systemd runs
+/// there (no /run/systemd/system), so the scripts skip systemctl as in any image build. The
+/// docker group is removed first: berth is installed before Docker on a fresh AMI.
+#[test]
+fn the_deb_installs_creates_the_user_and_its_unit_verifies() {
+    if run_ok("id", &["-u"]).trim() != "0" {
+        eprintln!("skipping: installing into an overlay root needs root (CI runs as root)");
+        return;
+    }
+    let (_dir, deb, _) = build_packages();
+    let layers = tmpfs_dir();
+    let l = layers.path().display().to_string();
+    let script = format!(
+        r#"set -eu
+mkdir {l}/upper {l}/work {l}/root
+mount -t overlay overlay -o lowerdir=/,upperdir={l}/upper,workdir={l}/work {l}/root
+mount -t proc proc {l}/root/proc
+mount --bind /dev {l}/root/dev
+mkdir -p {l}/root/tmp/pkg
+cp {deb} {l}/root/tmp/pkg/berth.deb
+chroot {l}/root /bin/sh -eu -c '
+# Docker not installed yet: no docker group (the unit needs it; the package makes it).
+if getent group docker >/dev/null; then groupdel docker; fi
+dpkg -i /tmp/pkg/berth.deb >/dev/null
+echo "user: $(getent passwd berth | cut -d: -f6,7)"
+echo "groups: $(id -nG berth)"
+echo "state: $(stat -c %U:%G:%a /var/lib/berth)"
+echo "conffiles: $(dpkg-query -W -f="\${{Conffiles}}" berth | cut -d" " -f2)"
+systemd-analyze verify /usr/lib/systemd/system/berth.service
+berth check-config >/dev/null && echo "check-config: ok"
+sed -i "s/name = \"unconfigured\"/name = \"edited\"/" /etc/berth/berth.toml
+dpkg -i /tmp/pkg/berth.deb >/dev/null
+echo "after upgrade: $(grep -c "name = \"edited\"" /etc/berth/berth.toml)"
+dpkg -r berth >/dev/null
+echo "removed: $(test -e /usr/bin/berth && echo binary; test -e /etc/berth/berth.toml && echo config)"
+dpkg --purge berth >/dev/null 2>&1
+echo "purged: $(test -e /etc/berth/berth.toml && echo config; test -d /var/lib/berth && echo state)"
+'
+"#,
+        deb = deb.display()
+    );
+    let out = Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c", &script])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout).to_string();
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(out.status.success(), "install in the overlay root:\n{said}{err}");
+    let expect = [
+        "user: /var/lib/berth:/usr/sbin/nologin",
+        "state: berth:berth:750",
+        "conffiles: /etc/berth/berth.toml",
+        "check-config: ok",
+        // The user's edit survives a reinstall of the package.
+        "after upgrade: 1",
+        // A removal keeps the conffile; a purge removes it and keeps the buffer's directory.
+        "removed: config",
+        "purged: state",
+    ];
+    for line in expect {
+        assert!(said.lines().any(|l| l == line), "`{line}` in:\n{said}{err}");
+    }
+    let groups = said.lines().find_map(|l| l.strip_prefix("groups: ")).unwrap();
+    assert!(groups.split(' ').any(|g| g == "docker"), "berth in docker: {groups}");
+    // systemd-analyze verify said nothing: the installed unit, binary and all, verifies.
+    assert!(err.trim().is_empty(), "{err}");
+}
+
+const TEMPLATE: &str = "packaging/cloudformation/berth.yaml";
+
+/// The CloudFormation template as JSON (PyYAML from the test venv; its short-form tags kept
+/// as `{"!Sub": …}`, `{"!Ref": …}`, `{"!GetAtt": …}`).
+fn template() -> serde_json::Value {
+    let script = r#"
+import json, sys, yaml
+class Loader(yaml.SafeLoader):
+    pass
+def tag(loader, suffix, node):
+    if isinstance(node, yaml.ScalarNode):
+        value = loader.construct_scalar(node)
+    elif isinstance(node, yaml.SequenceNode):
+        value = loader.construct_sequence(node, deep=True)
+    else:
+        value = loader.construct_mapping(node, deep=True)
+    return {"!" + suffix: value}
+Loader.add_multi_constructor("!", tag)
+print(json.dumps(yaml.load(open(sys.argv[1]), Loader=Loader)))
+"#;
+    let out = Command::new(test_python())
+        .args(["-c", script])
+        .arg(package_file(TEMPLATE))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn the_cloudformation_template_passes_cfn_lint() {
+    let out = Command::new(test_python().with_file_name("cfn-lint"))
+        .arg(package_file(TEMPLATE))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "cfn-lint (scripts/test-deps installs it):\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The template's task role holds packaging/iam's policies statement for statement (only
+/// the ARNs narrowed to the stack's partition, region, account and group), the hook and
+/// the daemon service are as the drain needs, and the container's environment loads.
+#[test]
+fn the_cloudformation_template_matches_the_policies_and_its_config_loads() {
+    let t = template();
+    let r = &t["Resources"];
+    let narrowed = |v: &serde_json::Value| -> serde_json::Value {
+        let widen = |s: &str| {
+            s.replace("${AWS::Partition}", "aws")
+                .replace("${AWS::Region}", "*")
+                .replace("${AWS::AccountId}", "*")
+                .replace("${AutoScalingGroupName}", "*")
+        };
+        match v {
+            serde_json::Value::Object(m) if m.contains_key("!Sub") => {
+                widen(m["!Sub"].as_str().unwrap()).into()
+            }
+            serde_json::Value::Array(a) => a
+                .iter()
+                .map(|x| x.get("!Sub").map_or(x.clone(), |s| widen(s.as_str().unwrap()).into()))
+                .collect(),
+            other => other.clone(),
+        }
+    };
+    let policies = r["TaskRole"]["Properties"]["Policies"].as_array().unwrap();
+    for (name, file) in [
+        ("berth-capacity", "packaging/iam/berth-capacity-policy.json"),
+        ("berth-drain", "packaging/iam/berth-drain-policy.json"),
+    ] {
+        let want = common::iam::policy(file);
+        let got = policies.iter().find(|p| p["PolicyName"] == name).unwrap();
+        let got = got["PolicyDocument"]["Statement"].as_array().unwrap();
+        let want = want["Statement"].as_array().unwrap();
+        assert_eq!(got.len(), want.len(), "{name}");
+        for (g, w) in got.iter().zip(want) {
+            assert_eq!(g["Sid"], w["Sid"]);
+            assert_eq!(g["Effect"], w["Effect"]);
+            assert_eq!(g["Action"], w["Action"], "{}", w["Sid"]);
+            assert_eq!(narrowed(&g["Resource"]), w["Resource"], "{}", w["Sid"]);
+        }
+    }
+
+    let hook = &r["DrainHook"]["Properties"];
+    assert_eq!(hook["LifecycleTransition"], "autoscaling:EC2_INSTANCE_TERMINATING");
+    assert_eq!(hook["HeartbeatTimeout"], 1800);
+    assert_eq!(r["Service"]["Properties"]["SchedulingStrategy"], "DAEMON");
+    let ecs_config = t["Outputs"]["EcsConfigLines"]["Value"].as_str().unwrap();
+    assert!(ecs_config
+        .lines()
+        .any(|l| l == r#"ECS_AVAILABLE_LOGGING_DRIVERS=["json-file","awslogs","fluentd"]"#));
+    assert!(ecs_config.lines().any(|l| l == "ECS_ENABLE_TASK_IAM_ROLE_NETWORK_HOST=true"));
+
+    let task = &r["TaskDefinition"]["Properties"];
+    assert_eq!(task["NetworkMode"], "host");
+    let c = &task["ContainerDefinitions"][0];
+    assert_eq!(c["StopTimeout"], 120);
+    assert_eq!(c["LogConfiguration"]["LogDriver"], "awslogs", "berth's own logs never go to berth");
+    assert_eq!(
+        c["HealthCheck"]["Command"],
+        serde_json::json!(["CMD", "/usr/bin/berth", "health", "--config", "/etc/berth/berth.toml"])
+    );
+
+    // The image's config with the task's environment (stack values filled in) loads.
+    let mut cmd = Command::new(berth_bin());
+    cmd.args(["check-config", "--config"]).arg(package_file("packaging/berth-container.toml"));
+    cmd.env_remove("BERTH_CONFIG").env_remove("BERTH_LOG");
+    for e in c["Environment"].as_array().unwrap() {
+        let value = match &e["Value"] {
+            serde_json::Value::String(s) => s.clone(),
+            v if v.get("!Ref") == Some(&"AWS::Region".into()) => "eu-west-1".into(),
+            v if v.get("!Ref").is_some() => "30".into(),
+            v => v["!Sub"].as_str().unwrap().replace("${ClusterName}", "prod"),
+        };
+        let value = if e["Name"] == "BERTH_DRAIN__AUTO_SCALING_GROUP_NAME" {
+            "hosts".into()
+        } else {
+            value
+        };
+        cmd.env(e["Name"].as_str().unwrap(), value);
+    }
+    let out = cmd.output().unwrap();
+    assert!(out.status.success(), "the task's config: {}", String::from_utf8_lossy(&out.stderr));
+    let effective: toml::Value = toml::from_str(&String::from_utf8_lossy(&out.stdout)).unwrap();
+    let sink = &effective["sink"][0];
+    assert_eq!(sink["type"].as_str(), Some("cloudwatch_logs"));
+    assert_eq!(sink["log_group"].as_str(), Some("/ecs/prod/{ecs_task_definition_family}"));
+    assert_eq!(effective["drain"]["enabled"].as_bool(), Some(true));
+}
