@@ -21,7 +21,7 @@ pub struct Cli {
     pub log_level: Option<String>,
 
     /// Format of berth's own log lines on stderr.
-    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "BERTH_LOG_FORMAT")]
     pub log_format: LogFormat,
 }
 

@@ -67,6 +67,7 @@ pub mod metrics;
 pub mod msgpack;
 pub mod notify;
 pub mod pipeline;
+pub mod process_metrics;
 pub mod ratelimit;
 pub mod reassemble;
 pub mod route;

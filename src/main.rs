@@ -12,6 +12,13 @@ use berth::cli::EX_CONFIG;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // A level berth cannot read is an error, not a silent `info`.
+    if let Some(l) = cli.log_level.as_deref() {
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(l) {
+            eprintln!("berth: --log-level (or BERTH_LOG) {l:?} is not a level or a filter (e.g. \"info\", \"berth=debug,info\"): {e}");
+            return ExitCode::from(2);
+        }
+    }
     let log = init_logging(cli.log_level.as_deref(), cli.log_format);
     match cli.command {
         Command::Version => {

@@ -105,8 +105,9 @@ pub struct Metrics {
     pub buffer_records: Gauge,
     pub buffer_segments: Gauge,
     pub buffer_healthy: Gauge,
-    pub buffer_fsyncs: Gauge,
-    pub buffer_write_errors: Gauge,
+    /// Counters the buffer keeps itself; copied (their increase) at each scrape.
+    pub buffer_fsyncs: Counter,
+    pub buffer_write_errors: Counter,
     pub buffer_dropped: Family<ReasonLabel, Counter>,
     pub buffer_recovered_records: Counter,
     pub buffer_corrupt_records: Counter,
@@ -181,8 +182,8 @@ impl Metrics {
             buffer_records: Gauge::default(),
             buffer_segments: Gauge::default(),
             buffer_healthy: Gauge::default(),
-            buffer_fsyncs: Gauge::default(),
-            buffer_write_errors: Gauge::default(),
+            buffer_fsyncs: Counter::default(),
+            buffer_write_errors: Counter::default(),
             buffer_dropped: Family::default(),
             buffer_recovered_records: Counter::default(),
             buffer_corrupt_records: Counter::default(),
@@ -289,11 +290,7 @@ impl Metrics {
             "1 while the buffer can write, 0 after a disk error",
             m.buffer_healthy.clone(),
         );
-        registry.register(
-            "buffer_fsyncs",
-            "Segment fsyncs since start (gauge of a counter kept by the writer)",
-            m.buffer_fsyncs.clone(),
-        );
+        registry.register("buffer_fsyncs", "Segment fsyncs since start", m.buffer_fsyncs.clone());
         registry.register(
             "buffer_write_errors",
             "Failed buffer writes since start",
@@ -384,6 +381,15 @@ impl Metrics {
             m.drain_duration_seconds.clone(),
         );
         registry.register_collector(Box::new(std::sync::Arc::clone(&m.capacity)));
+        registry.register_collector(Box::new(crate::process_metrics::Process));
+        registry.register(
+            "build",
+            "berth's version",
+            prometheus_client::metrics::info::Info::new(vec![(
+                "version".to_string(),
+                env!("CARGO_PKG_VERSION").to_string(),
+            )]),
+        );
         Metrics { registry, ..m }
     }
 
@@ -411,8 +417,15 @@ impl Metrics {
         self.buffer_records.set(stats.total_events as i64);
         self.buffer_segments.set(stats.segments as i64);
         self.buffer_healthy.set(stats.healthy as i64);
-        self.buffer_fsyncs.set(stats.segment_fsyncs as i64);
-        self.buffer_write_errors.set(stats.write_errors as i64);
+        // Counters are counters (`_total`): the buffer's own tallies only grow, and their
+        // latest is the counter's value: `fetch_max` keeps it exact under concurrent
+        // scrapes.
+        for (c, now) in [
+            (&self.buffer_fsyncs, stats.segment_fsyncs),
+            (&self.buffer_write_errors, stats.write_errors),
+        ] {
+            c.inner().fetch_max(now, std::sync::atomic::Ordering::Relaxed);
+        }
         self.buffer_host_changed.set(stats.recovery.host_changed as i64);
         let now = crate::event::EventTime::now();
         for s in &stats.sinks {
@@ -479,6 +492,11 @@ mod tests {
             "berth_input_memory_bytes",
             "berth_input_memory_waits_total",
             "berth_output_records_total{sink=\"console\"} 3",
+            "berth_build_info{version=\"",
+            "berth_process_cpu_seconds_total ",
+            "berth_process_resident_memory_bytes ",
+            "berth_process_open_fds ",
+            "berth_buffer_fsyncs_total 0",
         ] {
             assert!(text.contains(name), "{name} missing from\n{text}");
         }

@@ -509,7 +509,7 @@ fn disk_full_holds_clients_then_recovers() {
     let (status, body) = b.http_get("/healthz");
     assert_eq!(status, 503, "healthz while the buffer cannot write: {body}");
     assert_eq!(b.metric("berth_buffer_healthy"), 0.0);
-    assert!(b.metric("berth_buffer_write_errors") > 0.0);
+    assert!(b.metric("berth_buffer_write_errors_total") > 0.0);
     assert_alive(&mut b);
 
     std::fs::remove_file(&filler).expect("remove the filler");

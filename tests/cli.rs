@@ -166,3 +166,17 @@ fn health_is_zero_when_serving_and_one_when_not_running() {
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(String::from_utf8_lossy(&out.stdout), "ok\n");
 }
+
+#[test]
+fn a_bad_log_level_is_an_error_and_the_log_format_has_an_environment_variable() {
+    let out = berth(&["--log-level", "berth=verbose", "version"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is not a level or a filter"));
+    let out = std::process::Command::new(common::berth_bin())
+        .args(["check-config", "--config", "/nonexistent/berth.toml"])
+        .env("BERTH_LOG_FORMAT", "yaml")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "clap refuses an unknown BERTH_LOG_FORMAT");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("yaml"));
+}

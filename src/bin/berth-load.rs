@@ -519,7 +519,7 @@ fn main() {
     }
     let elapsed = start.elapsed();
     let (cpu1, hwm) = proc_stat(pid);
-    let fsyncs = metric(&admin, "berth_buffer_fsyncs");
+    let fsyncs = metric(&admin, "berth_buffer_fsyncs_total");
     let backlog = metric(&admin, "berth_buffer_bytes");
     let wire = metric(&admin, &format!("berth_output_bytes_total{{sink=\"{sink_name}\"}}"));
     let requests = metric(
