@@ -65,6 +65,8 @@ fn the_daemon_task_definition_gives_a_drain_the_ecs_maximum_stop_timeout() {
     let v: serde_json::Value = serde_json::from_str(&text).unwrap();
     let c = &v["containerDefinitions"][0];
     assert_eq!(c["stopTimeout"], 120, "the ECS maximum: a drain finishes after SIGTERM");
+    // berth's own logs never go through itself (a berth that is down would lose them).
+    assert_eq!(c["logConfiguration"]["logDriver"], "awslogs");
     assert_eq!(v["networkMode"], "host");
 }
 
