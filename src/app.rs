@@ -255,7 +255,12 @@ pub async fn run_with(mut config: Config, reload_with: Reload) -> Result<(), App
     let metrics = Arc::new(Metrics::new());
     let buffer = open_buffer(&config, &metrics).await?;
     let fwd = &config.input.forward;
-    let listeners = input::bind(fwd).await?;
+    // A socket systemd passed that no listener names is the unit and the config
+    // disagreeing: a config error (exit 78), which a restart cannot fix.
+    let listeners = input::bind(fwd).await.map_err(|e| match e {
+        input::InputError::Unmatched { .. } => AppError::Config(e.to_string()),
+        e => AppError::Input(e),
+    })?;
 
     // The one shutdown sequence: background services (the Docker engine's events, IMDS
     // now, capacity, the drain next) run on its tracker and stop in its `background` phase,

@@ -19,10 +19,14 @@ fn unit_for_test() -> (tempfile::TempDir, std::path::PathBuf) {
 
 #[test]
 fn the_systemd_unit_verifies_and_is_hardened() {
-    let (_dir, unit) = unit_for_test();
+    let (dir, unit) = unit_for_test();
+    // The optional socket unit beside it (it names berth.service).
+    let socket = dir.path().join("berth.socket");
+    std::fs::copy(package_file("systemd/berth.socket"), &socket).unwrap();
     let out = Command::new("systemd-analyze")
         .arg("verify")
         .arg(&unit)
+        .arg(&socket)
         .output()
         .expect("systemd-analyze (Debian's systemd package; scripts/test-deps installs it)");
     let said =

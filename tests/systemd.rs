@@ -83,7 +83,11 @@ impl Daemon {
     }
 
     fn wait_log(&self, what: &str) {
-        wait_for(WAIT, what, || self.text().contains(what).then_some(()));
+        let start = Instant::now();
+        while !self.text().contains(what) {
+            assert!(start.elapsed() < WAIT, "no {what:?} in:\n{}", self.text());
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     fn signal(&self, sig: &str) {
@@ -199,4 +203,107 @@ fn sighup_applies_the_log_level_keeps_a_bad_config_and_says_what_needs_a_restart
         .to_string();
     assert!(line.contains("sink"), "{line}");
     assert_eq!(http_get(&format!("127.0.0.1:{admin}"), "/healthz").0, 200);
+}
+
+/// `berth run` as systemd starts it from `berth.socket`: the sockets the test holds (as
+/// systemd does) become fds 3 and 4, `LISTEN_FDS=2`, `LISTEN_PID` berth's own pid.
+fn start_activated(
+    config: &std::path::Path,
+    unix: &std::os::unix::net::UnixListener,
+    tcp: &std::net::TcpListener,
+) -> Daemon {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    let (u, t) = (unix.as_raw_fd(), tcp.as_raw_fd());
+    let script = format!(
+        "export LISTEN_PID=$$ LISTEN_FDS=2; exec {} --log-format json run --config {}",
+        berth_bin().display(),
+        config.display()
+    );
+    let mut cmd = Command::new("sh");
+    cmd.args(["-c", &script])
+        .env_remove("BERTH_LOG")
+        .env_remove("BERTH_CONFIG")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    // SAFETY: only fcntl and dup2 (async-signal-safe) between fork and exec. Both are
+    // first copied above 10 (one may already be fd 3 or 4, and dup2 onto itself would keep
+    // its close-on-exec flag); dup2 then gives 3 and 4 without it.
+    unsafe {
+        cmd.pre_exec(move || {
+            let (hu, ht) = (libc::fcntl(u, libc::F_DUPFD, 10), libc::fcntl(t, libc::F_DUPFD, 10));
+            if hu < 0 || ht < 0 || libc::dup2(hu, 3) < 0 || libc::dup2(ht, 4) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().unwrap();
+    let stderr: Arc<Mutex<Vec<String>>> = Arc::default();
+    let (s2, err) = (Arc::clone(&stderr), child.stderr.take().unwrap());
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for l in std::io::BufReader::new(err).lines() {
+            let Ok(l) = l else { break };
+            s2.lock().unwrap().push(l);
+        }
+    });
+    Daemon { child, stderr }
+}
+
+#[test]
+fn socket_activation_keeps_the_socket_open_across_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("forward.sock");
+    let unix = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+    let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = tcp.local_addr().unwrap().port();
+    let admin = free_port();
+    let path = dir.path().join("berth.toml");
+    let cfg = config(dir.path(), port, admin, "info", "null").replace(
+        &format!("listen = [\"tcp://127.0.0.1:{port}\"]"),
+        &format!("listen = [\"tcp://127.0.0.1:{port}\", \"unix://{}\"]", sock.display()),
+    );
+    std::fs::write(&path, cfg).unwrap();
+    let mut d = start_activated(&path, &unix, &tcp);
+    d.wait_log("berth is running");
+    assert_eq!(
+        d.text().matches("listening on the socket systemd passed").count(),
+        2,
+        "{}",
+        d.text()
+    );
+    let send = |c: &mut Client, chunk: &str| {
+        c.send(&message("act.t", 1, rec(&[("a", "b")]), Some(chunk)), usize::MAX).unwrap();
+        assert_eq!(c.read_exact_n(ack_bytes(chunk).len()), ack_bytes(chunk));
+    };
+    send(&mut Client::connect(&format!("unix://{}", sock.display())), "one");
+    d.signal("-TERM");
+    assert!(wait_exit(&mut d.child, WAIT).success(), "{}", d.text());
+    assert!(sock.exists(), "berth does not remove the socket systemd owns");
+
+    // berth is down, the socket is not: a client connects now (the backlog holds it) and
+    // is served once berth is back on the same socket.
+    let mut waiting = Client::connect(&format!("unix://{}", sock.display()));
+    let d2 = start_activated(&path, &unix, &tcp);
+    d2.wait_log("berth is running");
+    send(&mut waiting, "two");
+    send(&mut Client::connect(&format!("tcp://127.0.0.1:{port}")), "three");
+}
+
+#[test]
+fn a_passed_socket_no_listener_names_is_a_config_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("other.sock");
+    let unix = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+    let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let path = dir.path().join("berth.toml");
+    // The config names a different port: neither passed socket is one of its listeners.
+    std::fs::write(&path, config(dir.path(), free_port(), free_port(), "info", "null")).unwrap();
+    let mut d = start_activated(&path, &unix, &tcp);
+    let status = wait_exit(&mut d.child, WAIT);
+    assert_eq!(status.code(), Some(78), "a config error: RestartPreventExitStatus=78");
+    assert!(d.text().contains("that no input.forward.listen address names"), "{}", d.text());
 }

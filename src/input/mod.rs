@@ -4,6 +4,7 @@
 //! is the pipeline's business. A client's `chunk` is acknowledged only after `submit`
 //! returned, i.e. after the pipeline took responsibility for the events.
 
+pub mod activation;
 mod budget;
 mod connection;
 
@@ -33,12 +34,24 @@ pub enum InputError {
     UnixPathInUse { path: PathBuf, reason: &'static str },
     #[error("cannot set mode {mode:o} on unix://{}: {source}", path.display())]
     SocketMode { path: PathBuf, mode: u32, source: io::Error },
+    #[error("cannot use the socket systemd passed for {what}: {source}")]
+    Inherited { what: String, source: io::Error },
+    #[error("systemd passed a socket ({addr}) that no input.forward.listen address names: make the unit's ListenStream= and the config agree")]
+    Unmatched { addr: String },
 }
 
 /// A bound listener.
 pub enum Listener {
     Tcp(TcpListener),
-    Unix { listener: UnixListener, path: PathBuf },
+    Unix {
+        listener: UnixListener,
+        path: PathBuf,
+    },
+    /// A Unix socket systemd passed: it owns the file, which berth never removes.
+    Inherited {
+        listener: UnixListener,
+        path: PathBuf,
+    },
 }
 
 impl Listener {
@@ -50,15 +63,47 @@ impl Listener {
                 Ok(a) => format!("tcp://{a}"),
                 Err(_) => "tcp://?".to_string(),
             },
-            Listener::Unix { path, .. } => format!("unix://{}", path.display()),
+            Listener::Unix { path, .. } | Listener::Inherited { path, .. } => {
+                format!("unix://{}", path.display())
+            }
         }
     }
 }
 
-/// Bind every configured address, failing on the first that cannot be bound.
+/// Bind every configured address, failing on the first that cannot be bound. A socket
+/// systemd passed (socket activation, see `activation`) is used for the listener with its
+/// address instead of binding one.
 pub async fn bind(cfg: &ForwardConfig) -> Result<Vec<Listener>, InputError> {
+    use activation::InheritedAddr;
+    let mut inherited = activation::take();
     let mut out = Vec::with_capacity(cfg.listen.len());
     for addr in &cfg.listen {
+        let found = inherited.iter().position(|i| match (&i.addr, addr) {
+            (InheritedAddr::Unix(a), ListenAddr::Unix(b)) => a == b,
+            (InheritedAddr::Tcp(a), ListenAddr::Tcp(b)) => a == b,
+            _ => false,
+        });
+        if let Some(i) = found {
+            let fd = inherited.remove(i).fd;
+            let adopt = |e: io::Error| InputError::Inherited { what: describe(addr), source: e };
+            out.push(match addr {
+                ListenAddr::Tcp(_) => {
+                    let l = std::net::TcpListener::from(fd);
+                    l.set_nonblocking(true).map_err(adopt)?;
+                    Listener::Tcp(TcpListener::from_std(l).map_err(adopt)?)
+                }
+                ListenAddr::Unix(p) => {
+                    let l = std::os::unix::net::UnixListener::from(fd);
+                    l.set_nonblocking(true).map_err(adopt)?;
+                    Listener::Inherited {
+                        listener: UnixListener::from_std(l).map_err(adopt)?,
+                        path: p.clone(),
+                    }
+                }
+            });
+            tracing::info!(listener = %describe(addr), "listening on the socket systemd passed");
+            continue;
+        }
         out.push(match addr {
             ListenAddr::Tcp(a) => Listener::Tcp(
                 TcpListener::bind(a)
@@ -68,7 +113,17 @@ pub async fn bind(cfg: &ForwardConfig) -> Result<Vec<Listener>, InputError> {
             ListenAddr::Unix(p) => bind_unix(p, cfg.socket_mode).await?,
         });
     }
+    if let Some(extra) = inherited.first() {
+        return Err(InputError::Unmatched { addr: format!("{:?}", extra.addr) });
+    }
     Ok(out)
+}
+
+fn describe(addr: &ListenAddr) -> String {
+    match addr {
+        ListenAddr::Tcp(a) => format!("tcp://{a}"),
+        ListenAddr::Unix(p) => format!("unix://{}", p.display()),
+    }
 }
 
 async fn bind_unix(path: &Path, mode: u32) -> Result<Listener, InputError> {
@@ -284,7 +339,7 @@ async fn accept(listener: &Listener) -> io::Result<(Stream, String)> {
             let (s, a) = l.accept().await?;
             Ok((Stream::Tcp(s), a.to_string()))
         }
-        Listener::Unix { listener, path } => {
+        Listener::Unix { listener, path } | Listener::Inherited { listener, path } => {
             let (s, _) = listener.accept().await?;
             let peer = match s.peer_cred() {
                 Ok(c) => format!("unix:{} pid={}", path.display(), c.pid().unwrap_or(0)),
