@@ -65,6 +65,11 @@ impl Daemon {
         for (k, v) in env {
             cmd.env(k, v);
         }
+        Daemon::spawn(cmd)
+    }
+
+    /// Spawn `cmd` (stderr piped), collecting its stderr lines.
+    fn spawn(mut cmd: Command) -> Daemon {
         let mut child = cmd.spawn().unwrap();
         let stderr: Arc<Mutex<Vec<String>>> = Arc::default();
         let (s2, err) = (Arc::clone(&stderr), child.stderr.take().unwrap());
@@ -240,17 +245,7 @@ fn start_activated(
             Ok(())
         });
     }
-    let mut child = cmd.spawn().unwrap();
-    let stderr: Arc<Mutex<Vec<String>>> = Arc::default();
-    let (s2, err) = (Arc::clone(&stderr), child.stderr.take().unwrap());
-    std::thread::spawn(move || {
-        use std::io::BufRead;
-        for l in std::io::BufReader::new(err).lines() {
-            let Ok(l) = l else { break };
-            s2.lock().unwrap().push(l);
-        }
-    });
-    Daemon { child, stderr }
+    Daemon::spawn(cmd)
 }
 
 #[test]
