@@ -205,8 +205,13 @@ fn reload(running: &mut Config, r: &Reload, notifier: &crate::notify::Notifier) 
                     (None, _) => {}
                 }
             }
-            let restart: Vec<&str> =
-                changed.iter().copied().filter(|c| !applied.contains(c)).collect();
+            // A level the command line pinned is not a restart's business either.
+            let pinned = r.log.as_ref().is_some_and(|l| l.pinned);
+            let restart: Vec<&str> = changed
+                .iter()
+                .copied()
+                .filter(|c| !(applied.contains(c) || (pinned && *c == "log")))
+                .collect();
             running.log_level = new.log_level.clone();
             if restart.is_empty() {
                 tracing::info!(source = %new.source, applied = ?applied, "SIGHUP: config reloaded");

@@ -407,6 +407,16 @@ impl Metrics {
         self.api_calls.get_or_create(&ApiCallLabel { action, result }).inc();
     }
 
+    /// Count one AWS call by its outcome: `ok`, `throttled` or `error`.
+    pub fn api_outcome<T>(&self, action: &'static str, r: &Result<T, crate::aws::api::ApiError>) {
+        let result = match r {
+            Ok(_) => "ok",
+            Err(e) if e.kind == crate::aws::api::ApiErrorKind::Throttled => "throttled",
+            Err(_) => "error",
+        };
+        self.api_call(action, result);
+    }
+
     pub fn buffer_dropped(&self, reason: &'static str, n: u64) {
         self.buffer_dropped.get_or_create(&ReasonLabel { reason }).inc_by(n);
     }

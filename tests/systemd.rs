@@ -44,6 +44,17 @@ match = "**"
     )
 }
 
+/// The environment and stdio systemd gives berth: no `BERTH_LOG` (the config's level
+/// decides), no `BERTH_CONFIG`, no IMDS, stderr collected.
+fn as_systemd(cmd: &mut Command) {
+    cmd.env_remove("BERTH_LOG")
+        .env_remove("BERTH_CONFIG")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+}
+
 /// `berth run` as systemd would start it: no `--log-level` (the config's `[log] level`
 /// decides), JSON logs, `env` added.
 struct Daemon {
@@ -54,14 +65,8 @@ struct Daemon {
 impl Daemon {
     fn start(config: &std::path::Path, env: &[(&str, &str)]) -> Daemon {
         let mut cmd = Command::new(berth_bin());
-        cmd.args(["--log-format", "json", "run", "--config"])
-            .arg(config)
-            .env_remove("BERTH_LOG")
-            .env_remove("BERTH_CONFIG")
-            .env("AWS_EC2_METADATA_DISABLED", "true")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
+        cmd.args(["--log-format", "json", "run", "--config"]).arg(config);
+        as_systemd(&mut cmd);
         for (k, v) in env {
             cmd.env(k, v);
         }
@@ -226,13 +231,8 @@ fn start_activated(
         config.display()
     );
     let mut cmd = Command::new("sh");
-    cmd.args(["-c", &script])
-        .env_remove("BERTH_LOG")
-        .env_remove("BERTH_CONFIG")
-        .env("AWS_EC2_METADATA_DISABLED", "true")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
+    cmd.args(["-c", &script]);
+    as_systemd(&mut cmd);
     // SAFETY: only fcntl and dup2 (async-signal-safe) between fork and exec. Both are
     // first copied above 10 (one may already be fd 3 or 4, and dup2 onto itself would keep
     // its close-on-exec flag); dup2 then gives 3 and 4 without it.

@@ -197,13 +197,8 @@ impl Control {
         }
     }
 
-    fn count(&self, action: &'static str, r: &Result<impl Sized, ApiError>) {
-        let result = match r {
-            Ok(_) => "ok",
-            Err(e) if e.kind == ApiErrorKind::Throttled => "throttled",
-            Err(_) => "error",
-        };
-        self.metrics.api_call(action, result);
+    fn count<T>(&self, action: &'static str, r: &Result<T, ApiError>) {
+        self.metrics.api_outcome(action, r);
     }
 
     async fn clients(&mut self) -> Result<&Clients, String> {

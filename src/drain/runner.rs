@@ -174,15 +174,6 @@ fn at(ms: u64) -> SystemTime {
     UNIX_EPOCH + Duration::from_millis(ms)
 }
 
-fn count(metrics: &Metrics, action: &'static str, r: &Result<impl Sized, ApiError>) {
-    let result = match r {
-        Ok(_) => "ok",
-        Err(e) if e.kind == ApiErrorKind::Throttled => "throttled",
-        Err(_) => "error",
-    };
-    metrics.api_call(action, result);
-}
-
 /// Start the runner on `tracker`, stopping with `stop`.
 pub fn spawn(
     cfg: DrainConfig,
@@ -522,21 +513,15 @@ impl Runner {
             return;
         }
         let mut found = Vec::new();
-        let id = if self.deps.imds.is_enabled() {
-            match self.deps.imds.require(imds::path::INSTANCE_ID).await {
-                Ok(id) => Some(id.trim().to_string()),
-                Err(e) => {
-                    found.push(format!("instance metadata (IMDS) unreachable: {e} (in a container, the instance's metadata hop limit must be at least 2); no trigger but `berth drain` can start a drain"));
-                    None
-                }
-            }
-        } else {
-            found.push("instance metadata (IMDS) is disabled: no trigger but `berth drain` can start a drain".into());
-            None
-        };
-        if let Some(id) = &id {
-            self.instance_id = Some(id.clone());
-            self.forget_foreign(id);
+        // The one read of the id (it also sets a foreign state aside).
+        let id = self.instance_id().await;
+        if id.is_none() {
+            found.push(if self.deps.imds.is_enabled() {
+                let e = self.error.as_deref().unwrap_or("").trim_start_matches("IMDS: ");
+                format!("instance metadata (IMDS) unreachable: {e} (in a container, the instance's metadata hop limit must be at least 2); no trigger but `berth drain` can start a drain")
+            } else {
+                "instance metadata (IMDS) is disabled: no trigger but `berth drain` can start a drain".into()
+            });
         }
         if let Err(e) = self.agent.metadata().await {
             found.push(format!("the ECS agent's introspection API does not answer ({e}): the drain cannot set DRAINING or see the tasks"));
@@ -570,7 +555,7 @@ impl Runner {
             Some(g) => Some(g),
             None => {
                 let r = c.asg.describe_instance(id).await;
-                count(&metrics, "DescribeAutoScalingInstances", &r);
+                metrics.api_outcome("DescribeAutoScalingInstances", &r);
                 match r {
                     Ok(Some(i)) => Some(i.group),
                     Ok(None) => {
@@ -586,7 +571,7 @@ impl Runner {
         };
         let Some(group) = group else { return found };
         let r = c.asg.describe_terminating_hooks(&group).await;
-        count(&metrics, "DescribeLifecycleHooks", &r);
+        metrics.api_outcome("DescribeLifecycleHooks", &r);
         match r {
             Ok(hooks) => {
                 if hooks.iter().any(|h| h.name == MANAGED_DRAINING_HOOK) {
@@ -703,14 +688,14 @@ impl Runner {
             Some(g) => Some(g),
             None => {
                 let r = c.asg.describe_instance(&id).await;
-                count(&metrics, "DescribeAutoScalingInstances", &r);
+                metrics.api_outcome("DescribeAutoScalingInstances", &r);
                 r.map_err(|e| e.to_string())?.map(|i| i.group)
             }
         };
         let hook = match &group {
             Some(g) => {
                 let r = c.asg.describe_terminating_hooks(g).await;
-                count(&metrics, "DescribeLifecycleHooks", &r);
+                metrics.api_outcome("DescribeLifecycleHooks", &r);
                 let hooks = r.map_err(|e| e.to_string())?;
                 choose_hook(&hooks, hook_cfg.as_deref()).cloned()
             }
@@ -843,7 +828,7 @@ impl Runner {
             }
         };
         let r = c.ecs.describe_container_instance(&cluster, &arn).await;
-        count(&metrics, "DescribeContainerInstances", &r);
+        metrics.api_outcome("DescribeContainerInstances", &r);
         match r {
             Ok(ci) => {
                 let ecs = ci.running_tasks + ci.pending_tasks;
@@ -988,7 +973,7 @@ impl Runner {
         let r = match self.clients().await {
             Ok(c) => {
                 let r = c.ecs.set_draining(&cluster, &arn).await;
-                count(&metrics, "UpdateContainerInstancesState", &r);
+                metrics.api_outcome("UpdateContainerInstancesState", &r);
                 r.map_err(|e| e.to_string())
             }
             Err(e) => Err(e),
@@ -1027,7 +1012,7 @@ impl Runner {
         let r = match self.clients().await {
             Ok(c) => {
                 let r = c.asg.record_heartbeat(&h.group, &h.name, &id).await;
-                count(&metrics, "RecordLifecycleActionHeartbeat", &r);
+                metrics.api_outcome("RecordLifecycleActionHeartbeat", &r);
                 r
             }
             Err(e) => {
@@ -1083,7 +1068,7 @@ impl Runner {
         let r = match self.clients().await {
             Ok(c) => {
                 let r = c.asg.complete(&h.group, &h.name, &id, result).await;
-                count(&metrics, "CompleteLifecycleAction", &r);
+                metrics.api_outcome("CompleteLifecycleAction", &r);
                 r
             }
             Err(e) => {
