@@ -141,6 +141,16 @@ impl Pipeline {
     /// order) and the returned `Appending` resolves once it is durable. Lets a connection
     /// read its next request while the previous one waits for its fsync.
     pub async fn enqueue(&self, batch: &Batch) -> Result<Appending, SubmitError> {
+        self.enqueue_with_chunks(batch, &[]).await
+    }
+
+    /// [`Pipeline::enqueue`] of the events of the Forward requests whose keys are `chunks`
+    /// (see `buffer::chunks`).
+    pub async fn enqueue_with_chunks(
+        &self,
+        batch: &Batch,
+        chunks: &[u64],
+    ) -> Result<Appending, SubmitError> {
         let stored = Appending::Done(Some(Ok(0..0)));
         if batch.is_empty() {
             return Ok(stored);
@@ -150,7 +160,7 @@ impl Pipeline {
             self.inner.metrics.unmatched_records.inc_by(batch.len() as u64);
             return Ok(stored);
         }
-        match self.inner.buffer.enqueue(batch).await {
+        match self.inner.buffer.enqueue_with_chunks(batch, chunks).await {
             Ok(a) => Ok(a),
             Err(BufferError::Full { max_size }) => {
                 self.inner.metrics.buffer_dropped("full", batch.len() as u64);

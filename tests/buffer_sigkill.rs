@@ -193,7 +193,8 @@ struct Entry {
     records: Vec<std::ops::Range<usize>>,
 }
 
-const MAGIC: [u8; 4] = 0xB1E7_E402u32.to_le_bytes();
+/// Version 3, the entries berth writes (see `buffer::record`).
+const MAGIC: [u8; 4] = 0xB1E7_E403u32.to_le_bytes();
 
 fn u32_at(b: &[u8], at: usize) -> u32 {
     u32::from_le_bytes(b[at..at + 4].try_into().unwrap())
@@ -223,14 +224,16 @@ fn entries(buffer: &Path) -> Vec<Entry> {
             }
             let body = &b[pos + 12..pos + 12 + body_len];
             let tag_len = u16::from_le_bytes([body[12], body[13]]) as usize;
+            // The chunk keys after the tag: count, stored_at, 8 bytes each.
+            let head_len = 14 + tag_len + 12 + 8 * u32_at(body, 14 + tag_len) as usize;
             let head_crc =
-                crc32c::crc32c_append(crc32c::crc32c(&b[pos + 4..pos + 8]), &body[..14 + tag_len]);
+                crc32c::crc32c_append(crc32c::crc32c(&b[pos + 4..pos + 8]), &body[..head_len]);
             if head_crc != u32_at(&b, pos + 8) {
                 break;
             }
             let first = u64::from_le_bytes(body[0..8].try_into().unwrap());
             let count = u32_at(body, 8);
-            let mut at = 14 + tag_len;
+            let mut at = head_len;
             let mut ids = Vec::new();
             let mut records = Vec::new();
             for _ in 0..count {

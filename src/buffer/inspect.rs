@@ -581,9 +581,9 @@ mod tests {
         // The first (sealed) segment: in its second entry (offsets 10..20) a flipped record
         // byte, which loses that event; in its third (20..30) a flipped offset byte, which
         // loses the entry.
-        let len0 = record::entry_len(&batch(10, 0)) as u64;
-        let len1 = record::entry_len(&batch(10, 1)) as u64;
-        let len2 = record::entry_len(&batch(10, 2)) as u64;
+        let len0 = record::entry_len(&batch(10, 0), 0) as u64;
+        let len1 = record::entry_len(&batch(10, 1), 0) as u64;
+        let len2 = record::entry_len(&batch(10, 2), 0) as u64;
         let mut bytes = std::fs::read(&files[0]).unwrap();
         bytes[len0 as usize + 60] ^= 0x40;
         bytes[(len0 + len1) as usize + record::HEADER_LEN + 1] ^= 0x40;

@@ -11,16 +11,18 @@
 //!   image) takes a new one, so two hosts never share ids (see `identity.rs`).
 //! - **Entries.** One entry per appended `Batch`, covering offsets `[first, first+count)`:
 //!   `magic u32 | body_len u32 | head_crc u32 | body`, body =
-//!   `first_offset u64 | count u32 | tag_len u16 | tag | events`, each event
+//!   `first_offset u64 | count u32 | tag_len u16 | tag | chunks | events`, chunks =
+//!   `chunk_count u32 | stored_at u64 | chunk_key u64 * chunk_count` (the Forward requests
+//!   whose events these are, see [`chunks`]), each event
 //!   `crc u32 | secs i64 | nanos u32 | record_len u32 | record | metadata_len u32 | metadata`,
 //!   all little-endian (see [`record`]). Records are stored as received. `head_crc` covers
-//!   `body_len` and the body up to the end of the tag (offsets included); each event's
-//!   `crc` covers the rest of that event. Entries in a segment are dense: the first starts
+//!   `body_len` and the body up to the end of the chunk keys (offsets included); each
+//!   event's `crc` covers the rest of that event. Entries in a segment are dense: the first starts
 //!   at the segment's name, each next one where the one before ends; gaps exist only where
 //!   damaged entries were skipped, and between segments (recovery starts a new segment
-//!   when the head moves past the newest one's end). Entries of the
-//!   previous format (version 1: one CRC over the whole body, no event CRCs) are still
-//!   read, never written.
+//!   when the head moves past the newest one's end). Entries of the previous formats
+//!   (version 2: no chunk keys; version 1: one CRC over the whole body, no event CRCs) are
+//!   still read, never written.
 //! - **Segments.** `<path>/segments/<first offset, 20 digits>.seg`; every entry in a
 //!   segment has offsets ≥ its name. Only the writer thread appends, and only to the newest
 //!   (active) segment; it starts a new one when the active one reaches `segment_size`.
@@ -70,6 +72,7 @@
 //! In place of `pipeline`: `Pipeline::submit` → [`Buffer::append`], `SinkReader::recv` →
 //! [`Reader::next`], `ack(seq)` → [`Reader::ack`]`(first, count)` or an [`Acker`].
 
+pub mod chunks;
 pub mod cursor;
 mod identity;
 pub mod inspect;
@@ -347,6 +350,8 @@ struct Shared {
     write_errors: AtomicU64,
     segment_fsyncs: AtomicU64,
     recovery: RecoveryReport,
+    /// Which Forward requests are stored (see `chunks`).
+    chunks: Arc<chunks::RecentChunks>,
 }
 
 impl Shared {
@@ -489,6 +494,7 @@ impl Buffer {
             write_errors: AtomicU64::new(0),
             segment_fsyncs: AtomicU64::new(0),
             recovery: rec.report.clone(),
+            chunks: chunks::RecentChunks::new(chunks::MAX_CHUNKS, chunks::WINDOW, rec.chunks),
         });
         let thread = writer::spawn(Arc::clone(&shared), rx, rec.active_file)?;
         let handle = Arc::new(WriterHandle {
@@ -512,6 +518,17 @@ impl Buffer {
     /// previous one is durable and still have them stored, and acknowledged, in order. The
     /// returned [`Appending`] resolves once the entry is durable.
     pub async fn enqueue(&self, batch: &Batch) -> Result<Appending, BufferError> {
+        self.enqueue_with_chunks(batch, &[]).await
+    }
+
+    /// [`Buffer::enqueue`] of the events of the Forward requests whose keys are `chunks`:
+    /// the keys are stored in the entry, so that [`Buffer::chunks`] knows them after a
+    /// restart.
+    pub async fn enqueue_with_chunks(
+        &self,
+        batch: &Batch,
+        chunks: &[u64],
+    ) -> Result<Appending, BufferError> {
         let sh = &self.shared;
         if sh.closed.load(Ordering::Acquire) {
             return Err(BufferError::Closed);
@@ -520,7 +537,8 @@ impl Buffer {
             let h = sh.durable.borrow().head;
             return Ok(Appending::Done(Some(Ok(h..h))));
         }
-        let entry = match record::encode(batch) {
+        let stored_at = if chunks.is_empty() { 0 } else { chunks::unix_now() };
+        let entry = match record::encode_with_chunks(batch, chunks, stored_at) {
             Ok(e) if e.len() as u64 <= sh.opts.max_size / 2 => Ok(e),
             Ok(e) => Err(record::RecordError::TooLarge(e.len())),
             Err(e) => Err(e),
@@ -552,6 +570,12 @@ impl Buffer {
         }
         // The writer releases the reservation itself when the write fails.
         Ok(Appending::Pending(rx))
+    }
+
+    /// The Forward requests stored recently (rebuilt from the entries at open): the inputs
+    /// claim each request here before storing it (see `chunks`).
+    pub fn chunks(&self) -> &Arc<chunks::RecentChunks> {
+        &self.shared.chunks
     }
 
     /// The reader of sink `name`, resuming at its committed cursor (or the oldest offset

@@ -1,21 +1,27 @@
 //! The entry format: pure encoding and decoding, no I/O.
 //!
-//! Version 2, the only one written:
+//! Version 3, the only one written:
 //! ```text
 //! entry = magic u32 | body_len u32 | head_crc u32 | body
-//! body  = first_offset u64 | count u32 | tag_len u16 | tag | event * count
+//! body  = first_offset u64 | count u32 | tag_len u16 | tag | chunks | event * count
+//! chunks = chunk_count u32 | stored_at u64 | chunk_key u64 * chunk_count
 //! event = crc u32 | secs i64 | nanos u32 | record_len u32 | record | metadata_len u32 | metadata
-//! head_crc  = crc32c(body_len ++ first_offset ++ count ++ tag_len ++ tag)
+//! head_crc  = crc32c(body_len ++ first_offset ++ count ++ tag_len ++ tag ++ chunks)
 //! event crc = crc32c(secs .. end of metadata): the event's bytes after its crc field
 //! ```
 //! All integers little-endian. Records and metadata are the msgpack bytes as received.
+//! `chunks` names the Forward requests whose events the entry holds (the key of each
+//! request that carried a `chunk` id, see `buffer::chunks`), and `stored_at` (unix seconds)
+//! when the entry was encoded: a restart rebuilds from them which chunks are already stored,
+//! so a client resending a request whose ack it never got is acked without the events being
+//! stored twice.
 //!
 //! Each event carries its own CRC, so damage loses exactly the damaged events: the
 //! header CRC protects the entry's length (the next entry starts right after it whatever
-//! happened inside) and its offsets, count and tag; [`decode_body`] checks every event and
-//! puts a tombstone (see [`Event::tombstone`]) in the place of each damaged one, so offsets
-//! stay dense. [`encode`] computes the event CRCs (in the connection task); [`seal`], in the
-//! writer thread once the offset is known, computes only the header CRC.
+//! happened inside) and its offsets, count, tag and chunk keys; [`decode_body`] checks every
+//! event and puts a tombstone (see [`Event::tombstone`]) in the place of each damaged one, so
+//! offsets stay dense. [`encode`] computes the event CRCs (in the connection task); [`seal`],
+//! in the writer thread once the offset is known, computes only the header CRC.
 //!
 //! How a walk over damaged events continues: at the first event whose CRC fails, the
 //! lengths from that event on are followed without checking CRCs. When they chain through
@@ -33,24 +39,30 @@
 //! damaged events in one entry of which the first is a length lose the events between
 //! them too (their place is not known exactly).
 //!
-//! Version 1 (magic `0xB1E7_E401`), written by berth before per-event CRCs, is still read
-//! so that a buffer survives an upgrade: its header CRC covers the whole body and its events
-//! have no crc field. Damage anywhere in a v1 body loses the whole entry (the scanner
-//! rejects it).
+//! Earlier versions are still read so that a buffer survives an upgrade. Version 2 (magic
+//! `0xB1E7_E402`) is version 3 without `chunks` (its header CRC ends with the tag).
+//! Version 1 (magic `0xB1E7_E401`), written by berth before per-event CRCs: its header CRC
+//! covers the whole body and its events have no crc field. Damage anywhere in a v1 body
+//! loses the whole entry (the scanner rejects it).
 
 use crate::event::{Batch, Event, EventTime, Tag};
 use bytes::Bytes;
 
-/// First four bytes of every entry written ("berth entry, version 2").
-pub const MAGIC: u32 = 0xB1E7_E402;
+/// First four bytes of every entry written ("berth entry, version 3").
+pub const MAGIC: u32 = 0xB1E7_E403;
 pub const MAGIC_BYTES: [u8; 4] = MAGIC.to_le_bytes();
+/// Magic of version 2 entries (no chunk keys): read, never written.
+pub const MAGIC_V2: u32 = 0xB1E7_E402;
+pub const MAGIC_V2_BYTES: [u8; 4] = MAGIC_V2.to_le_bytes();
 /// Magic of version 1 entries (whole-body CRC, no per-event CRC): read, never written.
 pub const MAGIC_V1: u32 = 0xB1E7_E401;
 pub const MAGIC_V1_BYTES: [u8; 4] = MAGIC_V1.to_le_bytes();
 /// magic + body_len + crc.
 pub const HEADER_LEN: usize = 12;
-/// first_offset + count + tag_len: the smallest possible body.
+/// first_offset + count + tag_len: the smallest possible body (of any version).
 pub const MIN_BODY_LEN: usize = 14;
+/// chunk_count + stored_at: the fixed part of a v3 body's chunk keys.
+const CHUNKS_FIXED: usize = 4 + 8;
 /// Larger bodies are refused on append and treated as corruption on read, so a flipped
 /// length byte can never make a reader allocate gigabytes.
 pub const MAX_BODY_LEN: usize = 128 << 20;
@@ -66,6 +78,7 @@ pub const MIN_EVENT_LEN: usize = EVENT_FIXED_V1;
 pub enum Version {
     V1,
     V2,
+    V3,
 }
 
 /// What an entry's fixed header says.
@@ -73,7 +86,7 @@ pub enum Version {
 pub struct Header {
     pub version: Version,
     pub body_len: usize,
-    /// v2: the header CRC; v1: the CRC of the whole body.
+    /// v2, v3: the header CRC; v1: the CRC of the whole body.
     pub crc: u32,
 }
 
@@ -96,23 +109,36 @@ pub struct Decoded {
     pub lost: u32,
 }
 
-/// The encoded size of `batch`'s entry, header included.
-pub fn entry_len(batch: &Batch) -> usize {
+/// The encoded size of `batch`'s entry with `chunks` chunk keys, header included.
+pub fn entry_len(batch: &Batch, chunks: usize) -> usize {
     let events: usize =
         batch.events.iter().map(|e| EVENT_FIXED + e.record.len() + e.metadata.len()).sum();
-    HEADER_LEN + MIN_BODY_LEN + batch.tag.as_bytes().len() + events
+    HEADER_LEN + MIN_BODY_LEN + batch.tag.as_bytes().len() + CHUNKS_FIXED + 8 * chunks + events
+}
+
+/// Encodes `batch` into a new entry with no chunk keys: see [`encode_with_chunks`].
+pub fn encode(batch: &Batch) -> Result<Vec<u8>, RecordError> {
+    encode_with_chunks(batch, &[], 0)
 }
 
 /// Encodes `batch` into a new entry, event CRCs included, whose offset and header checksum
-/// are filled in later by [`seal`], once the writer has assigned the offset. This is the
-/// one copy of the records on the write path.
-pub fn encode(batch: &Batch) -> Result<Vec<u8>, RecordError> {
+/// are filled in later by [`seal`], once the writer has assigned the offset. `chunks` are
+/// the keys of the requests whose events these are, `stored_at` the time (unix seconds)
+/// they are stored at. This is the one copy of the records on the write path.
+pub fn encode_with_chunks(
+    batch: &Batch,
+    chunks: &[u64],
+    stored_at: u64,
+) -> Result<Vec<u8>, RecordError> {
     let tag = batch.tag.as_bytes();
     if tag.len() > u16::MAX as usize {
         return Err(RecordError::TagTooLong(tag.len()));
     }
-    let len = entry_len(batch);
-    if len - HEADER_LEN > MAX_BODY_LEN || batch.events.len() > u32::MAX as usize {
+    let len = entry_len(batch, chunks.len());
+    if len - HEADER_LEN > MAX_BODY_LEN
+        || batch.events.len() > u32::MAX as usize
+        || chunks.len() > u32::MAX as usize
+    {
         return Err(RecordError::TooLarge(len - HEADER_LEN));
     }
     let mut out = Vec::with_capacity(len);
@@ -123,6 +149,11 @@ pub fn encode(batch: &Batch) -> Result<Vec<u8>, RecordError> {
     out.extend_from_slice(&(batch.events.len() as u32).to_le_bytes());
     out.extend_from_slice(&(tag.len() as u16).to_le_bytes());
     out.extend_from_slice(tag);
+    out.extend_from_slice(&(chunks.len() as u32).to_le_bytes());
+    out.extend_from_slice(&stored_at.to_le_bytes());
+    for k in chunks {
+        out.extend_from_slice(&k.to_le_bytes());
+    }
     for e in &batch.events {
         let at = out.len();
         out.extend_from_slice(&0u32.to_le_bytes());
@@ -144,22 +175,46 @@ pub fn encode(batch: &Batch) -> Result<Vec<u8>, RecordError> {
 #[expect(clippy::expect_used, reason = "entries come from `encode`, which always writes the head")]
 pub fn seal(entry: &mut [u8], first_offset: u64) {
     entry[HEADER_LEN..HEADER_LEN + 8].copy_from_slice(&first_offset.to_le_bytes());
-    let crc = head_crc(entry).expect("an encoded entry holds its tag");
+    let crc = head_crc(entry, Version::V3).expect("an encoded entry holds its head");
     entry[8..12].copy_from_slice(&crc.to_le_bytes());
 }
 
-/// The v2 header CRC of `entry` (header and at least the body's head); `None` when the
-/// bytes end before the tag does.
-fn head_crc(entry: &[u8]) -> Option<u32> {
-    if entry.len() < HEADER_LEN + MIN_BODY_LEN {
+/// Where the head of a v2 or v3 body ends (after the tag; for v3, after the chunk keys),
+/// `None` when `body` ends before it does.
+fn head_len(body: &[u8], version: Version) -> Option<usize> {
+    if body.len() < MIN_BODY_LEN {
         return None;
     }
-    let tag_len = u16::from_le_bytes([entry[HEADER_LEN + 12], entry[HEADER_LEN + 13]]) as usize;
-    let head_end = HEADER_LEN + MIN_BODY_LEN + tag_len;
-    if head_end > entry.len() {
+    let tag_end = MIN_BODY_LEN + u16::from_le_bytes([body[12], body[13]]) as usize;
+    let end = match version {
+        Version::V3 => {
+            let n = body.get(tag_end..tag_end + 4).map(|b| u32_at(b, 0) as usize)?;
+            n.checked_mul(8)?.checked_add(tag_end + CHUNKS_FIXED)?
+        }
+        _ => tag_end,
+    };
+    (end <= body.len()).then_some(end)
+}
+
+/// The v2 or v3 header CRC of `entry` (header and at least the body's head); `None` when
+/// the bytes end before the head does.
+fn head_crc(entry: &[u8], version: Version) -> Option<u32> {
+    let body = entry.get(HEADER_LEN..)?;
+    let end = head_len(body, version)?;
+    Some(crc32c::crc32c_append(crc32c::crc32c(&entry[4..8]), &body[..end]))
+}
+
+/// The chunk keys a checked v3 body names, and when they were stored (unix seconds);
+/// `None` for earlier versions (which have none) or a head that does not parse.
+pub fn chunk_keys(body: &[u8], version: Version) -> Option<(u64, impl Iterator<Item = u64> + '_)> {
+    if version != Version::V3 {
         return None;
     }
-    Some(crc32c::crc32c_append(crc32c::crc32c(&entry[4..8]), &entry[HEADER_LEN..head_end]))
+    let end = head_len(body, version)?;
+    let tag_end = MIN_BODY_LEN + u16::from_le_bytes([body[12], body[13]]) as usize;
+    let stored_at = u64_at(body, tag_end + 4);
+    let keys = body[tag_end + CHUNKS_FIXED..end].chunks_exact(8).map(|k| u64_at(k, 0));
+    Some((stored_at, keys))
 }
 
 /// The event count stored in an encoded (sealed or not) entry.
@@ -173,6 +228,8 @@ pub fn parse_header(h: &[u8]) -> Option<Header> {
         return None;
     }
     let version = if h[0..4] == MAGIC_BYTES {
+        Version::V3
+    } else if h[0..4] == MAGIC_V2_BYTES {
         Version::V2
     } else if h[0..4] == MAGIC_V1_BYTES {
         Version::V1
@@ -187,21 +244,22 @@ pub fn parse_header(h: &[u8]) -> Option<Header> {
 }
 
 /// Whether a whole entry (`header.body_len` bytes of body after the header) checks out:
-/// v2, its header CRC (the events are checked by [`decode_body`]); v1, the CRC of its body.
+/// v2 and v3, its header CRC (the events are checked by [`decode_body`]); v1, the CRC of
+/// its body.
 pub fn check_entry(header: &Header, entry: &[u8]) -> bool {
     debug_assert_eq!(entry.len(), HEADER_LEN + header.body_len);
     match header.version {
-        Version::V2 => head_crc(entry) == Some(header.crc),
+        Version::V2 | Version::V3 => head_crc(entry, header.version) == Some(header.crc),
         Version::V1 => crc32c::crc32c(&entry[HEADER_LEN..]) == header.crc,
     }
 }
 
-/// Whether the v2 header CRC of the entry starting `front` (its first bytes, possibly not
-/// all of it) matches: `None` when `front` ends before the tag does, or for v1 (whose CRC
-/// covers the whole body).
+/// Whether the v2 or v3 header CRC of the entry starting `front` (its first bytes,
+/// possibly not all of it) matches: `None` when `front` ends before the head does, or for
+/// v1 (whose CRC covers the whole body).
 pub fn check_head(header: &Header, front: &[u8]) -> Option<bool> {
     match header.version {
-        Version::V2 => head_crc(front).map(|crc| crc == header.crc),
+        Version::V2 | Version::V3 => head_crc(front, header.version).map(|crc| crc == header.crc),
         Version::V1 => None,
     }
 }
@@ -246,21 +304,23 @@ fn walk(
         return Err(RecordError::Malformed(pos));
     }
     let tag = Tag::from_bytes(body.slice(pos..tag_end)).ok_or(RecordError::Malformed(pos))?;
-    let fixed = match version {
-        Version::V1 => EVENT_FIXED_V1,
-        Version::V2 => EVENT_FIXED,
+    let (fixed, events_at) = match version {
+        Version::V1 => (EVENT_FIXED_V1, tag_end),
+        Version::V2 => (EVENT_FIXED, tag_end),
+        Version::V3 => (EVENT_FIXED, head_len(b, version).ok_or(RecordError::Malformed(tag_end))?),
     };
     // Every event takes at least `fixed` bytes: a count that cannot fit is corruption, and
     // checking it first bounds the work below.
-    if (count as usize).saturating_mul(fixed) > b.len() - tag_end {
-        return Err(RecordError::Malformed(tag_end));
+    if (count as usize).saturating_mul(fixed) > b.len() - events_at {
+        return Err(RecordError::Malformed(events_at));
     }
     let lost = match version {
         Version::V1 => {
-            walk_v1(body, tag_end, count, &mut push)?;
+            walk_v1(body, events_at, count, &mut push)?;
             0
         }
-        Version::V2 => walk_v2(body, tag_end, count, &mut push),
+        // The event layout of v3 is v2's.
+        Version::V2 | Version::V3 => walk_v2(body, events_at, count, &mut push),
     };
     Ok((first, tag, lost))
 }
@@ -509,6 +569,22 @@ fn u64_at(b: &[u8], at: usize) -> u64 {
     u64::from_le_bytes(a)
 }
 
+/// A sealed version 2 entry, as berth wrote them before chunk keys: for tests of the
+/// upgrade path.
+#[cfg(test)]
+pub(crate) fn encode_v2(batch: &Batch, first_offset: u64) -> Vec<u8> {
+    let Ok(mut e) = encode(batch) else { return Vec::new() };
+    let tag_end = HEADER_LEN + MIN_BODY_LEN + batch.tag.as_bytes().len();
+    e.drain(tag_end..tag_end + CHUNKS_FIXED);
+    e[0..4].copy_from_slice(&MAGIC_V2_BYTES);
+    let body_len = (e.len() - HEADER_LEN) as u32;
+    e[4..8].copy_from_slice(&body_len.to_le_bytes());
+    e[HEADER_LEN..HEADER_LEN + 8].copy_from_slice(&first_offset.to_le_bytes());
+    let crc = head_crc(&e, Version::V2).unwrap_or_default();
+    e[8..12].copy_from_slice(&crc.to_le_bytes());
+    e
+}
+
 /// A sealed version 1 entry, as berth wrote them before per-event CRCs: for tests of the
 /// upgrade path.
 #[cfg(test)]
@@ -586,8 +662,7 @@ mod tests {
 
     /// Byte position (in the entry) of event `i`'s crc field.
     fn event_pos(e: &[u8], i: usize) -> usize {
-        let tag_len = u16::from_le_bytes([e[HEADER_LEN + 12], e[HEADER_LEN + 13]]) as usize;
-        let mut pos = HEADER_LEN + MIN_BODY_LEN + tag_len;
+        let mut pos = HEADER_LEN + head_len(&e[HEADER_LEN..], Version::V3).unwrap();
         for _ in 0..i {
             let rlen = u32_at(e, pos + 16) as usize;
             let mlen = u32_at(e, pos + 20 + rlen) as usize;
@@ -605,23 +680,71 @@ mod tests {
     fn round_trip_with_offset_and_checksum() {
         let b = batch();
         let mut e = encode(&b).unwrap();
-        assert_eq!(e.len(), entry_len(&b));
+        assert_eq!(e.len(), entry_len(&b, 0));
         assert_eq!(entry_count(&e), 2);
         seal(&mut e, 42);
         let h = parse_header(&e).unwrap();
-        assert_eq!((h.version, h.body_len), (Version::V2, e.len() - HEADER_LEN));
+        assert_eq!((h.version, h.body_len), (Version::V3, e.len() - HEADER_LEN));
         assert!(check_entry(&h, &e));
         let d = decode(&e).unwrap();
         assert_eq!((d.first, d.lost), (42, 0));
         assert_eq!(d.batch, b);
-        assert_eq!(damaged_events(&Bytes::from(e).slice(HEADER_LEN..), Version::V2), Ok(0));
+        let (at, keys) = chunk_keys(&e[HEADER_LEN..], Version::V3).unwrap();
+        assert_eq!((at, keys.count()), (0, 0));
+        assert_eq!(damaged_events(&Bytes::from(e).slice(HEADER_LEN..), Version::V3), Ok(0));
     }
 
     #[test]
-    fn the_header_crc_covers_length_offset_count_and_tag_only() {
+    fn chunk_keys_round_trip_and_are_covered_by_the_header_crc() {
+        let b = five();
+        let keys = [7u64, u64::MAX, 0x0123_4567_89ab_cdef];
+        let mut e = encode_with_chunks(&b, &keys, 1_800_000_000).unwrap();
+        assert_eq!(e.len(), entry_len(&b, 3));
+        seal(&mut e, 9);
+        let h = parse_header(&e).unwrap();
+        assert!(check_entry(&h, &e));
+        let (at, got) = chunk_keys(&e[HEADER_LEN..], h.version).unwrap();
+        assert_eq!((at, got.collect::<Vec<_>>()), (1_800_000_000, keys.to_vec()));
+        let d = decode(&e).unwrap();
+        assert_eq!((d.first, d.lost, &d.batch), (9, 0, &b));
+        // Every byte of the chunk keys (count, time, keys) is under the header CRC.
+        let from = HEADER_LEN + MIN_BODY_LEN + 1;
+        for at in from..from + CHUNKS_FIXED + 8 * keys.len() {
+            let mut bad = e.clone();
+            bad[at] ^= 0x01;
+            assert!(!check_entry(&h, &bad), "byte {at}");
+        }
+        // A chunk count that runs past the body is malformed, not a panic.
+        let mut bad = e.clone();
+        bad[from..from + 4].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(chunk_keys(&bad[HEADER_LEN..], Version::V3).is_none());
+        assert!(decode(&bad).is_err());
+        assert!(!check_entry(&h, &bad));
+    }
+
+    #[test]
+    fn version_2_entries_still_decode_and_have_no_chunk_keys() {
+        let b = five();
+        let e = encode_v2(&b, 30);
+        let h = parse_header(&e).unwrap();
+        assert_eq!(h.version, Version::V2);
+        assert!(check_entry(&h, &e));
+        assert_eq!(check_head(&h, &e[..HEADER_LEN + MIN_BODY_LEN + 1]), Some(true));
+        let d = decode(&e).unwrap();
+        assert_eq!((d.first, d.lost, &d.batch), (30, 0, &b));
+        assert!(chunk_keys(&e[HEADER_LEN..], Version::V2).is_none());
+        // A damaged event of a v2 entry is one tombstone, as in v3.
+        let mut bad = e.clone();
+        let at = HEADER_LEN + MIN_BODY_LEN + 1 + 22;
+        bad[at] ^= 0x08;
+        assert_eq!(decode(&bad).unwrap().lost, 1);
+    }
+
+    #[test]
+    fn the_header_crc_covers_length_offset_count_tag_and_chunks_only() {
         let e = sealed(&five(), 7);
         let h = parse_header(&e).unwrap();
-        let head_end = HEADER_LEN + MIN_BODY_LEN + 1;
+        let head_end = HEADER_LEN + MIN_BODY_LEN + 1 + CHUNKS_FIXED;
         for at in (4..8).chain(HEADER_LEN..head_end) {
             let mut bad = e.clone();
             bad[at] ^= 0x10;
@@ -778,23 +901,26 @@ mod tests {
         let b = Batch { tag: Tag::from("x".repeat(70_000)), events: vec![] };
         assert_eq!(encode(&b), Err(RecordError::TagTooLong(70_000)));
         let mut e = encode(&batch()).unwrap();
-        e[0] ^= 1;
+        // (Not the low bits: those make another version's magic.)
+        e[0] ^= 0x10;
         assert!(parse_header(&e).is_none());
-        e[0] ^= 1;
+        e[0] ^= 0x10;
         e[4..8].copy_from_slice(&u32::MAX.to_le_bytes());
         assert!(parse_header(&e).is_none());
     }
 
     #[test]
     fn truncated_bodies_are_errors_or_tombstones_not_panics() {
-        for e in [sealed(&batch(), 0), sealed(&five(), 3), encode_v1(&five(), 3)] {
+        for e in
+            [sealed(&batch(), 0), sealed(&five(), 3), encode_v2(&five(), 3), encode_v1(&five(), 3)]
+        {
             let version = parse_header(&e).unwrap().version;
             let body = Bytes::from(e).slice(HEADER_LEN..);
             for cut in 0..body.len() {
                 match decode_body(&body.slice(..cut), version) {
                     Err(_) => {}
                     Ok(d) => {
-                        assert_eq!(version, Version::V2, "v1 cut at {cut}");
+                        assert_ne!(version, Version::V1, "v1 cut at {cut}");
                         assert!(d.lost > 0, "cut at {cut}");
                         assert_eq!(d.batch.len() as u32, body_span(&body).1);
                     }
@@ -806,7 +932,7 @@ mod tests {
         }
         // Arbitrary bytes after a valid head never panic either.
         let e = sealed(&five(), 0);
-        for at in HEADER_LEN + MIN_BODY_LEN + 1..e.len() {
+        for at in HEADER_LEN + MIN_BODY_LEN + 1 + CHUNKS_FIXED..e.len() {
             for x in [0x01, 0x80, 0xff] {
                 let mut bad = e.clone();
                 bad[at] ^= x;

@@ -20,6 +20,9 @@ pub(super) struct Recovered {
     pub total_bytes: u64,
     pub cursors: Vec<(String, u64)>,
     pub report: RecoveryReport,
+    /// `(chunk key, stored_at)` of the newest entries' requests, oldest first, at most
+    /// `chunks::MAX_CHUNKS` (see `chunks`).
+    pub chunks: Vec<(u64, u64)>,
 }
 
 fn mkdir(storage: &dyn Storage, path: &Path) -> Result<(), BufferError> {
@@ -187,11 +190,29 @@ pub(super) fn recover(
     // The offset the newest segment's next entry would get: one past its last entry, or
     // its name when it holds none.
     let mut active_next = None;
+    // The keys of the requests stored last, so that a resend after the restart is known.
+    let mut chunks = std::collections::VecDeque::new();
+    let mut keep_chunks = |entry: &RawEntry| {
+        if let Some((at, keys)) = record::chunk_keys(&entry.body, entry.version) {
+            for k in keys {
+                if chunks.len() == super::chunks::MAX_CHUNKS {
+                    chunks.pop_front();
+                }
+                chunks.push_back((k, at));
+            }
+        }
+    };
     for (i, &first) in names.iter().enumerate() {
         let path = segment_path(&segdir, first);
         let last = i + 1 == names.len();
-        let scan =
-            scan_segment(storage, &path, first, expected, names.get(i + 1).copied(), &mut |_| {})?;
+        let scan = scan_segment(
+            storage,
+            &path,
+            first,
+            expected,
+            names.get(i + 1).copied(),
+            &mut keep_chunks,
+        )?;
         expected = Some(scan.next);
         report.entries += scan.entries;
         report.events += scan.events;
@@ -296,5 +317,6 @@ pub(super) fn recover(
         total_bytes,
         cursors,
         report,
+        chunks: chunks.into(),
     })
 }

@@ -28,7 +28,7 @@
 //! Gaps elsewhere are between segments only: a new segment is started wherever offsets
 //! jump (see `recover`).
 
-use super::record::{self, Version, HEADER_LEN, MAGIC_BYTES, MAGIC_V1_BYTES};
+use super::record::{self, Version, HEADER_LEN, MAGIC_BYTES, MAGIC_V1_BYTES, MAGIC_V2_BYTES};
 use super::storage::ReadFile;
 use bytes::{Bytes, BytesMut};
 use std::io;
@@ -247,7 +247,7 @@ impl Scanner {
     fn resync(&mut self) {
         let skip = self.buf[1..]
             .windows(MAGIC_BYTES.len())
-            .position(|w| w == MAGIC_BYTES || w == MAGIC_V1_BYTES)
+            .position(|w| w == MAGIC_BYTES || w == MAGIC_V2_BYTES || w == MAGIC_V1_BYTES)
             .map(|i| i + 1)
             // Keep a tail that could be the start of a magic split across chunks.
             .unwrap_or_else(|| self.buf.len().saturating_sub(MAGIC_BYTES.len() - 1).max(1));
@@ -362,15 +362,15 @@ mod tests {
     fn a_gap_after_damage_is_bounded_by_the_bytes_stepped_over() {
         let mut bytes = entry(0, 2, 10);
         let damaged = bytes.len();
-        bytes.extend(entry(2, 3, 10)); // 12 + 15 + 3 * 34 = 129 bytes: at most 6 events
+        bytes.extend(entry(2, 3, 10)); // 12 + 15 + 12 + 3 * 34 = 141 bytes: at most 7 events
         bytes.extend(entry(5, 1, 10)); // continues after the 3 lost
         bytes[damaged] ^= 0x01;
         let (got, _, _) = scan_all(&bytes);
         assert_eq!(got, vec![(0, 2, 0), (5, 1, 0)]);
         let mut far = entry(0, 2, 10);
         far.extend(entry(2, 3, 10));
-        far.extend(entry(9, 1, 10)); // 7 past the damage: more than 129 bytes could hold
-        far.extend(entry(20, 1, 10)); // 18 past it: more than those 190 bytes could hold
+        far.extend(entry(10, 1, 10)); // 8 past the damage: more than 141 bytes could hold
+        far.extend(entry(20, 1, 10)); // 18 past it: more than those 214 bytes could hold
         far[damaged] ^= 0x01;
         let (got, _, corrupt) = scan_all(&far);
         assert_eq!(got, vec![(0, 2, 0)], "nothing after an impossible jump continues");
@@ -378,7 +378,7 @@ mod tests {
     }
 
     #[test]
-    fn version_1_entries_are_read_before_and_among_version_2_ones() {
+    fn entries_of_every_version_are_read_in_one_segment() {
         let ev = Event {
             time: EventTime::new(1, 2),
             record: Bytes::from(vec![0xa5; 30]),
@@ -391,14 +391,21 @@ mod tests {
         let third = bytes.len();
         bytes.extend(entry(5, 2, 10));
         bytes.extend(record::encode_v1(&b(1), 7));
+        let fifth = bytes.len();
+        bytes.extend(record::encode_v2(&b(2), 8));
+        bytes.extend(entry(10, 1, 10));
         let (got, _, corrupt) = scan_all(&bytes);
-        assert_eq!(got, vec![(0, 2, 0), (2, 3, 0), (5, 2, 0), (7, 1, 0)]);
+        assert_eq!(got, vec![(0, 2, 0), (2, 3, 0), (5, 2, 0), (7, 1, 0), (8, 2, 0), (10, 1, 0)]);
         assert_eq!(corrupt, 0);
         // A v1 entry is checked whole: damage in an event loses the entry.
         bytes[second + 40] ^= 0xff;
         let (got, _, corrupt) = scan_all(&bytes);
-        assert_eq!(got, vec![(0, 2, 0), (5, 2, 0), (7, 1, 0)]);
+        assert_eq!(got, vec![(0, 2, 0), (5, 2, 0), (7, 1, 0), (8, 2, 0), (10, 1, 0)]);
         assert_eq!(corrupt, (third - second) as u64);
+        // A v2 entry with a damaged header is stepped over to the v3 one after it.
+        bytes[fifth + 13] ^= 0xff;
+        let (got, _, _) = scan_all(&bytes);
+        assert_eq!(got, vec![(0, 2, 0), (5, 2, 0), (7, 1, 0), (10, 1, 0)]);
     }
 
     #[test]

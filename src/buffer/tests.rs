@@ -301,7 +301,7 @@ async fn block_waits_until_a_sink_frees_space() {
 }
 
 fn entry_size(b: &Batch) -> u64 {
-    record::entry_len(b) as u64
+    record::entry_len(b, 0) as u64
 }
 
 #[tokio::test]
@@ -689,6 +689,63 @@ async fn version_1_entries_survive_an_upgrade() {
     );
     let mut r = buf.reader("s").unwrap();
     assert_eq!(read_all(&mut r).await, want[1..]);
+}
+
+#[tokio::test]
+async fn version_2_entries_survive_an_upgrade() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = opts(&dir);
+    let (buf, _) = Buffer::open(o.clone()).unwrap();
+    buf.reader("s").unwrap();
+    drop(buf);
+    let seg = segment_files(&o).pop().unwrap();
+    let (b0, b1) = (batch("v2", 3, 1), batch("v2", 2, 2));
+    let mut bytes = record::encode_v2(&b0, 0);
+    bytes.extend(record::encode_v2(&b1, 3));
+    std::fs::write(&seg, &bytes).unwrap();
+    let (buf, report) = Buffer::open(o).unwrap();
+    assert_eq!((report.entries, report.events, report.lost_events), (2, 5, 0));
+    assert!(buf.chunks().is_empty(), "v2 entries name no chunks");
+    let b2 = batch("v3", 1, 3);
+    assert_eq!(buf.append(&b2).await.unwrap(), 5..6);
+    let mut r = buf.reader("s").unwrap();
+    let want = vec![
+        ReadBatch { first_offset: 0, batch: b0 },
+        ReadBatch { first_offset: 3, batch: b1 },
+        ReadBatch { first_offset: 5, batch: b2 },
+    ];
+    assert_eq!(read_all(&mut r).await, want);
+}
+
+/// The keys of stored requests are in their entries: a crash (the buffer dropped without
+/// `close`) and a reopen know them, and an entry lost to damage takes its keys with it.
+#[tokio::test]
+async fn chunk_keys_are_rebuilt_from_the_entries_on_reopen() {
+    use chunks::Claim;
+    let dir = tempfile::tempdir().unwrap();
+    let o = opts(&dir);
+    let (buf, _) = Buffer::open(o.clone()).unwrap();
+    buf.reader("s").unwrap();
+    buf.enqueue_with_chunks(&batch("a", 2, 1), &[11, 12]).await.unwrap().await.unwrap();
+    buf.enqueue_with_chunks(&batch("a", 1, 2), &[13]).await.unwrap().await.unwrap();
+    buf.append(&batch("a", 1, 3)).await.unwrap();
+    drop(buf);
+    let (buf, _) = Buffer::open(o.clone()).unwrap();
+    assert_eq!(buf.chunks().len(), 3);
+    for k in [11, 12, 13] {
+        assert!(matches!(buf.chunks().claim(k), Claim::Stored), "key {k}");
+    }
+    assert!(matches!(buf.chunks().claim(14), Claim::New(_)));
+    drop(buf);
+    // Damage the first entry's header: its events and its keys are gone, the rest stay.
+    let seg = segment_files(&o).pop().unwrap();
+    let mut bytes = std::fs::read(&seg).unwrap();
+    bytes[record::HEADER_LEN + 2] ^= 0xff;
+    std::fs::write(&seg, &bytes).unwrap();
+    let (buf, report) = Buffer::open(o).unwrap();
+    assert_eq!(report.lost_events, 2);
+    assert!(matches!(buf.chunks().claim(11), Claim::New(_)));
+    assert!(matches!(buf.chunks().claim(13), Claim::Stored));
 }
 
 #[tokio::test]

@@ -1,0 +1,348 @@
+//! Which Forward requests are already stored, so that a resent one is not stored twice.
+//!
+//! A Forward client that asked for an ack (`chunk` option) and did not get one sends the
+//! same request again: when berth was killed between the fsync and the ack, when the
+//! network dropped the ack, and in a loop when Docker 20.10's driver with
+//! `fluentd-request-ack=true` races its own ack reads (6 lines seen stored 299 times;
+//! fluent-logger-golang #103). Each request that carries a `chunk` gets a key
+//! ([`chunk_key`]: the chunk id, the tag and the events' content), written in the entry
+//! that stores its events (see `record`), so that the buffer knows after a restart, too,
+//! which requests it holds. A request whose key is known is acknowledged again and its
+//! events are not stored.
+//!
+//! [`RecentChunks`] keeps the keys of the requests stored most recently, bounded by count
+//! ([`MAX_CHUNKS`]) and age ([`WINDOW`]): a client resends within seconds or minutes of
+//! its first try, and an old key only costs memory. It is rebuilt from the newest entries
+//! when the buffer opens. A key is *claimed* by the connection that stores the request,
+//! and becomes *stored* only once that request is durable: a resend that arrives while the
+//! first copy is still being written waits for it, and is stored itself if the first copy
+//! never is (its write was refused, its connection dropped).
+//!
+//! The key covers the content, not only the chunk id: a client that reused chunk ids for
+//! different requests loses nothing. Two requests with the same chunk id, tag, times and
+//! records within the window are one request sent twice.
+
+use crate::event::Batch;
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::sync::watch;
+
+/// Keys kept at most: 16 bytes in the map and 16 in the eviction queue each (a few MiB at
+/// most), enough for two minutes of a client asking an ack for each of 1,000 lines a second.
+pub const MAX_CHUNKS: usize = 131_072;
+/// Keys older than this are forgotten: longer than a client's retries take to reach berth
+/// again after a restart (Docker's driver waits at most 60 s between tries).
+pub const WINDOW: Duration = Duration::from_secs(3600);
+
+/// The key of one Forward request: its `chunk` option's raw bytes, its tag, and each
+/// event's time, record and metadata as received (before enrichment). FNV-1a over the
+/// chunk, the tag and a CRC-32C of the events: stable across versions (it is written to
+/// disk), hardware-fast over the records, and a collision needs the same chunk id.
+pub fn chunk_key(chunk: &[u8], batch: &Batch) -> u64 {
+    let mut crc = 0u32;
+    for e in &batch.events {
+        crc = crc32c::crc32c_append(crc, &e.time.secs.to_le_bytes());
+        crc = crc32c::crc32c_append(crc, &e.time.nanos.to_le_bytes());
+        crc = crc32c::crc32c_append(crc, &(e.record.len() as u64).to_le_bytes());
+        crc = crc32c::crc32c_append(crc, &e.record);
+        crc = crc32c::crc32c_append(crc, &e.metadata);
+    }
+    let mut h = Fnv::default();
+    h.write(&(chunk.len() as u64).to_le_bytes());
+    h.write(chunk);
+    let tag = batch.tag.as_bytes();
+    h.write(&(tag.len() as u64).to_le_bytes());
+    h.write(tag);
+    h.write(&(batch.events.len() as u64).to_le_bytes());
+    h.write(&crc.to_le_bytes());
+    h.0
+}
+
+/// FNV-1a, 64 bits: written here because its few lines are fixed for ever, which is what a
+/// key stored on disk needs (std's `DefaultHasher` may change between releases).
+struct Fnv(u64);
+
+impl Default for Fnv {
+    fn default() -> Self {
+        Fnv(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl Fnv {
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+}
+
+/// Now, in unix seconds (what entries record as `stored_at`).
+pub fn unix_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+/// What a claim found.
+pub enum Claim {
+    /// Nobody has this request: store it, and call [`Claimed::stored`] once it is durable.
+    New(Claimed),
+    /// Already durable: ack it, do not store it.
+    Stored,
+    /// Another copy is being stored: wait for [`Pending::settled`], then claim again.
+    Pending(Pending),
+}
+
+/// The keys, stored and claimed. Shared by every connection of every listener.
+pub struct RecentChunks {
+    table: Mutex<Table>,
+}
+
+#[derive(Default)]
+struct Table {
+    /// Stored keys and when (unix seconds).
+    stored: HashMap<u64, u64>,
+    /// The stored keys in the order they were stored, for eviction.
+    order: VecDeque<(u64, u64)>,
+    /// Keys claimed by a connection and not yet durable: a sender the claimant holds.
+    claimed: HashMap<u64, watch::Receiver<bool>>,
+    max: usize,
+    window: u64,
+}
+
+/// Where a claim stands, as a pure decision over the table (table-tested below).
+#[derive(Debug, PartialEq, Eq)]
+enum Found {
+    New,
+    Stored,
+    Claimed,
+}
+
+impl Table {
+    fn find(&mut self, key: u64, now: u64) -> Found {
+        self.evict(now);
+        if self.stored.contains_key(&key) {
+            Found::Stored
+        } else if self.claimed.contains_key(&key) {
+            Found::Claimed
+        } else {
+            Found::New
+        }
+    }
+
+    fn insert(&mut self, key: u64, at: u64, now: u64) {
+        if now.saturating_sub(at) > self.window {
+            return;
+        }
+        // A key already stored keeps its first time and place: the map and the queue
+        // agree, so eviction removes every key it pushes out.
+        if let std::collections::hash_map::Entry::Vacant(v) = self.stored.entry(key) {
+            v.insert(at);
+            self.order.push_back((key, at));
+        }
+        self.evict(now);
+    }
+
+    fn evict(&mut self, now: u64) {
+        while let Some(&(key, at)) = self.order.front() {
+            if self.order.len() <= self.max && now.saturating_sub(at) <= self.window {
+                break;
+            }
+            self.order.pop_front();
+            if self.stored.get(&key) == Some(&at) {
+                self.stored.remove(&key);
+            }
+        }
+    }
+}
+
+impl RecentChunks {
+    /// A table holding `recovered` (key, stored_at) pairs, oldest first, as far as they are
+    /// within the bounds.
+    pub fn new(
+        max: usize,
+        window: Duration,
+        recovered: impl IntoIterator<Item = (u64, u64)>,
+    ) -> Arc<RecentChunks> {
+        let mut t = Table { max, window: window.as_secs(), ..Default::default() };
+        let now = unix_now();
+        for (key, at) in recovered {
+            t.insert(key, at, now);
+        }
+        Arc::new(RecentChunks { table: Mutex::new(t) })
+    }
+
+    fn table(&self) -> MutexGuard<'_, Table> {
+        self.table.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Keys known to be stored now.
+    pub fn len(&self) -> usize {
+        self.table().stored.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Claims the request `key` (see [`Claim`]).
+    pub fn claim(self: &Arc<Self>, key: u64) -> Claim {
+        let mut t = self.table();
+        match t.find(key, unix_now()) {
+            Found::Stored => Claim::Stored,
+            Found::Claimed => match t.claimed.get(&key) {
+                Some(rx) => Claim::Pending(Pending(rx.clone())),
+                None => Claim::Stored,
+            },
+            Found::New => {
+                let (tx, rx) = watch::channel(false);
+                t.claimed.insert(key, rx);
+                Claim::New(Claimed { table: Arc::clone(self), key, tx: Some(tx) })
+            }
+        }
+    }
+}
+
+/// A claim on a request being stored. Dropped without [`Claimed::stored`], the claim is
+/// given up: a copy waiting for it is then stored itself.
+pub struct Claimed {
+    table: Arc<RecentChunks>,
+    key: u64,
+    tx: Option<watch::Sender<bool>>,
+}
+
+impl Claimed {
+    pub fn key(&self) -> u64 {
+        self.key
+    }
+
+    /// The request is durable: copies that come now are acknowledged without being stored.
+    pub fn stored(mut self) {
+        let now = unix_now();
+        {
+            let mut t = self.table.table();
+            t.claimed.remove(&self.key);
+            t.insert(self.key, now, now);
+        }
+        if let Some(tx) = self.tx.take() {
+            let _ = tx.send(true);
+        }
+    }
+}
+
+impl Drop for Claimed {
+    fn drop(&mut self) {
+        if self.tx.is_some() {
+            self.table.table().claimed.remove(&self.key);
+            // Dropping the sender wakes whoever waits (see `Pending::settled`).
+        }
+    }
+}
+
+/// Another connection's copy of a request, not yet durable.
+pub struct Pending(watch::Receiver<bool>);
+
+impl Pending {
+    /// Resolves once that copy is durable or given up.
+    pub async fn settled(mut self) {
+        let _ = self.0.wait_for(|stored| *stored).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{Event, EventTime, Tag};
+    use bytes::Bytes;
+
+    fn table(max: usize, window: u64) -> Table {
+        Table { max, window, ..Default::default() }
+    }
+
+    #[test]
+    fn found_after_insert_until_evicted_by_count_or_age() {
+        // (max, window, inserts (key, at), now, key looked up, expected)
+        type Case = (usize, u64, &'static [(u64, u64)], u64, u64, Found);
+        let cases: &[Case] = &[
+            (4, 100, &[], 0, 1, Found::New),
+            (4, 100, &[(1, 10)], 10, 1, Found::Stored),
+            (4, 100, &[(1, 10)], 110, 1, Found::Stored),
+            (4, 100, &[(1, 10)], 111, 1, Found::New),
+            (2, 100, &[(1, 10), (2, 11), (3, 12)], 12, 1, Found::New),
+            (2, 100, &[(1, 10), (2, 11), (3, 12)], 12, 2, Found::Stored),
+            (2, 100, &[(1, 10), (2, 11), (3, 12)], 12, 3, Found::Stored),
+            // Recovered keys older than the window are not kept at all.
+            (4, 100, &[(1, 0)], 101, 1, Found::New),
+            // A key stored again keeps its first place (and age).
+            (2, 100, &[(1, 10), (2, 11), (1, 12), (3, 13)], 13, 1, Found::New),
+            // A clock that went backwards keeps keys (bounded by count still).
+            (4, 100, &[(1, 500)], 10, 1, Found::Stored),
+        ];
+        for (i, (max, window, inserts, now, key, want)) in cases.iter().enumerate() {
+            let mut t = table(*max, *window);
+            for &(k, at) in *inserts {
+                t.insert(k, at, at.min(*now));
+            }
+            assert_eq!(t.find(*key, *now), *want, "case {i}");
+            assert!(t.order.len() <= *max && t.stored.len() <= *max, "case {i}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_claim_is_new_then_pending_then_stored() {
+        let r = RecentChunks::new(8, WINDOW, []);
+        let Claim::New(c) = r.claim(7) else { panic!("first claim is new") };
+        assert_eq!(c.key(), 7);
+        let Claim::Pending(p) = r.claim(7) else { panic!("second claim waits") };
+        let waiter = tokio::spawn(p.settled());
+        c.stored();
+        waiter.await.unwrap();
+        assert!(matches!(r.claim(7), Claim::Stored));
+        assert_eq!(r.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_claim_given_up_wakes_the_waiter_and_frees_the_key() {
+        let r = RecentChunks::new(8, WINDOW, []);
+        let Claim::New(c) = r.claim(7) else { panic!() };
+        let Claim::Pending(p) = r.claim(7) else { panic!() };
+        let waiter = tokio::spawn(p.settled());
+        drop(c);
+        waiter.await.unwrap();
+        assert!(matches!(r.claim(7), Claim::New(_)), "the copy that waited stores it");
+        assert!(r.is_empty());
+    }
+
+    #[test]
+    fn recovered_keys_are_stored_within_the_bounds() {
+        let now = unix_now();
+        let r = RecentChunks::new(2, WINDOW, [(1, now - 7200), (2, now - 5), (3, now), (4, now)]);
+        assert!(matches!(r.claim(1), Claim::New(_)), "older than the window");
+        assert!(matches!(r.claim(2), Claim::New(_)), "pushed out by count");
+        assert!(matches!(r.claim(3), Claim::Stored));
+        assert!(matches!(r.claim(4), Claim::Stored));
+    }
+
+    #[test]
+    fn the_key_covers_chunk_tag_and_content_and_is_stable() {
+        let ev = |secs, rec: &'static [u8]| Event {
+            time: EventTime::new(secs, 5),
+            record: Bytes::from_static(rec),
+            metadata: Bytes::new(),
+        };
+        let b =
+            |tag: &'static str, evs: Vec<Event>| Batch { tag: Tag::from_static(tag), events: evs };
+        let base = chunk_key(b"\xa3abc", &b("t", vec![ev(1, b"\x80")]));
+        // Written to disk: the same inputs give this value in every version of berth.
+        assert_eq!(base, 0xadb8_1a3a_ba03_0fce);
+        for other in [
+            chunk_key(b"\xa3abd", &b("t", vec![ev(1, b"\x80")])),
+            chunk_key(b"\xa3abc", &b("u", vec![ev(1, b"\x80")])),
+            chunk_key(b"\xa3abc", &b("t", vec![ev(2, b"\x80")])),
+            chunk_key(b"\xa3abc", &b("t", vec![ev(1, b"\x81\xa1a\x01")])),
+            chunk_key(b"\xa3abc", &b("t", vec![ev(1, b"\x80"), ev(1, b"\x80")])),
+            chunk_key(b"\xa3abc", &b("t", vec![])),
+        ] {
+            assert_ne!(other, base);
+        }
+    }
+}
