@@ -73,6 +73,9 @@ pub struct Metrics {
     pub input_records: Counter,
     pub input_bytes: Counter,
     pub input_requests: Counter,
+    /// Forward requests received again with a chunk already stored (a client resending
+    /// what it got no ack for): acked, their events not stored twice.
+    pub input_duplicate_chunks: Counter,
     pub input_errors: Family<ReasonLabel, Counter>,
     pub input_connections: Gauge,
     /// Times a listener had every slot taken and stopped accepting (new clients wait in
@@ -162,6 +165,7 @@ impl Metrics {
             input_records: Counter::default(),
             input_bytes: Counter::default(),
             input_requests: Counter::default(),
+            input_duplicate_chunks: Counter::default(),
             input_errors: Family::default(),
             input_connections: Gauge::default(),
             input_connection_waits: Family::default(),
@@ -202,6 +206,11 @@ impl Metrics {
             m.input_bytes.clone(),
         );
         registry.register("input_requests", "Forward requests accepted", m.input_requests.clone());
+        registry.register(
+            "input_duplicate_chunks",
+            "Forward requests resent with a chunk already stored: acked, not stored again",
+            m.input_duplicate_chunks.clone(),
+        );
         registry.register(
             "input_errors",
             "Connections closed for bad input, by reason",

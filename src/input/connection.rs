@@ -19,6 +19,7 @@
 use super::budget::{Share, CONNECTION_ALLOWANCE};
 use super::InputContext;
 use crate::backoff::Backoff;
+use crate::buffer::chunks::{self, Claim, Claimed};
 use crate::buffer::{Appending, BufferError};
 use crate::event::Batch;
 use crate::forward::decode::{decode_frame, may_inflate, Frame, Limits, Mode};
@@ -29,6 +30,7 @@ use crate::pipeline::SubmitError;
 use crate::ratelimit::RateLimit;
 use bytes::{Bytes, BytesMut};
 use std::collections::VecDeque;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
@@ -118,6 +120,8 @@ struct InFlight {
     /// The `chunk`s to ack once durable, in request order (several when requests were
     /// stored together, none for clients that do not ask for acks).
     chunks: Vec<Bytes>,
+    /// The claims on the requests' keys (see `buffer::chunks`), made stored once durable.
+    claims: Vec<Claimed>,
     appending: Appending,
     bytes: usize,
 }
@@ -129,7 +133,16 @@ struct InFlight {
 struct Group {
     batch: Batch,
     chunks: Vec<Bytes>,
+    claims: Vec<Claimed>,
+    /// Of a request just decoded: its key, not yet claimed.
+    key: Option<u64>,
     bytes: usize,
+}
+
+impl Group {
+    fn keys(claims: &[Claimed]) -> Vec<u64> {
+        claims.iter().map(Claimed::key).collect()
+    }
 }
 
 const GROUP_MAX_BYTES: usize = 256 << 10;
@@ -195,6 +208,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<'_, S> {
                                 return self.finish(&mut inflight, end).await;
                             }
                         };
+                        let g = match self.dedupe(g, &mut group, &mut inflight).await {
+                            Ok(g) => g,
+                            Err(end) => return self.finish(&mut inflight, end).await,
+                        };
                         group = match group.take() {
                             Some(mut acc)
                                 if acc.batch.tag == g.batch.tag
@@ -203,6 +220,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<'_, S> {
                             {
                                 acc.batch.events.extend(g.batch.events);
                                 acc.chunks.extend(g.chunks);
+                                acc.claims.extend(g.claims);
                                 acc.bytes += g.bytes;
                                 Some(acc)
                             }
@@ -475,7 +493,56 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<'_, S> {
             _ => len,
         };
         self.held_bytes += bytes - len;
-        Ok(Some(Group { batch: req.batch, chunks: req.options.chunk.into_iter().collect(), bytes }))
+        // The request's identity for a resend, of what the client sent (before enrichment).
+        let key = req.options.chunk.as_ref().map(|c| chunks::chunk_key(c, &req.batch));
+        Ok(Some(Group {
+            batch: req.batch,
+            chunks: req.options.chunk.into_iter().collect(),
+            claims: Vec::new(),
+            key,
+            bytes,
+        }))
+    }
+
+    /// A request just decoded, claimed by its key (see `buffer::chunks`): one already
+    /// stored (a client resending what it got no ack for) keeps only its ack, which goes
+    /// out in order with this connection's others; one that another copy is being stored
+    /// for waits for that copy first. `Err` ends the connection.
+    async fn dedupe(
+        &mut self,
+        mut g: Group,
+        group: &mut Option<Group>,
+        inflight: &mut VecDeque<InFlight>,
+    ) -> Result<Group, End> {
+        let Some(key) = g.key.take() else { return Ok(g) };
+        let recent = Arc::clone(self.ctx.pipeline.buffer().chunks());
+        loop {
+            match recent.claim(key) {
+                Claim::New(c) => {
+                    g.claims.push(c);
+                    return Ok(g);
+                }
+                Claim::Stored => {
+                    self.ctx.metrics.input_duplicate_chunks.inc();
+                    tracing::debug!(peer = self.peer, tag = %g.batch.tag, events = g.batch.len(), "a request already stored was sent again: acked, not stored");
+                    g.batch.events.clear();
+                    self.held_bytes -= g.bytes;
+                    g.bytes = 0;
+                    return Ok(g);
+                }
+                Claim::Pending(p) => {
+                    // The other copy may be this connection's own, grouped or in flight:
+                    // settle those first, so that waiting for it cannot wait for itself.
+                    if let Some(end) = self.store(group.take(), inflight).await {
+                        return Err(end);
+                    }
+                    if let Some(end) = self.drain(inflight).await {
+                        return Err(end);
+                    }
+                    p.settled().await;
+                }
+            }
+        }
     }
 
     /// Hand a group of requests to the buffer; it joins the in-flight queue, to be acked
@@ -490,7 +557,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<'_, S> {
         let added = self.ctx.enricher.enrich(&mut g.batch).await;
         g.bytes += added;
         self.held_bytes += added;
-        let appending = match self.ctx.pipeline.enqueue(&g.batch).await {
+        let keys = Group::keys(&g.claims);
+        let appending = match self.ctx.pipeline.enqueue_with_chunks(&g.batch, &keys).await {
             Ok(a) => a,
             Err(SubmitError::Full { .. }) => {
                 // when_full = "drop_newest": counted by the pipeline; not acked, so a
@@ -513,6 +581,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<'_, S> {
         inflight.push_back(InFlight {
             batch: g.batch,
             chunks: g.chunks,
+            claims: g.claims,
             appending,
             bytes: g.bytes,
         });
@@ -543,6 +612,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<'_, S> {
                 let f = inflight.pop_front()?;
                 self.held_bytes -= f.bytes;
                 self.retry_backoff.reset();
+                // Stored before the acks go out: a copy the client sends after reading
+                // its ack finds it.
+                for c in f.claims {
+                    c.stored();
+                }
                 for chunk in &f.chunks {
                     // A client that asks for acks but never reads them would block this
                     // write for ever (and itself, on its own writes): bounded like reads.
@@ -570,7 +644,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<'_, S> {
                 }
                 self.retry_backoff.wait(None).await;
                 let f = inflight.front_mut()?;
-                match self.ctx.pipeline.enqueue(&f.batch).await {
+                let keys = Group::keys(&f.claims);
+                match self.ctx.pipeline.enqueue_with_chunks(&f.batch, &keys).await {
                     Ok(a) => f.appending = a,
                     Err(SubmitError::Full { .. }) => {
                         // drop_newest while retrying: refused like a new request.
