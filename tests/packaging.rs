@@ -519,17 +519,34 @@ fn the_cloudformation_template_matches_the_policies_and_its_config_loads() {
     let mut cmd = Command::new(berth_bin());
     cmd.args(["check-config", "--config"]).arg(package_file("packaging/berth-container.toml"));
     cmd.env_remove("BERTH_CONFIG").env_remove("BERTH_LOG");
+    // A stack's values: the parameters' defaults, a cluster and a group, the log group.
+    let param = |name: &str| -> String {
+        match name {
+            "ClusterName" => "prod".into(),
+            "AutoScalingGroupName" => "hosts".into(),
+            "AWS::Region" => "eu-west-1".into(),
+            "CapacityLogGroup" => "/berth/capacity/prod".into(),
+            p => match &t["Parameters"][p]["Default"] {
+                serde_json::Value::String(s) => s.clone(),
+                serde_json::Value::Null => panic!("no value for {p}"),
+                v => v.to_string(),
+            },
+        }
+    };
+    let sub = |text: &str| {
+        let mut out = text.to_string();
+        while let Some(at) = out.find("${") {
+            let end = at + out[at..].find('}').unwrap();
+            let v = param(&out[at + 2..end]);
+            out.replace_range(at..=end, &v);
+        }
+        out
+    };
     for e in c["Environment"].as_array().unwrap() {
         let value = match &e["Value"] {
             serde_json::Value::String(s) => s.clone(),
-            v if v.get("!Ref") == Some(&"AWS::Region".into()) => "eu-west-1".into(),
-            v if v.get("!Ref").is_some() => "30".into(),
-            v => v["!Sub"].as_str().unwrap().replace("${ClusterName}", "prod"),
-        };
-        let value = if e["Name"] == "BERTH_DRAIN__AUTO_SCALING_GROUP_NAME" {
-            "hosts".into()
-        } else {
-            value
+            v if v.get("!Ref").is_some() => param(v["!Ref"].as_str().unwrap()),
+            v => sub(v["!Sub"].as_str().unwrap()),
         };
         cmd.env(e["Name"].as_str().unwrap(), value);
     }
@@ -540,4 +557,57 @@ fn the_cloudformation_template_matches_the_policies_and_its_config_loads() {
     assert_eq!(sink["type"].as_str(), Some("cloudwatch_logs"));
     assert_eq!(sink["log_group"].as_str(), Some("/ecs/prod/{ecs_task_definition_family}"));
     assert_eq!(effective["drain"]["enabled"].as_bool(), Some(true));
+
+    // The scale-out alarm watches what this config publishes: the shape's
+    // SchedulableTasks in the namespace and under the dimensions berth writes, one point
+    // per host per period.
+    let cap = &effective["capacity"];
+    assert_eq!(cap["enabled"].as_bool(), Some(true));
+    let shape = &cap["task_shapes"][0];
+    assert_eq!(shape["name"].as_str(), Some("default"));
+    assert_eq!((shape["cpu"].as_integer(), shape["memory"].as_integer()), (Some(1024), Some(2048)));
+    let publish = &cap["publish"];
+    assert_eq!(publish["cloudwatch_emf"].as_bool(), Some(true));
+    assert_eq!(publish["emf_log_group"].as_str(), Some("/berth/capacity/prod"));
+    let alarm = &r["ScaleOutAlarm"]["Properties"];
+    assert_eq!(alarm["MetricName"], "SchedulableTasks");
+    assert_eq!(alarm["Namespace"].as_str(), publish["namespace"].as_str());
+    // check-config writes durations as humantime does: "1m", "90s", "1m 30s".
+    let interval: u64 = cap["interval"]
+        .as_str()
+        .unwrap()
+        .split(' ')
+        .map(|p| match p.strip_suffix('m') {
+            Some(m) => m.parse::<u64>().unwrap() * 60,
+            None => p.strip_suffix('s').unwrap().parse::<u64>().unwrap(),
+        })
+        .sum();
+    assert_eq!(alarm["Period"], interval, "the period is berth's interval");
+    let dims: Vec<&str> = alarm["Dimensions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["Name"].as_str().unwrap())
+        .collect();
+    assert!(
+        publish["dimensions"].as_array().unwrap().iter().any(|set| set
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d.as_str().unwrap())
+            .eq(dims.clone())),
+        "berth publishes the set {dims:?}: {}",
+        publish["dimensions"]
+    );
+    assert_eq!(alarm["Dimensions"][1]["Value"]["!Ref"], "ScaleOutTaskShape");
+    assert_eq!(alarm["Statistic"], "Sum");
+    assert_eq!(alarm["TreatMissingData"], "missing", "no data never scales out");
+    assert_eq!(alarm["AlarmActions"][0]["!Ref"], "ScaleOutPolicy");
+    let policy = &r["ScaleOutPolicy"]["Properties"];
+    assert_eq!(policy["AutoScalingGroupName"]["!Ref"], "AutoScalingGroupName");
+    assert_eq!(policy["StepAdjustments"][0]["ScalingAdjustment"], 1);
+    assert_eq!(
+        r["CapacityLogGroup"]["Properties"]["LogGroupName"]["!Sub"],
+        "/berth/capacity/${ClusterName}"
+    );
 }

@@ -28,9 +28,12 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::watch;
 
-/// Keys kept at most: 16 bytes in the map and 16 in the eviction queue each (a few MiB at
-/// most), enough for two minutes of a client asking an ack for each of 1,000 lines a second.
-pub const MAX_CHUNKS: usize = 131_072;
+/// Keys kept at most: 16 bytes in the map and 16 in the eviction queue each, about 3 MiB
+/// when full (the daemon's memory reservation is 64 MiB). A client resends what it holds no
+/// ack for as soon as it reconnects, and holds few such requests (Docker's driver, one per
+/// container), so the keys needed are those of the last seconds: a minute of 1,000 acked
+/// requests a second.
+pub const MAX_CHUNKS: usize = 65_536;
 /// Keys older than this are forgotten: longer than a client's retries take to reach berth
 /// again after a restart (Docker's driver waits at most 60 s between tries).
 pub const WINDOW: Duration = Duration::from_secs(3600);
