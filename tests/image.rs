@@ -77,6 +77,9 @@ fn the_image_receives_a_containers_fluentd_logs_and_is_healthy() {
         &name,
         "--network",
         "host",
+        // As the task definitions run it (readonlyRootFilesystem): berth writes only to
+        // the host directories mounted below.
+        "--read-only",
         "-v",
         "/var/run/docker.sock:/var/run/docker.sock",
         "-v",

@@ -7,6 +7,7 @@
 mod common;
 
 use common::*;
+use std::path::PathBuf;
 use std::process::Command;
 
 fn unit_for_test() -> (tempfile::TempDir, std::path::PathBuf) {
@@ -72,6 +73,14 @@ fn the_daemon_task_definition_gives_a_drain_the_ecs_maximum_stop_timeout() {
     // berth's own logs never go through itself (a berth that is down would lose them).
     assert_eq!(c["logConfiguration"]["logDriver"], "awslogs");
     assert_eq!(v["networkMode"], "host");
+    // berth writes only to the host's directories (tests/image.rs runs it --read-only).
+    assert_eq!(c["readonlyRootFilesystem"], true);
+    // The buffer's identity is bound to the host's machine id.
+    assert!(c["mountPoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|m| m["containerPath"] == "/etc/machine-id"));
 }
 
 /// `berth check-config` on a config text: the effective config as TOML, or the error.
@@ -438,6 +447,51 @@ print(json.dumps(yaml.load(open(sys.argv[1]), Loader=Loader)))
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
+/// A stack's values for the tests: cluster `prod`, group `hosts`, region `eu-west-1`.
+const STACK: [(&str, &str); 3] =
+    [("ClusterName", "prod"), ("AutoScalingGroupName", "hosts"), ("AWS::Region", "eu-west-1")];
+
+/// The CloudFormation task's environment with a stack's values filled in (the parameters'
+/// defaults, [`STACK`], the log groups' names).
+fn cfn_environment(t: &serde_json::Value) -> Vec<(String, String)> {
+    let param = |name: &str| -> String {
+        if let Some((_, v)) = STACK.iter().find(|(k, _)| *k == name) {
+            return (*v).to_string();
+        }
+        if name == "CapacityLogGroup" {
+            return "/berth/capacity/prod".into();
+        }
+        match &t["Parameters"][name]["Default"] {
+            serde_json::Value::String(s) => s.clone(),
+            serde_json::Value::Null => panic!("no value for {name}"),
+            v => v.to_string(),
+        }
+    };
+    let sub = |text: &str| {
+        let mut out = text.to_string();
+        while let Some(at) = out.find("${") {
+            let end = at + out[at..].find('}').unwrap();
+            let v = param(&out[at + 2..end]);
+            out.replace_range(at..=end, &v);
+        }
+        out
+    };
+    let c = &t["Resources"]["TaskDefinition"]["Properties"]["ContainerDefinitions"][0];
+    c["Environment"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            let value = match &e["Value"] {
+                serde_json::Value::String(s) => s.clone(),
+                v if v.get("!Ref").is_some() => param(v["!Ref"].as_str().unwrap()),
+                v => sub(v["!Sub"].as_str().unwrap()),
+            };
+            (e["Name"].as_str().unwrap().to_string(), value)
+        })
+        .collect()
+}
+
 #[test]
 fn the_cloudformation_template_passes_cfn_lint() {
     let out = Command::new(test_python().with_file_name("cfn-lint"))
@@ -509,6 +563,7 @@ fn the_cloudformation_template_matches_the_policies_and_its_config_loads() {
     assert_eq!(task["NetworkMode"], "host");
     let c = &task["ContainerDefinitions"][0];
     assert_eq!(c["StopTimeout"], 120);
+    assert_eq!(c["ReadonlyRootFilesystem"], true);
     assert_eq!(c["LogConfiguration"]["LogDriver"], "awslogs", "berth's own logs never go to berth");
     assert_eq!(
         c["HealthCheck"]["Command"],
@@ -519,36 +574,8 @@ fn the_cloudformation_template_matches_the_policies_and_its_config_loads() {
     let mut cmd = Command::new(berth_bin());
     cmd.args(["check-config", "--config"]).arg(package_file("packaging/berth-container.toml"));
     cmd.env_remove("BERTH_CONFIG").env_remove("BERTH_LOG");
-    // A stack's values: the parameters' defaults, a cluster and a group, the log group.
-    let param = |name: &str| -> String {
-        match name {
-            "ClusterName" => "prod".into(),
-            "AutoScalingGroupName" => "hosts".into(),
-            "AWS::Region" => "eu-west-1".into(),
-            "CapacityLogGroup" => "/berth/capacity/prod".into(),
-            p => match &t["Parameters"][p]["Default"] {
-                serde_json::Value::String(s) => s.clone(),
-                serde_json::Value::Null => panic!("no value for {p}"),
-                v => v.to_string(),
-            },
-        }
-    };
-    let sub = |text: &str| {
-        let mut out = text.to_string();
-        while let Some(at) = out.find("${") {
-            let end = at + out[at..].find('}').unwrap();
-            let v = param(&out[at + 2..end]);
-            out.replace_range(at..=end, &v);
-        }
-        out
-    };
-    for e in c["Environment"].as_array().unwrap() {
-        let value = match &e["Value"] {
-            serde_json::Value::String(s) => s.clone(),
-            v if v.get("!Ref").is_some() => param(v["!Ref"].as_str().unwrap()),
-            v => sub(v["!Sub"].as_str().unwrap()),
-        };
-        cmd.env(e["Name"].as_str().unwrap(), value);
+    for (name, value) in cfn_environment(&t) {
+        cmd.env(name, value);
     }
     let out = cmd.output().unwrap();
     assert!(out.status.success(), "the task's config: {}", String::from_utf8_lossy(&out.stderr));
@@ -610,4 +637,296 @@ fn the_cloudformation_template_matches_the_policies_and_its_config_loads() {
         r["CapacityLogGroup"]["Properties"]["LogGroupName"]["!Sub"],
         "/berth/capacity/${ClusterName}"
     );
+}
+
+const TERRAFORM: &str = "packaging/terraform";
+
+/// Every `.tf` file of the module as python-hcl2 reads it (no terraform binary can be
+/// installed here): `{file name: document}`. Blocks are lists of objects, attribute values
+/// as written (`"${var.x}"` for an expression).
+fn terraform() -> serde_json::Value {
+    let script = r#"
+import glob, json, os, sys, hcl2
+# python-hcl2 8 keeps a string literal's quotes ('"Allow"', expressions as '${...}') and
+# marks blocks: literals unquoted, marks dropped.
+def plain(v):
+    if isinstance(v, dict):
+        return {plain(k): plain(x) for k, x in v.items() if not k.startswith("__")}
+    if isinstance(v, list):
+        return [plain(x) for x in v]
+    if isinstance(v, str) and len(v) >= 2 and v[0] == '"' and v[-1] == '"':
+        return v[1:-1].replace('\\"', '"')
+    return v
+out = {}
+for path in sorted(glob.glob(os.path.join(sys.argv[1], "*.tf"))):
+    with open(path) as f:
+        out[os.path.basename(path)] = plain(hcl2.load(f))
+print(json.dumps(out))
+"#;
+    let out = Command::new(test_python())
+        .args(["-c", script])
+        .arg(package_file(TERRAFORM))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "python-hcl2 (scripts/test-deps installs it): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// The one block `kind "type" "name"` (e.g. `resource "aws_iam_role" "task"`) of the module.
+fn tf_block<'a>(
+    tf: &'a serde_json::Value,
+    kind: &str,
+    ty: &str,
+    name: &str,
+) -> &'a serde_json::Value {
+    let found: Vec<&serde_json::Value> = tf
+        .as_object()
+        .unwrap()
+        .values()
+        .filter_map(|doc| doc[kind].as_array())
+        .flatten()
+        .filter_map(|b| b.get(ty).and_then(|t| t.get(name)))
+        .collect();
+    assert_eq!(found.len(), 1, "{kind} {ty:?} {name:?}");
+    found[0]
+}
+
+/// A variable's default, as the string Terraform interpolates.
+fn tf_default(tf: &serde_json::Value, var: &str) -> String {
+    let found = tf
+        .as_object()
+        .unwrap()
+        .values()
+        .filter_map(|doc| doc["variable"].as_array())
+        .flatten()
+        .find_map(|b| b.get(var))
+        .unwrap_or_else(|| panic!("no variable {var}"));
+    match &found["default"] {
+        serde_json::Value::String(s) => s.clone(),
+        serde_json::Value::Null => panic!("variable {var} has no default"),
+        v => v.to_string(),
+    }
+}
+
+/// `text` with the module's interpolations filled in for [`STACK`]: `${var.x}` (the
+/// defaults), `${local.x}` (the locals, themselves filled in), and the names of the
+/// resources berth's config refers to. `widen`: the partition `aws`, region and account
+/// `*` (as packaging/iam writes its ARNs) and the group `*`.
+fn tf_fill(tf: &serde_json::Value, text: &str, widen: bool) -> String {
+    let locals = &tf["main.tf"]["locals"][0];
+    let stack = |k: &str| STACK.iter().find(|(n, _)| *n == k).map(|(_, v)| (*v).to_string());
+    let mut out = text.to_string();
+    while let Some(at) = out.find("${") {
+        let end = at + out[at..].find('}').unwrap();
+        let expr = out[at + 2..end].to_string();
+        let v = match expr.as_str() {
+            "local.partition" => "aws".into(),
+            "local.region" if widen => "*".into(),
+            "local.region" => stack("AWS::Region").unwrap(),
+            "local.account" => "*".into(),
+            "var.cluster_name" => stack("ClusterName").unwrap(),
+            "var.auto_scaling_group_name" if widen => "*".into(),
+            "var.auto_scaling_group_name" => stack("AutoScalingGroupName").unwrap(),
+            "aws_cloudwatch_log_group.capacity.name" => "/berth/capacity/prod".into(),
+            "aws_autoscaling_lifecycle_hook.drain.name" => {
+                tf_block(tf, "resource", "aws_autoscaling_lifecycle_hook", "drain")["name"]
+                    .as_str()
+                    .unwrap()
+                    .to_string()
+            }
+            e if e.starts_with("var.") => tf_default(tf, &e[4..]),
+            e if e.starts_with("local.") => {
+                tf_fill(tf, locals[&e[6..]].as_str().unwrap_or_else(|| panic!("{e}")), widen)
+            }
+            e => panic!("no value for ${{{e}}} in {text:?}"),
+        };
+        out.replace_range(at..=end, &v);
+    }
+    out
+}
+
+/// One string or a list of strings, as a list.
+fn strings(v: &serde_json::Value) -> Vec<String> {
+    match v {
+        serde_json::Value::String(s) => vec![s.clone()],
+        serde_json::Value::Array(a) => a.iter().flat_map(strings).collect(),
+        v => panic!("not strings: {v}"),
+    }
+}
+
+/// The module is the CloudFormation template's stack: packaging/iam's policies statement for
+/// statement (ARNs narrowed as the template narrows them), the sink's statement, the same
+/// environment for the container (whose config loads), the same hook, service and
+/// scale-out alarm.
+#[test]
+fn the_terraform_module_is_the_cloudformation_stack() {
+    let tf = terraform();
+    let t = template();
+    let doc = |name: &str| tf_block(&tf, "data", "aws_iam_policy_document", name);
+    for (name, file) in [
+        ("capacity", "packaging/iam/berth-capacity-policy.json"),
+        ("drain", "packaging/iam/berth-drain-policy.json"),
+    ] {
+        let want = common::iam::policy(file);
+        let want = want["Statement"].as_array().unwrap();
+        let got = doc(name)["statement"].as_array().unwrap();
+        assert_eq!(got.len(), want.len(), "{name}");
+        for (g, w) in got.iter().zip(want) {
+            assert_eq!(g["sid"], w["Sid"]);
+            assert_eq!(g["effect"], w["Effect"]);
+            assert_eq!(strings(&g["actions"]), strings(&w["Action"]), "{}", w["Sid"]);
+            let resources: Vec<String> =
+                strings(&g["resources"]).iter().map(|r| tf_fill(&tf, r, true)).collect();
+            assert_eq!(resources, strings(&w["Resource"]), "{}", w["Sid"]);
+        }
+    }
+    // The sink's statement is the template's.
+    let cfn_sink = t["Resources"]["TaskRole"]["Properties"]["Policies"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["PolicyName"] == "berth-sink")
+        .unwrap()["PolicyDocument"]["Statement"][0]
+        .clone();
+    let sink = &doc("sink")["statement"][0];
+    assert_eq!(sink["sid"], cfn_sink["Sid"]);
+    assert_eq!(strings(&sink["actions"]), strings(&cfn_sink["Action"]));
+    let cfn_resources: Vec<String> = cfn_sink["Resource"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            r["!Sub"]
+                .as_str()
+                .unwrap()
+                .replace("${AWS::Partition}", "aws")
+                .replace("${AWS::Region}", "*")
+                .replace("${AWS::AccountId}", "*")
+                .replace("${ClusterName}", "prod")
+        })
+        .collect();
+    let resources: Vec<String> =
+        strings(&sink["resources"]).iter().map(|r| tf_fill(&tf, r, true)).collect();
+    assert_eq!(resources, cfn_resources);
+    for (name, policy) in
+        [("sink", "berth-sink"), ("capacity", "berth-capacity"), ("drain", "berth-drain")]
+    {
+        let p = tf_block(&tf, "resource", "aws_iam_role_policy", name);
+        assert_eq!(p["name"], policy);
+        assert_eq!(p["role"], "${aws_iam_role.task.id}");
+        assert_eq!(p["policy"], format!("${{data.aws_iam_policy_document.{name}.json}}"));
+    }
+
+    // The container's environment is the template's, and the config it makes loads.
+    let env: Vec<(String, String)> = tf["main.tf"]["locals"][0]["environment"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["name"].as_str().unwrap().to_string(),
+                tf_fill(&tf, e["value"].as_str().unwrap(), false),
+            )
+        })
+        .collect();
+    let cfn_env = cfn_environment(&t);
+    assert_eq!(env, cfn_env, "the module's environment is the template's");
+    let mut cmd = Command::new(berth_bin());
+    cmd.args(["check-config", "--config"]).arg(package_file("packaging/berth-container.toml"));
+    cmd.env_remove("BERTH_CONFIG").env_remove("BERTH_LOG").envs(env);
+    let out = cmd.output().unwrap();
+    assert!(out.status.success(), "the module's config: {}", String::from_utf8_lossy(&out.stderr));
+
+    let task = tf_block(&tf, "resource", "aws_ecs_task_definition", "berth");
+    assert_eq!(task["network_mode"], "host");
+    let defs = task["container_definitions"].as_str().unwrap();
+    for want in [
+        "stopTimeout = 120",
+        "readonlyRootFilesystem = true",
+        "environment = local.environment",
+        "logDriver = \"awslogs\"",
+        "containerPath = \"/etc/machine-id\"",
+        "\"/usr/bin/berth\", \"health\"",
+    ] {
+        assert!(defs.contains(want), "container_definitions: {want}");
+    }
+    let service = tf_block(&tf, "resource", "aws_ecs_service", "berth");
+    assert_eq!(service["scheduling_strategy"], "DAEMON");
+    let hook = tf_block(&tf, "resource", "aws_autoscaling_lifecycle_hook", "drain");
+    let cfn_hook = &t["Resources"]["DrainHook"]["Properties"];
+    assert_eq!(hook["name"], cfn_hook["LifecycleHookName"]);
+    assert_eq!(hook["lifecycle_transition"], cfn_hook["LifecycleTransition"]);
+    assert_eq!(hook["heartbeat_timeout"], cfn_hook["HeartbeatTimeout"]);
+    assert_eq!(hook["default_result"], cfn_hook["DefaultResult"]);
+
+    let alarm = tf_block(&tf, "resource", "aws_cloudwatch_metric_alarm", "scale_out");
+    let cfn_alarm = &t["Resources"]["ScaleOutAlarm"]["Properties"];
+    for (k, c) in [
+        ("namespace", "Namespace"),
+        ("metric_name", "MetricName"),
+        ("statistic", "Statistic"),
+        ("period", "Period"),
+        ("evaluation_periods", "EvaluationPeriods"),
+        ("datapoints_to_alarm", "DatapointsToAlarm"),
+        ("comparison_operator", "ComparisonOperator"),
+        ("treat_missing_data", "TreatMissingData"),
+    ] {
+        assert_eq!(alarm[k], cfn_alarm[c], "{k}");
+    }
+    assert_eq!(alarm["threshold"], "${var.scale_out_min_free_tasks}");
+    assert_eq!(
+        alarm["dimensions"],
+        serde_json::json!({"ClusterName": "${var.cluster_name}", "TaskShape": "${var.scale_out_task_shape}"})
+    );
+    assert_eq!(
+        alarm["alarm_actions"],
+        serde_json::json!(["${aws_autoscaling_policy.scale_out.arn}"])
+    );
+    let policy = tf_block(&tf, "resource", "aws_autoscaling_policy", "scale_out");
+    assert_eq!(policy["policy_type"], "StepScaling");
+    assert_eq!(policy["step_adjustment"][0]["scaling_adjustment"], 1);
+    assert_eq!(policy["step_adjustment"][0]["metric_interval_upper_bound"], 0);
+}
+
+/// checkov (scripts/test-deps installs it) finds nothing in the module, and every check it
+/// is told to skip says why.
+#[test]
+fn the_terraform_module_passes_checkov() {
+    let venv = std::env::var("BERTH_CHECKOV_VENV")
+        .unwrap_or_else(|_| "/var/tmp/berth-checkov-venv".to_string());
+    let checkov = PathBuf::from(venv).join("bin/checkov");
+    assert!(checkov.exists(), "{} is missing: run scripts/test-deps", checkov.display());
+    let out = Command::new(&checkov)
+        .args(["--framework", "terraform", "--skip-download", "--output", "json", "-d"])
+        .arg(package_file(TERRAFORM))
+        .output()
+        .unwrap();
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "checkov: {e}\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    let summary = &report["summary"];
+    assert_eq!(summary["parsing_errors"], 0, "{summary}");
+    let failed: Vec<String> = report["results"]["failed_checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| format!("{} {} ({})", c["check_id"], c["resource"], c["check_name"]))
+        .collect();
+    assert!(failed.is_empty(), "checkov: {failed:#?}");
+    assert!(summary["passed"].as_u64().unwrap() > 50, "{summary}");
+    for f in std::fs::read_dir(package_file(TERRAFORM)).unwrap() {
+        let text = std::fs::read_to_string(f.unwrap().path()).unwrap_or_default();
+        for l in text.lines().filter(|l| l.contains("checkov:skip=")) {
+            let reason = l.split("checkov:skip=").nth(1).unwrap().split_once(':').map(|x| x.1);
+            assert!(reason.is_some_and(|r| r.trim().len() > 20), "a skip without a reason: {l}");
+        }
+    }
 }
