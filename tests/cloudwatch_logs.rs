@@ -475,14 +475,21 @@ fn sigkill_restart_then_group_deleted_while_running() {
 
 #[test]
 fn sigv4_and_iam_checked_by_moto_wrong_secret_is_a_clear_error_and_loses_nothing() {
-    // The first 3 calls (the IAM setup) are not authenticated; every later one has its
-    // SigV4 signature recomputed and its IAM policy evaluated by moto.
-    let moto = Moto::start(&[("INITIAL_NO_AUTH_ACTION_COUNT", "3")]);
+    // The first 6 calls (the IAM setup) are not authenticated; every later one has its
+    // SigV4 signature recomputed and its IAM policy evaluated by moto. berth's user holds
+    // packaging/iam/berth-sink-policy.json only, and the sink makes every call it can
+    // (creates the group, sets its retention, creates the stream, puts the events); the
+    // test reads them back as another user.
+    let moto = Moto::start(&[("INITIAL_NO_AUTH_ACTION_COUNT", "6")]);
+    let policy = package_file("packaging/iam/berth-sink-policy.json");
     let keys: serde_json::Value =
-        serde_json::from_str(&cw_tool(&moto.url(), &["iam-setup"], None)).unwrap();
+        serde_json::from_str(&cw_tool(&moto.url(), &["iam-setup", policy.to_str().unwrap()], None))
+            .unwrap();
     let (key, secret) =
         (keys["key"].as_str().unwrap().to_string(), keys["secret"].as_str().unwrap().to_string());
-    let cfg = config(&moto.url(), "");
+    let reader = &keys["reader"];
+    let reader = (reader["key"].as_str().unwrap(), reader["secret"].as_str().unwrap());
+    let cfg = config(&moto.url(), "retention_days = 7");
     let env = |secret: &str| -> Vec<(String, String)> {
         vec![
             ("AWS_ACCESS_KEY_ID".into(), key.clone()),
@@ -505,7 +512,7 @@ fn sigv4_and_iam_checked_by_moto_wrong_secret_is_a_clear_error_and_loses_nothing
     });
     let err = b.stderr_text();
     assert!(err.contains("refused as unauthorized"), "a clear error in the log:\n{err}");
-    assert_eq!(Stored::read(&moto.url(), Some((&key, &secret))).total(), 0);
+    assert_eq!(Stored::read(&moto.url(), Some(reader)).total(), 0);
     assert!(b.metric("berth_sink_lag_records{sink=\"cw\"}") > 0.0, "nothing acknowledged");
     b.stop();
     let dir = std::mem::replace(&mut b.dir, tempfile::tempdir().unwrap());
@@ -515,11 +522,17 @@ fn sigv4_and_iam_checked_by_moto_wrong_secret_is_a_clear_error_and_loses_nothing
     let right: Vec<(&str, &str)> = right.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
     let b = start_in(dir, &cfg, &right);
     wait_acknowledged(&b);
-    let stored = Stored::read(&moto.url(), Some((&key, &secret)));
+    let stored = Stored::read(&moto.url(), Some(reader));
     assert_eq!(
         stored.messages("/ecs/prod/app", "iam/web"),
         (0..20).map(|i| format!("i{i}")).collect::<Vec<_>>()
     );
+    assert_eq!(stored.groups["/ecs/prod/app"].retention, Some(7), "PutRetentionPolicy allowed");
+    // Every call the sink made is an action of the policy (the SDK's operation names).
+    let granted = common::iam::actions("packaging/iam/berth-sink-policy.json");
+    for action in ["CreateLogGroup", "PutRetentionPolicy", "CreateLogStream", "PutLogEvents"] {
+        assert!(granted.contains(&format!("logs:{action}")), "{action}");
+    }
 }
 
 #[test]
@@ -571,4 +584,50 @@ fn a_log_group_the_policy_refuses_is_dead_lettered_and_the_other_streams_go_on()
     b.wait_metric("berth_dead_letter_records_total{sink=\"cw\",reason=\"denied\"}", 20.0);
     assert!(b.metric("berth_output_retries_total{sink=\"cw\",reason=\"denied\"}") >= 1.0);
     assert!(b.stderr_text().contains("refused for this log group by the policy"));
+}
+
+/// packaging/iam/berth-sink-policy.json grants the sinks' actions, each on ARNs of the
+/// documented formats (Service Authorization Reference: `log-group:NAME`,
+/// `log-group:NAME:log-stream:NAME`; `domain/NAME/PATH` for `es:ESHttp*`;
+/// `collection/ID` for `aoss:APIAccessAll`) and not on others.
+#[test]
+fn the_sink_policy_grants_the_sinks_actions_on_the_documented_arn_formats() {
+    const POLICY: &str = "packaging/iam/berth-sink-policy.json";
+    let want: std::collections::BTreeSet<String> = [
+        "logs:CreateLogGroup",
+        "logs:CreateLogStream",
+        "logs:PutLogEvents",
+        "logs:PutRetentionPolicy",
+        "es:ESHttpPost",
+        "aoss:APIAccessAll",
+    ]
+    .map(str::to_owned)
+    .into();
+    assert_eq!(common::iam::actions(POLICY), want);
+    let group = "arn:aws:logs:eu-west-1:123456789012:log-group:/ecs/prod/app";
+    let stream = "arn:aws:logs:eu-west-1:123456789012:log-group:/ecs/prod/app:log-stream:t/web";
+    let other = "arn:aws:logs:eu-west-1:123456789012:log-group:/berth/capacity";
+    let bulk = "arn:aws:es:eu-west-1:123456789012:domain/logs/_bulk";
+    common::iam::check_resources(
+        POLICY,
+        &[
+            ("logs:CreateLogGroup", &[group], &[other]),
+            ("logs:PutRetentionPolicy", &[group], &[other]),
+            ("logs:CreateLogStream", &[stream], &[&format!("{other}:log-stream:x")]),
+            ("logs:PutLogEvents", &[stream], &[&format!("{other}:log-stream:x")]),
+            (
+                "es:ESHttpPost",
+                &[bulk],
+                &[
+                    "arn:aws:es:eu-west-1:123456789012:domain/logs/_search",
+                    "arn:aws:es:eu-west-1:123456789012:domain/logs/app/_doc",
+                ],
+            ),
+            (
+                "aoss:APIAccessAll",
+                &["arn:aws:aoss:eu-west-1:123456789012:collection/abc123def"],
+                &["arn:aws:aoss:eu-west-1:123456789012:dashboards/default"],
+            ),
+        ],
+    );
 }

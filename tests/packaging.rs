@@ -549,6 +549,22 @@ fn the_cloudformation_template_matches_the_policies_and_its_config_loads() {
         }
     }
 
+    // The sink's statement is packaging/iam/berth-sink-policy.json's CloudWatch Logs one,
+    // narrowed to the cluster's groups.
+    let sink_policy = common::iam::policy("packaging/iam/berth-sink-policy.json");
+    let cw = sink_policy["Statement"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|st| st["Sid"] == "CloudWatchLogsSink")
+        .unwrap();
+    let got = &policies.iter().find(|p| p["PolicyName"] == "berth-sink").unwrap()["PolicyDocument"]
+        ["Statement"][0];
+    assert_eq!(got["Sid"], cw["Sid"]);
+    assert_eq!(got["Action"], cw["Action"]);
+    let widened = narrowed(&got["Resource"]).to_string().replace("${ClusterName}", "*");
+    assert_eq!(widened.replace("/*/*", "/*"), cw["Resource"].to_string());
+
     let hook = &r["DrainHook"]["Properties"];
     assert_eq!(hook["LifecycleTransition"], "autoscaling:EC2_INSTANCE_TERMINATING");
     assert_eq!(hook["HeartbeatTimeout"], 1800);
