@@ -33,7 +33,8 @@ pub struct AdminState {
     /// Set once every listener is bound; cleared when shutdown starts.
     pub ready: AtomicBool,
     pub listeners: Vec<String>,
-    pub sinks: Vec<SinkInfo>,
+    /// The sinks that run (SIGHUP may change them).
+    pub sinks: std::sync::RwLock<Vec<SinkInfo>>,
     /// `[capacity] enabled`: `/v1/capacity` answers.
     pub capacity_enabled: bool,
     /// `[drain] enabled`: `/v1/drain` answers.
@@ -226,8 +227,8 @@ struct SinkStatus {
 async fn status(State(s): State<Arc<AdminState>>) -> Json<Status> {
     let m = &s.metrics;
     let st = s.buffer.stats();
-    let sinks = s
-        .sinks
+    let infos = s.sinks.read().unwrap_or_else(|p| p.into_inner()).clone();
+    let sinks = infos
         .iter()
         .map(|info| {
             let label = SinkLabel { sink: info.name.clone() };

@@ -17,15 +17,14 @@ use crate::docker;
 use crate::enrich;
 use crate::imds::Imds;
 use crate::input::{self, InputContext};
-use crate::metrics::{Metrics, SinkLabel};
+use crate::metrics::Metrics;
 use crate::pipeline::{Pipeline, SinkRoute};
 use crate::reassemble::JoinOptions;
 use crate::shutdown::{Deadlines, Shutdown};
-use crate::sink::{self, SinkContext};
+use crate::sink::{self, set::RunningSinks};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
-use tokio::task::JoinSet;
 
 /// How long the start waits for the first Docker and IMDS answers before accepting
 /// connections.
@@ -180,9 +179,33 @@ pub fn changed_sections(old: &Config, new: &Config) -> Vec<&'static str> {
     out
 }
 
-/// SIGHUP: re-read and check the config; apply the log level; say what else changed and
-/// needs a restart. A config that does not load changes nothing (the error is logged).
-fn reload(running: &mut Config, r: &Reload, notifier: &crate::notify::Notifier) {
+/// What SIGHUP may change while berth runs besides the log level: the sinks.
+struct Live<'a> {
+    sinks: &'a mut RunningSinks,
+    aws: &'a Aws,
+    state: &'a AdminState,
+}
+
+fn sink_infos(sinks: &[crate::config::SinkConfig]) -> Vec<SinkInfo> {
+    sinks
+        .iter()
+        .map(|s| SinkInfo {
+            name: s.name.clone(),
+            kind: sink_type(&s.kind),
+            pattern: s.match_.as_str().to_string(),
+        })
+        .collect()
+}
+
+/// SIGHUP: re-read and check the config; apply the log level and the sinks; say what else
+/// changed and needs a restart. A config that does not load changes nothing (the error is
+/// logged).
+async fn reload(
+    running: &mut Config,
+    r: &Reload,
+    live: Live<'_>,
+    notifier: &crate::notify::Notifier,
+) {
     notifier.send(&format!("RELOADING=1\nMONOTONIC_USEC={}", monotonic_usec()));
     match Config::load(r.path.as_deref()) {
         Err(e) => {
@@ -204,6 +227,26 @@ fn reload(running: &mut Config, r: &Reload, notifier: &crate::notify::Notifier) 
                     },
                     (None, _) => {}
                 }
+            }
+            if changed.contains(&"sink") {
+                // An AWS sink needs a region, as at start; without one nothing changes.
+                match check_regions(&new, live.aws).await {
+                    Err(e) => {
+                        tracing::error!(error = %e, "SIGHUP: the new sinks cannot work; the running ones are kept")
+                    }
+                    Ok(()) => match live.sinks.apply(&new.sinks).await {
+                        Ok(plan) => {
+                            applied.push("sink");
+                            tracing::info!(stopped = ?plan.stop, removed = ?plan.remove, started = ?plan.start, "SIGHUP: sinks changed");
+                        }
+                        Err(failed) => {
+                            tracing::error!(failed = ?failed, "SIGHUP: some sinks could not start (see above); the others are applied")
+                        }
+                    },
+                }
+                running.sinks = live.sinks.configs();
+                *live.state.sinks.write().unwrap_or_else(|p| p.into_inner()) =
+                    sink_infos(&running.sinks);
             }
             // A level the command line pinned is not a restart's business either.
             let pinned = r.log.as_ref().is_some_and(|l| l.pinned);
@@ -356,20 +399,10 @@ pub async fn run_with(mut config: Config, reload_with: Reload) -> Result<(), App
         None
     };
 
-    let mut sinks = JoinSet::new();
+    let mut sinks =
+        RunningSinks::new(pipeline.clone(), Arc::clone(&metrics), Arc::clone(&aws), join);
     for (cfg, reader) in config.sinks.iter().cloned().zip(readers) {
-        let label = SinkLabel { sink: cfg.name.clone() };
-        let _ = metrics.output_records.get_or_create(&label);
-        let _ = metrics.output_errors.get_or_create(&label);
-        let _ = metrics.output_bytes.get_or_create(&label);
-        let ctx = SinkContext {
-            name: cfg.name.clone(),
-            reader,
-            metrics: Arc::clone(&metrics),
-            aws: Arc::clone(&aws),
-        };
-        let instance_id = buffer.instance_id();
-        sinks.spawn(async move { sink::run(&cfg, ctx, instance_id).await });
+        sinks.start(cfg, reader);
     }
     let described: Vec<String> = listeners.iter().map(|l| l.describe()).collect();
 
@@ -382,15 +415,7 @@ pub async fn run_with(mut config: Config, reload_with: Reload) -> Result<(), App
         enricher: Arc::clone(&enrich.enricher),
         capacity_enabled: config.capacity.enabled,
         drain: drain.clone(),
-        sinks: config
-            .sinks
-            .iter()
-            .map(|s| SinkInfo {
-                name: s.name.clone(),
-                kind: sink_type(&s.kind),
-                pattern: s.match_.as_str().to_string(),
-            })
-            .collect(),
+        sinks: sink_infos(&config.sinks).into(),
     });
     let admin_task = match config.admin.listen {
         Some(addr) => {
@@ -444,13 +469,14 @@ pub async fn run_with(mut config: Config, reload_with: Reload) -> Result<(), App
             _ = sigint.recv() => tracing::info!("SIGINT: shutting down"),
             _ = sighup.recv() => {
                 tracing::info!("SIGHUP: re-reading the config");
-                reload(&mut config, &reload_with, &notifier);
+                let live = Live { sinks: &mut sinks, aws: &aws, state: &state };
+                reload(&mut config, &reload_with, live, &notifier).await;
                 continue;
             }
-            Some(res) = sinks.join_next() => {
+            Some((_, res)) = sinks.next_end() => {
                 failure = Some(match res {
-                    Ok(Err(e)) => AppError::Sink(e),
-                    Ok(Ok(())) | Err(_) => AppError::Sink(sink::SinkError::Stopped),
+                    Err(e) => AppError::Sink(e),
+                    Ok(()) => AppError::Sink(sink::SinkError::Stopped),
                 });
                 tracing::error!(error = %failure.as_ref().map(|e| e.to_string()).unwrap_or_default(), "a sink stopped: shutting down");
             }
@@ -517,23 +543,11 @@ pub async fn run_with(mut config: Config, reload_with: Reload) -> Result<(), App
         }
         None => false,
     };
-    let drained = closed && {
-        let drained = async {
-            while let Some(res) = sinks.join_next().await {
-                if let Ok(Err(e)) = res {
-                    tracing::error!(error = %e, "sink failed during shutdown");
-                }
-            }
-        };
-        shutdown.until(deadlines.work, drained).await.is_some()
-    };
+    let drained = closed && { shutdown.until(deadlines.work, sinks.join_all()).await.is_some() };
     let finished = inputs_done && drained;
     if !drained {
         // Aborting is immediate; joining the aborted tasks is bounded all the same.
-        sinks.abort_all();
-        let _ = shutdown
-            .until(deadlines.end, async { while sinks.join_next().await.is_some() {} })
-            .await;
+        let _ = shutdown.until(deadlines.end, sinks.abort_all()).await;
     }
     // Sinks acknowledged deliveries after the close synced the cursors: make those durable
     // too (a sink cut off by the deadline never reached its reader's end, which does it).

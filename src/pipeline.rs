@@ -53,7 +53,9 @@ pub enum SubmitError {
 
 struct Inner {
     buffer: Buffer,
-    patterns: Vec<TagPattern>,
+    /// Each sink's name and pattern: a tag none matches is not stored. Changed when SIGHUP
+    /// adds, changes or removes sinks.
+    patterns: std::sync::RwLock<Vec<(String, TagPattern)>>,
     metrics: Arc<Metrics>,
 }
 
@@ -108,26 +110,61 @@ impl Pipeline {
                 tracing::warn!(sink = %old.name, undelivered = old.lag_events, "sink no longer configured: forgetting its cursor");
             }
         }
-        let mut readers = Vec::with_capacity(routes.len());
-        let mut patterns = Vec::with_capacity(routes.len());
-        for r in routes {
-            let reader = buffer.reader(&r.name)?;
-            let at = reader.committed();
-            patterns.push(r.pattern.clone());
-            let joiner =
-                r.join.enabled().then(|| Joiner::new(r.join, &r.name, Arc::clone(&metrics)));
-            readers.push(SinkReader {
-                reader,
-                pattern: r.pattern,
-                acked: at,
-                settled: at,
-                delivered: at,
-                skipped_to: None,
-                joiner,
-                metrics: Arc::clone(&metrics),
-            });
+        let pipeline =
+            Pipeline { inner: Arc::new(Inner { buffer, patterns: Default::default(), metrics }) };
+        let readers = routes.into_iter().map(|r| pipeline.add_sink(r)).collect::<Result<_, _>>()?;
+        Ok((pipeline, readers))
+    }
+
+    fn patterns(&self) -> std::sync::RwLockReadGuard<'_, Vec<(String, TagPattern)>> {
+        self.inner.patterns.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn patterns_mut(&self) -> std::sync::RwLockWriteGuard<'_, Vec<(String, TagPattern)>> {
+        self.inner.patterns.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The reader of a sink added (or changed) while berth runs, resuming at its cursor (a
+    /// new sink: at the oldest event in the buffer); its pattern takes part in deciding
+    /// which tags are stored from now on. The sink's previous reader, if any, must be gone.
+    pub fn add_sink(&self, r: SinkRoute) -> Result<SinkReader, BufferError> {
+        let reader = self.inner.buffer.reader(&r.name)?;
+        let at = reader.committed();
+        {
+            let mut patterns = self.patterns_mut();
+            patterns.retain(|(n, _)| *n != r.name);
+            patterns.push((r.name.clone(), r.pattern.clone()));
         }
-        Ok((Pipeline { inner: Arc::new(Inner { buffer, patterns, metrics }) }, readers))
+        let metrics = &self.inner.metrics;
+        let joiner = r.join.enabled().then(|| Joiner::new(r.join, &r.name, Arc::clone(metrics)));
+        Ok(SinkReader {
+            reader,
+            pattern: r.pattern,
+            acked: at,
+            settled: at,
+            delivered: at,
+            skipped_to: None,
+            joiner,
+            metrics: Arc::clone(metrics),
+        })
+    }
+
+    /// A sink removed while berth runs, its reader already gone: its pattern no longer
+    /// stores anything, and its cursor is forgotten (as at start for a sink no longer
+    /// configured), so it holds no segment. `Ok(undelivered)`: the events it had not
+    /// delivered, now never delivered by it.
+    pub fn remove_sink(&self, name: &str) -> Result<u64, BufferError> {
+        self.patterns_mut().retain(|(n, _)| n != name);
+        let lag = self
+            .inner
+            .buffer
+            .stats()
+            .sinks
+            .iter()
+            .find(|s| s.name == name)
+            .map_or(0, |s| s.lag_events);
+        self.inner.buffer.remove_sink(name)?;
+        Ok(lag)
     }
 
     /// Put a batch in the buffer. `Ok` once it is durable: the caller may then acknowledge
@@ -156,7 +193,7 @@ impl Pipeline {
             return Ok(stored);
         }
         let tag = batch.tag.as_str();
-        if !self.inner.patterns.iter().any(|p| p.matches(tag)) {
+        if !self.patterns().iter().any(|(_, p)| p.matches(tag)) {
             self.inner.metrics.unmatched_records.inc_by(batch.len() as u64);
             return Ok(stored);
         }

@@ -201,8 +201,9 @@ fn sighup_applies_the_log_level_keeps_a_bad_config_and_says_what_needs_a_restart
     assert!(d.text().contains("listen"), "the error names the key");
     assert_eq!(http_get(&format!("127.0.0.1:{admin}"), "/healthz").0, 200);
 
-    // A renamed sink: said to need a restart.
-    std::fs::write(&path, config(dir.path(), fwd, admin, "debug", "renamed")).unwrap();
+    // Another Forward port and a renamed sink: the sink is applied (tests/reload_sinks.rs),
+    // the listener is said to need a restart.
+    std::fs::write(&path, config(dir.path(), free_port(), admin, "debug", "renamed")).unwrap();
     d.signal("-HUP");
     d.wait_log("take effect only after a restart");
     let line = d
@@ -211,7 +212,10 @@ fn sighup_applies_the_log_level_keeps_a_bad_config_and_says_what_needs_a_restart
         .find(|l| l.contains("take effect only after a restart"))
         .unwrap()
         .to_string();
-    assert!(line.contains("sink"), "{line}");
+    let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(v["fields"]["needs_restart"], "[\"input\"]", "{line}");
+    assert_eq!(v["fields"]["applied"], "[\"sink\"]", "{line}");
+    d.wait_log("SIGHUP: sinks changed");
     assert_eq!(http_get(&format!("127.0.0.1:{admin}"), "/healthz").0, 200);
 }
 

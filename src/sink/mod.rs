@@ -8,6 +8,7 @@ pub mod elasticsearch;
 pub mod file;
 pub mod null;
 pub mod retry;
+pub mod set;
 pub mod stdout;
 // Name templates moved to the crate root (config parses them, and config must not depend
 // on the sinks); the old path stays so that the sinks' imports read as before.

@@ -1,0 +1,277 @@
+//! The sinks that run, by name: started with berth, and added, replaced or removed while it
+//! runs when SIGHUP changes `[[sink]]`.
+//!
+//! A sink is replaced by stopping it (its task is aborted: what it had in flight and not
+//! acknowledged to the buffer is delivered again by the new one, from its cursor — with the
+//! elasticsearch sink's stable ids that is the same documents) and starting the new one on
+//! the same cursor. A removed sink's cursor is forgotten, as at start for a sink no longer
+//! configured, so it holds no segment; a new sink starts at the oldest event in the buffer.
+//! Sinks whose config did not change keep running untouched.
+
+use super::{SinkContext, SinkError};
+use crate::aws::Aws;
+use crate::config::SinkConfig;
+use crate::metrics::{Metrics, SinkLabel};
+use crate::pipeline::{Pipeline, SinkReader, SinkRoute};
+use crate::reassemble::JoinOptions;
+use std::collections::HashMap;
+use std::sync::Arc;
+use tokio::task::{AbortHandle, Id, JoinSet};
+
+/// What a new `[[sink]]` list means for the running one: which sinks stop, which of those
+/// are gone (their cursors forgotten), which start. Pure; compared field by field.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Plan {
+    pub stop: Vec<String>,
+    pub remove: Vec<String>,
+    pub start: Vec<String>,
+}
+
+impl Plan {
+    pub fn is_empty(&self) -> bool {
+        self.stop.is_empty() && self.start.is_empty()
+    }
+}
+
+pub fn plan(old: &[SinkConfig], new: &[SinkConfig]) -> Plan {
+    let d = |s: &SinkConfig| format!("{s:?}");
+    let mut p = Plan::default();
+    for o in old {
+        match new.iter().find(|n| n.name == o.name) {
+            None => {
+                p.stop.push(o.name.clone());
+                p.remove.push(o.name.clone());
+            }
+            Some(n) if d(n) != d(o) => p.stop.push(o.name.clone()),
+            Some(_) => {}
+        }
+    }
+    for n in new {
+        match old.iter().find(|o| o.name == n.name) {
+            Some(o) if d(o) == d(n) => {}
+            _ => p.start.push(n.name.clone()),
+        }
+    }
+    p
+}
+
+pub struct RunningSinks {
+    tasks: JoinSet<Result<(), SinkError>>,
+    by_id: HashMap<Id, String>,
+    /// In config order.
+    running: Vec<(SinkConfig, AbortHandle)>,
+    /// Sinks that ended while a reload waited for the ones it stopped: reported next.
+    ended: Vec<(String, Result<(), SinkError>)>,
+    pipeline: Pipeline,
+    metrics: Arc<Metrics>,
+    aws: Arc<Aws>,
+    join: JoinOptions,
+}
+
+impl RunningSinks {
+    pub fn new(
+        pipeline: Pipeline,
+        metrics: Arc<Metrics>,
+        aws: Arc<Aws>,
+        join: JoinOptions,
+    ) -> Self {
+        RunningSinks {
+            tasks: JoinSet::new(),
+            by_id: HashMap::new(),
+            running: Vec::new(),
+            ended: Vec::new(),
+            pipeline,
+            metrics,
+            aws,
+            join,
+        }
+    }
+
+    /// The route a sink's reader takes.
+    pub fn route(&self, cfg: &SinkConfig) -> SinkRoute {
+        SinkRoute { name: cfg.name.clone(), pattern: cfg.match_.clone(), join: self.join.clone() }
+    }
+
+    /// Runs `cfg` on `reader`.
+    pub fn start(&mut self, cfg: SinkConfig, reader: SinkReader) {
+        let label = SinkLabel { sink: cfg.name.clone() };
+        let _ = self.metrics.output_records.get_or_create(&label);
+        let _ = self.metrics.output_errors.get_or_create(&label);
+        let _ = self.metrics.output_bytes.get_or_create(&label);
+        let ctx = SinkContext {
+            name: cfg.name.clone(),
+            reader,
+            metrics: Arc::clone(&self.metrics),
+            aws: Arc::clone(&self.aws),
+        };
+        let instance_id = self.pipeline.buffer().instance_id();
+        let run = cfg.clone();
+        let handle = self.tasks.spawn(async move { super::run(&run, ctx, instance_id).await });
+        self.by_id.insert(handle.id(), cfg.name.clone());
+        self.running.push((cfg, handle));
+    }
+
+    /// The configs of the sinks that run, in order.
+    pub fn configs(&self) -> Vec<SinkConfig> {
+        self.running.iter().map(|(c, _)| c.clone()).collect()
+    }
+
+    pub fn len(&self) -> usize {
+        self.running.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.running.is_empty()
+    }
+
+    /// The next sink to end by itself (its reader ended, or it failed): `None` once none
+    /// runs. Sinks stopped by [`RunningSinks::apply`] are not reported.
+    pub async fn next_end(&mut self) -> Option<(String, Result<(), SinkError>)> {
+        if let Some(e) = self.ended.pop() {
+            return Some(e);
+        }
+        loop {
+            let (id, res) = match self.tasks.join_next_with_id().await? {
+                Ok((id, r)) => (id, r),
+                Err(e) => (e.id(), Err(SinkError::Stopped)),
+            };
+            let Some(name) = self.by_id.remove(&id) else { continue };
+            self.running.retain(|(c, _)| c.name != name);
+            return Some((name, res));
+        }
+    }
+
+    /// Moves the running sinks to `new`: stops the changed and removed ones (waiting until
+    /// each has let go of its reader), forgets the removed ones' cursors, starts the added
+    /// and changed ones. `Err` names the sinks that could not be started (their reader:
+    /// a buffer error, logged); the others are applied.
+    pub async fn apply(&mut self, new: &[SinkConfig]) -> Result<Plan, Vec<String>> {
+        let plan = plan(&self.configs(), new);
+        let mut stopping: Vec<Id> = Vec::new();
+        for name in &plan.stop {
+            if let Some(i) = self.running.iter().position(|(c, _)| c.name == *name) {
+                let (_, handle) = self.running.remove(i);
+                handle.abort();
+                stopping.push(handle.id());
+            }
+        }
+        while !stopping.is_empty() {
+            let Some(joined) = self.tasks.join_next_with_id().await else { break };
+            let (id, res) = match joined {
+                Ok((id, r)) => (id, r),
+                Err(e) => (e.id(), Err(SinkError::Stopped)),
+            };
+            let name = self.by_id.remove(&id);
+            if let Some(i) = stopping.iter().position(|s| *s == id) {
+                stopping.swap_remove(i);
+            } else if let Some(name) = name {
+                // Another sink ended meanwhile: the main loop hears of it next.
+                self.running.retain(|(c, _)| c.name != name);
+                self.ended.push((name, res));
+            }
+        }
+        for name in &plan.remove {
+            match self.pipeline.remove_sink(name) {
+                Ok(undelivered) => {
+                    tracing::warn!(sink = %name, undelivered, "SIGHUP: sink removed; its cursor is forgotten")
+                }
+                Err(e) => {
+                    tracing::error!(sink = %name, error = %e, "SIGHUP: cannot forget the removed sink's cursor")
+                }
+            }
+        }
+        let mut failed = Vec::new();
+        for name in &plan.start {
+            let Some(cfg) = new.iter().find(|c| c.name == *name) else { continue };
+            match self.pipeline.add_sink(self.route(cfg)) {
+                Ok(reader) => {
+                    let at = reader.acked();
+                    self.start(cfg.clone(), reader);
+                    tracing::info!(sink = %name, from_offset = at, "SIGHUP: sink started");
+                }
+                Err(e) => {
+                    tracing::error!(sink = %name, error = %e, "SIGHUP: cannot start the sink");
+                    failed.push(name.clone());
+                }
+            }
+        }
+        // Config order, for /v1/status.
+        self.running.sort_by_key(|(c, _)| new.iter().position(|n| n.name == c.name));
+        if failed.is_empty() {
+            Ok(plan)
+        } else {
+            Err(failed)
+        }
+    }
+
+    /// Shutdown: waits for every sink to end by itself, logging failures.
+    pub async fn join_all(&mut self) {
+        while let Some((name, res)) = self.next_end().await {
+            if let Err(e) = res {
+                tracing::error!(sink = %name, error = %e, "sink failed during shutdown");
+            }
+        }
+    }
+
+    /// Shutdown past its deadline: stops every sink at once and waits for them.
+    pub async fn abort_all(&mut self) {
+        self.tasks.abort_all();
+        while self.tasks.join_next().await.is_some() {}
+        self.by_id.clear();
+        self.running.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::SinkKind;
+    use crate::route::TagPattern;
+
+    fn sink(name: &str, pattern: &str) -> SinkConfig {
+        SinkConfig {
+            name: name.into(),
+            match_: TagPattern::parse(pattern).unwrap(),
+            kind: SinkKind::Null,
+        }
+    }
+
+    #[test]
+    fn plans_stop_remove_and_start_only_what_changed() {
+        let (a, b, c) = (sink("a", "**"), sink("b", "app.*"), sink("c", "**"));
+        let names = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        // (old, new, stop, remove, start)
+        type Case = (
+            Vec<SinkConfig>,
+            Vec<SinkConfig>,
+            &'static [&'static str],
+            &'static [&'static str],
+            &'static [&'static str],
+        );
+        let cases: Vec<Case> = vec![
+            (vec![a.clone(), b.clone()], vec![a.clone(), b.clone()], &[], &[], &[]),
+            (vec![a.clone()], vec![a.clone(), c.clone()], &[], &[], &["c"]),
+            (vec![a.clone(), b.clone()], vec![a.clone()], &["b"], &["b"], &[]),
+            (
+                vec![a.clone(), b.clone()],
+                vec![a.clone(), sink("b", "other.*")],
+                &["b"],
+                &[],
+                &["b"],
+            ),
+            (vec![a.clone()], vec![c.clone()], &["a"], &["a"], &["c"]),
+            // Order alone is no change.
+            (vec![a.clone(), b.clone()], vec![b.clone(), a.clone()], &[], &[], &[]),
+            (vec![], vec![a.clone()], &[], &[], &["a"]),
+        ];
+        for (i, (old, new, stop, remove, start)) in cases.into_iter().enumerate() {
+            let p = plan(&old, &new);
+            assert_eq!(
+                p,
+                Plan { stop: names(stop), remove: names(remove), start: names(start) },
+                "case {i}"
+            );
+            assert_eq!(p.is_empty(), stop.is_empty() && start.is_empty());
+        }
+    }
+}
