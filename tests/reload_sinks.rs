@@ -11,20 +11,6 @@ use common::*;
 use std::collections::BTreeMap;
 use std::path::Path;
 
-const HEAD: &str = r#"
-[input.forward]
-listen = ["tcp://127.0.0.1:0"]
-
-[admin]
-listen = "127.0.0.1:0"
-
-[buffer]
-path = "{dir}/buffer"
-
-[shutdown]
-grace_period = "5s"
-"#;
-
 fn file_sink(name: &str, pattern: &str) -> String {
     format!(
         "\n[[sink]]\nname = \"{name}\"\ntype = \"file\"\nmatch = \"{pattern}\"\npath = \"{{dir}}/out/{name}/{{tag}}.ndjson\"\n"
@@ -32,7 +18,8 @@ fn file_sink(name: &str, pattern: &str) -> String {
 }
 
 fn write_config(dir: &Path, sinks: &[String]) {
-    let text = format!("{HEAD}{}", sinks.concat()).replace("{dir}", &dir.display().to_string());
+    let text =
+        format!("{NETWORK_HEAD}{}", sinks.concat()).replace("{dir}", &dir.display().to_string());
     std::fs::write(dir.join("berth.toml"), text).unwrap();
 }
 

@@ -649,8 +649,9 @@ async fn sync_cursors_makes_acks_after_close_durable() {
 
 /// A buffer written by berth before per-event CRCs (version 1 entries) is read whole after
 /// an upgrade, and new entries (version 2) go on in the same segment.
-#[tokio::test]
-async fn version_1_entries_survive_an_upgrade() {
+/// A segment of entries in an earlier format (`encode_old`) is read, appended to in the
+/// current one, and both are read back, also after a reopen.
+async fn entries_of_an_earlier_version_survive_an_upgrade(encode_old: fn(&Batch, u64) -> Vec<u8>) {
     let dir = tempfile::tempdir().unwrap();
     let o = opts(&dir);
     let (buf, _) = Buffer::open(o.clone()).unwrap();
@@ -658,8 +659,8 @@ async fn version_1_entries_survive_an_upgrade() {
     drop(buf);
     let seg = segment_files(&o).pop().unwrap();
     let (b0, b1) = (batch("old", 3, 1), batch("old", 2, 2));
-    let mut bytes = record::encode_v1(&b0, 0);
-    bytes.extend(record::encode_v1(&b1, 3));
+    let mut bytes = encode_old(&b0, 0);
+    bytes.extend(encode_old(&b1, 3));
     std::fs::write(&seg, &bytes).unwrap();
 
     let (buf, report) = Buffer::open(o.clone()).unwrap();
@@ -668,6 +669,7 @@ async fn version_1_entries_survive_an_upgrade() {
         (2, 5, 0, 0)
     );
     assert_eq!(buf.head(), 5);
+    assert!(buf.chunks().is_empty(), "earlier versions name no chunks");
     let b2 = batch("new", 2, 3);
     assert_eq!(buf.append(&b2).await.unwrap(), 5..7);
     let want = vec![
@@ -692,29 +694,13 @@ async fn version_1_entries_survive_an_upgrade() {
 }
 
 #[tokio::test]
+async fn version_1_entries_survive_an_upgrade() {
+    entries_of_an_earlier_version_survive_an_upgrade(record::encode_v1).await;
+}
+
+#[tokio::test]
 async fn version_2_entries_survive_an_upgrade() {
-    let dir = tempfile::tempdir().unwrap();
-    let o = opts(&dir);
-    let (buf, _) = Buffer::open(o.clone()).unwrap();
-    buf.reader("s").unwrap();
-    drop(buf);
-    let seg = segment_files(&o).pop().unwrap();
-    let (b0, b1) = (batch("v2", 3, 1), batch("v2", 2, 2));
-    let mut bytes = record::encode_v2(&b0, 0);
-    bytes.extend(record::encode_v2(&b1, 3));
-    std::fs::write(&seg, &bytes).unwrap();
-    let (buf, report) = Buffer::open(o).unwrap();
-    assert_eq!((report.entries, report.events, report.lost_events), (2, 5, 0));
-    assert!(buf.chunks().is_empty(), "v2 entries name no chunks");
-    let b2 = batch("v3", 1, 3);
-    assert_eq!(buf.append(&b2).await.unwrap(), 5..6);
-    let mut r = buf.reader("s").unwrap();
-    let want = vec![
-        ReadBatch { first_offset: 0, batch: b0 },
-        ReadBatch { first_offset: 3, batch: b1 },
-        ReadBatch { first_offset: 5, batch: b2 },
-    ];
-    assert_eq!(read_all(&mut r).await, want);
+    entries_of_an_earlier_version_survive_an_upgrade(record::encode_v2).await;
 }
 
 /// The keys of stored requests are in their entries: a crash (the buffer dropped without
