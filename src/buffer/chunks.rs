@@ -5,7 +5,7 @@
 //! network dropped the ack, and in a loop when Docker 20.10's driver with
 //! `fluentd-request-ack=true` races its own ack reads (6 lines seen stored 299 times;
 //! fluent-logger-golang #103). Each request that carries a `chunk` gets a key
-//! ([`chunk_key`]: the chunk id, the tag and the events' content), written in the entry
+//! ([`chunk_key`]: the chunk id and the request's bytes), written in the entry
 //! that stores its events (see `record`), so that the buffer knows after a restart, too,
 //! which requests it holds. A request whose key is known is acknowledged again and its
 //! events are not stored.
@@ -18,11 +18,10 @@
 //! first copy is still being written waits for it, and is stored itself if the first copy
 //! never is (its write was refused, its connection dropped).
 //!
-//! The key covers the content, not only the chunk id: a client that reused chunk ids for
-//! different requests loses nothing. Two requests with the same chunk id, tag, times and
-//! records within the window are one request sent twice.
+//! The key covers the request's bytes, not only the chunk id: a client that reused chunk
+//! ids for different requests loses nothing. Two requests with the same chunk id and the
+//! same bytes within the window are one request sent twice.
 
-use crate::event::Batch;
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -38,27 +37,18 @@ pub const MAX_CHUNKS: usize = 65_536;
 /// again after a restart (Docker's driver waits at most 60 s between tries).
 pub const WINDOW: Duration = Duration::from_secs(3600);
 
-/// The key of one Forward request: its `chunk` option's raw bytes, its tag, and each
-/// event's time, record and metadata as received (before enrichment). FNV-1a over the
-/// chunk, the tag and a CRC-32C of the events: stable across versions (it is written to
-/// disk), hardware-fast over the records, and a collision needs the same chunk id.
-pub fn chunk_key(chunk: &[u8], batch: &Batch) -> u64 {
-    let mut crc = 0u32;
-    for e in &batch.events {
-        crc = crc32c::crc32c_append(crc, &e.time.secs.to_le_bytes());
-        crc = crc32c::crc32c_append(crc, &e.time.nanos.to_le_bytes());
-        crc = crc32c::crc32c_append(crc, &(e.record.len() as u64).to_le_bytes());
-        crc = crc32c::crc32c_append(crc, &e.record);
-        crc = crc32c::crc32c_append(crc, &e.metadata);
-    }
+/// The key of one Forward request: its `chunk` option's raw bytes and the whole frame it
+/// came in, as received (tag, entries, options; compressed as sent). A client resending a
+/// request sends the same bytes again (it keeps the encoded request until it is acked).
+/// FNV-1a over the chunk and the frame's length and CRC-32C: stable across versions (it is
+/// written to disk), one hardware-fast pass over the frame, and a collision needs the same
+/// chunk id.
+pub fn chunk_key(chunk: &[u8], frame: &[u8]) -> u64 {
     let mut h = Fnv::default();
     h.write(&(chunk.len() as u64).to_le_bytes());
     h.write(chunk);
-    let tag = batch.tag.as_bytes();
-    h.write(&(tag.len() as u64).to_le_bytes());
-    h.write(tag);
-    h.write(&(batch.events.len() as u64).to_le_bytes());
-    h.write(&crc.to_le_bytes());
+    h.write(&(frame.len() as u64).to_le_bytes());
+    h.write(&crc32c::crc32c(frame).to_le_bytes());
     h.0
 }
 
@@ -254,8 +244,8 @@ impl Pending {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::{Event, EventTime, Tag};
-    use bytes::Bytes;
+
+    const STABLE: u64 = 0x77e2_0843_bea7_2575;
 
     fn table(max: usize, window: u64) -> Table {
         Table { max, window, ..Default::default() }
@@ -326,24 +316,18 @@ mod tests {
     }
 
     #[test]
-    fn the_key_covers_chunk_tag_and_content_and_is_stable() {
-        let ev = |secs, rec: &'static [u8]| Event {
-            time: EventTime::new(secs, 5),
-            record: Bytes::from_static(rec),
-            metadata: Bytes::new(),
-        };
-        let b =
-            |tag: &'static str, evs: Vec<Event>| Batch { tag: Tag::from_static(tag), events: evs };
-        let base = chunk_key(b"\xa3abc", &b("t", vec![ev(1, b"\x80")]));
+    fn the_key_covers_the_chunk_and_the_frame_and_is_stable() {
+        let frame: &[u8] = b"\x93\xa1t\xc4\x03abc\x81\xa5chunk\xa3abc";
+        let base = chunk_key(b"\xa3abc", frame);
         // Written to disk: the same inputs give this value in every version of berth.
-        assert_eq!(base, 0xadb8_1a3a_ba03_0fce);
+        assert_eq!(base, STABLE);
+        let mut other_byte = frame.to_vec();
+        other_byte[5] ^= 1;
         for other in [
-            chunk_key(b"\xa3abd", &b("t", vec![ev(1, b"\x80")])),
-            chunk_key(b"\xa3abc", &b("u", vec![ev(1, b"\x80")])),
-            chunk_key(b"\xa3abc", &b("t", vec![ev(2, b"\x80")])),
-            chunk_key(b"\xa3abc", &b("t", vec![ev(1, b"\x81\xa1a\x01")])),
-            chunk_key(b"\xa3abc", &b("t", vec![ev(1, b"\x80"), ev(1, b"\x80")])),
-            chunk_key(b"\xa3abc", &b("t", vec![])),
+            chunk_key(b"\xa3abd", frame),
+            chunk_key(b"\xa3abc", &other_byte),
+            chunk_key(b"\xa3abc", &frame[..frame.len() - 1]),
+            chunk_key(b"", frame),
         ] {
             assert_ne!(other, base);
         }

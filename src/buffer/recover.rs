@@ -305,6 +305,7 @@ pub(super) fn recover(
         entries = report.entries,
         events = report.events,
         head,
+        recent_chunks = chunks.len(),
         "buffer opened"
     );
     Ok(Recovered {

@@ -473,6 +473,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<'_, S> {
     /// nothing to store (a heartbeat); `Err` ends the connection.
     fn decode(&mut self, frame: Bytes, limits: &Limits) -> Result<Option<Group>, End> {
         let len = frame.len();
+        // The request's bytes as sent, for its key (see `buffer::chunks`): a cheap handle.
+        let raw = frame.clone();
         let req = match decode_frame(frame, limits) {
             Ok(Frame::Heartbeat) => {
                 self.held_bytes -= len;
@@ -494,7 +496,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<'_, S> {
         };
         self.held_bytes += bytes - len;
         // The request's identity for a resend, of what the client sent (before enrichment).
-        let key = req.options.chunk.as_ref().map(|c| chunks::chunk_key(c, &req.batch));
+        let key = req.options.chunk.as_ref().map(|c| chunks::chunk_key(c, &raw));
         Ok(Some(Group {
             batch: req.batch,
             chunks: req.options.chunk.into_iter().collect(),
