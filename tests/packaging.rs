@@ -70,6 +70,7 @@ fn the_daemon_task_definition_gives_a_drain_the_ecs_maximum_stop_timeout() {
     let v: serde_json::Value = serde_json::from_str(&text).unwrap();
     let c = &v["containerDefinitions"][0];
     assert_eq!(c["stopTimeout"], 120, "the ECS maximum: a drain finishes after SIGTERM");
+    assert_eq!(c["memoryReservation"], 128, "covers the measured peaks (docs/performance.md)");
     // berth's own logs never go through itself (a berth that is down would lose them).
     assert_eq!(c["logConfiguration"]["logDriver"], "awslogs");
     assert_eq!(v["networkMode"], "host");
@@ -579,6 +580,8 @@ fn the_cloudformation_template_matches_the_policies_and_its_config_loads() {
     assert_eq!(task["NetworkMode"], "host");
     let c = &task["ContainerDefinitions"][0];
     assert_eq!(c["StopTimeout"], 120);
+    // Covers the measured peaks (docs/performance.md: at most 87 MiB with a 1.1 GiB backlog).
+    assert_eq!(c["MemoryReservation"], 128);
     assert_eq!(c["ReadonlyRootFilesystem"], true);
     assert_eq!(c["LogConfiguration"]["LogDriver"], "awslogs", "berth's own logs never go to berth");
     assert_eq!(
@@ -862,6 +865,7 @@ fn the_terraform_module_is_the_cloudformation_stack() {
     let defs = task["container_definitions"].as_str().unwrap();
     for want in [
         "stopTimeout = 120",
+        "memoryReservation = 128",
         "readonlyRootFilesystem = true",
         "environment = local.environment",
         "logDriver = \"awslogs\"",

@@ -204,7 +204,10 @@ resource "aws_ecs_task_definition" "berth" {
       name              = "berth"
       image             = var.image
       essential         = true
-      memoryReservation = 64
+      # Soft: what ECS sets aside for placement. Fresh peaks (docs/performance.md,
+      # 2026-12-03): 26-28 MiB null sink, 58-70 CloudWatch Logs, 63-84 Elasticsearch,
+      # 64-87 with a 1.1 GiB backlog.
+      memoryReservation = 128
       cpu               = 128
       # The ECS maximum: a drain in progress finishes after SIGTERM.
       stopTimeout = 120

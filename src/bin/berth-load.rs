@@ -20,6 +20,10 @@
 //! target/release/berth-load --sink es --gzip on --records 1000000
 //! target/release/berth-load --sink cw --moto /var/tmp/berth-test-venv/bin/moto_server --records 200000
 //! ```
+//! With `--peer fluent-bit` the same workload also goes to a `fluent-bit` binary
+//! (`--fluent-bit PATH` or on PATH; none: skipped, saying so), runs alternating, then both
+//! medians and the ratios (docs/performance.md).
+//!
 //! The workload is the one in shared/PERFORMANCE.md: ~200-byte Docker-like records, 1,000
 //! per PackedForward request.
 
@@ -96,6 +100,46 @@ struct Args {
     /// `complete=false` and counts only what was delivered).
     #[arg(long, default_value_t = 120)]
     deadline: u64,
+    /// Measure a peer beside berth on the same workload: `fluent-bit` (its `forward`
+    /// input, a `null` or `es` output as `--sink` says), runs alternating, then the ratios.
+    #[arg(long)]
+    peer: Option<String>,
+    /// With `--peer fluent-bit`: its binary (default: `fluent-bit` on PATH; none: the peer
+    /// is skipped, saying so).
+    #[arg(long)]
+    fluent_bit: Option<PathBuf>,
+    /// With `--peer`: Fluent Bit's input buffering, `memory` or `filesystem` (chunks in files
+    /// under the run's directory, as its durable setup).
+    #[arg(long, default_value = "memory")]
+    peer_storage: String,
+    /// With `--peer`: how many runs of each, alternating.
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+}
+
+/// One run's figures.
+#[derive(Clone, Copy, Debug, Default)]
+struct Report {
+    complete: bool,
+    records: u64,
+    /// Until the last record was sent (with `--ack`: acknowledged).
+    sent_secs: f64,
+    /// Until the sink (the peer's output) had every record.
+    secs: f64,
+    cpu_s: f64,
+    rss_mib: f64,
+}
+
+impl Report {
+    fn rate(&self) -> f64 {
+        self.records as f64 / self.secs.max(1e-9)
+    }
+    fn sent_rate(&self) -> f64 {
+        self.records as f64 / self.sent_secs.max(1e-9)
+    }
+    fn cpu_per_m(&self) -> f64 {
+        self.cpu_s / (self.records.max(1) as f64 / 1e6)
+    }
 }
 
 /// A `POST /_bulk` endpoint that stores nothing: every item of every request is answered
@@ -314,8 +358,7 @@ fn metric(admin: &str, name: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
-fn main() {
-    let args = Args::parse();
+fn parse_mode(args: &Args) -> (Mode, usize) {
     let mode = match args.mode.as_str() {
         "message" => Mode::Message,
         "forward" => Mode::Forward,
@@ -327,6 +370,308 @@ fn main() {
         }
     };
     let batch = if mode == Mode::Message { 1 } else { args.batch.max(1) };
+    (mode, batch)
+}
+
+/// The run's events: one request's worth, the same in every request. CloudWatch takes only
+/// the last 14 days: times just before now for it.
+fn workload(args: &Args, batch: usize) -> Vec<Event> {
+    let base =
+        if args.sink == "cw" { EventTime::now().secs - batch as i64 - 60 } else { 1_763_769_600 };
+    (0..batch)
+        .map(|i| Event {
+            time: EventTime::new(base + i as i64, 123_456_789),
+            record: record(i),
+            metadata: Bytes::new(),
+        })
+        .collect()
+}
+
+/// What the clients did: records sent, when the last was sent, each ack's latency (µs).
+struct Pushed {
+    total: u64,
+    sent_at: Duration,
+    latencies: Vec<u64>,
+}
+
+/// The workload from `args.connections` connections to `tcp`, started at `start`.
+fn push(args: &Args, tcp: &str, mode: Mode, events: &[Event]) -> Pushed {
+    let start = Instant::now();
+    let batch = events.len();
+    let requests = args.records.div_ceil(batch as u64);
+    let per_conn = requests.div_ceil(args.connections as u64);
+    let sent = Arc::new(AtomicU64::new(0));
+    let threads: Vec<_> = (0..args.connections)
+        .map(|c| {
+            let (tcp, events, sent, ack) =
+                (tcp.to_string(), events.to_vec(), Arc::clone(&sent), args.ack);
+            std::thread::spawn(move || {
+                let mut latencies = Vec::new();
+                let mut s = TcpStream::connect(&tcp).expect("connect");
+                let _ = s.set_nodelay(true);
+                let plain = encode_request(
+                    mode,
+                    "load.test",
+                    &events,
+                    &EncodeOptions { chunk: None, event_time: true },
+                );
+                let mut ackbuf = [0u8; 256];
+                for r in 0..per_conn {
+                    if ack {
+                        let chunk = format!("c{c:04}-{r:012}");
+                        let req = encode_request(
+                            mode,
+                            "load.test",
+                            &events,
+                            &EncodeOptions { chunk: Some(chunk), event_time: true },
+                        );
+                        let t0 = Instant::now();
+                        s.write_all(&req).expect("write");
+                        let n = s.read(&mut ackbuf).expect("read ack");
+                        assert!(n > 0, "connection closed");
+                        latencies.push(t0.elapsed().as_micros() as u64);
+                    } else {
+                        s.write_all(&plain).expect("write");
+                    }
+                    sent.fetch_add(events.len() as u64, Ordering::Relaxed);
+                }
+                latencies
+            })
+        })
+        .collect();
+    let mut latencies: Vec<u64> = Vec::new();
+    for t in threads {
+        latencies.extend(t.join().unwrap_or_default());
+    }
+    latencies.sort_unstable();
+    Pushed { total: sent.load(Ordering::Relaxed), sent_at: start.elapsed(), latencies }
+}
+
+fn main() {
+    let args = Args::parse();
+    match args.peer.as_deref() {
+        None => {
+            run_berth(&args);
+        }
+        Some("fluent-bit") => compare_with_fluent_bit(&args),
+        Some(p) => {
+            eprintln!("unknown peer {p} (fluent-bit)");
+            std::process::exit(2);
+        }
+    }
+}
+
+/// A free loopback port (bound and released: a peer binds it next).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or(0)
+}
+
+/// `fluent-bit` on PATH.
+fn on_path(name: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH")?
+        .to_str()?
+        .split(':')
+        .map(|d| std::path::Path::new(d).join(name))
+        .find(|p| p.is_file())
+}
+
+/// berth and Fluent Bit on the same workload, alternating, then the medians and ratios.
+fn compare_with_fluent_bit(args: &Args) {
+    let fb = args.fluent_bit.clone().or_else(|| on_path("fluent-bit"));
+    let Some(fb) = fb else {
+        eprintln!("--peer fluent-bit: no fluent-bit binary (--fluent-bit PATH, or on PATH): skipped, berth alone is measured");
+        run_berth(args);
+        return;
+    };
+    let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+    for _ in 0..args.runs.max(1) {
+        ours.push(run_berth(args));
+        theirs.push(run_fluent_bit(args, &fb));
+    }
+    let median = |v: &[Report], f: fn(&Report) -> f64| {
+        let mut x: Vec<f64> = v.iter().map(f).collect();
+        x.sort_by(f64::total_cmp);
+        x[x.len() / 2]
+    };
+    let range = |v: &[Report], f: fn(&Report) -> f64| {
+        let x: Vec<f64> = v.iter().map(f).collect();
+        (x.iter().copied().fold(f64::INFINITY, f64::min), x.iter().copied().fold(0.0, f64::max))
+    };
+    println!(
+        "side-by-side sink={} mode={} ack={} connections={} records={} runs={} fluent-bit storage={}",
+        args.sink,
+        args.mode,
+        args.ack,
+        args.connections,
+        args.records,
+        args.runs.max(1),
+        args.peer_storage
+    );
+    for (name, f) in [
+        ("delivered_records/s", Report::rate as fn(&Report) -> f64),
+        ("sent_records/s (acked with --ack)", Report::sent_rate),
+        ("cpu_s_per_M", Report::cpu_per_m),
+        ("peak_rss_MiB", |r: &Report| r.rss_mib),
+    ] {
+        let (b, p) = (median(&ours, f), median(&theirs, f));
+        let ((b0, b1), (p0, p1)) = (range(&ours, f), range(&theirs, f));
+        println!(
+            "{name}: berth {b:.3} ({b0:.3}-{b1:.3})  fluent-bit {p:.3} ({p0:.3}-{p1:.3})  berth/fluent-bit {:.2}",
+            b / p.max(1e-9)
+        );
+    }
+    if ours.iter().chain(&theirs).any(|r| !r.complete) {
+        println!(
+            "note: some runs did not complete within --deadline (rates over what was delivered)"
+        );
+    }
+}
+
+/// Fluent Bit's `forward` input into a `null` output, or an `es` output to the same
+/// endpoint berth's sink would use (osmem-server or the null `_bulk`); the same clients.
+/// Done when its output has processed every record (`/api/v1/metrics`).
+fn run_fluent_bit(args: &Args, bin: &std::path::Path) -> Report {
+    let (mode, batch) = parse_mode(args);
+    let dir = std::env::temp_dir().join(format!("berth-load-fb-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::create_dir_all(&dir);
+    let (port, http) = (free_port(), free_port());
+    let mut server = None;
+    let output = match args.sink.as_str() {
+        "null" => "[OUTPUT]\n    Name null\n    Match *\n".to_string(),
+        "es" => {
+            let (endpoint, child) = endpoint_for(
+                args.es_endpoint.as_ref(),
+                args.osmem.as_deref(),
+                start_osmem,
+                "osmem-server",
+                false,
+            );
+            server = child;
+            let hostport = endpoint.trim_start_matches("http://").trim_end_matches('/');
+            let (host, eport) = hostport.rsplit_once(':').unwrap_or((hostport, "9200"));
+            let compress = if args.gzip == "on" { "    Compress gzip\n" } else { "" };
+            format!(
+                "[OUTPUT]\n    Name es\n    Match *\n    Host {host}\n    Port {eport}\n    Index load\n    Suppress_Type_Name On\n    Buffer_Size False\n    Retry_Limit False\n{compress}"
+            )
+        }
+        s => {
+            eprintln!("--peer fluent-bit: --sink {s} is not compared (null or es)");
+            std::process::exit(2);
+        }
+    };
+    let storage = match args.peer_storage.as_str() {
+        "memory" => String::new(),
+        "filesystem" => format!("    storage.path {}\n", dir.join("storage").display()),
+        s => {
+            eprintln!("--peer-storage must be memory or filesystem, not {s}");
+            std::process::exit(2);
+        }
+    };
+    let input_storage =
+        if storage.is_empty() { String::new() } else { "    storage.type filesystem\n".into() };
+    let cfg = format!(
+        "[SERVICE]\n    Flush 0.2\n    Log_Level warn\n    HTTP_Server On\n    HTTP_Listen 127.0.0.1\n    HTTP_Port {http}\n{storage}[INPUT]\n    Name forward\n    Listen 127.0.0.1\n    Port {port}\n{input_storage}{output}"
+    );
+    let cfg_path = dir.join("fluent-bit.conf");
+    if let Err(e) = std::fs::write(&cfg_path, cfg) {
+        eprintln!("cannot write {}: {e}", cfg_path.display());
+        std::process::exit(1);
+    }
+    let mut child = match Command::new(bin)
+        .arg("-c")
+        .arg(&cfg_path)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+    {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("cannot start {}: {e}", bin.display());
+            std::process::exit(1);
+        }
+    };
+    let pid = child.id();
+    let tcp = format!("127.0.0.1:{port}");
+    let api = format!("127.0.0.1:{http}");
+    let until = Instant::now() + Duration::from_secs(30);
+    while TcpStream::connect(&tcp).is_err() || TcpStream::connect(&api).is_err() {
+        if Instant::now() > until {
+            eprintln!("fluent-bit did not listen on {tcp} and {api} within 30 s");
+            let _ = child.kill();
+            std::process::exit(1);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let events = workload(args, batch);
+    let (cpu0, _) = proc_stat(pid);
+    let start = Instant::now();
+    let pushed = push(args, &tcp, mode, &events);
+    let deadline = Instant::now() + Duration::from_secs(args.deadline);
+    let processed = || fb_output_records(&api);
+    while processed() < pushed.total && Instant::now() < deadline {
+        std::thread::sleep(
+            (start.elapsed() / 100).clamp(Duration::from_millis(5), Duration::from_millis(500)),
+        );
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let (cpu1, hwm) = proc_stat(pid);
+    let done = processed();
+    let _ = child.kill();
+    let _ = child.wait();
+    if let Some(mut o) = server {
+        let _ = o.kill();
+        let _ = o.wait();
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    let r = Report {
+        complete: done >= pushed.total,
+        records: done.min(pushed.total),
+        sent_secs: pushed.sent_at.as_secs_f64(),
+        secs,
+        cpu_s: cpu1 - cpu0,
+        rss_mib: hwm as f64 / 1024.0,
+    };
+    println!(
+        "peer=fluent-bit complete={} mode={} storage={} sink={} connections={} batch={} ack={} records={} sent_in={:.2}s delivered_in={:.2}s records/s={:.0} cpu_s_per_M={:.3} peak_rss_MiB={:.1}",
+        r.complete,
+        args.mode,
+        args.peer_storage,
+        args.sink,
+        args.connections,
+        batch,
+        args.ack,
+        r.records,
+        pushed.sent_at.as_secs_f64(),
+        secs,
+        r.rate(),
+        r.cpu_per_m(),
+        r.rss_mib,
+    );
+    r
+}
+
+/// The records Fluent Bit's outputs processed, from its `/api/v1/metrics` JSON
+/// (`output.<name>.proc_records`, summed).
+fn fb_output_records(api: &str) -> u64 {
+    let Ok(mut s) = TcpStream::connect(api) else { return 0 };
+    let _ = write!(s, "GET /api/v1/metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    let mut resp = String::new();
+    let _ = s.read_to_string(&mut resp);
+    let body = resp.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    let v: serde_json::Value = serde_json::from_str(body).unwrap_or_default();
+    v["output"]
+        .as_object()
+        .map(|o| o.values().filter_map(|x| x["proc_records"].as_u64()).sum())
+        .unwrap_or(0)
+}
+
+/// `berth run` with the sink `--sink` says, on the workload; prints its line.
+fn run_berth(args: &Args) -> Report {
+    let (mode, batch) = parse_mode(args);
     let berth = args.berth.clone().unwrap_or_else(|| {
         std::env::current_exe()
             .ok()
@@ -441,73 +786,17 @@ fn main() {
     std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
     let (tcp, admin) = (tcp.unwrap_or_default(), admin.unwrap_or_default());
 
-    // CloudWatch takes only the last 14 days: times just before now for it.
-    let base =
-        if sink_name == "cw" { EventTime::now().secs - batch as i64 - 60 } else { 1_763_769_600 };
-    let events: Vec<Event> = (0..batch)
-        .map(|i| Event {
-            time: EventTime::new(base + i as i64, 123_456_789),
-            record: record(i),
-            metadata: Bytes::new(),
-        })
-        .collect();
+    let events = workload(args, batch);
     let record_bytes: usize = events.iter().map(|e| e.record.len()).sum();
-    let requests = args.records.div_ceil(batch as u64);
-    let per_conn = requests.div_ceil(args.connections as u64);
-    let sent = Arc::new(AtomicU64::new(0));
     let (cpu0, _) = proc_stat(pid);
     let start = Instant::now();
-    let threads: Vec<_> = (0..args.connections)
-        .map(|c| {
-            let (tcp, events, sent, ack) =
-                (tcp.clone(), events.clone(), Arc::clone(&sent), args.ack);
-            std::thread::spawn(move || {
-                let mut latencies = Vec::new();
-                let mut s = TcpStream::connect(&tcp).expect("connect");
-                let _ = s.set_nodelay(true);
-                let plain = encode_request(
-                    mode,
-                    "load.test",
-                    &events,
-                    &EncodeOptions { chunk: None, event_time: true },
-                );
-                let mut ackbuf = [0u8; 256];
-                for r in 0..per_conn {
-                    if ack {
-                        let chunk = format!("c{c:04}-{r:012}");
-                        let req = encode_request(
-                            mode,
-                            "load.test",
-                            &events,
-                            &EncodeOptions { chunk: Some(chunk), event_time: true },
-                        );
-                        let t0 = Instant::now();
-                        s.write_all(&req).expect("write");
-                        let n = s.read(&mut ackbuf).expect("read ack");
-                        assert!(n > 0, "connection closed");
-                        latencies.push(t0.elapsed().as_micros() as u64);
-                    } else {
-                        s.write_all(&plain).expect("write");
-                    }
-                    sent.fetch_add(events.len() as u64, Ordering::Relaxed);
-                }
-                latencies
-            })
-        })
-        .collect();
-    let mut latencies: Vec<u64> = Vec::new();
-    for t in threads {
-        latencies.extend(t.join().unwrap_or_default());
-    }
-    latencies.sort_unstable();
+    let Pushed { total, sent_at, latencies } = push(args, &tcp, mode, &events);
     let pct = |p: f64| {
         latencies
             .get(((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1)))
             .copied()
             .unwrap_or(0)
     };
-    let total = sent.load(Ordering::Relaxed);
-    let sent_at = start.elapsed();
     let deadline = Instant::now() + Duration::from_secs(args.deadline);
     let delivered = format!("berth_output_records_total{{sink=\"{sink_name}\"}}");
     while metric(&admin, &delivered) < total as f64 && Instant::now() < deadline {
@@ -594,5 +883,13 @@ fn main() {
             wire / 1e6,
             wire / delivered_n.max(1.0),
         );
+    }
+    Report {
+        complete,
+        records: total,
+        sent_secs: sent_at.as_secs_f64(),
+        secs,
+        cpu_s: cpu1 - cpu0,
+        rss_mib: hwm as f64 / 1024.0,
     }
 }
