@@ -112,6 +112,9 @@ struct Args {
     /// under the run's directory, as its durable setup).
     #[arg(long, default_value = "memory")]
     peer_storage: String,
+    /// With `--peer`: Fluent Bit's `Flush` (seconds; its default is 1).
+    #[arg(long, default_value = "1")]
+    peer_flush: String,
     /// With `--peer`: how many runs of each, alternating.
     #[arg(long, default_value_t = 3)]
     runs: usize,
@@ -571,10 +574,11 @@ fn run_fluent_bit(args: &Args, bin: &std::path::Path) -> Report {
             std::process::exit(2);
         }
     };
+    let flush = &args.peer_flush;
     let input_storage =
         if storage.is_empty() { String::new() } else { "    storage.type filesystem\n".into() };
     let cfg = format!(
-        "[SERVICE]\n    Flush 0.2\n    Log_Level warn\n    HTTP_Server On\n    HTTP_Listen 127.0.0.1\n    HTTP_Port {http}\n{storage}[INPUT]\n    Name forward\n    Listen 127.0.0.1\n    Port {port}\n{input_storage}{output}"
+        "[SERVICE]\n    Flush {flush}\n    Log_Level warn\n    HTTP_Server On\n    HTTP_Listen 127.0.0.1\n    HTTP_Port {http}\n{storage}[INPUT]\n    Name forward\n    Listen 127.0.0.1\n    Port {port}\n{input_storage}{output}"
     );
     let cfg_path = dir.join("fluent-bit.conf");
     if let Err(e) = std::fs::write(&cfg_path, cfg) {
@@ -659,10 +663,30 @@ fn run_fluent_bit(args: &Args, bin: &std::path::Path) -> Report {
 fn fb_output_records(api: &str) -> u64 {
     let Ok(mut s) = TcpStream::connect(api) else { return 0 };
     let _ = write!(s, "GET /api/v1/metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
-    let mut resp = String::new();
-    let _ = s.read_to_string(&mut resp);
-    let body = resp.split_once("\r\n\r\n").map_or("", |(_, b)| b);
-    let v: serde_json::Value = serde_json::from_str(body).unwrap_or_default();
+    // Fluent Bit keeps the connection open whatever the request says: read the headers,
+    // then exactly Content-Length bytes (reading to the end would wait for its idle
+    // timeout, seconds, and the run would seem to take that long).
+    let mut r = BufReader::new(s);
+    let mut len = 0usize;
+    loop {
+        let mut h = String::new();
+        if r.read_line(&mut h).unwrap_or(0) == 0 {
+            return 0;
+        }
+        if h == "\r\n" {
+            break;
+        }
+        if let Some((k, v)) = h.split_once(':') {
+            if k.eq_ignore_ascii_case("content-length") {
+                len = v.trim().parse().unwrap_or(0);
+            }
+        }
+    }
+    let mut body = vec![0u8; len];
+    if r.read_exact(&mut body).is_err() {
+        return 0;
+    }
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
     v["output"]
         .as_object()
         .map(|o| o.values().filter_map(|x| x["proc_records"].as_u64()).sum())
