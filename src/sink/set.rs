@@ -183,7 +183,7 @@ impl RunningSinks {
         let mut failed = Vec::new();
         for name in &plan.start {
             let Some(cfg) = new.iter().find(|c| c.name == *name) else { continue };
-            match self.pipeline.add_sink(self.route(cfg)) {
+            match self.add_reader(cfg).await {
                 Ok(reader) => {
                     let at = reader.acked();
                     self.start(cfg.clone(), reader);
@@ -201,6 +201,23 @@ impl RunningSinks {
             Ok(plan)
         } else {
             Err(failed)
+        }
+    }
+
+    /// The reader of `cfg`. A stopped sink's task has ended, but a task it spawned may drop
+    /// the old reader a moment later (aborted tasks are dropped on the runtime's next turn):
+    /// "already has a reader" is retried for a while.
+    async fn add_reader(&self, cfg: &SinkConfig) -> Result<SinkReader, crate::buffer::BufferError> {
+        let until = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            match self.pipeline.add_sink(self.route(cfg)) {
+                Err(crate::buffer::BufferError::ReaderExists(_))
+                    if tokio::time::Instant::now() < until =>
+                {
+                    tokio::time::sleep(std::time::Duration::from_millis(10)).await
+                }
+                other => return other,
+            }
         }
     }
 
