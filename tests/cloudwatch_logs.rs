@@ -631,3 +631,40 @@ fn the_sink_policy_grants_the_sinks_actions_on_the_documented_arn_formats() {
         ],
     );
 }
+
+/// SIGHUP replaces the running cloudwatch_logs sink (its stream template changes): the old
+/// one stops, the new one resumes at the cursor with the new streams, nothing acknowledged
+/// is lost and nothing already stored comes back under the new streams.
+#[test]
+fn a_sink_changed_on_sighup_resumes_at_its_cursor() {
+    let moto = Moto::start(&[]);
+    let cfg = config(&moto.url(), "");
+    let b = start_cw(&cfg);
+    let t0 = now_secs() - 100;
+    let first: Vec<_> = (0..30).map(|i| (t0 + i, ecs("hup", "web", &format!("a{i}")))).collect();
+    send(&b, "docker.hup", &first, 5);
+    wait_acknowledged(&b);
+    let path = b.path().join("berth.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let changed =
+        text.replace("timeout = \"10s\"", "timeout = \"10s\"\nlog_stream = \"v2/{ecs_task_id}\"");
+    assert_ne!(changed, text);
+    std::fs::write(&path, changed).unwrap();
+    b.signal(libc::SIGHUP);
+    wait_for(WAIT, "the sink replaced", || {
+        b.stderr_text().contains("SIGHUP: sinks changed").then_some(())
+    });
+    let second: Vec<_> = (30..60).map(|i| (t0 + i, ecs("hup", "web", &format!("a{i}")))).collect();
+    send(&b, "docker.hup", &second, 5);
+    wait_acknowledged(&b);
+    let stored = wait_stored(&moto.url(), 60);
+    assert_eq!(stored.total(), 60, "nothing twice");
+    assert_eq!(
+        stored.messages("/ecs/prod/app", "hup/web"),
+        (0..30).map(|i| format!("a{i}")).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        stored.messages("/ecs/prod/app", "v2/hup"),
+        (30..60).map(|i| format!("a{i}")).collect::<Vec<_>>()
+    );
+}
