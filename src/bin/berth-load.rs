@@ -464,6 +464,37 @@ fn main() {
     }
 }
 
+/// Writes a config file, or ends the run saying why.
+fn write_config(path: &std::path::Path, text: String) {
+    if let Err(e) = std::fs::write(path, text) {
+        eprintln!("cannot write {}: {e}", path.display());
+        std::process::exit(1);
+    }
+}
+
+/// Starts `cmd` (the program under test), or ends the run saying why.
+fn spawn_or_exit(cmd: &mut Command, what: &std::path::Path) -> std::process::Child {
+    cmd.spawn().unwrap_or_else(|e| {
+        eprintln!("cannot start {}: {e}", what.display());
+        std::process::exit(1);
+    })
+}
+
+/// The end of a run: the program, the server it sent to, the run's directory.
+fn finish(
+    mut child: std::process::Child,
+    server: Option<std::process::Child>,
+    dir: &std::path::Path,
+) {
+    let _ = child.kill();
+    let _ = child.wait();
+    if let Some(mut o) = server {
+        let _ = o.kill();
+        let _ = o.wait();
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 /// A free loopback port (bound and released: a peer binds it next).
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -581,23 +612,11 @@ fn run_fluent_bit(args: &Args, bin: &std::path::Path) -> Report {
         "[SERVICE]\n    Flush {flush}\n    Log_Level warn\n    HTTP_Server On\n    HTTP_Listen 127.0.0.1\n    HTTP_Port {http}\n{storage}[INPUT]\n    Name forward\n    Listen 127.0.0.1\n    Port {port}\n{input_storage}{output}"
     );
     let cfg_path = dir.join("fluent-bit.conf");
-    if let Err(e) = std::fs::write(&cfg_path, cfg) {
-        eprintln!("cannot write {}: {e}", cfg_path.display());
-        std::process::exit(1);
-    }
-    let mut child = match Command::new(bin)
-        .arg("-c")
-        .arg(&cfg_path)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-    {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("cannot start {}: {e}", bin.display());
-            std::process::exit(1);
-        }
-    };
+    write_config(&cfg_path, cfg);
+    let mut child = spawn_or_exit(
+        Command::new(bin).arg("-c").arg(&cfg_path).stdout(Stdio::null()).stderr(Stdio::null()),
+        bin,
+    );
     let pid = child.id();
     let tcp = format!("127.0.0.1:{port}");
     let api = format!("127.0.0.1:{http}");
@@ -624,13 +643,7 @@ fn run_fluent_bit(args: &Args, bin: &std::path::Path) -> Report {
     let secs = start.elapsed().as_secs_f64();
     let (cpu1, hwm) = proc_stat(pid);
     let done = processed();
-    let _ = child.kill();
-    let _ = child.wait();
-    if let Some(mut o) = server {
-        let _ = o.kill();
-        let _ = o.wait();
-    }
-    let _ = std::fs::remove_dir_all(&dir);
+    finish(child, server, &dir);
     let r = Report {
         complete: done >= pushed.total,
         records: done.min(pushed.total),
@@ -763,29 +776,18 @@ fn run_berth(args: &Args) -> Report {
         String::new()
     };
     let cfg_path = dir.join("berth.toml");
-    if let Err(e) = std::fs::write(&cfg_path, cfg) {
-        eprintln!("cannot write {}: {e}", cfg_path.display());
-        std::process::exit(1);
-    }
+    write_config(&cfg_path, cfg);
     let mut cmd = Command::new(&berth);
     if sink_name == "cw" && std::env::var_os("AWS_ACCESS_KEY_ID").is_none() {
         cmd.env("AWS_ACCESS_KEY_ID", "testing")
             .env("AWS_SECRET_ACCESS_KEY", "testing")
             .env("AWS_EC2_METADATA_DISABLED", "true");
     }
-    let mut child = match cmd
-        .args(["--log-format", "json", "run", "--config"])
+    cmd.args(["--log-format", "json", "run", "--config"])
         .arg(&cfg_path)
         .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-    {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("cannot start {}: {e}", berth.display());
-            std::process::exit(1);
-        }
-    };
+        .stderr(Stdio::piped());
+    let mut child = spawn_or_exit(&mut cmd, &berth);
     let pid = child.id();
     let mut stderr = BufReader::new(child.stderr.take().expect("piped stderr"));
     let (mut tcp, mut admin) = (None, None);
@@ -852,13 +854,7 @@ fn run_berth(args: &Args) -> Report {
     let complete = delivered_n >= total as f64;
     // Rates over what was delivered: all of it, unless the deadline passed.
     let total = if complete { total } else { delivered_n as u64 };
-    let _ = child.kill();
-    let _ = child.wait();
-    if let Some(mut o) = server {
-        let _ = o.kill();
-        let _ = o.wait();
-    }
-    let _ = std::fs::remove_dir_all(&dir);
+    finish(child, server, &dir);
     let secs = elapsed.as_secs_f64();
     let mb = total as f64 * (record_bytes as f64 / batch as f64) / 1e6;
     println!(
