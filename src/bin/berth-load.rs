@@ -89,6 +89,9 @@ struct Args {
     /// With `--sink es`: `batch_max_records` of the sink.
     #[arg(long, default_value_t = 5000)]
     es_batch: usize,
+    /// With `--sink es`: `concurrency` of the sink (requests in flight).
+    #[arg(long, default_value_t = 4)]
+    es_concurrency: usize,
     /// With `--sink cw`: the CloudWatch Logs endpoint URL (default: moto_server with `--moto`,
     /// else a null endpoint in this process).
     #[arg(long)]
@@ -738,8 +741,9 @@ fn run_berth(args: &Args) -> Report {
                 }
             };
             let cfg = format!(
-                "type = \"elasticsearch\"\nendpoints = [{endpoint:?}]\nindex = \"load-%Y.%m.%d\"\ncompression = \"{compression}\"\nbatch_max_records = {}\nflush_interval = \"100ms\"\ndead_letter_path = {:?}\n",
+                "type = \"elasticsearch\"\nendpoints = [{endpoint:?}]\nindex = \"load-%Y.%m.%d\"\ncompression = \"{compression}\"\nbatch_max_records = {}\nconcurrency = {}\nflush_interval = \"100ms\"\ndead_letter_path = {:?}\n",
                 args.es_batch,
+                args.es_concurrency,
                 dir.join("dead.ndjson").display().to_string(),
             );
             ("es", cfg, endpoint)
