@@ -277,6 +277,17 @@ fn endpoint_for(
     })
 }
 
+/// With `--sink es`: where to send (see [`endpoint_for`]), for berth and the peer alike.
+fn es_endpoint(args: &Args) -> (String, Option<std::process::Child>) {
+    endpoint_for(
+        args.es_endpoint.as_ref(),
+        args.osmem.as_deref(),
+        start_osmem,
+        "osmem-server",
+        false,
+    )
+}
+
 /// moto_server on a free loopback port; returns once it accepts connections.
 fn start_moto(bin: &std::path::Path) -> Started {
     let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
@@ -580,13 +591,7 @@ fn run_fluent_bit(args: &Args, bin: &std::path::Path) -> Report {
     let output = match args.sink.as_str() {
         "null" => "[OUTPUT]\n    Name null\n    Match *\n".to_string(),
         "es" => {
-            let (endpoint, child) = endpoint_for(
-                args.es_endpoint.as_ref(),
-                args.osmem.as_deref(),
-                start_osmem,
-                "osmem-server",
-                false,
-            );
+            let (endpoint, child) = es_endpoint(args);
             server = child;
             let hostport = endpoint.trim_start_matches("http://").trim_end_matches('/');
             let (host, eport) = hostport.rsplit_once(':').unwrap_or((hostport, "9200"));
@@ -724,13 +729,7 @@ fn run_berth(args: &Args) -> Report {
     let (sink_name, sink_cfg, endpoint) = match args.sink.as_str() {
         "null" => ("null", "type = \"null\"\n".to_string(), String::new()),
         "es" => {
-            let (endpoint, child) = endpoint_for(
-                args.es_endpoint.as_ref(),
-                args.osmem.as_deref(),
-                start_osmem,
-                "osmem-server",
-                false,
-            );
+            let (endpoint, child) = es_endpoint(args);
             server = child;
             let compression = match args.gzip.as_str() {
                 "on" => "gzip",
