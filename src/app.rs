@@ -18,7 +18,7 @@ use crate::enrich;
 use crate::imds::Imds;
 use crate::input::{self, InputContext};
 use crate::metrics::Metrics;
-use crate::pipeline::{Pipeline, SinkRoute};
+use crate::pipeline::Pipeline;
 use crate::reassemble::JoinOptions;
 use crate::shutdown::{Deadlines, Shutdown};
 use crate::sink::{self, set::RunningSinks};
@@ -369,11 +369,7 @@ pub async fn run_with(mut config: Config, reload_with: Reload) -> Result<(), App
         _ => None,
     };
     let join = JoinOptions { partial: config.enrich.partial, multiline };
-    let routes = config
-        .sinks
-        .iter()
-        .map(|s| SinkRoute { name: s.name.clone(), pattern: s.match_.clone(), join: join.clone() })
-        .collect();
+    let routes = config.sinks.iter().map(|s| sink::set::route(s, &join)).collect();
     let (pipeline, readers) = Pipeline::new(buffer.clone(), routes, Arc::clone(&metrics))?;
 
     // The drain: beside the log path, asking it only "delivered up to here?". Its state

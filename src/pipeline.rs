@@ -105,13 +105,13 @@ impl Pipeline {
         // A cursor left by a sink removed from the config (or renamed) would hold every
         // segment after it for ever: the buffer fills and the drain never sees "all
         // delivered". Deliberately lossy for that sink only: nothing reads for it any more.
-        for old in buffer.stats().sinks {
-            if !routes.iter().any(|r| r.name == old.name) && buffer.remove_sink(&old.name)? {
-                tracing::warn!(sink = %old.name, undelivered = old.lag_events, "sink no longer configured: forgetting its cursor");
-            }
-        }
+        let known = buffer.stats().sinks;
         let pipeline =
             Pipeline { inner: Arc::new(Inner { buffer, patterns: Default::default(), metrics }) };
+        for old in known.iter().filter(|old| !routes.iter().any(|r| r.name == old.name)) {
+            let undelivered = pipeline.remove_sink(&old.name)?;
+            tracing::warn!(sink = %old.name, undelivered, "sink no longer configured: forgetting its cursor");
+        }
         let readers = routes.into_iter().map(|r| pipeline.add_sink(r)).collect::<Result<_, _>>()?;
         Ok((pipeline, readers))
     }

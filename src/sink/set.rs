@@ -14,7 +14,6 @@ use crate::config::SinkConfig;
 use crate::metrics::{Metrics, SinkLabel};
 use crate::pipeline::{Pipeline, SinkReader, SinkRoute};
 use crate::reassemble::JoinOptions;
-use std::collections::HashMap;
 use std::sync::Arc;
 use tokio::task::{AbortHandle, Id, JoinSet};
 
@@ -55,10 +54,21 @@ pub fn plan(old: &[SinkConfig], new: &[SinkConfig]) -> Plan {
     p
 }
 
+/// The route of a sink's reader: its name, its pattern, the joins every sink shares.
+pub fn route(cfg: &SinkConfig, join: &JoinOptions) -> SinkRoute {
+    SinkRoute { name: cfg.name.clone(), pattern: cfg.match_.clone(), join: join.clone() }
+}
+
+/// A finished sink task: its id and what it returned (a panic or an abort as `Stopped`).
+type Joined = (Id, Result<(), SinkError>);
+
+fn joined(r: Result<(Id, Result<(), SinkError>), tokio::task::JoinError>) -> Joined {
+    r.unwrap_or_else(|e| (e.id(), Err(SinkError::Stopped)))
+}
+
 pub struct RunningSinks {
     tasks: JoinSet<Result<(), SinkError>>,
-    by_id: HashMap<Id, String>,
-    /// In config order.
+    /// In config order; a task's id is its handle's.
     running: Vec<(SinkConfig, AbortHandle)>,
     /// Sinks that ended while a reload waited for the ones it stopped: reported next.
     ended: Vec<(String, Result<(), SinkError>)>,
@@ -77,7 +87,6 @@ impl RunningSinks {
     ) -> Self {
         RunningSinks {
             tasks: JoinSet::new(),
-            by_id: HashMap::new(),
             running: Vec::new(),
             ended: Vec::new(),
             pipeline,
@@ -85,11 +94,6 @@ impl RunningSinks {
             aws,
             join,
         }
-    }
-
-    /// The route a sink's reader takes.
-    pub fn route(&self, cfg: &SinkConfig) -> SinkRoute {
-        SinkRoute { name: cfg.name.clone(), pattern: cfg.match_.clone(), join: self.join.clone() }
     }
 
     /// Runs `cfg` on `reader`.
@@ -107,21 +111,12 @@ impl RunningSinks {
         let instance_id = self.pipeline.buffer().instance_id();
         let run = cfg.clone();
         let handle = self.tasks.spawn(async move { super::run(&run, ctx, instance_id).await });
-        self.by_id.insert(handle.id(), cfg.name.clone());
         self.running.push((cfg, handle));
     }
 
     /// The configs of the sinks that run, in order.
     pub fn configs(&self) -> Vec<SinkConfig> {
         self.running.iter().map(|(c, _)| c.clone()).collect()
-    }
-
-    pub fn len(&self) -> usize {
-        self.running.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.running.is_empty()
     }
 
     /// The next sink to end by itself (its reader ended, or it failed): `None` once none
@@ -131,14 +126,18 @@ impl RunningSinks {
             return Some(e);
         }
         loop {
-            let (id, res) = match self.tasks.join_next_with_id().await? {
-                Ok((id, r)) => (id, r),
-                Err(e) => (e.id(), Err(SinkError::Stopped)),
-            };
-            let Some(name) = self.by_id.remove(&id) else { continue };
-            self.running.retain(|(c, _)| c.name != name);
-            return Some((name, res));
+            let (id, res) = joined(self.tasks.join_next_with_id().await?);
+            if let Some(name) = self.forget(id) {
+                return Some((name, res));
+            }
         }
+    }
+
+    /// The running sink whose task is `id`, taken out of `running`; `None` for one that
+    /// `apply` stopped.
+    fn forget(&mut self, id: Id) -> Option<String> {
+        let i = self.running.iter().position(|(_, h)| h.id() == id)?;
+        Some(self.running.remove(i).0.name)
     }
 
     /// Moves the running sinks to `new`: stops the changed and removed ones (waiting until
@@ -156,17 +155,12 @@ impl RunningSinks {
             }
         }
         while !stopping.is_empty() {
-            let Some(joined) = self.tasks.join_next_with_id().await else { break };
-            let (id, res) = match joined {
-                Ok((id, r)) => (id, r),
-                Err(e) => (e.id(), Err(SinkError::Stopped)),
-            };
-            let name = self.by_id.remove(&id);
+            let Some(next) = self.tasks.join_next_with_id().await else { break };
+            let (id, res) = joined(next);
             if let Some(i) = stopping.iter().position(|s| *s == id) {
                 stopping.swap_remove(i);
-            } else if let Some(name) = name {
+            } else if let Some(name) = self.forget(id) {
                 // Another sink ended meanwhile: the main loop hears of it next.
-                self.running.retain(|(c, _)| c.name != name);
                 self.ended.push((name, res));
             }
         }
@@ -210,7 +204,7 @@ impl RunningSinks {
     async fn add_reader(&self, cfg: &SinkConfig) -> Result<SinkReader, crate::buffer::BufferError> {
         let until = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
         loop {
-            match self.pipeline.add_sink(self.route(cfg)) {
+            match self.pipeline.add_sink(route(cfg, &self.join)) {
                 Err(crate::buffer::BufferError::ReaderExists(_))
                     if tokio::time::Instant::now() < until =>
                 {
@@ -234,7 +228,6 @@ impl RunningSinks {
     pub async fn abort_all(&mut self) {
         self.tasks.abort_all();
         while self.tasks.join_next().await.is_some() {}
-        self.by_id.clear();
         self.running.clear();
     }
 }
