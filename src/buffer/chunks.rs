@@ -102,24 +102,11 @@ struct Table {
     window: u64,
 }
 
-/// Where a claim stands, as a pure decision over the table (table-tested below).
-#[derive(Debug, PartialEq, Eq)]
-enum Found {
-    New,
-    Stored,
-    Claimed,
-}
-
 impl Table {
-    fn find(&mut self, key: u64, now: u64) -> Found {
+    /// Whether `key` is stored and within the bounds at `now` (pure: table-tested below).
+    fn is_stored(&mut self, key: u64, now: u64) -> bool {
         self.evict(now);
-        if self.stored.contains_key(&key) {
-            Found::Stored
-        } else if self.claimed.contains_key(&key) {
-            Found::Claimed
-        } else {
-            Found::New
-        }
+        self.stored.contains_key(&key)
     }
 
     fn insert(&mut self, key: u64, at: u64, now: u64) {
@@ -140,10 +127,9 @@ impl Table {
             if self.order.len() <= self.max && now.saturating_sub(at) <= self.window {
                 break;
             }
+            // Each stored key is in `order` once (see `insert`).
             self.order.pop_front();
-            if self.stored.get(&key) == Some(&at) {
-                self.stored.remove(&key);
-            }
+            self.stored.remove(&key);
         }
     }
 }
@@ -180,18 +166,15 @@ impl RecentChunks {
     /// Claims the request `key` (see [`Claim`]).
     pub fn claim(self: &Arc<Self>, key: u64) -> Claim {
         let mut t = self.table();
-        match t.find(key, unix_now()) {
-            Found::Stored => Claim::Stored,
-            Found::Claimed => match t.claimed.get(&key) {
-                Some(rx) => Claim::Pending(Pending(rx.clone())),
-                None => Claim::Stored,
-            },
-            Found::New => {
-                let (tx, rx) = watch::channel(false);
-                t.claimed.insert(key, rx);
-                Claim::New(Claimed { table: Arc::clone(self), key, tx: Some(tx) })
-            }
+        if t.is_stored(key, unix_now()) {
+            return Claim::Stored;
         }
+        if let Some(rx) = t.claimed.get(&key) {
+            return Claim::Pending(Pending(rx.clone()));
+        }
+        let (tx, rx) = watch::channel(false);
+        t.claimed.insert(key, rx);
+        Claim::New(Claimed { table: Arc::clone(self), key, tx: Some(tx) })
     }
 }
 
@@ -253,29 +236,29 @@ mod tests {
 
     #[test]
     fn found_after_insert_until_evicted_by_count_or_age() {
-        // (max, window, inserts (key, at), now, key looked up, expected)
-        type Case = (usize, u64, &'static [(u64, u64)], u64, u64, Found);
+        // (max, window, inserts (key, at), now, key looked up, stored)
+        type Case = (usize, u64, &'static [(u64, u64)], u64, u64, bool);
         let cases: &[Case] = &[
-            (4, 100, &[], 0, 1, Found::New),
-            (4, 100, &[(1, 10)], 10, 1, Found::Stored),
-            (4, 100, &[(1, 10)], 110, 1, Found::Stored),
-            (4, 100, &[(1, 10)], 111, 1, Found::New),
-            (2, 100, &[(1, 10), (2, 11), (3, 12)], 12, 1, Found::New),
-            (2, 100, &[(1, 10), (2, 11), (3, 12)], 12, 2, Found::Stored),
-            (2, 100, &[(1, 10), (2, 11), (3, 12)], 12, 3, Found::Stored),
+            (4, 100, &[], 0, 1, false),
+            (4, 100, &[(1, 10)], 10, 1, true),
+            (4, 100, &[(1, 10)], 110, 1, true),
+            (4, 100, &[(1, 10)], 111, 1, false),
+            (2, 100, &[(1, 10), (2, 11), (3, 12)], 12, 1, false),
+            (2, 100, &[(1, 10), (2, 11), (3, 12)], 12, 2, true),
+            (2, 100, &[(1, 10), (2, 11), (3, 12)], 12, 3, true),
             // Recovered keys older than the window are not kept at all.
-            (4, 100, &[(1, 0)], 101, 1, Found::New),
+            (4, 100, &[(1, 0)], 101, 1, false),
             // A key stored again keeps its first place (and age).
-            (2, 100, &[(1, 10), (2, 11), (1, 12), (3, 13)], 13, 1, Found::New),
+            (2, 100, &[(1, 10), (2, 11), (1, 12), (3, 13)], 13, 1, false),
             // A clock that went backwards keeps keys (bounded by count still).
-            (4, 100, &[(1, 500)], 10, 1, Found::Stored),
+            (4, 100, &[(1, 500)], 10, 1, true),
         ];
         for (i, (max, window, inserts, now, key, want)) in cases.iter().enumerate() {
             let mut t = table(*max, *window);
             for &(k, at) in *inserts {
                 t.insert(k, at, at.min(*now));
             }
-            assert_eq!(t.find(*key, *now), *want, "case {i}");
+            assert_eq!(t.is_stored(*key, *now), *want, "case {i}");
             assert!(t.order.len() <= *max && t.stored.len() <= *max, "case {i}");
         }
     }
