@@ -164,6 +164,28 @@ fn null_endpoint(cloudwatch: bool) -> std::io::Result<String> {
     Ok(format!("http://{addr}"))
 }
 
+/// The header lines of an HTTP message after its first line, up to the blank line:
+/// `(Content-Length, whether Content-Encoding is gzip)`; `None` when the connection ends.
+fn read_headers(r: &mut impl BufRead) -> Option<(usize, bool)> {
+    let (mut len, mut gzip) = (0usize, false);
+    loop {
+        let mut h = String::new();
+        if r.read_line(&mut h).unwrap_or(0) == 0 {
+            return None;
+        }
+        if h == "\r\n" {
+            return Some((len, gzip));
+        }
+        if let Some((k, v)) = h.split_once(':') {
+            if k.eq_ignore_ascii_case("content-length") {
+                len = v.trim().parse().unwrap_or(0);
+            } else if k.eq_ignore_ascii_case("content-encoding") {
+                gzip = v.trim().eq_ignore_ascii_case("gzip");
+            }
+        }
+    }
+}
+
 fn serve_null(c: TcpStream, cloudwatch: bool) {
     let Ok(mut w) = c.try_clone() else { return };
     let mut r = BufReader::new(c);
@@ -173,23 +195,7 @@ fn serve_null(c: TcpStream, cloudwatch: bool) {
         if r.read_line(&mut line).unwrap_or(0) == 0 {
             return;
         }
-        let (mut len, mut gzip) = (0usize, false);
-        loop {
-            let mut h = String::new();
-            if r.read_line(&mut h).unwrap_or(0) == 0 {
-                return;
-            }
-            if h == "\r\n" {
-                break;
-            }
-            if let Some((k, v)) = h.split_once(':') {
-                if k.eq_ignore_ascii_case("content-length") {
-                    len = v.trim().parse().unwrap_or(0);
-                } else if k.eq_ignore_ascii_case("content-encoding") {
-                    gzip = v.trim().eq_ignore_ascii_case("gzip");
-                }
-            }
-        }
+        let Some((len, gzip)) = read_headers(&mut r) else { return };
         body.resize(len, 0);
         if r.read_exact(&mut body).is_err() {
             return;
@@ -411,7 +417,7 @@ struct Pushed {
     latencies: Vec<u64>,
 }
 
-/// The workload from `args.connections` connections to `tcp`, started at `start`.
+/// The workload from `args.connections` connections to `tcp`.
 fn push(args: &Args, tcp: &str, mode: Mode, events: &[Event]) -> Pushed {
     let start = Instant::now();
     let batch = events.len();
@@ -688,21 +694,11 @@ fn fb_output_records(api: &str) -> u64 {
     // then exactly Content-Length bytes (reading to the end would wait for its idle
     // timeout, seconds, and the run would seem to take that long).
     let mut r = BufReader::new(s);
-    let mut len = 0usize;
-    loop {
-        let mut h = String::new();
-        if r.read_line(&mut h).unwrap_or(0) == 0 {
-            return 0;
-        }
-        if h == "\r\n" {
-            break;
-        }
-        if let Some((k, v)) = h.split_once(':') {
-            if k.eq_ignore_ascii_case("content-length") {
-                len = v.trim().parse().unwrap_or(0);
-            }
-        }
+    let mut status = String::new();
+    if r.read_line(&mut status).unwrap_or(0) == 0 {
+        return 0;
     }
+    let Some((len, _)) = read_headers(&mut r) else { return 0 };
     let mut body = vec![0u8; len];
     if r.read_exact(&mut body).is_err() {
         return 0;
