@@ -421,6 +421,38 @@ echo "purged: $(test -e /etc/berth/berth.toml && echo config; test -d /var/lib/b
 
 const TEMPLATE: &str = "packaging/cloudformation/berth.yaml";
 
+/// A template ARN (`!Sub` text) as packaging/iam writes it: partition `aws`, region,
+/// account and group `*`.
+fn cfn_widen(sub: &str) -> String {
+    sub.replace("${AWS::Partition}", "aws")
+        .replace("${AWS::Region}", "*")
+        .replace("${AWS::AccountId}", "*")
+        .replace("${AutoScalingGroupName}", "*")
+}
+
+/// A template `Resource` (one `!Sub` or a list of them) with [`cfn_widen`] applied.
+fn cfn_widened(v: &serde_json::Value) -> serde_json::Value {
+    match v {
+        serde_json::Value::Object(m) if m.contains_key("!Sub") => {
+            cfn_widen(m["!Sub"].as_str().unwrap()).into()
+        }
+        serde_json::Value::Array(a) => a
+            .iter()
+            .map(|x| x.get("!Sub").map_or(x.clone(), |s| cfn_widen(s.as_str().unwrap()).into()))
+            .collect(),
+        other => other.clone(),
+    }
+}
+
+/// The JSON `script` (run by the test venv's Python on the package file `rel`) prints;
+/// `what` says what it needs when it fails.
+fn python_json(script: &str, rel: &str, what: &str) -> serde_json::Value {
+    let out =
+        Command::new(test_python()).args(["-c", script]).arg(package_file(rel)).output().unwrap();
+    assert!(out.status.success(), "{what}: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
 /// The CloudFormation template as JSON (PyYAML from the test venv; its short-form tags kept
 /// as `{"!Sub": …}`, `{"!Ref": …}`, `{"!GetAtt": …}`).
 fn template() -> serde_json::Value {
@@ -439,13 +471,7 @@ def tag(loader, suffix, node):
 Loader.add_multi_constructor("!", tag)
 print(json.dumps(yaml.load(open(sys.argv[1]), Loader=Loader)))
 "#;
-    let out = Command::new(test_python())
-        .args(["-c", script])
-        .arg(package_file(TEMPLATE))
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    serde_json::from_slice(&out.stdout).unwrap()
+    python_json(script, TEMPLATE, "PyYAML (cfn-lint brings it: scripts/test-deps)")
 }
 
 /// A stack's values for the tests: cluster `prod`, group `hosts`, region `eu-west-1`.
@@ -514,24 +540,6 @@ fn the_cloudformation_template_passes_cfn_lint() {
 fn the_cloudformation_template_matches_the_policies_and_its_config_loads() {
     let t = template();
     let r = &t["Resources"];
-    let narrowed = |v: &serde_json::Value| -> serde_json::Value {
-        let widen = |s: &str| {
-            s.replace("${AWS::Partition}", "aws")
-                .replace("${AWS::Region}", "*")
-                .replace("${AWS::AccountId}", "*")
-                .replace("${AutoScalingGroupName}", "*")
-        };
-        match v {
-            serde_json::Value::Object(m) if m.contains_key("!Sub") => {
-                widen(m["!Sub"].as_str().unwrap()).into()
-            }
-            serde_json::Value::Array(a) => a
-                .iter()
-                .map(|x| x.get("!Sub").map_or(x.clone(), |s| widen(s.as_str().unwrap()).into()))
-                .collect(),
-            other => other.clone(),
-        }
-    };
     let policies = r["TaskRole"]["Properties"]["Policies"].as_array().unwrap();
     for (name, file) in [
         ("berth-capacity", "packaging/iam/berth-capacity-policy.json"),
@@ -546,7 +554,7 @@ fn the_cloudformation_template_matches_the_policies_and_its_config_loads() {
             assert_eq!(g["Sid"], w["Sid"]);
             assert_eq!(g["Effect"], w["Effect"]);
             assert_eq!(g["Action"], w["Action"], "{}", w["Sid"]);
-            assert_eq!(narrowed(&g["Resource"]), w["Resource"], "{}", w["Sid"]);
+            assert_eq!(cfn_widened(&g["Resource"]), w["Resource"], "{}", w["Sid"]);
         }
     }
 
@@ -563,7 +571,7 @@ fn the_cloudformation_template_matches_the_policies_and_its_config_loads() {
         ["Statement"][0];
     assert_eq!(got["Sid"], cw["Sid"]);
     assert_eq!(got["Action"], cw["Action"]);
-    let widened = narrowed(&got["Resource"]).to_string().replace("${ClusterName}", "*");
+    let widened = cfn_widened(&got["Resource"]).to_string().replace("${ClusterName}", "*");
     assert_eq!(widened.replace("/*/*", "/*"), cw["Resource"].to_string());
 
     let hook = &r["DrainHook"]["Properties"];
@@ -682,17 +690,7 @@ for path in sorted(glob.glob(os.path.join(sys.argv[1], "*.tf"))):
         out[os.path.basename(path)] = plain(hcl2.load(f))
 print(json.dumps(out))
 "#;
-    let out = Command::new(test_python())
-        .args(["-c", script])
-        .arg(package_file(TERRAFORM))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "python-hcl2 (scripts/test-deps installs it): {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
+    python_json(script, TERRAFORM, "python-hcl2 (scripts/test-deps installs it)")
 }
 
 /// The one block `kind "type" "name"` (e.g. `resource "aws_iam_role" "task"`) of the module.
@@ -818,15 +816,7 @@ fn the_terraform_module_is_the_cloudformation_stack() {
         .as_array()
         .unwrap()
         .iter()
-        .map(|r| {
-            r["!Sub"]
-                .as_str()
-                .unwrap()
-                .replace("${AWS::Partition}", "aws")
-                .replace("${AWS::Region}", "*")
-                .replace("${AWS::AccountId}", "*")
-                .replace("${ClusterName}", "prod")
-        })
+        .map(|r| cfn_widen(r["!Sub"].as_str().unwrap()).replace("${ClusterName}", "prod"))
         .collect();
     let resources: Vec<String> =
         strings(&sink["resources"]).iter().map(|r| tf_fill(&tf, r, true)).collect();
