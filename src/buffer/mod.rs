@@ -63,7 +63,9 @@
 //! - **One owner.** `<path>/lock` is `flock`ed for the life of the `Buffer` (the kernel
 //!   drops it when the process dies): a second process cannot open the same directory.
 //! - **Bounded memory.** Readers read entries from disk in bounded chunks (one chunk plus
-//!   one entry); nothing is kept in memory for a slow sink.
+//!   one entry); nothing is kept in memory for a slow sink. The newest durable entries
+//!   (`tail_bytes` of them, 8 MiB by default) stay in memory, shared by the readers that
+//!   keep up, which take them from there instead of reading them back (see `tail`).
 //!
 //! # Use
 //! `append` from the inputs (ack the client on `Ok` only), `reader(sink)` once per sink,
@@ -81,6 +83,7 @@ pub mod record;
 mod recover;
 pub mod segment;
 pub mod storage;
+mod tail;
 #[cfg(test)]
 mod tests;
 mod writer;
@@ -88,6 +91,7 @@ mod writer;
 pub use identity::{HostId, HostIdSources};
 pub use reader::{Acker, ReadBatch, Reader};
 pub use storage::{DiskStorage, FaultyStorage, Storage};
+pub use tail::TAIL_BYTES;
 
 use crate::event::{Batch, EventTime};
 use cursor::SinkCursor;
@@ -144,11 +148,14 @@ pub struct BufferOptions {
     /// Where the host's identity is read, to which the instance id is bound (see
     /// `identity.rs`).
     pub host_id: HostIdSources,
+    /// Bytes of the newest durable entries kept in memory for the readers at the head
+    /// (see `tail`); 0 keeps none, so every reader reads the files.
+    pub tail_bytes: usize,
 }
 
 impl BufferOptions {
     /// Defaults: 1 GiB, 64 MiB segments, group commit, block when full, the host's
-    /// identity from `/etc/machine-id` and the EC2 instance id in DMI.
+    /// identity from `/etc/machine-id` and the EC2 instance id in DMI, an 8 MiB tail.
     pub fn new(path: impl Into<PathBuf>) -> Self {
         BufferOptions {
             path: path.into(),
@@ -158,6 +165,7 @@ impl BufferOptions {
             sync_interval: Duration::from_millis(200),
             when_full: WhenFull::Block,
             host_id: HostIdSources::default(),
+            tail_bytes: tail::TAIL_BYTES,
         }
     }
 }
@@ -352,6 +360,8 @@ struct Shared {
     recovery: RecoveryReport,
     /// Which Forward requests are stored (see `chunks`).
     chunks: Arc<chunks::RecentChunks>,
+    /// The newest durable entries, for readers at the head (see `tail`).
+    tail: tail::Tail,
 }
 
 impl Shared {
@@ -464,6 +474,7 @@ impl Buffer {
         };
         let (durable_tx, _) = watch::channel(durable);
         let cursors_dir = opts.path.join("cursors");
+        let tail_bytes = opts.tail_bytes;
         let cursors = rec
             .cursors
             .iter()
@@ -495,6 +506,7 @@ impl Buffer {
             segment_fsyncs: AtomicU64::new(0),
             recovery: rec.report.clone(),
             chunks: chunks::RecentChunks::new(chunks::MAX_CHUNKS, chunks::WINDOW, rec.chunks),
+            tail: tail::Tail::new(tail_bytes),
         });
         let thread = writer::spawn(Arc::clone(&shared), rx, rec.active_file)?;
         let handle = Arc::new(WriterHandle {

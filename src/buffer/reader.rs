@@ -3,8 +3,9 @@
 //! head to move. Holds at most one decoded entry and one read chunk.
 
 use super::cursor::SinkCursor;
-use super::record;
+use super::record::{self, HEADER_LEN};
 use super::segment::{RawEntry, Scanner};
+use super::tail::TailEntry;
 use super::{BufferError, Durable, Msg, Shared};
 use crate::event::Batch;
 use std::io;
@@ -69,6 +70,10 @@ pub struct Reader {
     scanner: Option<Box<Scanner>>,
     /// The entry being handed out, possibly in parts.
     pending: Option<(u64, Batch)>,
+    /// After an entry taken from the tail: `(segment, byte position, offset)` just past it,
+    /// where the next file read starts (instead of the segment start) when `scanner` is
+    /// `None`.
+    resume: Option<(u64, u64, u64)>,
     /// When damaged events were last logged, and how many were met since without a log.
     damage_logged: Option<Instant>,
     damage_unlogged: u64,
@@ -93,6 +98,7 @@ impl Reader {
             seg: None,
             scanner: None,
             pending: None,
+            resume: None,
             damage_logged: None,
             damage_unlogged: 0,
         }
@@ -164,6 +170,10 @@ impl Reader {
                 }
                 continue;
             }
+            if let Some(t) = self.sh.tail.get(self.next_offset, d.head) {
+                self.take_from_tail(t);
+                continue;
+            }
             match self.read_entry(&d).await? {
                 Step::Entry(raw) => {
                     let end = raw.end_offset();
@@ -204,6 +214,23 @@ impl Reader {
                 }
             }
         }
+    }
+
+    /// Hands out `t` (which holds `next_offset`) from memory, and leaves the file reading
+    /// to resume just after it should the reader fall out of the tail.
+    fn take_from_tail(&mut self, t: TailEntry) {
+        let end = t.end();
+        match record::decode_written(&t.entry.slice(HEADER_LEN..)) {
+            Ok(d) => self.pending = Some((d.first, d.batch)),
+            Err(e) => {
+                // The writer encoded these bytes itself: a bug, and the file holds the same.
+                tracing::error!(sink = self.sink(), offset = t.first, error = %e, "undecodable buffer entry skipped");
+                let _ = self.skip_to(end);
+            }
+        }
+        self.seg = Some(t.seg);
+        self.scanner = None;
+        self.resume = Some((t.seg, t.pos + t.entry.len() as u64, end));
     }
 
     /// Logs (rate-limited) the damaged events of an entry: they are handed on as
@@ -337,11 +364,16 @@ impl Reader {
         }
         let storage = Arc::clone(&self.sh.storage);
         let scanner = self.scanner.take();
+        // Kept until the read is done: a cancelled read resumes there again.
+        let resume = self.resume.filter(|r| r.0 == seg);
         let joined = tokio::task::spawn_blocking(move || {
             let mut sc = match scanner {
                 Some(s) => s,
                 None => match storage.open_read(&path) {
-                    Ok(f) => Box::new(Scanner::new(f, seg)),
+                    Ok(f) => Box::new(match resume {
+                        Some((_, pos, next)) => Scanner::resume(f, pos, next),
+                        None => Scanner::new(f, seg),
+                    }),
                     Err(source) => return (None, Err(BufferError::OpenSegment { path, source })),
                 },
             };
@@ -355,6 +387,7 @@ impl Reader {
             source: io::Error::other(e.to_string()),
         })?;
         self.scanner = scanner;
+        self.resume = None;
         match res? {
             Some(raw) => Ok(Step::Entry(raw)),
             None => Ok(Step::EndOfSegment),

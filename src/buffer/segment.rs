@@ -111,6 +111,20 @@ impl Scanner {
         }
     }
 
+    /// A scanner of a segment resuming at byte `pos`, just after the entry that ends at
+    /// offset `next` (written by this process): a trusted position, as the segment start is.
+    pub fn resume(file: Box<dyn ReadFile>, pos: u64, next: u64) -> Self {
+        Scanner {
+            file,
+            buf: BytesMut::new(),
+            pos,
+            valid_end: pos,
+            corrupt_bytes: 0,
+            next,
+            torn_at: None,
+        }
+    }
+
     /// Whether the entry at the front (`first`, `count`) continues the offsets.
     fn verdict(&self, first: u64, count: u32) -> Verdict {
         if first.checked_add(u64::from(count)).is_none() {

@@ -182,6 +182,8 @@ pub struct Faults {
     pub segment_writes: AtomicU64,
     /// fsyncs of files other than segments (cursors).
     pub file_syncs: AtomicU64,
+    /// Files opened for reading (readers and recovery).
+    pub read_opens: AtomicU64,
 }
 
 impl FaultyStorage {
@@ -234,6 +236,7 @@ impl Storage for FaultyStorage {
         Ok(Box::new(FaultyFile { inner, faults: Arc::clone(&self.faults) }))
     }
     fn open_read(&self, path: &Path) -> io::Result<Box<dyn ReadFile>> {
+        self.faults.read_opens.fetch_add(1, Ordering::Relaxed);
         DiskStorage.open_read(path)
     }
     fn lock(&self, path: &Path) -> io::Result<Box<dyn Send + Sync>> {

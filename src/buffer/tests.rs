@@ -971,3 +971,64 @@ async fn a_buffer_copied_to_another_host_takes_a_new_instance_id() {
     let (buf, report) = Buffer::open(o).unwrap();
     assert_eq!((buf.instance_id(), report.host_changed), (moved, false), "and the new id stays");
 }
+
+/// Readers at the head take entries from the tail without opening a segment; one that falls
+/// behind the tail reads on from the file just after the last entry it took, across a
+/// segment change, and gets every event once, in order.
+#[tokio::test]
+async fn readers_at_the_head_read_from_memory_and_fall_back_to_the_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let fs = FaultyStorage::new();
+    let faults = Arc::clone(&fs.faults);
+    let mut o = opts(&dir);
+    o.tail_bytes = 3 * entry_size(&batch("t", 4, 0)) as usize;
+    let (buf, _) = Buffer::open_with_storage(o.clone(), Arc::new(fs)).unwrap();
+    let opens = || faults.read_opens.load(Ordering::Relaxed);
+    let mut r = buf.reader("es").unwrap();
+    let mut want = vec![];
+    let mut got = vec![];
+    // At the head: every entry comes from memory.
+    let at_open = opens();
+    for i in 0..20u8 {
+        let b = batch("t", 4, i);
+        let range = buf.append(&b).await.unwrap();
+        want.push(ReadBatch { first_offset: range.start, batch: b });
+        got.extend(read_all(&mut r).await);
+    }
+    assert_eq!(opens(), at_open, "a reader at the head opened a segment");
+    assert!(segment_files(&o).len() > 1, "the test must cross a segment change");
+    // Behind by more than the tail holds, in the middle of a segment: the files.
+    for i in 20..60u8 {
+        let b = batch("t", 4, i);
+        let range = buf.append(&b).await.unwrap();
+        want.push(ReadBatch { first_offset: range.start, batch: b });
+    }
+    got.extend(read_all(&mut r).await);
+    assert!(opens() > at_open, "the entries that left the tail come from the files");
+    assert_eq!(got, want);
+    // And back at the head, from memory again.
+    let before = opens();
+    let b = batch("t", 4, 99);
+    let range = buf.append(&b).await.unwrap();
+    assert_eq!(read_all(&mut r).await, vec![ReadBatch { first_offset: range.start, batch: b }]);
+    assert_eq!(opens(), before);
+    buf.close().await.unwrap();
+}
+
+/// With no tail every reader reads the files, as before the tail existed.
+#[tokio::test]
+async fn a_buffer_without_a_tail_reads_everything_from_the_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let fs = FaultyStorage::new();
+    let faults = Arc::clone(&fs.faults);
+    let mut o = opts(&dir);
+    o.tail_bytes = 0;
+    let (buf, _) = Buffer::open_with_storage(o, Arc::new(fs)).unwrap();
+    let mut r = buf.reader("es").unwrap();
+    let at_open = faults.read_opens.load(Ordering::Relaxed);
+    let b = batch("t", 3, 1);
+    buf.append(&b).await.unwrap();
+    assert_eq!(read_all(&mut r).await, vec![ReadBatch { first_offset: 0, batch: b }]);
+    assert!(faults.read_opens.load(Ordering::Relaxed) > at_open);
+    buf.close().await.unwrap();
+}

@@ -7,6 +7,7 @@
 use super::record::{self, HEADER_LEN};
 use super::segment::segment_path;
 use super::storage::AppendFile;
+use super::tail::TailEntry;
 use super::{AppendReq, BufferError, Msg, SegmentInfo, Shared, SyncMode, CURSOR_SYNC_INTERVAL};
 use std::io;
 use std::path::PathBuf;
@@ -212,25 +213,33 @@ impl Writer {
         if !sh.healthy.swap(true, Ordering::AcqRel) {
             tracing::info!(path = %self.active_path.display(), "buffer writes succeed again");
         }
+        let mut pos = self.active_len;
         self.active_len += run_bytes;
-        let mut ranges = Vec::with_capacity(run.len());
-        for a in &run {
+        let mut replies = Vec::with_capacity(run.len());
+        let mut written = Vec::with_capacity(run.len());
+        for a in run {
             let (first, count) = record::body_span(&a.entry[HEADER_LEN..]);
-            ranges.push(first..first + u64::from(count));
+            replies.push((a.reply, first..first + u64::from(count)));
+            let entry = bytes::Bytes::from(a.entry);
+            let len = entry.len() as u64;
+            written.push(TailEntry { first, count, seg: self.active_first, pos, entry });
+            pos += len;
         }
-        if let Some(r) = ranges.last() {
+        if let Some((_, r)) = replies.last() {
             self.head = r.end;
         }
         if let Some(s) = sh.segments().get_mut(&self.active_first) {
             s.len = self.active_len;
         }
+        // In the tail before readers hear of the new head, so they find them there.
+        sh.tail.push(written);
         // With `never` readers wait for the fsync (`sync_active`): what a sink delivers is
         // on disk, so a host crash cannot hand its offsets to new events.
         if sh.opts.sync != SyncMode::Never {
             self.publish();
         }
-        for (a, r) in run.into_iter().zip(ranges) {
-            let _ = a.reply.send(Ok(r));
+        for (reply, r) in replies {
+            let _ = reply.send(Ok(r));
         }
         Ok(())
     }

@@ -32,6 +32,7 @@ impl BufferConfig {
             sync_interval: self.sync_interval,
             when_full: self.when_full,
             host_id: crate::buffer::HostIdSources::default(),
+            tail_bytes: crate::buffer::TAIL_BYTES,
         }
     }
 }
