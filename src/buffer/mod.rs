@@ -26,7 +26,8 @@
 //! - **Segments.** `<path>/segments/<first offset, 20 digits>.seg`; every entry in a
 //!   segment has offsets ≥ its name. Only the writer thread appends, and only to the newest
 //!   (active) segment; it starts a new one when the active one reaches `segment_size`.
-//!   A segment other than the active one is deleted only when every known sink's committed
+//!   A segment other than the active one is deleted (by the janitor thread, so that the
+//!   writer never waits for an unlink) only when every known sink's committed
 //!   cursor is ≥ the next segment's first offset (its end). A sink is known once it has a
 //!   cursor file; a buffer with no known sink deletes nothing.
 //! - **Durability.** `append` resolves `Ok` only after its entry is written and, unless
@@ -39,8 +40,8 @@
 //! - **Cursors.** `<path>/cursors/<sink>` holds a committed offset: every event below it was
 //!   delivered by that sink. Sinks acknowledge ranges in any order; the cursor advances over
 //!   the contiguous acknowledged prefix only, and never goes backwards. Each advance overwrites
-//!   the file's 16 bytes in place (survives the process being killed); the writer thread fsyncs
-//!   changed cursors every [`CURSOR_SYNC_INTERVAL`] and at close, and a reader fsyncs its
+//!   the file's 16 bytes in place (survives the process being killed); the janitor thread fsyncs
+//!   changed cursors every [`CURSOR_SYNC_INTERVAL`], the writer at close, and a reader fsyncs its
 //!   cursor when it reports the end after close (sinks deliver and ack after close). So a host crash may
 //!   redeliver at most the events acknowledged in the last interval (at-least-once); a
 //!   cursor file found damaged is treated as "nothing delivered" (the oldest offset).
@@ -78,6 +79,7 @@ pub mod chunks;
 pub mod cursor;
 mod identity;
 pub mod inspect;
+mod janitor;
 mod reader;
 pub mod record;
 mod recover;
@@ -204,7 +206,7 @@ pub enum BufferError {
     SinkName(String),
     #[error("sink {0:?} already has a reader")]
     ReaderExists(String),
-    #[error("cannot start the buffer writer thread: {0}")]
+    #[error("cannot start a buffer thread (writer or janitor): {0}")]
     SpawnWriter(io::Error),
     #[error("the buffer is closed")]
     Closed,
@@ -325,7 +327,6 @@ struct SegmentInfo {
 
 enum Msg {
     Append(AppendReq),
-    Gc,
     Close(oneshot::Sender<Result<(), BufferError>>),
     /// Stop without the closing fsyncs: what a crash would leave, minus the data loss.
     Abandon,
@@ -353,6 +354,7 @@ struct Shared {
     /// End offset of the oldest deletable-when-passed segment: acks past it wake the GC.
     gc_hint: AtomicU64,
     tx: mpsc::Sender<Msg>,
+    janitor: mpsc::Sender<janitor::JanitorMsg>,
     dropped_full: AtomicU64,
     dropped_invalid: AtomicU64,
     write_errors: AtomicU64,
@@ -375,6 +377,11 @@ impl Shared {
 
     fn send(&self, msg: Msg) -> Result<(), BufferError> {
         self.tx.send(msg).map_err(|_| BufferError::Closed)
+    }
+
+    /// Asks the janitor to delete the segments every sink has passed.
+    fn gc(&self) {
+        let _ = self.janitor.send(janitor::JanitorMsg::Gc);
     }
 
     fn release(&self, bytes: u64) {
@@ -412,6 +419,7 @@ pub struct Buffer {
 struct WriterHandle {
     shared: Arc<Shared>,
     thread: Mutex<Option<JoinHandle<()>>>,
+    janitor: Mutex<Option<JoinHandle<()>>>,
     /// `<path>/lock`, released after the writer has stopped.
     _lock: Box<dyn Send + Sync>,
 }
@@ -421,6 +429,11 @@ impl Drop for WriterHandle {
         let _ = self.shared.send(Msg::Abandon);
         if let Some(t) = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take() {
             // Joined so a buffer reopened on the same path never races the old writer.
+            let _ = t.join();
+        }
+        let _ = self.shared.janitor.send(janitor::JanitorMsg::Stop);
+        if let Some(t) = self.janitor.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            // Nor its janitor deleting segments.
             let _ = t.join();
         }
     }
@@ -466,6 +479,7 @@ impl Buffer {
             .map_err(|source| BufferError::Locked { path: lock_path, source })?;
         let rec = recover::recover(&opts, storage.as_ref())?;
         let (tx, rx) = mpsc::channel();
+        let (janitor_tx, janitor_rx) = mpsc::channel();
         let durable = Durable {
             head: rec.head,
             active_first: rec.active_first,
@@ -500,6 +514,7 @@ impl Buffer {
             cursors: Mutex::new(cursors),
             gc_hint: AtomicU64::new(0),
             tx,
+            janitor: janitor_tx,
             dropped_full: AtomicU64::new(0),
             dropped_invalid: AtomicU64::new(0),
             write_errors: AtomicU64::new(0),
@@ -509,9 +524,18 @@ impl Buffer {
             tail: tail::Tail::new(tail_bytes),
         });
         let thread = writer::spawn(Arc::clone(&shared), rx, rec.active_file)?;
+        let janitor = match janitor::spawn(Arc::clone(&shared), janitor_rx) {
+            Ok(j) => j,
+            Err(e) => {
+                let _ = shared.send(Msg::Abandon);
+                let _ = thread.join();
+                return Err(e);
+            }
+        };
         let handle = Arc::new(WriterHandle {
             shared: Arc::clone(&shared),
             thread: Mutex::new(Some(thread)),
+            janitor: Mutex::new(Some(janitor)),
             _lock: lock,
         });
         Ok((Buffer { shared, _handle: handle }, rec.report))
@@ -630,7 +654,7 @@ impl Buffer {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(source) => return Err(BufferError::WriteCursor { path, source }),
         }
-        let _ = sh.send(Msg::Gc);
+        sh.gc();
         Ok(true)
     }
 
@@ -704,7 +728,7 @@ impl Buffer {
     }
 
     /// fsyncs every sink cursor changed since its last fsync. Blocking (call it on the
-    /// blocking pool). The writer thread does this periodically and at close; after close,
+    /// blocking pool). The janitor thread does this periodically, the writer at close; after close,
     /// sinks still deliver and acknowledge, and a sink stopped before its reader ended
     /// (shutdown deadline) leaves acknowledgements only this makes durable.
     pub fn sync_cursors(&self) -> Result<(), BufferError> {

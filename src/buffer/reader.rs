@@ -6,7 +6,7 @@ use super::cursor::SinkCursor;
 use super::record::{self, HEADER_LEN};
 use super::segment::{RawEntry, Scanner};
 use super::tail::TailEntry;
-use super::{BufferError, Durable, Msg, Shared};
+use super::{BufferError, Durable, Shared};
 use crate::event::Batch;
 use std::io;
 use std::sync::atomic::Ordering;
@@ -45,7 +45,7 @@ impl Acker {
     pub fn ack(&self, first: u64, count: u64) -> Result<(), BufferError> {
         if let Some(c) = self.cursor.ack(first, count)? {
             if c >= self.sh.gc_hint.load(Ordering::Acquire) {
-                let _ = self.sh.send(Msg::Gc);
+                self.sh.gc();
             }
         }
         Ok(())

@@ -184,12 +184,20 @@ pub struct Faults {
     pub file_syncs: AtomicU64,
     /// Files opened for reading (readers and recovery).
     pub read_opens: AtomicU64,
+    /// While set, removing a segment file waits (a slow unlink), and `removes_waiting`
+    /// counts the removals that are waiting.
+    pub hold_removes: AtomicBool,
+    pub removes_waiting: AtomicU64,
 }
 
 impl FaultyStorage {
     pub fn new() -> Self {
         Self::default()
     }
+}
+
+fn is_segment(path: &Path) -> bool {
+    super::segment::parse_segment_name(path).is_some()
 }
 
 fn enospc() -> io::Error {
@@ -219,6 +227,13 @@ impl Storage for FaultyStorage {
         DiskStorage.overwrite(path, data)
     }
     fn remove_file(&self, path: &Path) -> io::Result<()> {
+        if self.faults.hold_removes.load(Ordering::SeqCst) && is_segment(path) {
+            self.faults.removes_waiting.fetch_add(1, Ordering::SeqCst);
+            while self.faults.hold_removes.load(Ordering::SeqCst) {
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+            self.faults.removes_waiting.fetch_sub(1, Ordering::SeqCst);
+        }
         DiskStorage.remove_file(path)
     }
     fn sync_file(&self, path: &Path) -> io::Result<()> {

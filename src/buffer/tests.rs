@@ -1032,3 +1032,36 @@ async fn a_buffer_without_a_tail_reads_everything_from_the_files() {
     assert!(faults.read_opens.load(Ordering::Relaxed) > at_open);
     buf.close().await.unwrap();
 }
+
+/// Deleting a delivered segment (an unlink that drops 64 MiB of pages: milliseconds) does
+/// not hold up appends: the janitor does it, not the writer.
+#[tokio::test]
+async fn appends_complete_while_a_segment_is_being_deleted() {
+    let dir = tempfile::tempdir().unwrap();
+    let fs = FaultyStorage::new();
+    let faults = Arc::clone(&fs.faults);
+    let o = opts(&dir);
+    let (buf, _) = Buffer::open_with_storage(o.clone(), Arc::new(fs)).unwrap();
+    let mut r = buf.reader("es").unwrap();
+    for i in 0..40 {
+        buf.append(&batch("a", 5, i)).await.unwrap();
+    }
+    assert!(buf.stats().segments > 2);
+    faults.hold_removes.store(true, Ordering::SeqCst);
+    for b in read_all(&mut r).await {
+        r.ack(b.first_offset, b.batch.len() as u64).unwrap();
+    }
+    eventually("a removal waiting", || faults.removes_waiting.load(Ordering::SeqCst) > 0).await;
+    let segs = buf.stats().segments;
+    for i in 0..40 {
+        buf.append(&batch("b", 5, i)).await.unwrap();
+    }
+    assert!(buf.stats().segments > segs, "appends went on, into new segments");
+    faults.hold_removes.store(false, Ordering::SeqCst);
+    for b in read_all(&mut r).await {
+        r.ack(b.first_offset, b.batch.len() as u64).unwrap();
+    }
+    eventually("delivered segments deleted", || buf.stats().segments == 1).await;
+    assert_eq!(segment_files(&o).len(), 1);
+    buf.close().await.unwrap();
+}

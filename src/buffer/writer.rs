@@ -1,6 +1,6 @@
 //! The writer thread: sole owner of the active segment. It takes every append pending,
-//! writes them with one writev, fsyncs once and completes them all (group commit), rolls
-//! segments, deletes the ones every sink has passed and fsyncs cursors.
+//! writes them with one writev, fsyncs once and completes them all (group commit) and rolls
+//! segments. Deleting segments and the periodic cursor fsyncs are the janitor's.
 //!
 //! A dedicated OS thread, so an fsync never blocks a tokio worker.
 
@@ -8,7 +8,7 @@ use super::record::{self, HEADER_LEN};
 use super::segment::segment_path;
 use super::storage::AppendFile;
 use super::tail::TailEntry;
-use super::{AppendReq, BufferError, Msg, SegmentInfo, Shared, SyncMode, CURSOR_SYNC_INTERVAL};
+use super::{janitor, AppendReq, BufferError, Msg, SegmentInfo, Shared, SyncMode};
 use std::io;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
@@ -36,9 +36,7 @@ pub(super) fn spawn(
         poisoned: false,
         unsynced: false,
         last_sync: Instant::now(),
-        last_cursor_sync: Instant::now(),
     };
-    w.update_gc_hint();
     std::thread::Builder::new()
         .name("berth-buffer-writer".into())
         .spawn(move || w.run(rx))
@@ -60,7 +58,6 @@ struct Writer {
     /// `sync = "never"`: written since the last fsync.
     unsynced: bool,
     last_sync: Instant,
-    last_cursor_sync: Instant,
 }
 
 /// Copies an error for each caller of a failed group (`io::Error` is not `Clone`).
@@ -90,7 +87,7 @@ fn dup(e: &BufferError) -> BufferError {
 
 impl Writer {
     fn run(mut self, rx: mpsc::Receiver<Msg>) {
-        let tick = self.sh.opts.sync_interval.min(CURSOR_SYNC_INTERVAL);
+        let tick = self.sh.opts.sync_interval;
         loop {
             let first = match rx.recv_timeout(tick) {
                 Ok(m) => Some(m),
@@ -99,7 +96,6 @@ impl Writer {
             };
             let mut appends = Vec::new();
             let mut bytes = 0u64;
-            let mut gc = false;
             let mut close = None;
             let mut abandon = false;
             let mut next = first;
@@ -109,7 +105,6 @@ impl Writer {
                         bytes += a.entry.len() as u64;
                         appends.push(a);
                     }
-                    Msg::Gc => gc = true,
                     Msg::Close(reply) => close = Some(reply),
                     Msg::Abandon => abandon = true,
                 }
@@ -119,9 +114,6 @@ impl Writer {
             }
             if !appends.is_empty() {
                 self.write_group(appends);
-            }
-            if gc {
-                self.gc();
             }
             self.periodic();
             if let Some(reply) = close {
@@ -296,7 +288,7 @@ impl Writer {
         self.active_first = first;
         self.active_len = 0;
         self.poisoned = false;
-        self.update_gc_hint();
+        janitor::update_gc_hint(&self.sh);
         Ok(())
     }
 
@@ -320,69 +312,15 @@ impl Writer {
         }
     }
 
-    fn update_gc_hint(&self) {
-        let segs = self.sh.segments();
-        let mut keys = segs.keys();
-        let hint = match (keys.next(), keys.next()) {
-            (Some(_), Some(&end)) => end,
-            _ => u64::MAX,
-        };
-        self.sh.gc_hint.store(hint, Ordering::Release);
-    }
-
-    /// Deletes sealed segments every known sink has passed.
-    fn gc(&mut self) {
-        let Some(min) = self.sh.min_committed() else { return };
-        let doomed: Vec<(u64, PathBuf, u64)> = {
-            let segs = self.sh.segments();
-            let keys: Vec<u64> = segs.keys().copied().collect();
-            keys.windows(2)
-                .take_while(|w| w[0] != self.active_first && min >= w[1])
-                .filter_map(|w| segs.get(&w[0]).map(|s| (w[0], s.path.clone(), s.len)))
-                .collect()
-        };
-        for (first, path, len) in doomed {
-            match self.sh.storage.remove_file(&path) {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => {
-                    tracing::warn!(path = %path.display(), error = %e, "cannot delete delivered buffer segment");
-                    break;
-                }
-            }
-            self.sh.segments().remove(&first);
-            self.sh.release(len);
-            tracing::debug!(path = %path.display(), "deleted delivered buffer segment");
-        }
-        self.update_gc_hint();
-    }
-
-    fn sync_cursors(&mut self) -> Result<(), BufferError> {
-        self.last_cursor_sync = Instant::now();
-        let cursors: Vec<_> = self.sh.cursors().values().cloned().collect();
-        let mut res = Ok(());
-        for c in cursors {
-            if let Err(e) = c.sync() {
-                tracing::warn!(error = %e, "cannot fsync sink cursor");
-                res = Err(e);
-            }
-        }
-        res
-    }
-
     fn periodic(&mut self) {
         if self.unsynced && self.last_sync.elapsed() >= self.sh.opts.sync_interval {
             let _ = self.sync_active();
-        }
-        if self.last_cursor_sync.elapsed() >= CURSOR_SYNC_INTERVAL {
-            let _ = self.sync_cursors();
-            self.gc();
         }
     }
 
     fn close(&mut self) -> Result<(), BufferError> {
         let res = if self.unsynced { self.sync_active() } else { Ok(()) };
-        let c = self.sync_cursors();
+        let c = janitor::sync_cursors(&self.sh);
         self.sh.durable.send_modify(|d| d.closed = true);
         res.and(c)
     }
