@@ -42,6 +42,8 @@ pub enum AppError {
     Sink(#[from] sink::SinkError),
     #[error("cannot open the buffer: {0}")]
     Buffer(#[from] BufferError),
+    #[error("cannot start the input thread: {0}")]
+    InputThread(std::io::Error),
     /// A setting that cannot work, found before serving (exit 78, as a config error).
     #[error("{0}")]
     Config(String),
@@ -439,8 +441,9 @@ pub async fn run_with(mut config: Config, reload_with: Reload) -> Result<(), App
     tokio::join!(docker_first, host_first);
     let mut ctx = InputContext::new(fwd, pipeline, Arc::clone(&metrics));
     ctx.enricher = Arc::clone(&enrich.enricher);
-    let mut input_task =
-        tokio::spawn(input::serve(listeners, ctx, fwd.max_connections, shutdown.intake().clone()));
+    let mut input_thread =
+        input::spawn_thread(listeners, ctx, fwd.max_connections, shutdown.intake().clone())
+            .map_err(AppError::InputThread)?;
     state.ready.store(true, Ordering::Relaxed);
     tracing::info!(listeners = ?described, sinks = config.sinks.len(), "berth is running");
     // Every listener is bound, the buffer recovered: systemd may start what comes after.
@@ -525,9 +528,9 @@ pub async fn run_with(mut config: Config, reload_with: Reload) -> Result<(), App
     // meanwhile, so a connection held by a full buffer gets room; at the sinks' deadline
     // it is cut (what it had not got acked is sent again by its client after the restart).
     shutdown.intake().cancel();
-    let inputs_done = shutdown.until(deadlines.work, &mut input_task).await.is_some();
+    let inputs_done = shutdown.until(deadlines.work, input_thread.wait()).await.is_some();
     if !inputs_done {
-        input_task.abort();
+        input_thread.abort();
     }
     // Phase 2: no more writes; the sinks deliver what is in the buffer, then end. Closing
     // waits for the writer's last fsync, which a stalled disk could hold forever.
