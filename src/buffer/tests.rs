@@ -49,6 +49,14 @@ fn segment_files(o: &BufferOptions) -> Vec<PathBuf> {
     v
 }
 
+/// A buffer on `FaultyStorage`, and its faults and counters.
+fn open_faulty(o: BufferOptions) -> (Buffer, Arc<storage::Faults>) {
+    let fs = FaultyStorage::new();
+    let faults = Arc::clone(&fs.faults);
+    let (buf, _) = Buffer::open_with_storage(o, Arc::new(fs)).unwrap();
+    (buf, faults)
+}
+
 #[tokio::test]
 async fn appends_come_back_in_order_with_their_offsets() {
     let dir = tempfile::tempdir().unwrap();
@@ -978,11 +986,9 @@ async fn a_buffer_copied_to_another_host_takes_a_new_instance_id() {
 #[tokio::test]
 async fn readers_at_the_head_read_from_memory_and_fall_back_to_the_files() {
     let dir = tempfile::tempdir().unwrap();
-    let fs = FaultyStorage::new();
-    let faults = Arc::clone(&fs.faults);
     let mut o = opts(&dir);
     o.tail_bytes = 3 * entry_size(&batch("t", 4, 0)) as usize;
-    let (buf, _) = Buffer::open_with_storage(o.clone(), Arc::new(fs)).unwrap();
+    let (buf, faults) = open_faulty(o.clone());
     let opens = || faults.read_opens.load(Ordering::Relaxed);
     let mut r = buf.reader("es").unwrap();
     let mut want = vec![];
@@ -1019,11 +1025,9 @@ async fn readers_at_the_head_read_from_memory_and_fall_back_to_the_files() {
 #[tokio::test]
 async fn a_buffer_without_a_tail_reads_everything_from_the_files() {
     let dir = tempfile::tempdir().unwrap();
-    let fs = FaultyStorage::new();
-    let faults = Arc::clone(&fs.faults);
     let mut o = opts(&dir);
     o.tail_bytes = 0;
-    let (buf, _) = Buffer::open_with_storage(o, Arc::new(fs)).unwrap();
+    let (buf, faults) = open_faulty(o);
     let mut r = buf.reader("es").unwrap();
     let at_open = faults.read_opens.load(Ordering::Relaxed);
     let b = batch("t", 3, 1);
@@ -1038,10 +1042,8 @@ async fn a_buffer_without_a_tail_reads_everything_from_the_files() {
 #[tokio::test]
 async fn appends_complete_while_a_segment_is_being_deleted() {
     let dir = tempfile::tempdir().unwrap();
-    let fs = FaultyStorage::new();
-    let faults = Arc::clone(&fs.faults);
     let o = opts(&dir);
-    let (buf, _) = Buffer::open_with_storage(o.clone(), Arc::new(fs)).unwrap();
+    let (buf, faults) = open_faulty(o.clone());
     let mut r = buf.reader("es").unwrap();
     for i in 0..40 {
         buf.append(&batch("a", 5, i)).await.unwrap();
