@@ -286,9 +286,10 @@ impl InputThread {
 /// and the rest run on the main runtime beside them. On one runtime the connections and
 /// the sinks were scattered over its workers and woke each other across threads: with the
 /// input on a thread of its own berth took a tenth less CPU per record on two cores (0.307
-/// against 0.342 CPU-s per million, medians of five, docs/performance.md). One thread
-/// takes ~1 M records/s per third of a core here: far more than a host's containers log.
-/// The listeners move to that thread's event loop.
+/// against 0.342 CPU-s per million, medians of five, docs/performance.md). The input thread
+/// spent ~0.14 CPU-s per million records of those (45% of berth's samples): one core would
+/// take ~7 M records/s, far more than a host's containers log. The listeners move to that
+/// thread's event loop.
 pub fn spawn_thread(
     listeners: Vec<Listener>,
     ctx: InputContext,
