@@ -108,7 +108,7 @@ async fn open_buffer(config: &Config, metrics: &Metrics) -> Result<Buffer, AppEr
     let opts = config.buffer.options();
     let (buffer, report) =
         tokio::task::spawn_blocking(move || Buffer::open(opts)).await.map_err(|e| {
-            AppError::Buffer(BufferError::SpawnWriter(std::io::Error::other(e.to_string())))
+            AppError::Buffer(BufferError::SpawnThread(std::io::Error::other(e.to_string())))
         })??;
     metrics.buffer_recovered_records.inc_by(report.events);
     metrics.buffer_corrupt_records.inc_by(report.lost_events);

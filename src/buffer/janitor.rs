@@ -30,7 +30,7 @@ pub(super) fn spawn(
     std::thread::Builder::new()
         .name("berth-buffer-gc".into())
         .spawn(move || run(&sh, &rx))
-        .map_err(BufferError::SpawnWriter)
+        .map_err(BufferError::SpawnThread)
 }
 
 fn run(sh: &Shared, rx: &mpsc::Receiver<JanitorMsg>) {
@@ -54,7 +54,9 @@ fn run(sh: &Shared, rx: &mpsc::Receiver<JanitorMsg>) {
         }
         if last_cursor_sync.elapsed() >= CURSOR_SYNC_INTERVAL {
             last_cursor_sync = Instant::now();
-            let _ = sync_cursors(sh);
+            if let Err(e) = sh.sync_cursors() {
+                tracing::warn!(error = %e, "cannot fsync sink cursors");
+            }
             gc(sh);
         }
     }
@@ -98,17 +100,4 @@ fn gc(sh: &Shared) {
         tracing::debug!(path = %path.display(), "deleted delivered buffer segment");
     }
     update_gc_hint(sh);
-}
-
-/// fsyncs every cursor changed since its last fsync.
-pub(super) fn sync_cursors(sh: &Shared) -> Result<(), BufferError> {
-    let cursors: Vec<_> = sh.cursors().values().cloned().collect();
-    let mut res = Ok(());
-    for c in cursors {
-        if let Err(e) = c.sync() {
-            tracing::warn!(error = %e, "cannot fsync sink cursor");
-            res = Err(e);
-        }
-    }
-    res
 }

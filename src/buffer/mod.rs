@@ -207,7 +207,7 @@ pub enum BufferError {
     #[error("sink {0:?} already has a reader")]
     ReaderExists(String),
     #[error("cannot start a buffer thread (writer or janitor): {0}")]
-    SpawnWriter(io::Error),
+    SpawnThread(io::Error),
     #[error("the buffer is closed")]
     Closed,
 }
@@ -396,6 +396,19 @@ impl Shared {
                 (u + bytes <= max).then_some(u + bytes)
             })
             .is_ok()
+    }
+
+    /// fsyncs every cursor changed since its last fsync; the first error, after trying
+    /// them all.
+    fn sync_cursors(&self) -> Result<(), BufferError> {
+        let cursors: Vec<Arc<SinkCursor>> = self.cursors().values().cloned().collect();
+        let mut res = Ok(());
+        for c in cursors {
+            if let Err(e) = c.sync() {
+                res = res.and(Err(e));
+            }
+        }
+        res
     }
 
     fn min_committed(&self) -> Option<u64> {
@@ -732,14 +745,7 @@ impl Buffer {
     /// sinks still deliver and acknowledge, and a sink stopped before its reader ended
     /// (shutdown deadline) leaves acknowledgements only this makes durable.
     pub fn sync_cursors(&self) -> Result<(), BufferError> {
-        let cursors: Vec<Arc<SinkCursor>> = self.shared.cursors().values().cloned().collect();
-        let mut res = Ok(());
-        for c in cursors {
-            if let Err(e) = c.sync() {
-                res = res.and(Err(e));
-            }
-        }
-        res
+        self.shared.sync_cursors()
     }
 
     /// Stops intake, completes the appends already queued, fsyncs the active segment and

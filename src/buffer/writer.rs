@@ -40,7 +40,7 @@ pub(super) fn spawn(
     std::thread::Builder::new()
         .name("berth-buffer-writer".into())
         .spawn(move || w.run(rx))
-        .map_err(BufferError::SpawnWriter)
+        .map_err(BufferError::SpawnThread)
 }
 
 struct Writer {
@@ -320,7 +320,7 @@ impl Writer {
 
     fn close(&mut self) -> Result<(), BufferError> {
         let res = if self.unsynced { self.sync_active() } else { Ok(()) };
-        let c = janitor::sync_cursors(&self.sh);
+        let c = self.sh.sync_cursors();
         self.sh.durable.send_modify(|d| d.closed = true);
         res.and(c)
     }
