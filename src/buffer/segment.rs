@@ -100,15 +100,7 @@ enum Verdict {
 impl Scanner {
     /// A scanner of the segment named `first_offset`, from its start.
     pub fn new(file: Box<dyn ReadFile>, first_offset: u64) -> Self {
-        Scanner {
-            file,
-            buf: BytesMut::new(),
-            pos: 0,
-            valid_end: 0,
-            corrupt_bytes: 0,
-            next: first_offset,
-            torn_at: None,
-        }
+        Scanner::resume(file, 0, first_offset)
     }
 
     /// A scanner of a segment resuming at byte `pos`, just after the entry that ends at
