@@ -444,14 +444,14 @@ fn push(args: &Args, tcp: &str, mode: Mode, events: &[Event]) -> Pushed {
                 // client's own work between two requests is a few bytes (not a re-encoding
                 // of 1,000 records, which would be in every round trip it measures).
                 let chunk_id = |r: u64| format!("c{c:04}-{r:012}");
+                let first_id = chunk_id(0);
                 let mut req = encode_request(
                     mode,
                     "load.test",
                     &events,
-                    &EncodeOptions { chunk: Some(chunk_id(0)), event_time: true },
+                    &EncodeOptions { chunk: Some(first_id.clone()), event_time: true },
                 );
                 // Every place it is at: in Message mode each record is a request with it.
-                let first_id = chunk_id(0);
                 let id_at: Vec<usize> = req
                     .windows(first_id.len())
                     .enumerate()

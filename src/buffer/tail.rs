@@ -14,8 +14,8 @@
 //! `sync = "never"`, entries written and not yet fsynced, and a reader takes an entry only
 //! when it ends at or below the head it was shown.
 //!
-//! Bounded by bytes ([`TAIL_BYTES`]): the oldest entries go first; one entry larger than
-//! the bound is not kept at all.
+//! Bounded by bytes (`BufferOptions::tail_bytes`, [`TAIL_BYTES`] by default): the oldest
+//! entries go first; one entry larger than the bound is not kept at all.
 
 use bytes::Bytes;
 use std::collections::VecDeque;
