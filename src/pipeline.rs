@@ -38,6 +38,15 @@ impl Delivery {
     }
 }
 
+/// Events handed to one sink as a count (see [`SinkReader::recv_counted`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CountedDelivery {
+    /// As [`Delivery::seq`]: `ack(seq)` means "delivered everything below".
+    pub seq: u64,
+    /// The events that are not tombstones.
+    pub live: u64,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum SubmitError {
     /// `when_full = "drop_newest"` and the buffer is full: counted, not acknowledged.
@@ -299,15 +308,66 @@ impl SinkReader {
                     None => return Some(Delivery { first, seq: end, batch: Arc::new(rb.batch) }),
                 }
             }
-            // Not for this sink: acknowledge it now if nothing delivered is outstanding,
-            // else together with the delivery before it.
-            if self.settled == self.delivered {
-                self.ack_to(end);
-                self.delivered = end;
-                self.settled = end;
+            self.skip(end);
+        }
+    }
+
+    /// Events up to `end`, not for this sink: acknowledged now if nothing delivered is
+    /// outstanding, else together with the delivery before them.
+    fn skip(&mut self, end: u64) {
+        if self.settled == self.delivered {
+            self.ack_to(end);
+            self.delivered = end;
+            self.settled = end;
+        } else {
+            self.skipped_to = Some(end);
+        }
+    }
+
+    /// Like `recv`, but the events are counted instead of decoded (see
+    /// `buffer::Reader::next_counted`): for a sink that discards them. With joins on, the
+    /// events are decoded and joined as for `recv`, and the live ones counted.
+    pub async fn recv_counted(&mut self) -> Option<CountedDelivery> {
+        self.read_counted(true).await
+    }
+
+    /// Like `recv_counted`, but `None` at once when nothing is left to read right now.
+    pub async fn try_recv_counted(&mut self) -> Option<CountedDelivery> {
+        self.read_counted(false).await
+    }
+
+    async fn read_counted(&mut self, wait: bool) -> Option<CountedDelivery> {
+        if self.joiner.is_some() {
+            let d = self.read(wait).await?;
+            return Some(CountedDelivery { seq: d.seq, live: d.batch.live_len() as u64 });
+        }
+        let mut backoff = Backoff::doubling(Duration::from_millis(100), Duration::from_secs(10));
+        loop {
+            let next = if wait {
+                self.reader.next_counted().await
             } else {
-                self.skipped_to = Some(end);
+                self.reader.try_next_counted().await
+            };
+            let c = match next {
+                Ok(Some(c)) => c,
+                Ok(None) => return None,
+                Err(e) => {
+                    if let Some(suppressed) = READ_WARN.check() {
+                        tracing::error!(sink = self.reader.sink(), error = %e, suppressed, "reading the buffer failed; retrying");
+                    }
+                    if !wait {
+                        return None;
+                    }
+                    backoff.wait(None).await;
+                    continue;
+                }
+            };
+            if self.pattern.matches(c.tag.as_str()) {
+                self.delivered = c.end_offset;
+                self.skipped_to = None;
+                return Some(CountedDelivery { seq: c.end_offset, live: c.live });
             }
+            self.skip(c.end_offset);
         }
     }
 
@@ -403,6 +463,32 @@ mod tests {
         assert!(p.buffer().delivered_all());
         p.buffer().close().await.unwrap();
         assert!(all.recv().await.is_none());
+    }
+
+    /// Counted deliveries route and skip as decoded ones do.
+    #[tokio::test]
+    async fn counted_deliveries_route_by_tag_and_acknowledge_skipped_batches() {
+        let dir = tempfile::tempdir().unwrap();
+        let (p, mut readers) = open(dir.path(), &[("app", "app.**"), ("all", "**")]);
+        p.submit(&batch("app.web", 2)).await.unwrap();
+        p.submit(&batch("sys", 1)).await.unwrap();
+        p.submit(&batch("app.db", 3)).await.unwrap();
+        let mut all = readers.pop().unwrap();
+        let mut app = readers.pop().unwrap();
+        while let Some(d) = all.try_recv_counted().await {
+            all.ack(d.seq);
+        }
+        let a = app.recv_counted().await.unwrap();
+        assert_eq!(a, CountedDelivery { seq: 2, live: 2 });
+        app.ack(a.seq);
+        let b = app.try_recv_counted().await.unwrap();
+        assert_eq!(b, CountedDelivery { seq: 6, live: 3 }, "sys skipped");
+        assert_eq!(app.acked(), 3, "sys acknowledged at once: nothing was outstanding");
+        assert!(app.try_recv_counted().await.is_none());
+        app.ack(b.seq);
+        assert!(p.buffer().delivered_all());
+        p.buffer().close().await.unwrap();
+        assert!(app.recv_counted().await.is_none());
     }
 
     /// A sink taken out of the config (or renamed) must stop holding the buffer: otherwise
@@ -533,6 +619,21 @@ mod tests {
         assert_eq!(log_of(&got[1].batch.events[0]).as_deref(), Some("other"));
         assert!(got[2].batch.events[0].is_tombstone());
         r.ack(4);
+        assert!(p.buffer().delivered_all());
+    }
+
+    /// With joins on, counting goes through the join: the parts of a line count as one.
+    #[tokio::test]
+    async fn counted_deliveries_with_joins_count_joined_records() {
+        use crate::reassemble::tests::{line, part};
+        let dir = tempfile::tempdir().unwrap();
+        let (p, mut r) = open_joining(dir.path(), Duration::from_secs(60));
+        let parts = vec![part("c1", "p", 1, false, "AAA"), part("c1", "p", 2, true, "BBB")];
+        p.submit(&docker(parts)).await.unwrap();
+        p.submit(&docker(vec![line("c1", "one")])).await.unwrap();
+        assert_eq!(r.recv_counted().await, Some(CountedDelivery { seq: 2, live: 1 }));
+        assert_eq!(r.recv_counted().await, Some(CountedDelivery { seq: 3, live: 1 }));
+        r.ack(3);
         assert!(p.buffer().delivered_all());
     }
 

@@ -91,7 +91,7 @@ mod tests;
 mod writer;
 
 pub use identity::{HostId, HostIdSources};
-pub use reader::{Acker, ReadBatch, Reader};
+pub use reader::{Acker, Counted, ReadBatch, Reader};
 pub use storage::{DiskStorage, FaultyStorage, Storage};
 pub use tail::TAIL_BYTES;
 

@@ -79,6 +79,26 @@ pub struct Reader {
     damage_unlogged: u64,
 }
 
+/// Events `[first_offset, end_offset)`, all with one tag, `live` of them not tombstones
+/// (damaged on disk): what [`Reader::next_counted`] hands out.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Counted {
+    pub first_offset: u64,
+    pub end_offset: u64,
+    pub tag: crate::event::Tag,
+    pub live: u64,
+}
+
+/// What one [`Reader::advance`] did.
+enum Advance {
+    /// Something changed (an entry is pending, offsets were skipped, the head moved): look
+    /// again.
+    Again,
+    Counted(Counted),
+    /// Nothing left: closed and read to the end, or nothing durable and not waiting.
+    End,
+}
+
 enum Step {
     Entry(RawEntry),
     EndOfSegment,
@@ -146,6 +166,19 @@ impl Reader {
         self.read(max_events, max_bytes, false).await
     }
 
+    /// Like `next`, but the events are counted, not decoded: whole entries at a time, for
+    /// a sink that discards what it is given. An entry taken from the tail (the usual case
+    /// for a sink that keeps up) costs a look at its head; one read from the files is
+    /// decoded and checked as for `next`, so damaged events are not counted.
+    pub async fn next_counted(&mut self) -> Result<Option<Counted>, BufferError> {
+        self.read_counted(true).await
+    }
+
+    /// Like `next_counted` but returns `None` at once when nothing durable is left to read.
+    pub async fn try_next_counted(&mut self) -> Result<Option<Counted>, BufferError> {
+        self.read_counted(false).await
+    }
+
     async fn read(
         &mut self,
         max_events: usize,
@@ -156,64 +189,114 @@ impl Reader {
             if let Some(rb) = self.take_pending(max_events.max(1), max_bytes) {
                 return Ok(Some(rb));
             }
-            let d = *self.durable.borrow_and_update();
-            if self.next_offset >= d.head {
-                if d.closed {
-                    self.sync_cursor().await;
-                    return Ok(None);
-                }
-                if !wait {
-                    return Ok(None);
-                }
-                if self.durable.changed().await.is_err() {
-                    return Ok(None);
-                }
-                continue;
+            match self.advance(wait, false).await? {
+                Advance::Again => {}
+                Advance::Counted(_) => unreachable!("advance counts only when asked to"),
+                Advance::End => return Ok(None),
             }
-            if let Some(t) = self.sh.tail.get(self.next_offset, d.head) {
-                self.take_from_tail(t);
-                continue;
+        }
+    }
+
+    async fn read_counted(&mut self, wait: bool) -> Result<Option<Counted>, BufferError> {
+        loop {
+            if let Some(rb) = self.take_pending(usize::MAX, usize::MAX) {
+                let live = rb.batch.live_len() as u64;
+                return Ok(Some(Counted {
+                    first_offset: rb.first_offset,
+                    end_offset: rb.end_offset(),
+                    tag: rb.batch.tag,
+                    live,
+                }));
             }
-            match self.read_entry(&d).await? {
-                Step::Entry(raw) => {
-                    let end = raw.end_offset();
-                    if end <= self.next_offset {
-                        continue;
-                    }
-                    if raw.first_offset > self.next_offset {
-                        self.skip_to(raw.first_offset)?;
-                    }
-                    match record::decode_body(&raw.body, raw.version) {
-                        Ok(d) => {
-                            if d.lost > 0 {
-                                self.damaged(&d);
-                            }
-                            self.pending = Some((d.first, d.batch));
+            match self.advance(wait, true).await? {
+                Advance::Again => {}
+                Advance::Counted(c) => return Ok(Some(c)),
+                Advance::End => return Ok(None),
+            }
+        }
+    }
+
+    /// One step towards the next events: waits for the durable head to move, or puts the
+    /// next entry in `pending` (from the tail or the files), or skips what does not exist.
+    /// With `count`, an entry from the tail that starts at `next_offset` is counted and
+    /// handed back instead.
+    async fn advance(&mut self, wait: bool, count: bool) -> Result<Advance, BufferError> {
+        let d = *self.durable.borrow_and_update();
+        if self.next_offset >= d.head {
+            if d.closed {
+                self.sync_cursor().await;
+                return Ok(Advance::End);
+            }
+            if !wait || self.durable.changed().await.is_err() {
+                return Ok(Advance::End);
+            }
+            return Ok(Advance::Again);
+        }
+        if let Some(t) = self.sh.tail.get(self.next_offset, d.head) {
+            if count && t.first == self.next_offset {
+                if let Some(c) = self.count_from_tail(&t) {
+                    return Ok(Advance::Counted(c));
+                }
+            }
+            self.take_from_tail(t);
+            return Ok(Advance::Again);
+        }
+        match self.read_entry(&d).await? {
+            Step::Entry(raw) => {
+                let end = raw.end_offset();
+                if end <= self.next_offset {
+                    return Ok(Advance::Again);
+                }
+                if raw.first_offset > self.next_offset {
+                    self.skip_to(raw.first_offset)?;
+                }
+                match record::decode_body(&raw.body, raw.version) {
+                    Ok(d) => {
+                        if d.lost > 0 {
+                            self.damaged(&d);
                         }
-                        Err(e) => {
-                            // The header CRC matched, so this is a writer bug, not disk damage.
-                            tracing::error!(sink = self.sink(), offset = raw.first_offset, error = %e, "undecodable buffer entry skipped");
-                            self.skip_to(end)?;
-                        }
+                        self.pending = Some((d.first, d.batch));
+                    }
+                    Err(e) => {
+                        // The header CRC matched, so this is a writer bug, not disk damage.
+                        tracing::error!(sink = self.sink(), offset = raw.first_offset, error = %e, "undecodable buffer entry skipped");
+                        self.skip_to(end)?;
                     }
                 }
-                Step::Retry => {}
-                Step::EndOfSegment => {
-                    let seg = self.seg.unwrap_or(0);
-                    let next = self.sh.segments().range(seg + 1..).next().map(|(k, _)| *k);
-                    match next {
-                        Some(k) if seg != d.active_first => {
-                            self.seg = Some(k);
-                            self.scanner = None;
-                        }
-                        // The active segment is read up to its durable end, yet offsets
-                        // below the head remain: they were lost to damage (or the head was
-                        // raised past them to meet a cursor).
-                        _ => self.skip_to(d.head)?,
+            }
+            Step::Retry => {}
+            Step::EndOfSegment => {
+                let seg = self.seg.unwrap_or(0);
+                let next = self.sh.segments().range(seg + 1..).next().map(|(k, _)| *k);
+                match next {
+                    Some(k) if seg != d.active_first => {
+                        self.seg = Some(k);
+                        self.scanner = None;
                     }
+                    // The active segment is read up to its durable end, yet offsets
+                    // below the head remain: they were lost to damage (or the head was
+                    // raised past them to meet a cursor).
+                    _ => self.skip_to(d.head)?,
                 }
             }
         }
+        Ok(Advance::Again)
+    }
+
+    /// `t` (which starts at `next_offset`) counted from its head; `None` when the head does
+    /// not parse (then `take_from_tail` reports it).
+    fn count_from_tail(&mut self, t: &TailEntry) -> Option<Counted> {
+        let (tag, time) = record::written_head(&t.entry.slice(HEADER_LEN..)).ok()?;
+        let end = t.end();
+        self.seg = Some(t.seg);
+        self.scanner = None;
+        self.resume = Some((t.seg, t.pos + t.entry.len() as u64, end));
+        self.next_offset = end;
+        if let Some(time) = time {
+            self.acker.cursor.note_in_flight(end, time);
+        }
+        // What the writer stored has no tombstones: every event is live.
+        Some(Counted { first_offset: t.first, end_offset: end, tag, live: u64::from(t.count) })
     }
 
     /// Hands out `t` (which holds `next_offset`) from memory, and leaves the file reading

@@ -301,6 +301,20 @@ pub fn decode_written(body: &Bytes) -> Result<Decoded, RecordError> {
     decode(body, Version::V3, Check::Trusted)
 }
 
+/// The tag of a body this process encoded and still holds in memory, and its first event's
+/// time (`None` for an entry of no events), without walking its events: what a reader that
+/// only counts (see `buffer::Reader::next_counted`) needs of a tail entry.
+pub fn written_head(body: &Bytes) -> Result<(Tag, Option<EventTime>), RecordError> {
+    let b = &body[..];
+    let events_at = head_len(b, Version::V3).ok_or(RecordError::Malformed(0))?;
+    let tag_end = MIN_BODY_LEN + u16::from_le_bytes([b[12], b[13]]) as usize;
+    let tag = Tag::from_bytes(body.slice(MIN_BODY_LEN..tag_end))
+        .ok_or(RecordError::Malformed(MIN_BODY_LEN))?;
+    let time = (body_span(b).1 > 0 && b.len() >= events_at + 16)
+        .then(|| EventTime::new(u64_at(b, events_at + 4) as i64, u32_at(b, events_at + 12)));
+    Ok((tag, time))
+}
+
 /// Whether [`walk`] checks each event's CRC.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Check {
@@ -820,6 +834,20 @@ mod tests {
             assert_eq!(decode_written(&body).unwrap(), checked);
             assert_eq!((checked.first, checked.lost, &checked.batch), (11, 0, &b));
         }
+    }
+
+    #[test]
+    fn the_written_head_is_the_decoded_tag_and_first_time() {
+        let empty = Batch { tag: Tag::from_static("t.empty"), events: vec![] };
+        for (b, keys) in [(five(), vec![]), (batch(), vec![7, 9]), (empty, vec![3])] {
+            let mut e = encode_with_chunks(&b, &keys, 1_800_000_000).unwrap();
+            seal(&mut e, 4);
+            let body = Bytes::from(e[HEADER_LEN..].to_vec());
+            let d = decode_written(&body).unwrap();
+            let want = (d.batch.tag.clone(), d.batch.events.first().map(|e| e.time));
+            assert_eq!(written_head(&body).unwrap(), want);
+        }
+        assert_eq!(written_head(&Bytes::from_static(&[0; 10])), Err(RecordError::Malformed(0)));
     }
 
     #[test]

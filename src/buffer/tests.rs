@@ -1021,6 +1021,90 @@ async fn readers_at_the_head_read_from_memory_and_fall_back_to_the_files() {
     buf.close().await.unwrap();
 }
 
+async fn count_all(r: &mut Reader) -> Vec<Counted> {
+    let mut out = vec![];
+    while let Some(c) = r.try_next_counted().await.unwrap() {
+        out.push(c);
+    }
+    out
+}
+
+fn counted(tag: &str, first: u64, n: u64) -> Counted {
+    Counted { first_offset: first, end_offset: first + n, tag: Tag::from(tag.to_owned()), live: n }
+}
+
+/// A reader that counts takes whole entries from memory at the head, the files behind it,
+/// and starts mid-entry where its cursor is, exactly as a reader that decodes.
+#[tokio::test]
+async fn counting_readers_take_whole_entries_from_memory_and_the_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut o = opts(&dir);
+    o.tail_bytes = 3 * entry_size(&batch("t", 4, 0)) as usize;
+    let (buf, faults) = open_faulty(o.clone());
+    let opens = || faults.read_opens.load(Ordering::Relaxed);
+    let mut r = buf.reader("null").unwrap();
+    let at_open = opens();
+    let mut got = vec![];
+    for i in 0..20u8 {
+        buf.append(&batch(if i % 2 == 0 { "even" } else { "odd" }, 4, i)).await.unwrap();
+        got.extend(count_all(&mut r).await);
+    }
+    assert_eq!(opens(), at_open, "a counting reader at the head opened a segment");
+    let want: Vec<Counted> =
+        (0..20).map(|i| counted(if i % 2 == 0 { "even" } else { "odd" }, i * 4, 4)).collect();
+    assert_eq!(got, want);
+    // Behind: from the files, decoded and counted.
+    for i in 20..60u8 {
+        buf.append(&batch("t", 4, i)).await.unwrap();
+    }
+    let got = count_all(&mut r).await;
+    assert!(opens() > at_open);
+    assert_eq!(got, (20..60).map(|i| counted("t", i * 4, 4)).collect::<Vec<_>>());
+    // A cursor in the middle of an entry still in memory: the rest of it, then whole ones.
+    r.ack(0, 237).unwrap();
+    drop(r);
+    let before = opens();
+    let mut r = buf.reader("null").unwrap();
+    assert_eq!(r.position(), 237);
+    assert_eq!(count_all(&mut r).await, vec![counted("t", 237, 3)]);
+    buf.append(&batch("t", 4, 60)).await.unwrap();
+    assert_eq!(count_all(&mut r).await, vec![counted("t", 240, 4)]);
+    assert_eq!(opens(), before, "the entries in memory came from memory");
+    buf.close().await.unwrap();
+}
+
+/// Damaged events read from the files are not counted, and their offsets are passed.
+#[tokio::test]
+async fn counting_readers_leave_out_damaged_events() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut o = opts(&dir);
+    o.segment_size = 1 << 20;
+    o.max_size = 4 << 20;
+    let (buf, _) = Buffer::open(o.clone()).unwrap();
+    buf.reader("s").unwrap();
+    let mut positions = vec![0u64];
+    for i in 0..4 {
+        buf.append(&batch("a", 4, i)).await.unwrap();
+        positions.push(buf.stats().total_bytes);
+    }
+    drop(buf);
+    let seg = segment_files(&o).pop().unwrap();
+    let mut bytes = std::fs::read(&seg).unwrap();
+    bytes[positions[1] as usize + 60] ^= 0x40; // one event of entry 1
+    bytes[positions[2] as usize] ^= 0x01; // all of entry 2
+    std::fs::write(&seg, &bytes).unwrap();
+    let (buf, _) = Buffer::open(o).unwrap();
+    let mut r = buf.reader("s").unwrap();
+    let got = count_all(&mut r).await;
+    let seen: Vec<(u64, u64, u64)> =
+        got.iter().map(|c| (c.first_offset, c.end_offset, c.live)).collect();
+    assert_eq!(seen, vec![(0, 4, 4), (4, 8, 3), (12, 16, 4)]);
+    for c in &got {
+        r.ack(c.first_offset, c.end_offset - c.first_offset).unwrap();
+    }
+    assert_eq!(r.committed(), 16);
+}
+
 /// With no tail every reader reads the files, as before the tail existed.
 #[tokio::test]
 async fn a_buffer_without_a_tail_reads_everything_from_the_files() {

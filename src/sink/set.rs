@@ -10,7 +10,7 @@
 
 use super::{SinkContext, SinkError};
 use crate::aws::Aws;
-use crate::config::SinkConfig;
+use crate::config::{SinkConfig, SinkKind};
 use crate::metrics::{Metrics, SinkLabel};
 use crate::pipeline::{Pipeline, SinkReader, SinkRoute};
 use crate::reassemble::JoinOptions;
@@ -54,9 +54,14 @@ pub fn plan(old: &[SinkConfig], new: &[SinkConfig]) -> Plan {
     p
 }
 
-/// The route of a sink's reader: its name, its pattern, the joins every sink shares.
+/// The route of a sink's reader: its name, its pattern, the joins every sink shares (but
+/// the `null` sink, which discards what it is given and so has nothing to join).
 pub fn route(cfg: &SinkConfig, join: &JoinOptions) -> SinkRoute {
-    SinkRoute { name: cfg.name.clone(), pattern: cfg.match_.clone(), join: join.clone() }
+    let join = match cfg.kind {
+        SinkKind::Null => JoinOptions::default(),
+        _ => join.clone(),
+    };
+    SinkRoute { name: cfg.name.clone(), pattern: cfg.match_.clone(), join }
 }
 
 /// A finished sink task: its id and what it returned (a panic or an abort as `Stopped`).
