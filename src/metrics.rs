@@ -110,6 +110,7 @@ pub struct Metrics {
     pub buffer_healthy: Gauge,
     /// Counters the buffer keeps itself; copied (their increase) at each scrape.
     pub buffer_fsyncs: Counter,
+    pub buffer_written_bytes: Counter,
     pub buffer_write_errors: Counter,
     pub buffer_dropped: Family<ReasonLabel, Counter>,
     pub buffer_recovered_records: Counter,
@@ -187,6 +188,7 @@ impl Metrics {
             buffer_segments: Gauge::default(),
             buffer_healthy: Gauge::default(),
             buffer_fsyncs: Counter::default(),
+            buffer_written_bytes: Counter::default(),
             buffer_write_errors: Counter::default(),
             buffer_dropped: Family::default(),
             buffer_recovered_records: Counter::default(),
@@ -300,6 +302,11 @@ impl Metrics {
             m.buffer_healthy.clone(),
         );
         registry.register("buffer_fsyncs", "Segment fsyncs since start", m.buffer_fsyncs.clone());
+        registry.register(
+            "buffer_written_bytes",
+            "Bytes of entries written to buffer segments since start",
+            m.buffer_written_bytes.clone(),
+        );
         registry.register(
             "buffer_write_errors",
             "Failed buffer writes since start",
@@ -441,6 +448,7 @@ impl Metrics {
         // scrapes.
         for (c, now) in [
             (&self.buffer_fsyncs, stats.segment_fsyncs),
+            (&self.buffer_written_bytes, stats.written_bytes),
             (&self.buffer_write_errors, stats.write_errors),
         ] {
             c.inner().fetch_max(now, std::sync::atomic::Ordering::Relaxed);
@@ -516,6 +524,7 @@ mod tests {
             "berth_process_resident_memory_bytes ",
             "berth_process_open_fds ",
             "berth_buffer_fsyncs_total 0",
+            "berth_buffer_written_bytes_total 0",
         ] {
             assert!(text.contains(name), "{name} missing from\n{text}");
         }

@@ -66,6 +66,15 @@ struct Args {
     /// The buffer's fsync policy: batch | always | never.
     #[arg(long, default_value = "batch")]
     sync: String,
+    /// The buffer's `direct_io`: on | off.
+    #[arg(long, default_value = "on")]
+    direct_io: String,
+    /// After each berth run, measure the disk: write + fdatasync cycles of berth's mean
+    /// group commit (its bytes written over its fsyncs) for two seconds in the buffer's
+    /// filesystem, the way berth writes (`--direct-io`), and print how much of that rate
+    /// berth used.
+    #[arg(long)]
+    disk_probe: bool,
     /// Add a second sink (a file sink whose directory is blocked by a regular file) that can
     /// never deliver: the whole run stays in the buffer as its backlog.
     #[arg(long)]
@@ -531,6 +540,27 @@ fn finish(
     let _ = std::fs::remove_dir_all(dir);
 }
 
+/// Write + fdatasync cycles of `group` bytes for two seconds in a new file under `dir`,
+/// written as berth writes its segments (direct I/O or not): `(cycles, bytes per second)`.
+fn disk_probe(dir: &std::path::Path, group: usize, direct_io: bool) -> std::io::Result<(u64, f64)> {
+    use berth::buffer::storage::{DiskStorage, Storage};
+    let path = dir.join(format!("berth-load-disk-probe-{}", std::process::id()));
+    let data: Vec<u8> = (0..group.max(1)).map(|i| (i as u8).wrapping_mul(151) | 1).collect();
+    let res = (|| {
+        let mut f = DiskStorage { direct_io }.open_append(&path)?;
+        let start = Instant::now();
+        let mut cycles = 0u64;
+        while start.elapsed() < Duration::from_secs(2) {
+            f.write_all_vectored(&[&data])?;
+            f.sync()?;
+            cycles += 1;
+        }
+        Ok((cycles, (cycles * data.len() as u64) as f64 / start.elapsed().as_secs_f64()))
+    })();
+    let _ = std::fs::remove_file(&path);
+    res
+}
+
 /// A free loopback port (bound and released: a peer binds it next).
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -780,9 +810,10 @@ fn run_berth(args: &Args) -> Report {
         }
     };
     let cfg = format!(
-        "[input.forward]\nlisten = [\"tcp://127.0.0.1:0\"]\nmax_connections = 4096\n[admin]\nlisten = \"127.0.0.1:0\"\n[buffer]\npath = {:?}\nsync = {:?}\n[enrich.docker]\nenabled = false\n[enrich.ec2]\nenabled = false\n[[sink]]\nname = \"{sink_name}\"\nmatch = \"**\"\n{sink_cfg}",
+        "[input.forward]\nlisten = [\"tcp://127.0.0.1:0\"]\nmax_connections = 4096\n[admin]\nlisten = \"127.0.0.1:0\"\n[buffer]\npath = {:?}\nsync = {:?}\ndirect_io = {}\n[enrich.docker]\nenabled = false\n[enrich.ec2]\nenabled = false\n[[sink]]\nname = \"{sink_name}\"\nmatch = \"**\"\n{sink_cfg}",
         args.buffer_path.clone().unwrap_or_else(|| dir.join("buffer")).display().to_string(),
         args.sync,
+        args.direct_io == "on",
     ) + &if args.stalled_sink {
         let blocker = dir.join("blocked");
         let _ = std::fs::write(&blocker, b"a file where the sink wants a directory");
@@ -850,6 +881,7 @@ fn run_berth(args: &Args) -> Report {
     let elapsed = start.elapsed();
     let (cpu1, hwm) = proc_stat(pid);
     let fsyncs = metric(&admin, "berth_buffer_fsyncs_total");
+    let written = metric(&admin, "berth_buffer_written_bytes_total");
     let backlog = metric(&admin, "berth_buffer_bytes");
     let wire = metric(&admin, &format!("berth_output_bytes_total{{sink=\"{sink_name}\"}}"));
     let requests = metric(
@@ -873,7 +905,7 @@ fn run_berth(args: &Args) -> Report {
     let secs = elapsed.as_secs_f64();
     let mb = total as f64 * (record_bytes as f64 / batch as f64) / 1e6;
     println!(
-        "complete={} mode={} sync={} connections={} batch={} ack={} records={} sent_in={:.2}s delivered_in={:.2}s records/s={:.0} MB/s={:.1} cpu_s_per_M={:.3} peak_rss_MiB={:.1} fsyncs/s={:.0} ack_p50_ms={:.2} ack_p99_ms={:.2} buffer_MiB={:.0}",
+        "complete={} mode={} sync={} connections={} batch={} ack={} records={} sent_in={:.2}s delivered_in={:.2}s records/s={:.0} MB/s={:.1} cpu_s_per_M={:.3} peak_rss_MiB={:.1} fsyncs/s={:.0} disk_MB/s={:.1} group_KiB={:.0} ack_p50_ms={:.2} ack_p99_ms={:.2} buffer_MiB={:.0}",
         complete,
         args.mode,
         args.sync,
@@ -888,10 +920,27 @@ fn run_berth(args: &Args) -> Report {
         (cpu1 - cpu0) / (total as f64 / 1e6),
         hwm as f64 / 1024.0,
         fsyncs / secs,
+        written / secs / 1e6,
+        written / fsyncs.max(1.0) / 1024.0,
         pct(0.50) as f64 / 1000.0,
         pct(0.99) as f64 / 1000.0,
         backlog / 1048576.0,
     );
+    if args.disk_probe && fsyncs > 0.0 {
+        let group = (written / fsyncs) as usize;
+        let probe_dir = args.buffer_path.clone().unwrap_or_else(std::env::temp_dir);
+        match disk_probe(&probe_dir, group, args.direct_io == "on") {
+            Ok((cycles, rate)) => println!(
+                "disk_probe group_KiB={:.0} direct_io={} cycles={} MB/s={:.1} berth_share={:.2}",
+                group as f64 / 1024.0,
+                args.direct_io,
+                cycles,
+                rate / 1e6,
+                written / secs / rate,
+            ),
+            Err(e) => eprintln!("disk probe in {} failed: {e}", probe_dir.display()),
+        }
+    }
     if sink_name == "cw" {
         println!(
             "sink=cw endpoint={} delivered={} put_log_events={} message_MB={:.1} dead_letters={}",

@@ -312,21 +312,21 @@ mod tests {
         let host_b = tempfile::tempdir().unwrap();
         let buf = tempfile::tempdir().unwrap();
         let a = sources(host_a.path(), "aaaa", Some("i-0aaa"));
-        let first = open(&DiskStorage, buf.path(), &a).unwrap();
+        let first = open(&DiskStorage::default(), buf.path(), &a).unwrap();
         assert!(!first.host_changed);
         let text = std::fs::read_to_string(buf.path().join("host-id")).unwrap();
         assert_eq!(text, "machine-id aaaa\nec2-instance-id i-0aaa\n");
-        let again = open(&DiskStorage, buf.path(), &a).unwrap();
+        let again = open(&DiskStorage::default(), buf.path(), &a).unwrap();
         assert_eq!((again.instance_id, again.host_changed), (first.instance_id, false));
 
         // The directory copied to host B (same image: same machine id, other instance).
         let b = sources(host_b.path(), "aaaa", Some("i-0bbb"));
-        let moved = open(&DiskStorage, buf.path(), &b).unwrap();
+        let moved = open(&DiskStorage::default(), buf.path(), &b).unwrap();
         assert!(moved.host_changed);
         assert_ne!(moved.instance_id, first.instance_id);
         let text = std::fs::read_to_string(buf.path().join("host-id")).unwrap();
         assert_eq!(text, "machine-id aaaa\nec2-instance-id i-0bbb\n");
-        let again = open(&DiskStorage, buf.path(), &b).unwrap();
+        let again = open(&DiskStorage::default(), buf.path(), &b).unwrap();
         assert_eq!((again.instance_id, again.host_changed), (moved.instance_id, false));
     }
 
@@ -336,18 +336,19 @@ mod tests {
         let buf = tempfile::tempdir().unwrap();
         // A buffer from before host-id: its id is adopted.
         std::fs::write(buf.path().join("instance-id"), "00000000000000aa\n").unwrap();
-        let id = open(&DiskStorage, buf.path(), &sources(h.path(), "m1", None)).unwrap();
+        let id = open(&DiskStorage::default(), buf.path(), &sources(h.path(), "m1", None)).unwrap();
         assert_eq!((id.instance_id, id.host_changed), (0xaa, false));
         // The DMI tag appears, then vanishes; the machine id stays.
-        let id = open(&DiskStorage, buf.path(), &sources(h.path(), "m1", Some("i-01"))).unwrap();
+        let id = open(&DiskStorage::default(), buf.path(), &sources(h.path(), "m1", Some("i-01")))
+            .unwrap();
         assert_eq!((id.instance_id, id.host_changed), (0xaa, false));
         let none = HostIdSources { machine_id: None, ec2_instance_id: None };
-        let id = open(&DiskStorage, buf.path(), &none).unwrap();
+        let id = open(&DiskStorage::default(), buf.path(), &none).unwrap();
         assert_eq!((id.instance_id, id.host_changed), (0xaa, false));
         let text = std::fs::read_to_string(buf.path().join("host-id")).unwrap();
         assert_eq!(text, "machine-id m1\nec2-instance-id i-01\n", "what was learnt is kept");
         // Another machine id: another host.
-        let id = open(&DiskStorage, buf.path(), &sources(h.path(), "m2", None)).unwrap();
+        let id = open(&DiskStorage::default(), buf.path(), &sources(h.path(), "m2", None)).unwrap();
         assert!(id.host_changed);
         assert_ne!(id.instance_id, 0xaa);
     }

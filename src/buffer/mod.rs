@@ -153,11 +153,15 @@ pub struct BufferOptions {
     /// Bytes of the newest durable entries kept in memory for the readers at the head
     /// (see `tail`); 0 keeps none, so every reader reads the files.
     pub tail_bytes: usize,
+    /// Segments written with direct I/O where the filesystem takes it (see
+    /// `storage::DirectFile`); by [`Buffer::open`], not by `open_with_storage`.
+    pub direct_io: bool,
 }
 
 impl BufferOptions {
     /// Defaults: 1 GiB, 64 MiB segments, group commit, block when full, the host's
-    /// identity from `/etc/machine-id` and the EC2 instance id in DMI, an 8 MiB tail.
+    /// identity from `/etc/machine-id` and the EC2 instance id in DMI, an 8 MiB tail, direct
+    /// I/O.
     pub fn new(path: impl Into<PathBuf>) -> Self {
         BufferOptions {
             path: path.into(),
@@ -168,6 +172,7 @@ impl BufferOptions {
             when_full: WhenFull::Block,
             host_id: HostIdSources::default(),
             tail_bytes: tail::TAIL_BYTES,
+            direct_io: true,
         }
     }
 }
@@ -264,6 +269,8 @@ pub struct BufferStats {
     /// Appends (groups) that failed on a write or fsync error.
     pub write_errors: u64,
     pub segment_fsyncs: u64,
+    /// Bytes of entries written to segments since start (what the disk was given).
+    pub written_bytes: u64,
     pub recovery: RecoveryReport,
     pub sinks: Vec<SinkStats>,
 }
@@ -359,6 +366,7 @@ struct Shared {
     dropped_invalid: AtomicU64,
     write_errors: AtomicU64,
     segment_fsyncs: AtomicU64,
+    written_bytes: AtomicU64,
     recovery: RecoveryReport,
     /// Which Forward requests are stored (see `chunks`).
     chunks: Arc<chunks::RecentChunks>,
@@ -455,7 +463,8 @@ impl Drop for WriterHandle {
 impl Buffer {
     /// Opens (creating or recovering) the buffer at `opts.path` on the real filesystem.
     pub fn open(opts: BufferOptions) -> Result<(Buffer, RecoveryReport), BufferError> {
-        Self::open_with_storage(opts, Arc::new(DiskStorage))
+        let storage = DiskStorage { direct_io: opts.direct_io };
+        Self::open_with_storage(opts, Arc::new(storage))
     }
 
     pub fn open_with_storage(
@@ -532,6 +541,7 @@ impl Buffer {
             dropped_invalid: AtomicU64::new(0),
             write_errors: AtomicU64::new(0),
             segment_fsyncs: AtomicU64::new(0),
+            written_bytes: AtomicU64::new(0),
             recovery: rec.report.clone(),
             chunks: chunks::RecentChunks::new(chunks::MAX_CHUNKS, chunks::WINDOW, rec.chunks),
             tail: tail::Tail::new(tail_bytes),
@@ -735,6 +745,7 @@ impl Buffer {
             dropped_invalid: sh.dropped_invalid.load(Ordering::Relaxed),
             write_errors: sh.write_errors.load(Ordering::Relaxed),
             segment_fsyncs: sh.segment_fsyncs.load(Ordering::Relaxed),
+            written_bytes: sh.written_bytes.load(Ordering::Relaxed),
             recovery: sh.recovery.clone(),
             sinks,
         }

@@ -39,8 +39,11 @@ fn list(storage: &dyn Storage, path: &Path) -> Result<Vec<std::path::PathBuf>, B
 /// truncates a torn tail) and `inspect` (which must never write).
 #[derive(Debug)]
 pub(super) struct SegmentScan {
-    /// File size when opened: the scan's limit.
+    /// File size when opened (the scan's limit), without the padding.
     pub len: u64,
+    /// Zeros after the last entry that direct I/O padded its block with (see
+    /// `padding_after`): cut off at recovery without a word.
+    pub padding: u64,
     /// End of the last valid entry (stale ones included).
     pub valid_end: u64,
     pub entries: u64,
@@ -149,8 +152,19 @@ pub(super) fn scan_segment(
     if let Some(pos) = junk_from {
         stale_bytes += len - pos;
     }
+    // Direct I/O pads the last block of a segment with zeros (`storage::DirectFile`); the
+    // file is cut to its entries once sealed, but not if the host went down first. Zeros
+    // after the last entry, fewer than a block and ending on a block boundary, are that
+    // padding: neither damage nor a torn write. The scanner stepped over them.
+    let padding = if junk_from.is_none() && sc.torn_at.is_none() {
+        padding_after(storage, path, sc.valid_end, len)?
+    } else {
+        0
+    };
+    let len = len - padding;
     Ok(SegmentScan {
         len,
+        padding,
         valid_end: junk_from.unwrap_or(sc.valid_end),
         usable_len: junk_from.unwrap_or(len),
         entries,
@@ -160,9 +174,36 @@ pub(super) fn scan_segment(
         next: end.or(expected).unwrap_or(first),
         end,
         stale_bytes,
-        scanner_corrupt: sc.corrupt_bytes,
+        scanner_corrupt: sc.corrupt_bytes - padding.min(sc.corrupt_bytes),
         torn: junk_from.is_none() && sc.torn_at.is_some(),
     })
+}
+
+/// How many bytes of padding follow the last entry (which ends at `valid_end`) of a file of
+/// `len` bytes: all of them when they are zeros, fewer than a block, and end on a block
+/// boundary; else 0.
+fn padding_after(
+    storage: &dyn Storage,
+    path: &Path,
+    valid_end: u64,
+    len: u64,
+) -> Result<u64, BufferError> {
+    let block = super::storage::DIRECT_BLOCK as u64;
+    let pad = len.saturating_sub(valid_end);
+    if pad == 0 || pad >= block || !len.is_multiple_of(block) {
+        return Ok(0);
+    }
+    let read = |source| BufferError::ReadSegment { path: path.to_owned(), source };
+    let file = storage.open_read(path).map_err(read)?;
+    let mut buf = vec![0xff; pad as usize];
+    let mut got = 0;
+    while got < buf.len() {
+        match file.read_at(&mut buf[got..], valid_end + got as u64).map_err(read)? {
+            0 => return Ok(0),
+            n => got += n,
+        }
+    }
+    Ok(if buf.iter().all(|&b| b == 0) { pad } else { 0 })
 }
 
 pub(super) fn recover(
@@ -233,6 +274,15 @@ pub(super) fn recover(
                 .map_err(|source| BufferError::TruncateSegment { path: path.clone(), source })?;
             tracing::warn!(path = %path.display(), bytes = tail, "truncated a torn write at the end of the buffer");
             seg_len = scan.valid_end;
+        }
+        if tail == 0 && scan.padding > 0 {
+            let mut f = storage
+                .open_append(&path)
+                .map_err(|source| BufferError::OpenSegment { path: path.clone(), source })?;
+            f.truncate(scan.valid_end)
+                .and_then(|_| f.sync())
+                .map_err(|source| BufferError::TruncateSegment { path: path.clone(), source })?;
+            tracing::debug!(path = %path.display(), bytes = scan.padding, "cut the padding of a segment written with direct I/O");
         }
         if last {
             active_len = seg_len;

@@ -291,7 +291,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("x.seg");
         std::fs::write(&p, bytes).unwrap();
-        let mut s = Scanner::new(DiskStorage.open_read(&p).unwrap(), 0);
+        let mut s = Scanner::new(DiskStorage::default().open_read(&p).unwrap(), 0);
         let mut out = vec![];
         while let Some(e) = s.next_entry(bytes.len() as u64).unwrap() {
             let d = record::decode_body(&e.body, e.version).unwrap();

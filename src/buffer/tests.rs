@@ -183,6 +183,50 @@ async fn torn_tail_is_truncated_and_offsets_continue() {
     assert_eq!(got, vec![0, 2, 4, 6]);
 }
 
+/// A host that went down while segments were open with direct I/O leaves them padded with
+/// zeros to a block end: recovery cuts the padding off without calling it damage or a torn
+/// write, in the active segment and in a sealed one alike.
+#[tokio::test]
+async fn direct_io_padding_is_neither_damage_nor_a_torn_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = opts(&dir);
+    let (buf, _) = Buffer::open(o.clone()).unwrap();
+    buf.reader("s").unwrap();
+    for i in 0..60 {
+        buf.append(&batch("a", 4, i)).await.unwrap();
+    }
+    drop(buf);
+    let files = segment_files(&o);
+    assert!(files.len() > 2);
+    let block = storage::DIRECT_BLOCK as u64;
+    let mut lens = vec![];
+    for f in [&files[0], files.last().unwrap()] {
+        let len = std::fs::metadata(f).unwrap().len();
+        assert!(len % block != 0, "the test needs a partial last block");
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(f)
+            .unwrap()
+            .set_len(len.next_multiple_of(block))
+            .unwrap();
+        lens.push(len);
+    }
+    let (buf, report) = Buffer::open(o.clone()).unwrap();
+    assert_eq!((report.corrupt_bytes, report.truncated_bytes, report.lost_events), (0, 0, 0));
+    assert_eq!((report.entries, report.events), (60, 240));
+    assert_eq!(std::fs::metadata(&files[0]).unwrap().len(), lens[0], "sealed: cut");
+    let mut r = buf.reader("s").unwrap();
+    let got = read_all(&mut r).await;
+    assert_eq!(got.iter().map(|b| b.batch.len()).sum::<usize>(), 240);
+    // And appends go on after the last entry, not after the padding.
+    buf.append(&batch("a", 4, 60)).await.unwrap();
+    assert_eq!(read_all(&mut r).await.len(), 1);
+    buf.close().await.unwrap();
+    drop(buf);
+    let (_, report) = Buffer::open(o).unwrap();
+    assert_eq!((report.corrupt_bytes, report.truncated_bytes, report.events), (0, 0, 244));
+}
+
 #[tokio::test]
 async fn damaged_entries_in_the_middle_are_skipped_and_the_rest_kept() {
     let dir = tempfile::tempdir().unwrap();

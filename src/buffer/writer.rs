@@ -184,6 +184,7 @@ impl Writer {
             .write_all_vectored(&bufs)
             .map_err(|source| BufferError::Write { path: path.clone(), source });
         if res.is_ok() {
+            sh.written_bytes.fetch_add(run_bytes, Ordering::Relaxed);
             if sh.opts.sync == SyncMode::Never {
                 self.unsynced = true;
             } else {

@@ -19,6 +19,7 @@ pub struct BufferConfig {
     pub sync: SyncMode,
     pub sync_interval: Duration,
     pub when_full: WhenFull,
+    pub direct_io: bool,
 }
 
 impl BufferConfig {
@@ -33,6 +34,7 @@ impl BufferConfig {
             when_full: self.when_full,
             host_id: crate::buffer::HostIdSources::default(),
             tail_bytes: crate::buffer::TAIL_BYTES,
+            direct_io: self.direct_io,
         }
     }
 }
@@ -62,6 +64,14 @@ pub(super) struct RawBuffer {
     /// events, counted, and do not ack them.
     #[serde(default)]
     pub when_full: WhenFull,
+    /// Segments are written with `O_DIRECT` (bypassing the page cache) where the
+    /// filesystem takes it; `false`: through the page cache.
+    #[serde(default = "yes")]
+    pub direct_io: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 impl Default for RawBuffer {
@@ -73,6 +83,7 @@ impl Default for RawBuffer {
             sync: SyncMode::default(),
             sync_interval: default_sync_interval(),
             when_full: WhenFull::default(),
+            direct_io: true,
         }
     }
 }
@@ -187,6 +198,7 @@ pub(super) fn build(raw: RawBuffer, ctx: &Ctx<'_>) -> Result<BufferConfig, Confi
         sync: raw.sync,
         sync_interval: raw.sync_interval.get_ref().0,
         when_full: raw.when_full,
+        direct_io: raw.direct_io,
     })
 }
 
@@ -200,5 +212,6 @@ pub(super) fn to_raw(c: &BufferConfig) -> RawBuffer {
         sync: c.sync,
         sync_interval: Spanned::new(none, Dur(c.sync_interval)),
         when_full: c.when_full,
+        direct_io: c.direct_io,
     }
 }
