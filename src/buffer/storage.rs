@@ -169,7 +169,7 @@ impl AppendFile for DiskFile {
 pub const DIRECT_BLOCK: usize = 4096;
 
 /// The most a [`DirectFile`] stages at once: a larger write goes out in pieces of this.
-const DIRECT_STAGING: usize = 4 << 20;
+const DIRECT_STAGING: usize = 2 << 20;
 
 /// The active segment written with `O_DIRECT`: entries go from a block-aligned staging
 /// buffer to the disk, not through the page cache.
