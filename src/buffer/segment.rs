@@ -231,16 +231,11 @@ impl Scanner {
                 return Ok(false);
             }
             let want = (need - self.buf.len()).max(CHUNK).min((limit - at) as usize);
-            let start = self.buf.len();
-            self.buf.resize(start + want, 0);
-            let n = match self.file.read_at(&mut self.buf[start..], at) {
-                Ok(n) => n,
-                Err(e) => {
-                    self.buf.truncate(start);
-                    return Err(e);
-                }
-            };
-            self.buf.truncate(start + n);
+            self.buf.reserve(want);
+            let spare = &mut self.buf.spare_capacity_mut()[..want];
+            let n = self.file.read_at_uninit(spare, at)?.min(want);
+            // SAFETY: the read initialised the first `n` bytes of the spare capacity.
+            unsafe { self.buf.set_len(self.buf.len() + n) };
             if n == 0 {
                 // The file is shorter than the limit says; what is there is all there is.
                 return Ok(false);

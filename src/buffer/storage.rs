@@ -46,6 +46,19 @@ pub trait AppendFile: Send {
 /// A segment opened for positional reads.
 pub trait ReadFile: Send + Sync {
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize>;
+    /// `read_at` into memory not yet initialised: the bytes read are initialised, the count
+    /// returned. By default the memory is zeroed first; the real file reads into it as it
+    /// is (zeroing a 256 KiB read buffer before every read was 4% of a lagging sink's CPU).
+    fn read_at_uninit(
+        &self,
+        buf: &mut [std::mem::MaybeUninit<u8>],
+        offset: u64,
+    ) -> io::Result<usize> {
+        buf.fill(std::mem::MaybeUninit::new(0));
+        // SAFETY: every byte was initialised just above.
+        let init = unsafe { &mut *(buf as *mut [std::mem::MaybeUninit<u8>] as *mut [u8]) };
+        self.read_at(init, offset)
+    }
     /// Current length of the file in bytes.
     fn size(&self) -> io::Result<u64>;
 }
@@ -397,6 +410,31 @@ impl ReadFile for DiskFile {
             match self.0.read_at(buf, offset) {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 r => return r,
+            }
+        }
+    }
+
+    fn read_at_uninit(
+        &self,
+        buf: &mut [std::mem::MaybeUninit<u8>],
+        offset: u64,
+    ) -> io::Result<usize> {
+        use std::os::fd::AsRawFd;
+        let offset = libc::off_t::try_from(offset).map_err(io::Error::other)?;
+        loop {
+            // SAFETY: pread writes at most `buf.len()` bytes into memory this call borrows
+            // mutably; it only writes, so the memory need not be initialised.
+            let n = unsafe {
+                libc::pread(self.0.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), offset)
+            };
+            match usize::try_from(n) {
+                Ok(n) => return Ok(n),
+                Err(_) => {
+                    let e = io::Error::last_os_error();
+                    if e.kind() != io::ErrorKind::Interrupted {
+                        return Err(e);
+                    }
+                }
             }
         }
     }
