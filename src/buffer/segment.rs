@@ -142,6 +142,13 @@ impl Scanner {
         self.pos == self.valid_end
     }
 
+    /// `(byte position, next offset)` for [`Scanner::resume`] to go on exactly where this
+    /// scanner stands; `None` after stepping over damage (only a scan from a trusted
+    /// position knows how far the offsets may jump).
+    pub fn resume_point(&self) -> Option<(u64, u64)> {
+        self.trusted().then_some((self.pos, self.next))
+    }
+
     /// The next valid entry that ends at or before `limit`, or `None` when none is left
     /// below it. Bytes below `limit` that do not form an entry are counted as corrupt and
     /// consumed, so only call this with a limit below which the file is complete (the

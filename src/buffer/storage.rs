@@ -467,6 +467,8 @@ pub struct Faults {
     pub file_syncs: AtomicU64,
     /// Files opened for reading (readers and recovery).
     pub read_opens: AtomicU64,
+    /// Bytes read from the files opened for reading.
+    pub read_bytes: Arc<AtomicU64>,
     /// While set, removing a segment file waits (a slow unlink), and `removes_waiting`
     /// counts the removals that are waiting.
     pub hold_removes: AtomicBool,
@@ -535,10 +537,39 @@ impl Storage for FaultyStorage {
     }
     fn open_read(&self, path: &Path) -> io::Result<Box<dyn ReadFile>> {
         self.faults.read_opens.fetch_add(1, Ordering::Relaxed);
-        DiskStorage::default().open_read(path)
+        let inner = DiskStorage::default().open_read(path)?;
+        Ok(Box::new(CountingRead { inner, bytes: Arc::clone(&self.faults.read_bytes) }))
     }
     fn lock(&self, path: &Path) -> io::Result<Box<dyn Send + Sync>> {
         DiskStorage::default().lock(path)
+    }
+}
+
+/// A file opened for reading that counts the bytes read from it.
+struct CountingRead {
+    inner: Box<dyn ReadFile>,
+    bytes: Arc<AtomicU64>,
+}
+
+impl ReadFile for CountingRead {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        let n = self.inner.read_at(buf, offset)?;
+        self.bytes.fetch_add(n as u64, Ordering::Relaxed);
+        Ok(n)
+    }
+
+    fn read_at_uninit(
+        &self,
+        buf: &mut [std::mem::MaybeUninit<u8>],
+        offset: u64,
+    ) -> io::Result<usize> {
+        let n = self.inner.read_at_uninit(buf, offset)?;
+        self.bytes.fetch_add(n as u64, Ordering::Relaxed);
+        Ok(n)
+    }
+
+    fn size(&self) -> io::Result<u64> {
+        self.inner.size()
     }
 }
 

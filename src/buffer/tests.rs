@@ -1149,6 +1149,59 @@ async fn counting_readers_leave_out_damaged_events() {
     assert_eq!(r.committed(), 16);
 }
 
+/// A read cancelled while its scanner is in `spawn_blocking` (a sink's `select!` taking
+/// another arm) goes on where it stood: every entry once, in order, and the segment is not
+/// read again from its start after each cancellation.
+#[tokio::test]
+async fn cancelled_reads_resume_where_they_stood() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut o = opts(&dir);
+    o.tail_bytes = 0;
+    o.segment_size = 8 << 20;
+    o.max_size = 64 << 20;
+    let (buf, faults) = open_faulty(o);
+    let mut r = buf.reader("es").unwrap();
+    let mut want = vec![];
+    // Entries larger than a read chunk: each one is a read of its own.
+    for i in 0..40u8 {
+        let mut b = batch("t", 4, i);
+        for e in &mut b.events {
+            e.record = Bytes::from(vec![i; 100 << 10]);
+        }
+        let range = buf.append(&b).await.unwrap();
+        want.push(ReadBatch { first_offset: range.start, batch: b });
+    }
+    let written = buf.stats().total_bytes;
+    let mut got = vec![];
+    let mut cancelled = 0;
+    let events = 160;
+    let mut n = 0;
+    while n < events {
+        // Every other read is cut off at its first await.
+        if got.len() % 2 == 0 {
+            let read = r.next(1, usize::MAX);
+            match tokio::time::timeout(Duration::from_micros(1), read).await {
+                Ok(rb) => got.push(rb.unwrap().unwrap()),
+                Err(_) => cancelled += 1,
+            }
+        } else {
+            got.push(r.next(usize::MAX, usize::MAX).await.unwrap().unwrap());
+        }
+        n = got.iter().map(|rb| rb.batch.len()).sum::<usize>();
+    }
+    assert!(cancelled > 0, "the test must cancel reads");
+    // Reads of one event split entries: compare event by event.
+    let flat = |v: &[ReadBatch]| -> Vec<(u64, Event)> {
+        v.iter().flat_map(|rb| (rb.first_offset..).zip(rb.batch.events.iter().cloned())).collect()
+    };
+    let (got, want) = (flat(&got), flat(&want));
+    assert_eq!(got.len(), want.len());
+    assert!(got == want, "events differ");
+    let read = faults.read_bytes.load(Ordering::Relaxed);
+    assert!(read < 3 * written, "{read} bytes read for {written} written, {cancelled} cancelled");
+    buf.close().await.unwrap();
+}
+
 /// With no tail every reader reads the files, as before the tail existed.
 #[tokio::test]
 async fn a_buffer_without_a_tail_reads_everything_from_the_files() {
