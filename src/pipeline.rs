@@ -283,17 +283,8 @@ impl SinkReader {
                 // Closed and all read (the inputs have stopped): what is held goes out now.
                 Ok(None) if wait && self.joiner.as_mut().is_some_and(Joiner::finish) => continue,
                 Ok(None) => return None,
-                Err(e) => {
-                    // A read error (EIO): the data stays on disk; try again, slowly.
-                    if let Some(suppressed) = READ_WARN.check() {
-                        tracing::error!(sink = self.reader.sink(), error = %e, suppressed, "reading the buffer failed; retrying");
-                    }
-                    if !wait {
-                        return None;
-                    }
-                    backoff.wait(None).await;
-                    continue;
-                }
+                Err(e) if self.read_failed(&e, wait, &mut backoff).await => continue,
+                Err(_) => return None,
             };
             let first = rb.first_offset;
             let end = first + rb.batch.len() as u64;
@@ -310,6 +301,18 @@ impl SinkReader {
             }
             self.skip(end);
         }
+    }
+
+    /// A read error (EIO): the data stays on disk. Logged (rate-limited); `true` once the
+    /// backoff has passed and the read is to be tried again, `false` when not waiting.
+    async fn read_failed(&self, e: &BufferError, wait: bool, backoff: &mut Backoff) -> bool {
+        if let Some(suppressed) = READ_WARN.check() {
+            tracing::error!(sink = self.reader.sink(), error = %e, suppressed, "reading the buffer failed; retrying");
+        }
+        if wait {
+            backoff.wait(None).await;
+        }
+        wait
     }
 
     /// Events up to `end`, not for this sink: acknowledged now if nothing delivered is
@@ -351,16 +354,8 @@ impl SinkReader {
             let c = match next {
                 Ok(Some(c)) => c,
                 Ok(None) => return None,
-                Err(e) => {
-                    if let Some(suppressed) = READ_WARN.check() {
-                        tracing::error!(sink = self.reader.sink(), error = %e, suppressed, "reading the buffer failed; retrying");
-                    }
-                    if !wait {
-                        return None;
-                    }
-                    backoff.wait(None).await;
-                    continue;
-                }
+                Err(e) if self.read_failed(&e, wait, &mut backoff).await => continue,
+                Err(_) => return None,
             };
             if self.pattern.matches(c.tag.as_str()) {
                 self.delivered = c.end_offset;

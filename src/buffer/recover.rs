@@ -179,6 +179,16 @@ pub(super) fn scan_segment(
     })
 }
 
+/// Cuts the segment at `path` to `len` bytes, durably.
+fn cut(storage: &dyn Storage, path: &Path, len: u64) -> Result<(), BufferError> {
+    let mut f = storage
+        .open_append(path)
+        .map_err(|source| BufferError::OpenSegment { path: path.to_owned(), source })?;
+    f.truncate(len)
+        .and_then(|_| f.sync())
+        .map_err(|source| BufferError::TruncateSegment { path: path.to_owned(), source })
+}
+
 /// How many bytes of padding follow the last entry (which ends at `valid_end`) of a file of
 /// `len` bytes: all of them when they are zeros, fewer than a block, and end on a block
 /// boundary; else 0.
@@ -266,22 +276,12 @@ pub(super) fn recover(
             // Bytes after the newest valid entry of the newest segment: a write that never
             // completed, so never acknowledged.
             report.truncated_bytes += tail;
-            let mut f = storage
-                .open_append(&path)
-                .map_err(|source| BufferError::OpenSegment { path: path.clone(), source })?;
-            f.truncate(scan.valid_end)
-                .and_then(|_| f.sync())
-                .map_err(|source| BufferError::TruncateSegment { path: path.clone(), source })?;
+            cut(storage, &path, scan.valid_end)?;
             tracing::warn!(path = %path.display(), bytes = tail, "truncated a torn write at the end of the buffer");
             seg_len = scan.valid_end;
         }
         if tail == 0 && scan.padding > 0 {
-            let mut f = storage
-                .open_append(&path)
-                .map_err(|source| BufferError::OpenSegment { path: path.clone(), source })?;
-            f.truncate(scan.valid_end)
-                .and_then(|_| f.sync())
-                .map_err(|source| BufferError::TruncateSegment { path: path.clone(), source })?;
+            cut(storage, &path, scan.valid_end)?;
             tracing::debug!(path = %path.display(), bytes = scan.padding, "cut the padding of a segment written with direct I/O");
         }
         if last {
