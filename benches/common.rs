@@ -1,7 +1,19 @@
 #![allow(dead_code)] // each benchmark uses some of these
 //! Inputs shared by the benchmarks.
 
+use berth::event::{Event, EventTime};
 use bytes::Bytes;
+
+/// `n` events of [`docker_record`]s, a second apart.
+pub fn docker_events(n: usize) -> Vec<Event> {
+    (0..n)
+        .map(|i| Event {
+            time: EventTime::new(1_763_769_600 + i as i64, 123_456_789),
+            record: docker_record(i),
+            metadata: Bytes::new(),
+        })
+        .collect()
+}
 
 /// A record shaped like Docker's fluentd driver sends: ~200 bytes of msgpack.
 pub fn docker_record(i: usize) -> Bytes {

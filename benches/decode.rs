@@ -8,7 +8,6 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed unwrap is a failed test
 
-use berth::event::{Event, EventTime};
 use berth::forward::{
     decode_frame, encode_request, frame_len, EncodeOptions, Frame, FrameStatus, Limits, Mode,
 };
@@ -17,7 +16,7 @@ use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughpu
 
 #[path = "common.rs"]
 mod common;
-use common::docker_record;
+use common::docker_events;
 
 const RECORDS: usize = 1000;
 const LIMITS: Limits = Limits { max_message_size: 16 * 1024 * 1024 };
@@ -40,13 +39,7 @@ fn decode_stream(stream: &Bytes) -> usize {
 }
 
 fn bench(c: &mut Criterion) {
-    let events: Vec<Event> = (0..RECORDS)
-        .map(|i| Event {
-            time: EventTime::new(1_763_769_600 + i as i64, 123_456_789),
-            record: docker_record(i),
-            metadata: Bytes::new(),
-        })
-        .collect();
+    let events = docker_events(RECORDS);
     let avg = events.iter().map(|e| e.record.len()).sum::<usize>() / RECORDS;
     eprintln!("records: {RECORDS} per stream, {avg} bytes each on average");
     let opts = EncodeOptions { chunk: Some("p8PTjvQzRlKlYs0ZQ7n0Ng==".into()), event_time: true };

@@ -8,25 +8,18 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // benches: a failed unwrap is a failed run
 
 use berth::buffer::record::{decode_written, encode_with_chunks, seal, written_head, HEADER_LEN};
-use berth::event::{Batch, Event, EventTime, Tag};
+use berth::event::{Batch, Tag};
 use bytes::Bytes;
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
 
 #[path = "common.rs"]
 mod common;
-use common::docker_record;
+use common::docker_events;
 
 const RECORDS: usize = 1000;
 
 fn bench(c: &mut Criterion) {
-    let events: Vec<Event> = (0..RECORDS)
-        .map(|i| Event {
-            time: EventTime::new(1_763_769_600 + i as i64, 123_456_789),
-            record: docker_record(i),
-            metadata: Bytes::new(),
-        })
-        .collect();
-    let batch = Batch { tag: Tag::from_static("docker.app"), events };
+    let batch = Batch { tag: Tag::from_static("docker.app"), events: docker_events(RECORDS) };
     let bytes: usize = batch.events.iter().map(|e| e.record.len()).sum();
     let mut entry = encode_with_chunks(&batch, &[42], 1_800_000_000).unwrap();
     seal(&mut entry, 7);

@@ -227,27 +227,48 @@ async fn direct_io_padding_is_neither_damage_nor_a_torn_write() {
     assert_eq!((report.corrupt_bytes, report.truncated_bytes, report.events), (0, 0, 244));
 }
 
-#[tokio::test]
-async fn damaged_entries_in_the_middle_are_skipped_and_the_rest_kept() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut o = opts(&dir);
+/// Options for a buffer whose entries all fit in one segment.
+fn one_segment(dir: &TempDir) -> BufferOptions {
+    let mut o = opts(dir);
     o.segment_size = 1 << 20;
     o.max_size = 4 << 20;
+    o
+}
+
+/// Appends `n` entries of 4 events (entry `i` filled with `i`), closes the buffer, then lets
+/// `damage` change the newest segment's bytes, given where each entry starts (and where
+/// the last ends). Returns those positions.
+async fn damaged_after(
+    o: &BufferOptions,
+    n: u8,
+    damage: impl FnOnce(&[u64], &mut Vec<u8>),
+) -> Vec<u64> {
     let (buf, _) = Buffer::open(o.clone()).unwrap();
     buf.reader("s").unwrap();
     let mut positions = vec![0u64];
-    for i in 0..10 {
+    for i in 0..n {
         buf.append(&batch("a", 4, i)).await.unwrap();
         positions.push(buf.stats().total_bytes);
     }
     drop(buf);
-    let seg = segment_files(&o).pop().unwrap();
+    let seg = segment_files(o).pop().unwrap();
     let mut bytes = std::fs::read(&seg).unwrap();
-    // Entry 3 (offsets 12..16): a flipped byte in its first record (that event's CRC).
-    // Entry 6 (24..28): a flipped magic byte (the whole entry).
-    bytes[positions[3] as usize + 60] ^= 0x40;
-    bytes[positions[6] as usize] ^= 0x01;
+    damage(&positions, &mut bytes);
     std::fs::write(&seg, &bytes).unwrap();
+    positions
+}
+
+#[tokio::test]
+async fn damaged_entries_in_the_middle_are_skipped_and_the_rest_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = one_segment(&dir);
+    let positions = damaged_after(&o, 10, |positions, bytes| {
+        // Entry 3 (offsets 12..16): a flipped byte in its first record (that event's CRC).
+        // Entry 6 (24..28): a flipped magic byte (the whole entry).
+        bytes[positions[3] as usize + 60] ^= 0x40;
+        bytes[positions[6] as usize] ^= 0x01;
+    })
+    .await;
     let (buf, report) = Buffer::open(o).unwrap();
     assert_eq!(report.entries, 9);
     assert_eq!((report.events, report.lost_events, report.damaged_events), (35, 5, 1));
@@ -1121,22 +1142,12 @@ async fn counting_readers_take_whole_entries_from_memory_and_the_files() {
 #[tokio::test]
 async fn counting_readers_leave_out_damaged_events() {
     let dir = tempfile::tempdir().unwrap();
-    let mut o = opts(&dir);
-    o.segment_size = 1 << 20;
-    o.max_size = 4 << 20;
-    let (buf, _) = Buffer::open(o.clone()).unwrap();
-    buf.reader("s").unwrap();
-    let mut positions = vec![0u64];
-    for i in 0..4 {
-        buf.append(&batch("a", 4, i)).await.unwrap();
-        positions.push(buf.stats().total_bytes);
-    }
-    drop(buf);
-    let seg = segment_files(&o).pop().unwrap();
-    let mut bytes = std::fs::read(&seg).unwrap();
-    bytes[positions[1] as usize + 60] ^= 0x40; // one event of entry 1
-    bytes[positions[2] as usize] ^= 0x01; // all of entry 2
-    std::fs::write(&seg, &bytes).unwrap();
+    let o = one_segment(&dir);
+    damaged_after(&o, 4, |positions, bytes| {
+        bytes[positions[1] as usize + 60] ^= 0x40; // one event of entry 1
+        bytes[positions[2] as usize] ^= 0x01; // all of entry 2
+    })
+    .await;
     let (buf, _) = Buffer::open(o).unwrap();
     let mut r = buf.reader("s").unwrap();
     let got = count_all(&mut r).await;
