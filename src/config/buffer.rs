@@ -1,7 +1,7 @@
 //! `[buffer]`: the durable on-disk buffer — the keys as written, their checks and the
 //! typed config (the storage engine's options).
 
-use super::values::de_parsed;
+use super::values::{de_parsed, default_true};
 use super::values::{Dur, Size};
 use super::{format_size, ConfigError, Ctx};
 use serde::de::{self, Deserializer};
@@ -66,12 +66,8 @@ pub(super) struct RawBuffer {
     pub when_full: WhenFull,
     /// Segments are written with `O_DIRECT` (bypassing the page cache) where the
     /// filesystem takes it; `false`: through the page cache.
-    #[serde(default = "yes")]
+    #[serde(default = "default_true")]
     pub direct_io: bool,
-}
-
-fn yes() -> bool {
-    true
 }
 
 impl Default for RawBuffer {

@@ -3,7 +3,7 @@
 //! scale-in protection): the keys as written, their checks and the typed config.
 
 use super::aws::{self, AwsAuth, RawAws};
-use super::values::Dur;
+use super::values::{default_true, Dur};
 use super::{ConfigError, Ctx};
 use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
@@ -215,7 +215,7 @@ impl Default for RawCapacity {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawPublish {
     /// `berth_capacity_*` gauges on the admin endpoint's `/metrics`.
-    #[serde(default = "yes")]
+    #[serde(default = "default_true")]
     pub prometheus: bool,
     /// CloudWatch metrics as Embedded Metric Format events, put into `emf_log_group`.
     #[serde(default)]
@@ -273,9 +273,6 @@ impl Default for RawProtection {
     }
 }
 
-fn yes() -> bool {
-    true
-}
 fn no() -> Spanned<bool> {
     Spanned::new(0..0, false)
 }

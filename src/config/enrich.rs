@@ -1,7 +1,7 @@
 //! `[enrich.docker]`, `[enrich.ec2]`, `[enrich.partial]` and `[enrich.multiline]`: typed,
 //! with the checks that span several values (known field names, no key added twice).
 
-use super::values::de_parsed;
+use super::values::{de_parsed, default_true};
 use super::values::{Dur, Size};
 use super::{ConfigError, Ctx};
 use serde::de::{self, Deserializer};
@@ -116,10 +116,6 @@ impl Serialize for ApplyTo {
 
 fn default_socket() -> Spanned<String> {
     Spanned::new(0..0, String::new())
-}
-
-fn default_true() -> bool {
-    true
 }
 
 fn default_docker_fields() -> Spanned<Vec<Spanned<String>>> {

@@ -10,6 +10,11 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+/// `#[serde(default = "default_true")]`: a switch that is on unless the file says `false`.
+pub(super) fn default_true() -> bool {
+    true
+}
+
 /// Deserialize a string and parse it with `parse`, whose message becomes the error. The
 /// parse runs inside the visitor so that toml gives the error this value's own span (an
 /// element of `listen` gets its own line, not the array's).
