@@ -406,12 +406,10 @@ impl Drop for AlignedBuf {
 
 impl ReadFile for DiskFile {
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
-        loop {
-            match self.0.read_at(buf, offset) {
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                r => return r,
-            }
-        }
+        // SAFETY: initialised bytes seen as possibly uninitialised; `read_at_uninit` only
+        // writes initialised bytes into them.
+        let uninit = unsafe { &mut *(buf as *mut [u8] as *mut [std::mem::MaybeUninit<u8>]) };
+        self.read_at_uninit(uninit, offset)
     }
 
     fn read_at_uninit(
@@ -468,7 +466,7 @@ pub struct Faults {
     /// Files opened for reading (readers and recovery).
     pub read_opens: AtomicU64,
     /// Bytes read from the files opened for reading.
-    pub read_bytes: Arc<AtomicU64>,
+    pub read_bytes: AtomicU64,
     /// While set, removing a segment file waits (a slow unlink), and `removes_waiting`
     /// counts the removals that are waiting.
     pub hold_removes: AtomicBool,
@@ -538,7 +536,7 @@ impl Storage for FaultyStorage {
     fn open_read(&self, path: &Path) -> io::Result<Box<dyn ReadFile>> {
         self.faults.read_opens.fetch_add(1, Ordering::Relaxed);
         let inner = DiskStorage::default().open_read(path)?;
-        Ok(Box::new(CountingRead { inner, bytes: Arc::clone(&self.faults.read_bytes) }))
+        Ok(Box::new(CountingRead { inner, faults: Arc::clone(&self.faults) }))
     }
     fn lock(&self, path: &Path) -> io::Result<Box<dyn Send + Sync>> {
         DiskStorage::default().lock(path)
@@ -548,13 +546,13 @@ impl Storage for FaultyStorage {
 /// A file opened for reading that counts the bytes read from it.
 struct CountingRead {
     inner: Box<dyn ReadFile>,
-    bytes: Arc<AtomicU64>,
+    faults: Arc<Faults>,
 }
 
 impl ReadFile for CountingRead {
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
         let n = self.inner.read_at(buf, offset)?;
-        self.bytes.fetch_add(n as u64, Ordering::Relaxed);
+        self.faults.read_bytes.fetch_add(n as u64, Ordering::Relaxed);
         Ok(n)
     }
 
@@ -564,7 +562,7 @@ impl ReadFile for CountingRead {
         offset: u64,
     ) -> io::Result<usize> {
         let n = self.inner.read_at_uninit(buf, offset)?;
-        self.bytes.fetch_add(n as u64, Ordering::Relaxed);
+        self.faults.read_bytes.fetch_add(n as u64, Ordering::Relaxed);
         Ok(n)
     }
 
