@@ -288,9 +288,7 @@ impl Reader {
     fn count_from_tail(&mut self, t: &TailEntry) -> Option<Counted> {
         let (tag, time) = record::written_head(&t.entry.slice(HEADER_LEN..)).ok()?;
         let end = t.end();
-        self.seg = Some(t.seg);
-        self.scanner = None;
-        self.resume = Some((t.seg, t.pos + t.entry.len() as u64, end));
+        self.resume_after(t);
         self.next_offset = end;
         if let Some(time) = time {
             self.acker.cursor.note_in_flight(end, time);
@@ -311,9 +309,15 @@ impl Reader {
                 let _ = self.skip_to(end);
             }
         }
+        self.resume_after(&t);
+    }
+
+    /// After an entry taken from the tail: file reading, should the reader fall out of the
+    /// tail, resumes just after it.
+    fn resume_after(&mut self, t: &TailEntry) {
         self.seg = Some(t.seg);
         self.scanner = None;
-        self.resume = Some((t.seg, t.pos + t.entry.len() as u64, end));
+        self.resume = Some((t.seg, t.pos + t.entry.len() as u64, t.end()));
     }
 
     /// Logs (rate-limited) the damaged events of an entry: they are handed on as
