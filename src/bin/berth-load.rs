@@ -759,6 +759,14 @@ fn fb_output_records(api: &str) -> u64 {
 /// `berth run` with the sink `--sink` says, on the workload; prints its line.
 fn run_berth(args: &Args) -> Report {
     let (mode, batch) = parse_mode(args);
+    let direct_io = match args.direct_io.as_str() {
+        "on" => true,
+        "off" => false,
+        d => {
+            eprintln!("--direct-io must be on or off, not {d}");
+            std::process::exit(2);
+        }
+    };
     let berth = args.berth.clone().unwrap_or_else(|| {
         std::env::current_exe()
             .ok()
@@ -813,7 +821,7 @@ fn run_berth(args: &Args) -> Report {
         "[input.forward]\nlisten = [\"tcp://127.0.0.1:0\"]\nmax_connections = 4096\n[admin]\nlisten = \"127.0.0.1:0\"\n[buffer]\npath = {:?}\nsync = {:?}\ndirect_io = {}\n[enrich.docker]\nenabled = false\n[enrich.ec2]\nenabled = false\n[[sink]]\nname = \"{sink_name}\"\nmatch = \"**\"\n{sink_cfg}",
         args.buffer_path.clone().unwrap_or_else(|| dir.join("buffer")).display().to_string(),
         args.sync,
-        args.direct_io == "on",
+        direct_io,
     ) + &if args.stalled_sink {
         let blocker = dir.join("blocked");
         let _ = std::fs::write(&blocker, b"a file where the sink wants a directory");
@@ -929,7 +937,7 @@ fn run_berth(args: &Args) -> Report {
     if args.disk_probe && fsyncs > 0.0 {
         let group = (written / fsyncs) as usize;
         let probe_dir = args.buffer_path.clone().unwrap_or_else(std::env::temp_dir);
-        match disk_probe(&probe_dir, group, args.direct_io == "on") {
+        match disk_probe(&probe_dir, group, direct_io) {
             Ok((cycles, rate)) => println!(
                 "disk_probe group_KiB={:.0} direct_io={} cycles={} MB/s={:.1} berth_share={:.2}",
                 group as f64 / 1024.0,
