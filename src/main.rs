@@ -87,9 +87,10 @@ fn main() -> ExitCode {
 ///   arena, at the same CPU per document.
 /// - Blocks of 1 MiB and more from `mmap` (`MALLOC_MMAP_THRESHOLD_`), given back whole when
 ///   freed. glibc's own threshold starts at 128 KiB and rises to the largest block freed,
-///   so after the first request body (~2 MB) every later one came from the heap and left
-///   holes there that the next ones did not fit: 3–4 MiB less peak RSS on the
-///   Elasticsearch path, at the same CPU per document; ingest does not allocate that large
+///   so after the first large block every later one came from the heap and left holes
+///   there that the next ones did not fit: 1–4 MiB less peak RSS on the Elasticsearch path
+///   at the same CPU per document. Ingest allocates nothing that large, and the sinks keep
+///   their large request buffers for reuse rather than fault fresh pages in for each
 ///   (docs/performance.md).
 fn tune_malloc() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
