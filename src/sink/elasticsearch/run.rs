@@ -633,6 +633,21 @@ mod tests {
     }
 
     #[test]
+    fn spare_bodies_come_back_empty_with_their_capacity_and_at_most_two_are_kept() {
+        let spare = Spare::default();
+        assert!(spare.take().capacity() == 0, "none yet: a new buffer");
+        for _ in 0..3 {
+            let mut b = Vec::with_capacity(1 << 20);
+            b.extend_from_slice(b"{\"create\":{}}\n{}\n");
+            spare.give(b);
+        }
+        let (a, b) = (spare.take(), spare.take());
+        assert!(a.is_empty() && b.is_empty(), "cleared when given back");
+        assert!(a.capacity() >= 1 << 20 && b.capacity() >= 1 << 20, "their memory is kept");
+        assert_eq!(spare.take().capacity(), 0, "the third was let go");
+    }
+
+    #[test]
     fn wire_bytes_that_are_not_gzip_are_an_error_not_a_body() {
         let mut b = body(&["{\"create\":{}}\n{}\n"]);
         b.body.clear();
