@@ -1,7 +1,7 @@
 //! `[buffer]`: the durable on-disk buffer — the keys as written, their checks and the
 //! typed config (the storage engine's options).
 
-use super::values::{de_parsed, default_true};
+use super::values::{de_parsed, default_true, one_of};
 use super::values::{Dur, Size};
 use super::{format_size, ConfigError, Ctx};
 use serde::de::{self, Deserializer};
@@ -114,13 +114,16 @@ pub use crate::buffer::{SyncMode, WhenFull};
 
 impl<'de> Deserialize<'de> for SyncMode {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        de_parsed(d, |s| match s {
-            "batch" => Ok(SyncMode::Batch),
-            "always" => Ok(SyncMode::Always),
-            "never" => Ok(SyncMode::Never),
-            other => Err(format!(
-                "unknown sync mode {other:?} (expected \"batch\", \"always\" or \"never\")"
-            )),
+        de_parsed(d, |s| {
+            one_of(
+                s,
+                "sync mode",
+                &[
+                    ("batch", SyncMode::Batch),
+                    ("always", SyncMode::Always),
+                    ("never", SyncMode::Never),
+                ],
+            )
         })
     }
 }
@@ -137,12 +140,12 @@ impl Serialize for SyncMode {
 
 impl<'de> Deserialize<'de> for WhenFull {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        de_parsed(d, |s| match s {
-            "block" => Ok(WhenFull::Block),
-            "drop_newest" => Ok(WhenFull::DropNewest),
-            other => {
-                Err(format!("unknown when_full {other:?} (expected \"block\" or \"drop_newest\")"))
-            }
+        de_parsed(d, |s| {
+            one_of(
+                s,
+                "when_full",
+                &[("block", WhenFull::Block), ("drop_newest", WhenFull::DropNewest)],
+            )
         })
     }
 }

@@ -5,13 +5,12 @@
 //! every error naming the line of the value at fault.
 
 use super::aws::{self, AwsAuth, RawAws};
-use super::network::{self, is_http_url, network_keys, NetworkKeys, RawNetwork};
+use super::network::{self, is_http_url, network_options, NetworkOptions, RawNetwork};
 use super::table::{self, keys_of};
-use super::values::{Dur, Size};
+use super::values::{one_of, Dur, Size};
 use super::{ConfigError, Ctx};
 use crate::template::{NameTemplate, Naming};
 use serde::{Deserialize, Serialize};
-use std::path::PathBuf;
 use std::time::Duration;
 use toml::de::DeTable;
 use toml::Spanned;
@@ -68,16 +67,9 @@ pub struct CloudWatchConfig {
     pub max_event_size: usize,
     /// A batch whose destination is refused is dead-lettered after this.
     pub denied_retry_duration: Duration,
-    pub flush_interval: Duration,
-    /// PutLogEvents calls in flight at once (each for a different stream).
-    pub concurrency: usize,
-    pub timeout: Duration,
-    /// A batch still not delivered after being retried this long goes to the dead-letter
-    /// file (`retry_expired`); `None`: retried for ever (the default).
-    pub max_retry_duration: Option<Duration>,
-    pub dead_letter_path: PathBuf,
-    /// The dead-letter file and its older generation hold at most this; `None`: no limit.
-    pub dead_letter_max_size: Option<u64>,
+    /// `flush_interval`, `concurrency`, `timeout`, `max_retry_duration` and the dead-letter
+    /// file: the keys both network sinks have.
+    pub network: NetworkOptions,
 }
 
 /// `type = "cloudwatch_logs"`: the sink's own keys. `region`, `role_arn` and
@@ -213,11 +205,15 @@ pub(super) fn build(
     };
     let log_group_class = match &s.log_group_class {
         None => LogGroupClass::Standard,
-        Some(c) => match c.get_ref().as_str() {
-            "STANDARD" => LogGroupClass::Standard,
-            "INFREQUENT_ACCESS" => LogGroupClass::InfrequentAccess,
-            other => return Err(invalid(c.span(), "log_group_class", format!("unknown log group class {other:?} (expected \"STANDARD\" or \"INFREQUENT_ACCESS\")"))),
-        },
+        Some(c) => one_of(
+            c.get_ref(),
+            "log group class",
+            &[
+                ("STANDARD", LogGroupClass::Standard),
+                ("INFREQUENT_ACCESS", LogGroupClass::InfrequentAccess),
+            ],
+        )
+        .map_err(|m| invalid(c.span(), "log_group_class", m))?,
     };
     let aws = aws::build(&s.aws, &format!("sink[{i}]"), ctx)?;
     let max_event_size = match &s.max_event_size {
@@ -233,14 +229,7 @@ pub(super) fn build(
             ))
         }
     };
-    let NetworkKeys {
-        flush_interval,
-        concurrency,
-        timeout,
-        max_retry_duration,
-        dead_letter_path,
-        dead_letter_max_size,
-    } = network_keys(&s.network, name, i, ctx)?;
+    let network = network_options(&s.network, name, i, ctx)?;
     Ok(CloudWatchConfig {
         aws,
         endpoint_url,
@@ -259,12 +248,7 @@ pub(super) fn build(
             .denied_retry_duration
             .as_ref()
             .map_or(DEFAULT_DENIED_RETRY_DURATION, |d| d.get_ref().0),
-        flush_interval,
-        concurrency,
-        timeout,
-        max_retry_duration,
-        dead_letter_path,
-        dead_letter_max_size,
+        network,
     })
 }
 
@@ -290,13 +274,6 @@ pub(super) fn to_raw(c: &CloudWatchConfig) -> RawCloudWatch {
         kms_key_id: sp(c.kms_key_id.clone().unwrap_or_default()),
         max_event_size: sp(Size(c.max_event_size as u64)),
         denied_retry_duration: sp(Dur(c.denied_retry_duration)),
-        network: network::to_raw(&NetworkKeys {
-            flush_interval: c.flush_interval,
-            concurrency: c.concurrency,
-            timeout: c.timeout,
-            max_retry_duration: c.max_retry_duration,
-            dead_letter_path: c.dead_letter_path.clone(),
-            dead_letter_max_size: c.dead_letter_max_size,
-        }),
+        network: network::to_raw(&c.network),
     }
 }

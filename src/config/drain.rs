@@ -1,7 +1,7 @@
 //! `[drain]`: safe draining of this host — the keys as written, their checks and the typed
 //! config.
 
-use super::values::{de_parsed, Dur};
+use super::values::{de_parsed, one_of, Dur};
 use super::{ConfigError, Ctx};
 use serde::de::Deserializer;
 use serde::{Deserialize, Serialize, Serializer};
@@ -94,12 +94,12 @@ impl Serialize for Watch {
 
 impl<'de> Deserialize<'de> for LifecycleResult {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        de_parsed(d, |s| match s {
-            "CONTINUE" => Ok(LifecycleResult::Continue),
-            "ABANDON" => Ok(LifecycleResult::Abandon),
-            other => {
-                Err(format!("unknown result {other:?} (expected \"CONTINUE\" or \"ABANDON\")"))
-            }
+        de_parsed(d, |s| {
+            one_of(
+                s,
+                "result",
+                &[("CONTINUE", LifecycleResult::Continue), ("ABANDON", LifecycleResult::Abandon)],
+            )
         })
     }
 }

@@ -5,14 +5,13 @@
 //! every error naming the line of the value at fault.
 
 use super::aws::{self, AwsAuth, RawAws};
-use super::network::{self, is_http_url, network_keys, NetworkKeys, RawNetwork};
+use super::network::{self, is_http_url, network_options, NetworkOptions, RawNetwork};
 use super::table::{self, keys_of};
-use super::values::Size;
+use super::values::{one_of, Size};
 use super::{redact, ConfigError, Ctx};
 use crate::template::IndexTemplate;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
-use std::time::Duration;
 use toml::de::{DeTable, DeValue};
 use toml::Spanned;
 
@@ -144,16 +143,9 @@ pub struct ElasticsearchConfig {
     pub encode: EncodeOptions,
     /// gzip request bodies.
     pub gzip: bool,
-    pub flush_interval: Duration,
-    /// `_bulk` requests in flight at once, 1 to `MAX_CONCURRENCY`.
-    pub concurrency: usize,
-    pub timeout: Duration,
-    /// A body still not delivered after being retried this long has its remaining items
-    /// dead-lettered (`retry_expired`); `None`: retried for ever (the default).
-    pub max_retry_duration: Option<Duration>,
-    pub dead_letter_path: PathBuf,
-    /// The dead-letter file and its older generation hold at most this; `None`: no limit.
-    pub dead_letter_max_size: Option<u64>,
+    /// `flush_interval`, `concurrency`, `timeout`, `max_retry_duration` and the dead-letter
+    /// file: the keys both network sinks have.
+    pub network: NetworkOptions,
     pub auth: EsAuth,
     /// Extra trusted CA certificates (PEM).
     pub ca_file: Option<PathBuf>,
@@ -345,45 +337,24 @@ pub(super) fn build(
 
     let action = match &s.action {
         None => BulkAction::Create,
-        Some(a) => match a.get_ref().as_str() {
-            "create" => BulkAction::Create,
-            "index" => BulkAction::Index,
-            other => {
-                return Err(invalid(
-                    a.span(),
-                    "action",
-                    format!("unknown action {other:?} (expected \"create\" or \"index\")"),
-                ))
-            }
-        },
+        Some(a) => one_of(
+            a.get_ref(),
+            "action",
+            &[("create", BulkAction::Create), ("index", BulkAction::Index)],
+        )
+        .map_err(|m| invalid(a.span(), "action", m))?,
     };
     let id = match &s.id {
         None => IdMode::Stable,
-        Some(a) => match a.get_ref().as_str() {
-            "stable" => IdMode::Stable,
-            "none" => IdMode::None,
-            other => {
-                return Err(invalid(
-                    a.span(),
-                    "id",
-                    format!("unknown id mode {other:?} (expected \"stable\" or \"none\")"),
-                ))
-            }
-        },
+        Some(a) => {
+            one_of(a.get_ref(), "id mode", &[("stable", IdMode::Stable), ("none", IdMode::None)])
+                .map_err(|m| invalid(a.span(), "id", m))?
+        }
     };
     let gzip = match &s.compression {
         None => true,
-        Some(c) => match c.get_ref().as_str() {
-            "gzip" => true,
-            "none" => false,
-            other => {
-                return Err(invalid(
-                    c.span(),
-                    "compression",
-                    format!("unknown compression {other:?} (expected \"gzip\" or \"none\")"),
-                ))
-            }
-        },
+        Some(c) => one_of(c.get_ref(), "compression", &[("gzip", true), ("none", false)])
+            .map_err(|m| invalid(c.span(), "compression", m))?,
     };
     let timestamp_key = string(&s.timestamp_key, "@timestamp");
     if let Some(t) = s.timestamp_key.as_ref().filter(|t| t.get_ref().is_empty()) {
@@ -415,14 +386,7 @@ pub(super) fn build(
             ))
         }
     };
-    let NetworkKeys {
-        flush_interval,
-        concurrency,
-        timeout,
-        max_retry_duration,
-        dead_letter_path,
-        dead_letter_max_size,
-    } = network_keys(&s.network, name, i, ctx)?;
+    let network = network_options(&s.network, name, i, ctx)?;
     let auth = match &s.auth {
         None => EsAuth::None,
         Some(a) => auth(a, i, ctx)?,
@@ -449,12 +413,7 @@ pub(super) fn build(
             batch_max_records,
         },
         gzip,
-        flush_interval,
-        concurrency,
-        timeout,
-        max_retry_duration,
-        dead_letter_path,
-        dead_letter_max_size,
+        network,
         auth,
         ca_file,
     })
@@ -518,18 +477,12 @@ fn auth(a: &Spanned<RawAuth>, i: usize, ctx: &Ctx<'_>) -> Result<EsAuth, ConfigE
             reject(&basic_only)?;
             let service = match &r.service {
                 None => SigV4Service::Es,
-                Some(v) => match v.get_ref().as_str() {
-                    "es" => SigV4Service::Es,
-                    "aoss" => SigV4Service::Aoss,
-                    other => {
-                        return Err(ctx.error(
-                            v.span(),
-                            key("service"),
-                            format!("unknown service {other:?} (expected \"es\" or \"aoss\")"),
-                            true,
-                        ))
-                    }
-                },
+                Some(v) => one_of(
+                    v.get_ref(),
+                    "service",
+                    &[("es", SigV4Service::Es), ("aoss", SigV4Service::Aoss)],
+                )
+                .map_err(|m| ctx.error(v.span(), key("service"), m, true))?,
             };
             let aws = aws::build(&r.aws, &format!("sink[{i}].auth"), ctx)?;
             Ok(EsAuth::AwsSigV4(SigV4Auth { aws, service }))
@@ -588,14 +541,7 @@ pub(super) fn to_raw(c: &ElasticsearchConfig) -> RawElasticsearch {
         compression: sp(if c.gzip { "gzip".into() } else { "none".into() }),
         batch_max_bytes: sp(Size(e.batch_max_bytes as u64)),
         batch_max_records: sp(e.batch_max_records as i64),
-        network: network::to_raw(&NetworkKeys {
-            flush_interval: c.flush_interval,
-            concurrency: c.concurrency,
-            timeout: c.timeout,
-            max_retry_duration: c.max_retry_duration,
-            dead_letter_path: c.dead_letter_path.clone(),
-            dead_letter_max_size: c.dead_letter_max_size,
-        }),
+        network: network::to_raw(&c.network),
         auth: sp(auth),
         tls: c.ca_file.as_ref().and_then(|f| sp(RawTls { ca_file: f.display().to_string() })),
     }
@@ -605,6 +551,7 @@ pub(super) fn to_raw(c: &ElasticsearchConfig) -> RawElasticsearch {
 mod tests {
     use super::super::{Config, SinkKind};
     use super::*;
+    use std::time::Duration;
 
     const FILE: &str = "/etc/berth/berth.toml";
 
@@ -636,27 +583,30 @@ mod tests {
         assert_eq!(c.encode, EncodeOptions::default());
         assert!(c.gzip);
         assert_eq!(
-            (c.flush_interval, c.timeout, c.concurrency),
+            (c.network.flush_interval, c.network.timeout, c.network.concurrency),
             (DEFAULT_FLUSH_INTERVAL, DEFAULT_TIMEOUT, 4)
         );
-        assert_eq!(c.dead_letter_path, PathBuf::from("/var/lib/berth/dead-letter/search.ndjson"));
+        assert_eq!(
+            c.network.dead_letter_path,
+            PathBuf::from("/var/lib/berth/dead-letter/search.ndjson")
+        );
         assert_eq!(c.auth, EsAuth::None);
         assert_eq!(c.ca_file, None);
         assert_eq!(c.index_fallback, "unknown");
-        assert_eq!(c.max_retry_duration, None, "retried for ever");
+        assert_eq!(c.network.max_retry_duration, None, "retried for ever");
     }
 
     #[test]
     fn max_retry_duration_empty_or_zero_is_for_ever_and_at_least_the_timeout() {
         for v in ["\"\"", "\"0s\""] {
             assert_eq!(
-                es(&format!("{MIN}max_retry_duration = {v}\n")).max_retry_duration,
+                es(&format!("{MIN}max_retry_duration = {v}\n")).network.max_retry_duration,
                 None,
                 "{v}"
             );
         }
         let c = es(&format!("{MIN}timeout = \"5s\"\nmax_retry_duration = \"5s\"\n"));
-        assert_eq!(c.max_retry_duration, Some(Duration::from_secs(5)));
+        assert_eq!(c.network.max_retry_duration, Some(Duration::from_secs(5)));
         let got = err(&format!("{MIN}max_retry_duration = \"10s\"\n"));
         assert!(got.contains("line 6: sink[0].max_retry_duration: must be \"\" or \"0s\" (retry for ever), or at least the request timeout (30s)"), "{got}");
         let got = err(&format!("{MIN}max_retry_duration = \"soon\"\n"));
@@ -670,7 +620,7 @@ mod tests {
         for (v, want) in [("\"90s\"", Some(Duration::from_secs(90))), ("\"\"", None)] {
             let printed =
                 load(&format!("{MIN}max_retry_duration = {v}\n")).unwrap().to_redacted_toml();
-            assert_eq!(es(&printed).max_retry_duration, want, "{printed}");
+            assert_eq!(es(&printed).network.max_retry_duration, want, "{printed}");
         }
     }
 
@@ -695,12 +645,12 @@ mod tests {
         assert_eq!((c.encode.batch_max_bytes, c.encode.batch_max_records), (1 << 20, 10));
         assert!(!c.gzip);
         assert_eq!(
-            (c.flush_interval, c.timeout),
+            (c.network.flush_interval, c.network.timeout),
             (Duration::from_millis(200), Duration::from_secs(5))
         );
         assert_eq!(c.auth, EsAuth::Basic { username: "u".into(), password: "p".into() });
         assert_eq!(c.ca_file, Some(PathBuf::from("/etc/ca.pem")));
-        assert_eq!(c.dead_letter_path, PathBuf::from("/tmp/dl.ndjson"));
+        assert_eq!(c.network.dead_letter_path, PathBuf::from("/tmp/dl.ndjson"));
     }
 
     #[test]

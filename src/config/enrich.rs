@@ -1,7 +1,7 @@
 //! `[enrich.docker]`, `[enrich.ec2]`, `[enrich.partial]` and `[enrich.multiline]`: typed,
 //! with the checks that span several values (known field names, no key added twice).
 
-use super::values::{de_parsed, default_true};
+use super::values::{de_parsed, default_true, one_of};
 use super::values::{Dur, Size};
 use super::{ConfigError, Ctx};
 use serde::de::{self, Deserializer};
@@ -100,10 +100,8 @@ impl Default for RawEnrichEc2 {
 
 impl<'de> Deserialize<'de> for ApplyTo {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        de_parsed(d, |s| match s {
-            "all" => Ok(ApplyTo::All),
-            "docker" => Ok(ApplyTo::Docker),
-            other => Err(format!("unknown apply_to {other:?} (expected \"all\" or \"docker\")")),
+        de_parsed(d, |s| {
+            one_of(s, "apply_to", &[("all", ApplyTo::All), ("docker", ApplyTo::Docker)])
         })
     }
 }

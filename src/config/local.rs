@@ -2,7 +2,7 @@
 //! and their output format.
 
 use super::sink::SinkKind;
-use super::values::de_parsed;
+use super::values::{de_parsed, one_of};
 use super::{ConfigError, Ctx};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::fmt;
@@ -31,10 +31,7 @@ impl fmt::Display for Format {
 
 impl<'de> Deserialize<'de> for Format {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        de_parsed(d, |s| match s {
-            "json" => Ok(Format::Json),
-            other => Err(format!("unknown format {other:?} (expected \"json\")")),
-        })
+        de_parsed(d, |s| one_of(s, "format", &[("json", Format::Json)]))
     }
 }
 

@@ -52,6 +52,7 @@ use error::{line_of, Ctx};
 use forward::host_name;
 pub use forward::{ForwardConfig, InputConfig, ListenAddr, UserConfig};
 pub use local::Format;
+pub use network::NetworkOptions;
 use raw::RawConfig;
 use serde::Deserialize;
 pub use sink::{SinkConfig, SinkKind};

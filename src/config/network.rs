@@ -45,26 +45,31 @@ pub(super) struct RawNetwork {
 /// The dead-letter files' default cap: rejects must not fill the buffer's disk.
 pub const DEFAULT_DEAD_LETTER_MAX_SIZE: u64 = 256 << 20;
 
-/// The shared keys, checked.
+/// The keys both network sinks have, checked: how they batch, how many requests they keep
+/// in flight, how long a request and its retries may take, and where what they cannot
+/// deliver goes.
 #[derive(Debug, Clone)]
-pub(super) struct NetworkKeys {
+pub struct NetworkOptions {
+    /// A batch is sent at the latest this long after its first event.
     pub flush_interval: Duration,
-    /// 1 to `MAX_CONCURRENCY`.
+    /// Requests in flight at once, 1 to `MAX_CONCURRENCY` (the `elasticsearch` sink's
+    /// `_bulk` bodies; `cloudwatch_logs`' PutLogEvents calls, each for a different stream).
     pub concurrency: usize,
     pub timeout: Duration,
-    /// `None`: retried for ever.
+    /// A batch still not delivered after being retried this long goes to the dead-letter
+    /// file (`retry_expired`); `None`: retried for ever (the default).
     pub max_retry_duration: Option<Duration>,
     pub dead_letter_path: PathBuf,
-    /// `None`: no limit.
+    /// The dead-letter file and its older generation hold at most this; `None`: no limit.
     pub dead_letter_max_size: Option<u64>,
 }
 
-pub(super) fn network_keys(
+pub(super) fn network_options(
     s: &RawNetwork,
     name: &str,
     i: usize,
     ctx: &Ctx<'_>,
-) -> Result<NetworkKeys, ConfigError> {
+) -> Result<NetworkOptions, ConfigError> {
     let invalid = |span: std::ops::Range<usize>, k: &str, message: String| {
         ctx.error(span, format!("sink[{i}].{k}"), message, true)
     };
@@ -121,7 +126,7 @@ pub(super) fn network_keys(
             "must be \"0\" (no limit) or at least 1MiB".into(),
         ));
     }
-    Ok(NetworkKeys {
+    Ok(NetworkOptions {
         flush_interval,
         concurrency,
         timeout,
@@ -138,7 +143,7 @@ pub(super) fn is_http_url(u: &str) -> bool {
 }
 
 /// The checked keys back in the file's shape.
-pub(super) fn to_raw(n: &NetworkKeys) -> RawNetwork {
+pub(super) fn to_raw(n: &NetworkOptions) -> RawNetwork {
     fn sp<T>(v: T) -> Option<Spanned<T>> {
         Some(Spanned::new(0..0, v))
     }

@@ -11,7 +11,7 @@ use super::cloudwatch::{self, RawCloudWatch};
 use super::elasticsearch::{self, RawElasticsearch};
 use super::local::{self, RawFile, RawNull, RawStdout};
 use super::table::{self, keys_of};
-use super::values::{de_parsed, Pattern};
+use super::values::{de_parsed, one_of, Pattern};
 use super::{CloudWatchConfig, ConfigError, Ctx, ElasticsearchConfig, Format};
 use crate::route::TagPattern;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -137,11 +137,8 @@ impl fmt::Display for SinkType {
 impl<'de> Deserialize<'de> for SinkType {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         de_parsed(d, |s| {
-            SinkType::ALL.into_iter().find(|t| t.as_str() == s).ok_or_else(|| {
-                format!(
-                    "unknown sink type {s:?} (expected \"stdout\", \"file\", \"null\", \"elasticsearch\" or \"cloudwatch_logs\")"
-                )
-            })
+            let choices = SinkType::ALL.map(|t| (t.as_str(), t));
+            one_of(s, "sink type", &choices)
         })
     }
 }

@@ -680,13 +680,13 @@ fn cloudwatch_example_loads_with_its_defaults() {
     assert_eq!(cw.log_group_class, cloudwatch::LogGroupClass::Standard);
     assert_eq!(cw.message_key.as_deref(), Some("log"));
     assert!(cw.create_missing_group && cw.create_missing_stream);
-    assert_eq!(cw.concurrency, 4);
+    assert_eq!(cw.network.concurrency, 4);
 
     let minimal = load("[[sink]]\nname = \"cw\"\ntype = \"cloudwatch_logs\"\n").unwrap();
     let SinkKind::CloudWatchLogs(m) = &minimal.sinks[0].kind else { panic!() };
     assert_eq!(m.log_group, cloudwatch::DEFAULT_LOG_GROUP);
     assert_eq!(m.log_stream, cloudwatch::DEFAULT_LOG_STREAM);
-    assert_eq!(m.dead_letter_path, PathBuf::from("/var/lib/berth/dead-letter/cw.ndjson"));
+    assert_eq!(m.network.dead_letter_path, PathBuf::from("/var/lib/berth/dead-letter/cw.ndjson"));
 
     let set = load("[[sink]]\nname = \"cw\"\ntype = \"cloudwatch_logs\"\nretention_days = 30\nlog_group_class = \"INFREQUENT_ACCESS\"\n\
                     endpoint_url = \"http://127.0.0.1:5000\"\nregion = \"eu-west-1\"\nrole_arn = \"arn:aws:iam::123456789012:role/logs\"\nmessage_key = \"\"\n")
@@ -830,7 +830,7 @@ fn env_overrides_reach_the_per_type_keys() {
     let SinkKind::CloudWatchLogs(cw) = &c.sinks[0].kind else { panic!() };
     assert_eq!(cw.aws.region.as_deref(), Some("eu-west-1"));
     assert_eq!(cw.aws.external_id.as_deref(), Some("ext-1"));
-    assert_eq!(cw.concurrency, 2);
+    assert_eq!(cw.network.concurrency, 2);
     let e = env_err(
         "[[sink]]\nname = \"cw\"\ntype = \"cloudwatch_logs\"\n",
         &[("BERTH_SINK__0__ROLE_ARN", "logs")],

@@ -15,6 +15,22 @@ pub(super) fn default_true() -> bool {
     true
 }
 
+/// `value` as one of `choices` (each as the file spells it, and what it means); else the
+/// message every key of a fixed set of values gives: `unknown <what> "<value>" (expected
+/// "a", "b" or "c")`.
+pub(super) fn one_of<T: Copy>(value: &str, what: &str, choices: &[(&str, T)]) -> Result<T, String> {
+    if let Some((_, t)) = choices.iter().find(|(name, _)| *name == value) {
+        return Ok(*t);
+    }
+    let names: Vec<String> = choices.iter().map(|(name, _)| format!("{name:?}")).collect();
+    let expected = match names.split_last() {
+        Some((last, [])) => last.clone(),
+        Some((last, rest)) => format!("{} or {last}", rest.join(", ")),
+        None => String::new(),
+    };
+    Err(format!("unknown {what} {value:?} (expected {expected})"))
+}
+
 /// Deserialize a string and parse it with `parse`, whose message becomes the error. The
 /// parse runs inside the visitor so that toml gives the error this value's own span (an
 /// element of `listen` gets its own line, not the array's).
@@ -173,5 +189,27 @@ impl<'de> Deserialize<'de> for Pattern {
 impl Serialize for Pattern {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(self.0.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::one_of;
+
+    #[test]
+    fn one_of_names_every_choice_in_its_message() {
+        let three = [("batch", 1), ("always", 2), ("never", 3)];
+        assert_eq!(one_of("always", "sync mode", &three), Ok(2));
+        let cases: [(&[(&str, i32)], &str); 3] = [
+            (&three, r#"unknown sync mode "sometimes" (expected "batch", "always" or "never")"#),
+            (&three[..2], r#"unknown sync mode "sometimes" (expected "batch" or "always")"#),
+            (&three[..1], r#"unknown sync mode "sometimes" (expected "batch")"#),
+        ];
+        for (choices, want) in cases {
+            assert_eq!(one_of("sometimes", "sync mode", choices), Err(want.to_string()));
+        }
+        // The file's spelling, exactly: no case folding, no trimming.
+        assert!(one_of("Batch", "sync mode", &three).is_err());
+        assert!(one_of(" batch", "sync mode", &three).is_err());
     }
 }

@@ -68,12 +68,12 @@ pub async fn run(cfg: &CloudWatchConfig, mut ctx: SinkContext) -> Result<(), Sin
         endpoint = cfg.endpoint_url.as_deref().unwrap_or("(sdk default)"),
         log_group = %cfg.log_group,
         log_stream = %cfg.log_stream,
-        concurrency = cfg.concurrency,
-        dead_letter_path = %cfg.dead_letter_path.display(),
+        concurrency = cfg.network.concurrency,
+        dead_letter_path = %cfg.network.dead_letter_path.display(),
         "cloudwatch_logs sink started"
     );
     let mut encoder = new_encoder(cfg);
-    let streams_at_once = Arc::new(Semaphore::new(cfg.concurrency));
+    let streams_at_once = Arc::new(Semaphore::new(cfg.network.concurrency));
     let mut gather = gather(cfg);
     while let Some(group) = gather.fill(&mut ctx.reader).await {
         let seq = group.last().map_or(0, |d| d.seq);
@@ -127,10 +127,10 @@ pub async fn run(cfg: &CloudWatchConfig, mut ctx: SinkContext) -> Result<(), Sin
 /// `concurrency` full batches.
 fn gather(cfg: &CloudWatchConfig) -> Gather {
     Gather::new(Limits {
-        events: MAX_BATCH_EVENTS * cfg.concurrency,
-        bytes: MAX_BATCH_BYTES * cfg.concurrency,
+        events: MAX_BATCH_EVENTS * cfg.network.concurrency,
+        bytes: MAX_BATCH_BYTES * cfg.network.concurrency,
         deliveries: usize::MAX,
-        max_wait: MaxWait::For(cfg.flush_interval),
+        max_wait: MaxWait::For(cfg.network.flush_interval),
     })
 }
 
@@ -142,7 +142,9 @@ async fn client(cfg: &CloudWatchConfig, aws: &Aws) -> Result<cwl::Client, AwsErr
     let mut b = cwl::config::Builder::from(loaded.sdk())
         .retry_config(cwl::config::retry::RetryConfig::disabled())
         .timeout_config(
-            cwl::config::timeout::TimeoutConfig::builder().operation_timeout(cfg.timeout).build(),
+            cwl::config::timeout::TimeoutConfig::builder()
+                .operation_timeout(cfg.network.timeout)
+                .build(),
         );
     if let Some(u) = &cfg.endpoint_url {
         b = b.endpoint_url(u.clone());
@@ -199,7 +201,11 @@ fn status_of<E>(e: &SdkError<E, aws_smithy_runtime_api::http::Response>) -> Opti
 
 impl Shared {
     fn dead_letters(&self) -> DeadLetters {
-        DeadLetters::new(&self.cfg.dead_letter_path, self.cfg.dead_letter_max_size, &self.dead_lock)
+        DeadLetters::new(
+            &self.cfg.network.dead_letter_path,
+            self.cfg.network.dead_letter_max_size,
+            &self.dead_lock,
+        )
     }
 
     fn retried(&self, reason: &'static str) {
@@ -348,7 +354,7 @@ impl Shared {
                 self.refused(group, &ids, &log_group, &stream, why).await;
                 return;
             }
-            if self.cfg.max_retry_duration.is_some_and(|max| since.elapsed() >= max) {
+            if self.cfg.network.max_retry_duration.is_some_and(|max| since.elapsed() >= max) {
                 self.expire(group, &ids, &text).await;
                 return;
             }
@@ -413,7 +419,7 @@ impl Shared {
 
     /// Retried past `max_retry_duration`: the batch's records to the dead-letter file.
     async fn expire(&self, group: &[Delivery], ids: &[Sent], last: &str) {
-        let max = self.cfg.max_retry_duration.unwrap_or_default();
+        let max = self.cfg.network.max_retry_duration.unwrap_or_default();
         let reason = format!(
             "not delivered after retrying for max_retry_duration ({}); last error: {last}",
             crate::config::format_duration(max)

@@ -59,8 +59,8 @@ pub struct BulkClient {
 impl BulkClient {
     pub async fn new(cfg: &ElasticsearchConfig, aws: &Aws) -> Result<BulkClient, ClientError> {
         let mut b = reqwest::Client::builder()
-            .timeout(cfg.timeout)
-            .connect_timeout(cfg.timeout.min(Duration::from_secs(10)))
+            .timeout(cfg.network.timeout)
+            .connect_timeout(cfg.network.timeout.min(Duration::from_secs(10)))
             .user_agent(concat!("berth/", env!("CARGO_PKG_VERSION")));
         if let Some(path) = &cfg.ca_file {
             let p = path.display().to_string();

@@ -79,16 +79,16 @@ pub async fn run(
     let dead_file_lock = Arc::new(Mutex::new(()));
     let spare = Arc::new(Spare::default());
     let conflict_means_delivered = cfg.encode.conflict_means_delivered();
-    let mut idle = Vec::with_capacity(cfg.concurrency);
-    for _ in 0..cfg.concurrency {
+    let mut idle = Vec::with_capacity(cfg.network.concurrency);
+    for _ in 0..cfg.network.concurrency {
         let client = BulkClient::new(cfg, &ctx.aws)
             .await
             .map_err(|e| SinkError::Io { sink: name.clone(), source: std::io::Error::other(e) })?;
         idle.push(Worker {
             client,
             dead: DeadLetters::new(
-                &cfg.dead_letter_path,
-                cfg.dead_letter_max_size,
+                &cfg.network.dead_letter_path,
+                cfg.network.dead_letter_max_size,
                 &dead_file_lock,
             ),
             done: Vec::new(),
@@ -114,7 +114,7 @@ pub async fn run(
                 .output_request_duration
                 .get_or_create(&SinkLabel { sink: name.clone() })
                 .clone(),
-            max_retry: cfg.max_retry_duration,
+            max_retry: cfg.network.max_retry_duration,
             metrics: Arc::clone(&ctx.metrics),
             name: name.clone(),
         });
@@ -122,16 +122,21 @@ pub async fn run(
     // Only the workers hold senders: the channel never closes while one exists.
     drop(settled_tx);
     let endpoint = idle.first().map_or("", |w| w.client.endpoint()).to_owned();
-    tracing::info!(sink = %name, endpoint, concurrency = cfg.concurrency, dead_letter_path = %cfg.dead_letter_path.display(), "elasticsearch sink started");
+    tracing::info!(sink = %name, endpoint, concurrency = cfg.network.concurrency, dead_letter_path = %cfg.network.dead_letter_path.display(), "elasticsearch sink started");
 
     let mut owner = Owner {
         encoder: BulkEncoder::new(cfg.encode.clone(), cfg.template.clone(), instance_id),
         window: AckWindow::new(ctx.reader.acked()),
-        dead: DeadLetters::new(&cfg.dead_letter_path, cfg.dead_letter_max_size, &dead_file_lock),
+        dead: DeadLetters::new(
+            &cfg.network.dead_letter_path,
+            cfg.network.dead_letter_max_size,
+            &dead_file_lock,
+        ),
         spare,
         name: name.clone(),
     };
-    let open_limit = MAX_OPEN_DELIVERIES.max((cfg.concurrency + 1) * cfg.encode.batch_max_records);
+    let open_limit =
+        MAX_OPEN_DELIVERIES.max((cfg.network.concurrency + 1) * cfg.encode.batch_max_records);
     let mut gathering = gather(cfg);
     let mut pending: VecDeque<Job> = VecDeque::new();
     let mut tasks: JoinSet<Worker> = JoinSet::new();
@@ -190,7 +195,7 @@ fn gather(cfg: &ElasticsearchConfig) -> Gather {
         events: cfg.encode.batch_max_records,
         bytes: cfg.encode.batch_max_bytes,
         deliveries: usize::MAX,
-        max_wait: MaxWait::For(cfg.flush_interval),
+        max_wait: MaxWait::For(cfg.network.flush_interval),
     })
 }
 
