@@ -29,6 +29,28 @@ pub struct SinkContext {
     pub aws: Arc<crate::aws::Aws>,
 }
 
+impl SinkContext {
+    /// A sink named `name` reading a pipeline of its own in a new temporary directory,
+    /// with no instance metadata: what the sinks' unit tests run on.
+    #[cfg(test)]
+    pub(crate) fn for_test(
+        name: &str,
+    ) -> (crate::pipeline::Pipeline, SinkContext, Arc<Metrics>, tempfile::TempDir) {
+        let metrics = Arc::new(Metrics::new());
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let (p, reader) =
+            crate::pipeline::Pipeline::with_one_sink(dir.path(), "s", Arc::clone(&metrics))
+                .expect("a pipeline");
+        let ctx = SinkContext {
+            name: name.into(),
+            reader,
+            metrics: Arc::clone(&metrics),
+            aws: Arc::new(crate::aws::Aws::new(crate::imds::Imds::disabled())),
+        };
+        (p, ctx, metrics, dir)
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
     #[error("sink {sink}: {source}")]

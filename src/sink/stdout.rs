@@ -249,16 +249,7 @@ mod tests {
     use std::time::Instant;
 
     fn setup() -> (Pipeline, SinkContext, Arc<Metrics>, tempfile::TempDir) {
-        let metrics = Arc::new(Metrics::new());
-        let dir = tempfile::tempdir().unwrap();
-        let (p, reader) = Pipeline::with_one_sink(dir.path(), "s", Arc::clone(&metrics)).unwrap();
-        let ctx = SinkContext {
-            name: "out".into(),
-            reader,
-            metrics: Arc::clone(&metrics),
-            aws: Arc::new(crate::aws::Aws::new(crate::imds::Imds::disabled())),
-        };
-        (p, ctx, metrics, dir)
+        SinkContext::for_test("out")
     }
 
     fn batch(tag: &'static str, from: u64, n: u64) -> Batch {
