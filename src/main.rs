@@ -11,7 +11,7 @@ use std::process::ExitCode;
 use berth::cli::EX_CONFIG;
 
 fn main() -> ExitCode {
-    tune_malloc();
+    limit_malloc_arenas();
     let cli = Cli::parse();
     // A level berth cannot read is an error, not a silent `info`.
     if let Some(l) = cli.log_level.as_deref() {
@@ -77,35 +77,22 @@ fn main() -> ExitCode {
     }
 }
 
-/// Two glibc malloc settings, each unless its environment variable says otherwise; called
+/// glibc gives threads that allocate at the same time arenas of their own (up to eight per
+/// core), and memory freed into one arena is not reused by the others: the Elasticsearch
+/// sink's request buffers, built on whichever worker runs it, took peak RSS to 74–83 MiB
+/// with the default against 57–64 MiB with one arena, at the same CPU per document
+/// (docs/performance.md). One arena, unless `MALLOC_ARENA_MAX` says otherwise. Called
 /// first in `main`, before any other thread exists.
 ///
-/// - One arena (`MALLOC_ARENA_MAX`). glibc gives threads that allocate at the same time
-///   arenas of their own (up to eight per core), and memory freed into one arena is not
-///   reused by the others: the Elasticsearch sink's request buffers, built on whichever
-///   worker runs it, took peak RSS to 74–83 MiB with the default against 57–64 MiB with one
-///   arena, at the same CPU per document.
-/// - Blocks of 1 MiB and more from `mmap` (`MALLOC_MMAP_THRESHOLD_`), given back whole when
-///   freed. glibc's own threshold starts at 128 KiB and rises to the largest block freed,
-///   so after the first large block every later one came from the heap and left holes
-///   there that the next ones did not fit: 1–4 MiB less peak RSS on the Elasticsearch path
-///   at the same CPU per document. Ingest allocates nothing that large, and the sinks keep
-///   their large request buffers for reuse rather than fault fresh pages in for each
-///   (docs/performance.md).
-fn tune_malloc() {
+/// glibc's mmap threshold is left as it is (it rises to the largest block freed, so large
+/// blocks come back from the heap): fixed at 1 MiB, each Forward frame of 2 MB took fresh
+/// pages from `mmap` and faulted them in, half again berth's CPU per record.
+fn limit_malloc_arenas() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    {
-        if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
-            // SAFETY: mallopt changes an allocator setting; no other thread is running yet.
-            unsafe {
-                libc::mallopt(libc::M_ARENA_MAX, 1);
-            }
-        }
-        if std::env::var_os("MALLOC_MMAP_THRESHOLD_").is_none() {
-            // SAFETY: as above.
-            unsafe {
-                libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
-            }
+    if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
+        // SAFETY: mallopt changes an allocator setting; no other thread is running yet.
+        unsafe {
+            libc::mallopt(libc::M_ARENA_MAX, 1);
         }
     }
 }

@@ -210,9 +210,9 @@ struct Owner {
 }
 
 /// Buffers of bodies already compressed onto the wire, for the next bodies to be encoded
-/// into. A body of 5,000 documents is ~2 MB: a new one each time had its pages faulted in
-/// anew (blocks that large come from `mmap`, see `main::tune_malloc`), ~7% more CPU per
-/// document than when the heap kept them; and holding each body until its request ended
+/// into. A body of 5,000 documents is ~2 MB: a new one each time may come from `mmap` with
+/// its pages to fault in anew (~7% more CPU per document, measured with a 1 MiB mmap
+/// threshold), or leave holes in the heap; and holding each body until its request ended
 /// held `concurrency` of them. Two spares serve the owner, which encodes one body at a
 /// time, while workers compress theirs.
 #[derive(Default)]
