@@ -374,33 +374,26 @@ impl Worker {
             "not delivered after retrying for max_retry_duration ({}); last error: {last}",
             crate::config::format_duration(max)
         );
-        for i in which {
-            let Some(item) = body.items.get(*i) else { continue };
-            self.dead.push(group, item.offset, status, "retry_expired", &reason, "retry_expired");
-        }
         tracing::warn!(sink = %self.name, items = which.len(), last_error = last, "retries expired (max_retry_duration)");
-        self.flush_dead().await;
+        self.dead_letter(group, body, which, status, "retry_expired", &reason).await;
     }
 
-    /// The bytes to send for `body`, and whether they are gzip-compressed. The body gives
-    /// its bytes up: while a request is in flight only what goes on the wire is held (the
-    /// body of 5,000 documents is ~2 MB, its gzip a tenth of that, and up to `concurrency`
-    /// are in flight), and the rare split or item retry gets them back with [`unwire`].
-    fn wire(&self, body: &mut BulkBody) -> (bytes::Bytes, bool) {
-        if self.gzip {
-            let mut out = Vec::new();
-            match gzip(&body.body, &mut out) {
-                Ok(()) => {
-                    self.spare.give(std::mem::take(&mut body.body));
-                    return (out.into(), true);
-                }
-                // In memory: cannot fail short of allocation failure; send it plain.
-                Err(e) => {
-                    tracing::warn!(sink = %self.name, error = %e, "gzip failed; sending uncompressed")
-                }
-            }
+    /// Items `which` of `body` to the dead-letter file (`error_type` is also the metric's
+    /// reason), synced before they count as settled.
+    async fn dead_letter(
+        &mut self,
+        group: &[Delivery],
+        body: &BulkBody,
+        which: &[usize],
+        status: u16,
+        error_type: &'static str,
+        reason: &str,
+    ) {
+        for i in which {
+            let Some(item) = body.items.get(*i) else { continue };
+            self.dead.push(group, item.offset, status, error_type, reason, error_type);
         }
-        (std::mem::take(&mut body.body).into(), false)
+        self.flush_dead().await;
     }
 
     /// A body's bytes could not be had back from its own gzip (a bug, never the data):
@@ -415,11 +408,7 @@ impl Worker {
     ) {
         let reason = format!("cannot decompress the sink's own request body: {e}");
         tracing::error!(sink = %self.name, items = which.len(), error = %e, "cannot decompress a request body to retry it; its items go to the dead-letter file");
-        for i in which {
-            let Some(item) = body.items.get(*i) else { continue };
-            self.dead.push(group, item.offset, 0, "internal", &reason, "internal");
-        }
-        self.flush_dead().await;
+        self.dead_letter(group, body, which, 0, "internal", &reason).await;
     }
 
     /// Send one body until every item in it is settled or queued again (retries, halves).
@@ -438,7 +427,7 @@ impl Worker {
         let mut refreshed = false;
         // Compressed once: every attempt at this body sends the same bytes.
         let mut body = body;
-        let (wire, gzipped) = self.wire(&mut body);
+        let (wire, gzipped) = wire(&mut body, self.gzip, &self.spare, &self.name);
         let wire_len = wire.len() as u64;
         loop {
             let sent_at = Instant::now();
@@ -575,7 +564,27 @@ impl Worker {
     }
 }
 
-/// Gives `body` its bytes back from the `wire` they were sent as (see `Worker::wire`), to
+/// The bytes to send for `body`, and whether they are gzip-compressed. The body gives its
+/// bytes up: while a request is in flight only what goes on the wire is held (the body of
+/// 5,000 documents is ~2 MB, its gzip a tenth of that, and up to `concurrency` are in
+/// flight); a compressed body's buffer goes to `spare` for the next one, and the rare split
+/// or item retry gets the bytes back with [`unwire`].
+fn wire(body: &mut BulkBody, gzip_it: bool, spare: &Spare, sink: &str) -> (bytes::Bytes, bool) {
+    if gzip_it {
+        let mut out = Vec::new();
+        match gzip(&body.body, &mut out) {
+            Ok(()) => {
+                spare.give(std::mem::take(&mut body.body));
+                return (out.into(), true);
+            }
+            // In memory: cannot fail short of allocation failure; send it plain.
+            Err(e) => tracing::warn!(sink, error = %e, "gzip failed; sending uncompressed"),
+        }
+    }
+    (std::mem::take(&mut body.body).into(), false)
+}
+
+/// Gives `body` its bytes back from the `wire` they were sent as (see [`wire`]), to
 /// split it or retry some of its items.
 fn unwire(body: &mut BulkBody, wire: &bytes::Bytes, gzipped: bool) -> std::io::Result<()> {
     if !body.body.is_empty() {
@@ -613,16 +622,13 @@ mod tests {
         let original = body(&lines);
         for gzipped in [true, false] {
             let mut sent = original.clone();
-            let wire: bytes::Bytes = if gzipped {
-                let mut out = Vec::new();
-                gzip(&sent.body, &mut out).unwrap();
-                sent.body = Vec::new();
-                out.into()
-            } else {
-                std::mem::take(&mut sent.body).into()
-            };
+            let spare = Spare::default();
+            let (bytes, compressed) = wire(&mut sent, gzipped, &spare, "s");
+            assert_eq!(compressed, gzipped);
             assert!(sent.body.is_empty());
-            unwire(&mut sent, &wire, gzipped).unwrap();
+            // A compressed body's buffer is kept for the next one; a plain one is the wire.
+            assert_eq!(spare.take().capacity() > 0, gzipped);
+            unwire(&mut sent, &bytes, gzipped).unwrap();
             assert_eq!(sent, original, "gzipped {gzipped}");
             // Halves and retries work on the bytes given back.
             let (mut a, mut b) = (BulkBody::default(), BulkBody::default());
